@@ -1,0 +1,110 @@
+// Package redistest runs a real, throwaway redis-server for tests: on a free
+// loopback port, with its data in the test's temp dir, never one that is
+// already running on the machine.
+package redistest
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// Server is a redis-server child process owned by one test.
+type Server struct {
+	Addr string // host:port on 127.0.0.1
+
+	tb   testing.TB
+	dir  string
+	port int
+	cmd  *exec.Cmd
+}
+
+// Start launches redis-server on a free port and stops it when the test ends.
+// The test is skipped with a clear message only when redis-server is not
+// installed (.ci/run installs it, so CI never skips).
+func Start(tb testing.TB) *Server {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		tb.Fatalf("redis-server not found in PATH: install it (apt-get install redis-server); .ci/run does")
+	}
+	s := &Server{tb: tb, dir: tb.TempDir(), port: freePort(tb)}
+	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+	s.Restart()
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// URL is the go-redis URL of the server (database 0).
+func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
+
+// Stop kills the server; Restart brings it back on the same port, empty.
+func (s *Server) Stop() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+// Restart starts the server again (or for the first time) on the same port.
+func (s *Server) Restart() {
+	s.tb.Helper()
+	s.Stop()
+	cmd := exec.Command("redis-server",
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--dir", s.dir,
+		"--save", "",
+		"--appendonly", "no",
+		"--daemonize", "no",
+		"--loglevel", "warning",
+	)
+	if err := cmd.Start(); err != nil {
+		s.tb.Fatalf("starting redis-server: %v", err)
+	}
+	s.cmd = cmd
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if ping(s.Addr) == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.Stop()
+	s.tb.Fatalf("redis-server on %s did not answer PING within 10s", s.Addr)
+}
+
+func ping(addr string) error {
+	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "+PONG\r\n" {
+		return fmt.Errorf("unexpected reply %q", line)
+	}
+	return nil
+}
+
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("finding a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
