@@ -1,0 +1,374 @@
+// Package redisstore keeps keygate's keys and rate-limit counters in Redis,
+// shared by any number of gateway replicas.
+//
+// Layout (every hot-path script touches a single hash slot, so Redis Cluster
+// works):
+//
+//	keygate:{k:<id>}                          key record (hash)
+//	keygate:{k:<id>}:<algorithm>:<limit>:<ms> the key's rate-limit counter
+//	keygate:{s:<subject>}:<algorithm>:...     an anonymous subject's counter
+//	keygate:h:<sha256 hex>                    key hash -> id
+//	keygate:names                             name -> id (hash)
+//
+// No key name ever contains a secret; records hold only its SHA-256.
+package redisstore
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/caddymodule/apikey"
+	"github.com/keygate/keygate/caddymodule/store"
+)
+
+const (
+	namesKey = "keygate:names"
+	// lastUsedEvery is how stale a key's last-used time may get: the hot
+	// path rewrites it at most once per interval per key.
+	lastUsedEvery = 10 * time.Second
+)
+
+// Store is a store.Store on Redis.
+type Store struct {
+	client redis.UniversalClient
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open connects to the Redis at url (redis://, rediss:// for TLS, or
+// unix://), with timeout bounding every dial, read and write so a Redis
+// outage never stalls a request for longer.
+func Open(url string, timeout time.Duration) (*Store, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("parsing redis URL: %w", err)
+	}
+	opts.DialTimeout = timeout
+	opts.ReadTimeout = timeout
+	opts.WriteTimeout = timeout
+	opts.PoolTimeout = timeout
+	// One retry at most: a request would rather fail fast than queue
+	// behind retries while Redis is away.
+	opts.MaxRetries = 1
+	opts.ContextTimeoutEnabled = true
+	return &Store{client: redis.NewClient(opts)}, nil
+}
+
+// New wraps an existing client (a cluster or failover client works too).
+func New(client redis.UniversalClient) *Store { return &Store{client: client} }
+
+// Ping checks that Redis answers.
+func (s *Store) Ping(ctx context.Context) error { return s.client.Ping(ctx).Err() }
+
+// Close closes the client.
+func (s *Store) Close() error { return s.client.Close() }
+
+func recordKey(id string) string { return "keygate:{k:" + id + "}" }
+
+func hashKey(h apikey.Hash) string { return "keygate:h:" + h.String() }
+
+func counterSuffix(p store.Policy, a store.Algorithm) string {
+	return ":" + string(a) + ":" + strconv.FormatInt(p.Limit, 10) + ":" + strconv.FormatInt(p.Window.Milliseconds(), 10)
+}
+
+// CheckKey implements store.Store.
+func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, error) {
+	rk := recordKey(c.KeyID)
+	keys := []string{rk}
+	if !c.Policy.IsZero() {
+		keys = append(keys, rk+counterSuffix(c.Policy, c.Algorithm))
+	}
+	res, err := checkKeyScript.Run(ctx, s.client, keys,
+		c.Hash.String(), c.Revision, c.Policy.Limit, c.Policy.Window.Milliseconds(),
+		string(c.Algorithm), lastUsedEvery.Milliseconds()).Slice()
+	if err != nil {
+		return store.Verdict{}, err
+	}
+	if len(res) < 2 {
+		return store.Verdict{}, fmt.Errorf("check script returned %d values", len(res))
+	}
+	var v store.Verdict
+	v.Status = store.KeyStatus(res[0].(int64))
+	if fields, _ := res[1].([]any); len(fields) > 0 {
+		k, err := parseRecord(c.KeyID, fields)
+		if err != nil {
+			return store.Verdict{}, err
+		}
+		v.Fresh = &k
+	}
+	if len(res) == 6 {
+		v.Limit = parseDecision(res[2:], c.Policy.Limit)
+	}
+	return v, nil
+}
+
+// Limit implements store.Store.
+func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm) (store.Decision, error) {
+	key := "keygate:{s:" + subject + "}" + counterSuffix(p, a)
+	res, err := limitScript.Run(ctx, s.client, []string{key}, p.Limit, p.Window.Milliseconds(), string(a)).Slice()
+	if err != nil {
+		return store.Decision{}, err
+	}
+	if len(res) != 4 {
+		return store.Decision{}, fmt.Errorf("limit script returned %d values", len(res))
+	}
+	return parseDecision(res, p.Limit), nil
+}
+
+func parseDecision(v []any, limit int64) store.Decision {
+	allowed, _ := v[0].(int64)
+	remaining, _ := v[1].(int64)
+	reset, _ := v[2].(int64)
+	retry, _ := v[3].(int64)
+	return store.Decision{
+		Allowed:    allowed == 1,
+		Limit:      limit,
+		Remaining:  remaining,
+		Reset:      time.UnixMilli(reset),
+		RetryAfter: time.Duration(retry) * time.Millisecond,
+	}
+}
+
+// KeyIDByHash implements store.Store.
+func (s *Store) KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error) {
+	id, err := s.client.Get(ctx, hashKey(h)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", store.ErrNotFound
+	}
+	return id, err
+}
+
+// CreateKey implements store.Store. The name is reserved first, so two
+// concurrent creations of one name cannot both succeed.
+func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
+	ok, err := s.client.HSetNX(ctx, namesKey, k.Name, k.ID).Result()
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return store.ErrNameTaken
+	}
+	k.Revision = 1
+	err = s.client.HSet(ctx, recordKey(k.ID), recordFields(k)...).Err()
+	if err == nil {
+		err = s.client.Set(ctx, hashKey(k.Hash), k.ID, 0).Err()
+	}
+	if err != nil {
+		// undo what we can so the name is not left reserved
+		s.client.Del(context.WithoutCancel(ctx), recordKey(k.ID))
+		s.client.HDel(context.WithoutCancel(ctx), namesKey, k.Name)
+		return err
+	}
+	return nil
+}
+
+// Keys implements store.Store.
+func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
+	names, err := s.client.HGetAll(ctx, namesKey).Result()
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(names))
+	for _, id := range names {
+		ids = append(ids, id)
+	}
+	cmds := make([]*redis.MapStringStringCmd, len(ids))
+	_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = p.HGetAll(ctx, recordKey(id))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]store.Key, 0, len(ids))
+	for i, cmd := range cmds {
+		m := cmd.Val()
+		if len(m) == 0 {
+			continue // a name whose record is gone: skipped, never shown half
+		}
+		k, err := recordFromMap(ids[i], m)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b store.Key) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return keys, nil
+}
+
+// KeyByName implements store.Store.
+func (s *Store) KeyByName(ctx context.Context, name string) (store.Key, error) {
+	id, err := s.client.HGet(ctx, namesKey, name).Result()
+	if errors.Is(err, redis.Nil) {
+		return store.Key{}, store.ErrNotFound
+	}
+	if err != nil {
+		return store.Key{}, err
+	}
+	m, err := s.client.HGetAll(ctx, recordKey(id)).Result()
+	if err != nil {
+		return store.Key{}, err
+	}
+	if len(m) == 0 {
+		return store.Key{}, store.ErrNotFound
+	}
+	return recordFromMap(id, m)
+}
+
+// UpdateKey implements store.Store. The record is written only if its
+// revision is still the one read (else the change is retried on the fresh
+// record); a new name is reserved before the record changes, a new hash
+// rejects the old one the moment the record is written.
+func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.Key) error) (store.Key, error) {
+	for range 10 {
+		old, err := s.KeyByName(ctx, name)
+		if err != nil {
+			return store.Key{}, err
+		}
+		k := old
+		k.Roles = slices.Clone(old.Roles)
+		if err := change(&k); err != nil {
+			return store.Key{}, err
+		}
+		k.ID, k.CreatedAt, k.Revision = old.ID, old.CreatedAt, old.Revision+1
+		renamed := k.Name != old.Name
+		if renamed {
+			ok, err := s.client.HSetNX(ctx, namesKey, k.Name, k.ID).Result()
+			if err != nil {
+				return store.Key{}, err
+			}
+			if !ok {
+				return store.Key{}, store.ErrNameTaken
+			}
+		}
+		args := append([]any{old.Revision}, recordFields(k)...)
+		res, err := updateScript.Run(ctx, s.client, []string{recordKey(k.ID)}, args...).Int()
+		if err != nil || res != 1 {
+			if renamed {
+				s.client.HDel(context.WithoutCancel(ctx), namesKey, k.Name)
+			}
+			if err != nil {
+				return store.Key{}, err
+			}
+			if res == -1 {
+				return store.Key{}, store.ErrNotFound
+			}
+			continue // someone else changed it first: apply the change again
+		}
+		if renamed {
+			s.client.HDel(ctx, namesKey, old.Name)
+		}
+		if k.Hash != old.Hash {
+			if err := s.client.Set(ctx, hashKey(k.Hash), k.ID, 0).Err(); err != nil {
+				return store.Key{}, err
+			}
+			s.client.Del(ctx, hashKey(old.Hash))
+		}
+		return k, nil
+	}
+	return store.Key{}, errors.New("key changed concurrently too often; try again")
+}
+
+// DeleteKey implements store.Store. The record goes first: from then on
+// every replica rejects the key.
+func (s *Store) DeleteKey(ctx context.Context, name string) error {
+	k, err := s.KeyByName(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := s.client.Del(ctx, recordKey(k.ID)).Err(); err != nil {
+		return err
+	}
+	s.client.Del(ctx, hashKey(k.Hash))
+	s.client.HDel(ctx, namesKey, k.Name)
+	return nil
+}
+
+// recordFields renders a record as HSET arguments.
+func recordFields(k store.Key) []any {
+	enabled := "0"
+	if k.Enabled {
+		enabled = "1"
+	}
+	return []any{
+		"i", k.ID,
+		"n", k.Name,
+		"h", k.Hash.String(),
+		"p", k.Prefix,
+		"r", strings.Join(k.Roles, ","),
+		"o", k.Owner,
+		"e", enabled,
+		"x", unixMilli(k.ExpiresAt),
+		"l", k.RateLimit.Limit,
+		"w", k.RateLimit.Window.Milliseconds(),
+		"c", unixMilli(k.CreatedAt),
+		"u", unixMilli(k.LastUsedAt),
+		"v", k.Revision,
+	}
+}
+
+func unixMilli(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func timeMilli(s string) time.Time {
+	ms, _ := strconv.ParseInt(s, 10, 64)
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}
+
+// parseRecord reads the flat field/value list HGETALL returns in a script.
+func parseRecord(id string, flat []any) (store.Key, error) {
+	m := make(map[string]string, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		f, _ := flat[i].(string)
+		v, _ := flat[i+1].(string)
+		m[f] = v
+	}
+	return recordFromMap(id, m)
+}
+
+func recordFromMap(id string, m map[string]string) (store.Key, error) {
+	var k store.Key
+	raw, err := hex.DecodeString(m["h"])
+	if err != nil || len(raw) != len(k.Hash) {
+		return store.Key{}, fmt.Errorf("key record %s has a malformed hash", id)
+	}
+	copy(k.Hash[:], raw)
+	k.ID = id
+	k.Name = m["n"]
+	k.Prefix = m["p"]
+	if r := m["r"]; r != "" {
+		k.Roles = strings.Split(r, ",")
+	}
+	k.Owner = m["o"]
+	k.Enabled = m["e"] == "1"
+	k.ExpiresAt = timeMilli(m["x"])
+	k.RateLimit.Limit, _ = strconv.ParseInt(m["l"], 10, 64)
+	w, _ := strconv.ParseInt(m["w"], 10, 64)
+	k.RateLimit.Window = time.Duration(w) * time.Millisecond
+	k.CreatedAt = timeMilli(m["c"])
+	k.LastUsedAt = timeMilli(m["u"])
+	k.Revision, _ = strconv.ParseInt(m["v"], 10, 64)
+	return k, nil
+}

@@ -1,0 +1,118 @@
+package redisstore
+
+import "github.com/redis/go-redis/v9"
+
+// The limiter functions are shared by both scripts. Each works on one
+// counter key and returns {allowed (1/0), remaining, reset ms, retry ms}.
+// Time comes from the Redis server (TIME), so every gateway replica agrees
+// on it whatever their clocks say.
+const limiterLua = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Sliding-window counter: the fixed window's count plus the previous
+-- window's count weighted by how much of it still overlaps. O(1) memory.
+local function sliding_window(key, now, limit, window)
+  local v = redis.call('HMGET', key, 's', 'c', 'p')
+  local start = now - (now % window)
+  local s, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  if s ~= start then
+    if s == start - window then p = c else p = 0 end
+    c = 0
+  end
+  local weight = (window - (now - start)) / window
+  if p * weight + c + 1 > limit then
+    local wait
+    if c + 1 > limit then
+      -- nothing frees up before the next window, where this window's count
+      -- becomes the weighted previous one
+      local into = math.ceil(window * (1 - (limit - 1) / c))
+      if into < 0 then into = 0 end
+      wait = start + window - now + into
+    else
+      wait = start + math.ceil(window * (1 - (limit - c - 1) / p)) - now
+    end
+    if wait < 1 then wait = 1 end
+    return {0, 0, now + wait, wait}
+  end
+  c = c + 1
+  redis.call('HSET', key, 's', start, 'c', c, 'p', p)
+  redis.call('PEXPIRE', key, window * 2)
+  local remaining = math.floor(limit - (p * weight + c))
+  if remaining < 0 then remaining = 0 end
+  return {1, remaining, start + window, 0}
+end
+
+-- Sliding log: one sorted-set member per admitted request. Exact. Members
+-- are "<ms>-<count>", unique because the count only grows within one ms.
+local function sliding_log(key, now, limit, window)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local n = redis.call('ZCARD', key)
+  if n >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local wait = tonumber(oldest[2]) + window - now
+    if wait < 1 then wait = 1 end
+    return {0, 0, now + wait, wait}
+  end
+  redis.call('ZADD', key, now, now .. '-' .. n)
+  redis.call('PEXPIRE', key, window)
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return {1, limit - n - 1, tonumber(oldest[2]) + window, 0}
+end
+
+local function take(key, now, limit, window, algorithm)
+  if algorithm == 'sliding_log' then
+    return sliding_log(key, now, limit, window)
+  end
+  return sliding_window(key, now, limit, window)
+end
+`
+
+// checkKeyScript is the hot path: validate the key record and take one
+// request from its limit, in one round trip.
+//
+// KEYS[1] record, KEYS[2] counter (absent: no limit)
+// ARGV[1] hash hex, ARGV[2] cached revision, ARGV[3] limit, ARGV[4] window
+// ms, ARGV[5] algorithm, ARGV[6] how old last-used may get before it is
+// rewritten (ms), so that last-used costs one write per key per interval,
+// not one per request.
+//
+// Returns {status, record-or-empty, allowed, remaining, reset, retry}; the
+// record (HGETALL) is sent only when its revision differs from ARGV[2].
+var checkKeyScript = redis.NewScript(limiterLua + `
+local rec = redis.call('HMGET', KEYS[1], 'h', 'e', 'x', 'v', 'u')
+if not rec[1] or rec[1] ~= ARGV[1] then
+  return {1, {}}
+end
+local now = now_ms()
+local full = {}
+if rec[4] ~= ARGV[2] then full = redis.call('HGETALL', KEYS[1]) end
+if rec[2] ~= '1' then return {2, full} end
+local expires = tonumber(rec[3]) or 0
+if expires > 0 and now >= expires then return {3, full} end
+if now - (tonumber(rec[5]) or 0) >= tonumber(ARGV[6]) then
+  redis.call('HSET', KEYS[1], 'u', now)
+end
+if #KEYS < 2 then return {0, full} end
+local d = take(KEYS[2], now, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])
+return {0, full, d[1], d[2], d[3], d[4]}
+`)
+
+// limitScript takes one request from a subject's limit.
+// KEYS[1] counter; ARGV[1] limit, ARGV[2] window ms, ARGV[3] algorithm.
+var limitScript = redis.NewScript(limiterLua + `
+return take(KEYS[1], now_ms(), tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
+`)
+
+// updateScript writes a changed record if nobody changed it meanwhile.
+// KEYS[1] record; ARGV[1] expected revision; ARGV[2..] field/value pairs.
+// Returns 1 on success, 0 when the revision moved on, -1 when gone.
+var updateScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then return -1 end
+if v ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+`)

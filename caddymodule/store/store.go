@@ -1,0 +1,146 @@
+// Package store defines what keygate keeps: key records and rate-limit
+// counters, behind one interface with two implementations — Redis (shared by
+// any number of gateway replicas) and an embedded one (a single gateway,
+// nothing to install). The conformance suite in storetest runs against both.
+//
+// The hot path is CheckKey: one call validates a key record and takes one
+// request from its rate limit, atomically, in a single round trip.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keygate/keygate/caddymodule/apikey"
+)
+
+// Errors returned by the admin side of a Store.
+var (
+	ErrNotFound  = errors.New("no API key with that name")
+	ErrNameTaken = errors.New("an API key with that name already exists")
+)
+
+// Key is a stored key record. It never holds the secret, only its hash.
+type Key struct {
+	ID         string      `json:"id"`
+	Name       string      `json:"name"`
+	Prefix     string      `json:"prefix"` // display prefix, e.g. "sk_a1b2c3d4…"
+	Hash       apikey.Hash `json:"-"`
+	Roles      []string    `json:"roles"`
+	Owner      string      `json:"owner,omitempty"`
+	Enabled    bool        `json:"enabled"`
+	ExpiresAt  time.Time   `json:"expires_at,omitzero"`
+	RateLimit  Policy      `json:"rate_limit,omitzero"` // the key's own limit; zero: the route's
+	CreatedAt  time.Time   `json:"created_at"`
+	LastUsedAt time.Time   `json:"last_used_at,omitzero"`
+	// Revision grows on every change to the record, so caches can tell a
+	// stale copy from a fresh one without comparing fields.
+	Revision int64 `json:"revision"`
+}
+
+// Expired reports whether the key has an expiry that is not after now.
+func (k *Key) Expired(now time.Time) bool {
+	return !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)
+}
+
+// Policy is a rate limit: at most Limit requests in any Window.
+type Policy struct {
+	Limit  int64         `json:"limit"`
+	Window time.Duration `json:"window"`
+}
+
+// IsZero reports whether the policy is unset (no limiting).
+func (p Policy) IsZero() bool { return p.Limit <= 0 || p.Window <= 0 }
+
+// String renders the policy the way the CLI takes it, e.g. "100/10m0s".
+func (p Policy) String() string { return fmt.Sprintf("%d/%s", p.Limit, p.Window) }
+
+// Algorithm names a sliding-window rate-limiting algorithm.
+type Algorithm string
+
+const (
+	// SlidingWindow is the sliding-window counter: the current fixed window's
+	// count plus the previous one's, weighted by how much of it still
+	// overlaps the sliding window. O(1) memory per subject; may admit a few
+	// requests over the limit when traffic is bursty at window edges.
+	SlidingWindow Algorithm = "sliding_window"
+	// SlidingLog keeps one timestamp per admitted request: exact, never
+	// admits more than the limit in any window, O(limit) memory per subject.
+	SlidingLog Algorithm = "sliding_log"
+)
+
+// Valid reports whether a is a known algorithm.
+func (a Algorithm) Valid() bool { return a == SlidingWindow || a == SlidingLog }
+
+// KeyStatus is the outcome of validating a key record.
+type KeyStatus int
+
+const (
+	KeyValid    KeyStatus = iota
+	KeyUnknown            // no record, or the record now holds another hash (rotated)
+	KeyDisabled           // revoked
+	KeyExpired
+)
+
+// Check asks the store to validate one request's key and, when Policy is
+// set, count the request against it.
+type Check struct {
+	KeyID     string
+	Hash      apikey.Hash
+	Revision  int64 // the caller's cached revision; a different stored one comes back in Verdict.Fresh
+	Policy    Policy
+	Algorithm Algorithm
+}
+
+// Verdict is the answer to a Check.
+type Verdict struct {
+	Status KeyStatus
+	// Fresh is the current record when its revision differs from the one in
+	// the Check (the caller's copy is stale), else nil.
+	Fresh *Key
+	// Limit is the rate-limit decision; meaningful only when Status is
+	// KeyValid and the Check had a Policy.
+	Limit Decision
+}
+
+// Decision is one rate-limit decision.
+type Decision struct {
+	Allowed    bool
+	Limit      int64
+	Remaining  int64
+	Reset      time.Time     // when the window resets (allowed) or a request will be admitted again (denied)
+	RetryAfter time.Duration // zero when allowed
+}
+
+// Store keeps keys and rate-limit counters. Implementations are safe for
+// concurrent use.
+type Store interface {
+	// CheckKey validates the record of Check.KeyID against Check.Hash and
+	// takes one request from its limit, atomically, in one round trip.
+	CheckKey(ctx context.Context, c Check) (Verdict, error)
+	// Limit takes one request from the limit of an arbitrary subject (a
+	// client IP for anonymous callers).
+	Limit(ctx context.Context, subject string, p Policy, a Algorithm) (Decision, error)
+	// KeyIDByHash finds the id of the key with that hash: the cold path,
+	// taken only when a gateway sees a key for the first time.
+	KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error)
+
+	// CreateKey stores a new key; ErrNameTaken when the name is in use.
+	CreateKey(ctx context.Context, k Key) error
+	// Keys lists every key, sorted by creation time.
+	Keys(ctx context.Context) ([]Key, error)
+	// KeyByName returns one key; ErrNotFound when there is none.
+	KeyByName(ctx context.Context, name string) (Key, error)
+	// UpdateKey applies change to the named key and stores the result with
+	// a new revision. change must not alter ID or CreatedAt. A new Name
+	// must be free (ErrNameTaken otherwise); a new Hash replaces the old
+	// one at once.
+	UpdateKey(ctx context.Context, name string, change func(*Key) error) (Key, error)
+	// DeleteKey removes the named key.
+	DeleteKey(ctx context.Context, name string) error
+
+	// Close releases the store's resources.
+	Close() error
+}

@@ -1,0 +1,349 @@
+// Package storetest is the conformance suite every store.Store must pass, so
+// the Redis and embedded stores cannot drift apart.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/caddymodule/apikey"
+	"github.com/keygate/keygate/caddymodule/store"
+)
+
+// Run runs the suite. open returns a fresh, empty store; the suite closes it.
+func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	tests := []struct {
+		name string
+		fn   func(*testing.T, store.Store)
+	}{
+		{"CreateAndLookup", testCreateAndLookup},
+		{"NamesAreUnique", testNamesAreUnique},
+		{"ConcurrentCreateOneName", testConcurrentCreateOneName},
+		{"RenameRotateDisableDelete", testLifecycle},
+		{"StaleRevisionGetsFreshRecord", testFreshRecord},
+		{"Expiry", testExpiry},
+		{"SlidingWindowLimit", func(t *testing.T, s store.Store) { testLimit(t, s, store.SlidingWindow) }},
+		{"SlidingLogLimit", func(t *testing.T, s store.Store) { testLimit(t, s, store.SlidingLog) }},
+		{"SlidingLogNeverOveradmits", testSlidingLogConcurrent},
+		{"KeyLimitCountsPerKey", testKeyLimit},
+		{"LastUsedIsRecorded", testLastUsed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t)
+			t.Cleanup(func() { _ = s.Close() })
+			tc.fn(t, s)
+		})
+	}
+}
+
+// NewKey returns a fresh enabled key record and its secret.
+func NewKey(t testing.TB, name string) (store.Key, string) {
+	t.Helper()
+	g, err := apikey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store.Key{
+		ID:        fmt.Sprintf("id-%s-%d", name, time.Now().UnixNano()),
+		Name:      name,
+		Prefix:    g.Display,
+		Hash:      g.Hash,
+		Roles:     []string{"upload"},
+		Enabled:   true,
+		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+	}, g.Secret
+}
+
+func mustCreate(t *testing.T, s store.Store, name string) (store.Key, string) {
+	t.Helper()
+	k, secret := NewKey(t, name)
+	if err := s.CreateKey(context.Background(), k); err != nil {
+		t.Fatalf("CreateKey(%s): %v", name, err)
+	}
+	return k, secret
+}
+
+func check(t *testing.T, s store.Store, c store.Check) store.Verdict {
+	t.Helper()
+	v, err := s.CheckKey(context.Background(), c)
+	if err != nil {
+		t.Fatalf("CheckKey: %v", err)
+	}
+	return v
+}
+
+func testCreateAndLookup(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	k, secret := mustCreate(t, s, "first")
+	id, err := s.KeyIDByHash(ctx, apikey.Sum(secret))
+	if err != nil || id != k.ID {
+		t.Fatalf("KeyIDByHash = %q, %v; want %q", id, err, k.ID)
+	}
+	if _, err := s.KeyIDByHash(ctx, apikey.Sum("sk_nope")); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown hash: err = %v, want ErrNotFound", err)
+	}
+	got, err := s.KeyByName(ctx, "first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != k.ID || got.Hash != k.Hash || got.Prefix != k.Prefix || !got.Enabled ||
+		len(got.Roles) != 1 || got.Roles[0] != "upload" || !got.CreatedAt.Equal(k.CreatedAt) || got.Revision < 1 {
+		t.Fatalf("KeyByName = %+v, want %+v", got, k)
+	}
+	mustCreate(t, s, "second")
+	keys, err := s.Keys(ctx)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("Keys = %d keys, %v; want 2", len(keys), err)
+	}
+	if _, err := s.KeyByName(ctx, "missing"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("KeyByName(missing) err = %v", err)
+	}
+	v := check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash})
+	if v.Status != store.KeyValid || v.Fresh == nil || v.Fresh.Name != "first" {
+		t.Fatalf("CheckKey with no cached revision = %+v, want valid with the record", v)
+	}
+	v = check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash, Revision: v.Fresh.Revision})
+	if v.Status != store.KeyValid || v.Fresh != nil {
+		t.Fatalf("CheckKey with current revision = %+v, want valid without record", v)
+	}
+	if v := check(t, s, store.Check{KeyID: "no-such-id", Hash: k.Hash}); v.Status != store.KeyUnknown {
+		t.Fatalf("CheckKey(unknown id) = %v", v.Status)
+	}
+}
+
+func testNamesAreUnique(t *testing.T, s store.Store) {
+	mustCreate(t, s, "taken")
+	k, _ := NewKey(t, "taken")
+	if err := s.CreateKey(context.Background(), k); !errors.Is(err, store.ErrNameTaken) {
+		t.Fatalf("second CreateKey(taken) err = %v, want ErrNameTaken", err)
+	}
+	mustCreate(t, s, "other")
+	_, err := s.UpdateKey(context.Background(), "other", func(k *store.Key) error { k.Name = "taken"; return nil })
+	if !errors.Is(err, store.ErrNameTaken) {
+		t.Fatalf("rename onto a taken name err = %v, want ErrNameTaken", err)
+	}
+	if _, err := s.KeyByName(context.Background(), "other"); err != nil {
+		t.Fatalf("failed rename lost the key: %v", err)
+	}
+}
+
+func testConcurrentCreateOneName(t *testing.T, s store.Store) {
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			k, _ := NewKey(t, "race")
+			err := s.CreateKey(context.Background(), k)
+			switch {
+			case err == nil:
+				wins.Add(1)
+			case !errors.Is(err, store.ErrNameTaken):
+				t.Errorf("CreateKey: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d concurrent creations of one name succeeded, want 1", wins.Load())
+	}
+}
+
+func testLifecycle(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	k, _ := mustCreate(t, s, "life")
+
+	renamed, err := s.UpdateKey(ctx, "life", func(k *store.Key) error { k.Name = "renamed"; return nil })
+	if err != nil || renamed.Name != "renamed" || renamed.Revision <= k.Revision {
+		t.Fatalf("rename = %+v, %v", renamed, err)
+	}
+	if _, err := s.KeyByName(ctx, "life"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("old name still resolves: %v", err)
+	}
+	mustCreate(t, s, "life") // the old name is free again
+
+	disabled, err := s.UpdateKey(ctx, "renamed", func(k *store.Key) error { k.Enabled = false; return nil })
+	if err != nil || disabled.Enabled {
+		t.Fatalf("disable = %+v, %v", disabled, err)
+	}
+	if v := check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash}); v.Status != store.KeyDisabled {
+		t.Fatalf("disabled key status = %v", v.Status)
+	}
+	if _, err := s.UpdateKey(ctx, "renamed", func(k *store.Key) error { k.Enabled = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if v := check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash}); v.Status != store.KeyValid {
+		t.Fatalf("re-enabled key status = %v", v.Status)
+	}
+
+	g, _ := apikey.Generate()
+	rotated, err := s.UpdateKey(ctx, "renamed", func(k *store.Key) error { k.Hash, k.Prefix = g.Hash, g.Display; return nil })
+	if err != nil || rotated.ID != k.ID {
+		t.Fatalf("rotate = %+v, %v", rotated, err)
+	}
+	if v := check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash}); v.Status != store.KeyUnknown {
+		t.Fatalf("old secret after rotation: status = %v, want unknown", v.Status)
+	}
+	if _, err := s.KeyIDByHash(ctx, k.Hash); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("old hash still indexed: %v", err)
+	}
+	if id, err := s.KeyIDByHash(ctx, g.Hash); err != nil || id != k.ID {
+		t.Fatalf("new hash lookup = %q, %v", id, err)
+	}
+	if v := check(t, s, store.Check{KeyID: k.ID, Hash: g.Hash}); v.Status != store.KeyValid {
+		t.Fatalf("new secret status = %v", v.Status)
+	}
+
+	if err := s.DeleteKey(ctx, "renamed"); err != nil {
+		t.Fatal(err)
+	}
+	if v := check(t, s, store.Check{KeyID: k.ID, Hash: g.Hash}); v.Status != store.KeyUnknown {
+		t.Fatalf("deleted key status = %v", v.Status)
+	}
+	if err := s.DeleteKey(ctx, "renamed"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("second delete err = %v", err)
+	}
+	if _, err := s.UpdateKey(ctx, "renamed", func(*store.Key) error { return nil }); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("update of deleted key err = %v", err)
+	}
+}
+
+func testFreshRecord(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	k, _ := mustCreate(t, s, "fresh")
+	v := check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash})
+	rev := v.Fresh.Revision
+	if _, err := s.UpdateKey(ctx, "fresh", func(k *store.Key) error { k.Name = "fresher"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	v = check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash, Revision: rev})
+	if v.Fresh == nil || v.Fresh.Name != "fresher" {
+		t.Fatalf("after rename, verdict = %+v, want the fresh record", v)
+	}
+}
+
+func testExpiry(t *testing.T, s store.Store) {
+	k, _ := NewKey(t, "expired")
+	k.ExpiresAt = time.Now().Add(-time.Second)
+	if err := s.CreateKey(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	if v := check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash}); v.Status != store.KeyExpired {
+		t.Fatalf("expired key status = %v", v.Status)
+	}
+	later, _ := NewKey(t, "later")
+	later.ExpiresAt = time.Now().Add(time.Hour)
+	if err := s.CreateKey(context.Background(), later); err != nil {
+		t.Fatal(err)
+	}
+	if v := check(t, s, store.Check{KeyID: later.ID, Hash: later.Hash}); v.Status != store.KeyValid {
+		t.Fatalf("unexpired key status = %v", v.Status)
+	}
+}
+
+func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
+	ctx := context.Background()
+	p := store.Policy{Limit: 5, Window: time.Hour}
+	subject := "198.51.100.7-" + string(a)
+	for i := range 5 {
+		d, err := s.Limit(ctx, subject, p, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !d.Allowed || d.Remaining != int64(4-i) || d.Limit != 5 {
+			t.Fatalf("request %d: %+v, want allowed with %d remaining", i+1, d, 4-i)
+		}
+		if !d.Reset.After(time.Now()) || d.Reset.After(time.Now().Add(time.Hour+time.Second)) {
+			t.Fatalf("request %d: reset %v not within the window", i+1, d.Reset)
+		}
+	}
+	d, err := s.Limit(ctx, subject, p, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Allowed || d.Remaining != 0 || d.RetryAfter <= 0 || d.RetryAfter > time.Hour+time.Second {
+		t.Fatalf("6th request: %+v, want denied with a retry within the window", d)
+	}
+	if other, _ := s.Limit(ctx, subject+"-other", p, a); !other.Allowed {
+		t.Fatal("another subject was limited too")
+	}
+	// a short window frees up again
+	short := store.Policy{Limit: 2, Window: 300 * time.Millisecond}
+	for range 2 {
+		if d, _ := s.Limit(ctx, "short-"+string(a), short, a); !d.Allowed {
+			t.Fatal("within limit but denied")
+		}
+	}
+	d, _ = s.Limit(ctx, "short-"+string(a), short, a)
+	if d.Allowed {
+		t.Fatal("over limit but allowed")
+	}
+	time.Sleep(d.RetryAfter + 50*time.Millisecond)
+	if d, _ := s.Limit(ctx, "short-"+string(a), short, a); !d.Allowed {
+		t.Fatalf("after Retry-After (%v) still denied", d.RetryAfter)
+	}
+}
+
+func testSlidingLogConcurrent(t *testing.T, s store.Store) {
+	p := store.Policy{Limit: 50, Window: time.Hour}
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 25 {
+				d, err := s.Limit(context.Background(), "crowd", p, store.SlidingLog)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if d.Allowed {
+					admitted.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if admitted.Load() != 50 {
+		t.Fatalf("sliding_log admitted %d of 200 concurrent requests, want exactly 50", admitted.Load())
+	}
+}
+
+func testKeyLimit(t *testing.T, s store.Store) {
+	a, _ := mustCreate(t, s, "a")
+	b, _ := mustCreate(t, s, "b")
+	p := store.Policy{Limit: 2, Window: time.Hour}
+	for i := range 3 {
+		v := check(t, s, store.Check{KeyID: a.ID, Hash: a.Hash, Policy: p, Algorithm: store.SlidingWindow})
+		if v.Status != store.KeyValid || v.Limit.Allowed != (i < 2) {
+			t.Fatalf("key a request %d: %+v", i+1, v)
+		}
+	}
+	if v := check(t, s, store.Check{KeyID: b.ID, Hash: b.Hash, Policy: p, Algorithm: store.SlidingWindow}); !v.Limit.Allowed {
+		t.Fatal("key b limited by key a's traffic")
+	}
+	// a disabled key never consumes its limit
+	if _, err := s.UpdateKey(context.Background(), "b", func(k *store.Key) error { k.Enabled = false; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if v := check(t, s, store.Check{KeyID: b.ID, Hash: b.Hash, Policy: p, Algorithm: store.SlidingWindow}); v.Status != store.KeyDisabled {
+		t.Fatalf("disabled: %+v", v)
+	}
+}
+
+func testLastUsed(t *testing.T, s store.Store) {
+	k, _ := mustCreate(t, s, "used")
+	before, _ := s.KeyByName(context.Background(), "used")
+	if !before.LastUsedAt.IsZero() {
+		t.Fatalf("new key has last-used %v", before.LastUsedAt)
+	}
+	check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash})
+	after, _ := s.KeyByName(context.Background(), "used")
+	if after.LastUsedAt.IsZero() || time.Since(after.LastUsedAt) > time.Minute {
+		t.Fatalf("last-used after a request = %v", after.LastUsedAt)
+	}
+}
