@@ -1,0 +1,344 @@
+// Package redisstore keeps the backend's links, secrets and reports in Redis,
+// under a key prefix of their own, so that several backend replicas share
+// them. Everything that must be atomic is one Lua script or one command;
+// secret expiry is Redis's own key expiry (PXAT), so an expired secret cannot
+// be read even if nothing ever cleans up.
+//
+// Keys (P is the prefix, "kgb:" by default):
+//
+//	P link:<slug>    hash   id url ownerId createdAt visitCount lastVisitedAt (ms)
+//	P seq:link       string last link id
+//	P owners         hash   owner key -> owner id
+//	P seq:owner      string last owner id
+//	P secret:<id>    string JSON of store.Secret, expires at its ExpiresAt
+//	P gone:<id>      string tombstone of a read view_once secret, TTL-bound
+//	P reports        list   JSON of store.Report, oldest first
+//
+// The scripts touch several keys, so this targets a single Redis (or a
+// primary with replicas / Sentinel), not Redis Cluster.
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/backend/store"
+)
+
+// DefaultPrefix keeps the backend's keys apart from the gateway's.
+const DefaultPrefix = "kgb:"
+
+// Store implements store.Store on Redis.
+type Store struct {
+	rdb    *redis.Client
+	prefix string
+	cfg    store.Config
+	owned  bool // Close closes rdb
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open connects to the Redis at url (redis://[user:pass@]host:port/db or
+// rediss:// for TLS), with timeouts on every network call, and checks that it
+// answers. prefix "" means DefaultPrefix.
+func Open(ctx context.Context, url, prefix string, cfg store.Config) (*Store, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: parsing URL: %w", err)
+	}
+	// Explicit bounds so that a stuck Redis turns into errors, not into
+	// requests that hang forever.
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = 5 * time.Second
+	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = 3 * time.Second
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 3 * time.Second
+	}
+	s := New(redis.NewClient(opts), prefix, cfg)
+	s.owned = true
+	if err := s.Ping(ctx); err != nil {
+		_ = s.rdb.Close()
+		return nil, fmt.Errorf("redisstore: %w", err)
+	}
+	return s, nil
+}
+
+// New wraps an existing client; Close will not close it.
+func New(rdb *redis.Client, prefix string, cfg store.Config) *Store {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return &Store{rdb: rdb, prefix: prefix, cfg: cfg.WithDefaults()}
+}
+
+// Ping implements store.Store.
+func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
+
+// Close implements store.Store.
+func (s *Store) Close() error {
+	if s.owned {
+		return s.rdb.Close()
+	}
+	return nil
+}
+
+func (s *Store) key(parts ...string) string {
+	k := s.prefix
+	for _, p := range parts {
+		k += p
+	}
+	return k
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
+
+// ---- links
+
+// createLink allocates an id only when the slug is free, so that losers of a
+// race leave no gaps in the sequence.
+var createLink = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local id = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'id', id, 'url', ARGV[1], 'ownerId', ARGV[2],
+  'createdAt', ARGV[3], 'visitCount', 0, 'lastVisitedAt', 0)
+return id
+`)
+
+// CreateLink implements store.LinkStore.
+func (s *Store) CreateLink(ctx context.Context, nl store.NewLink) (store.Link, error) {
+	created := nl.CreatedAt // kept in ms, truncated
+	id, err := createLink.Run(ctx, s.rdb,
+		[]string{s.key("link:", nl.Slug), s.key("seq:link")},
+		nl.URL, nl.OwnerID, ms(created)).Int64()
+	if err != nil {
+		return store.Link{}, fmt.Errorf("redisstore: creating link: %w", err)
+	}
+	if id == 0 {
+		return store.Link{}, store.ErrSlugTaken
+	}
+	return store.Link{ID: id, Slug: nl.Slug, URL: nl.URL, OwnerID: nl.OwnerID, CreatedAt: fromMS(ms(created))}, nil
+}
+
+// GetLink implements store.LinkStore.
+func (s *Store) GetLink(ctx context.Context, slug string) (store.Link, error) {
+	m, err := s.rdb.HGetAll(ctx, s.key("link:", slug)).Result()
+	if err != nil {
+		return store.Link{}, fmt.Errorf("redisstore: reading link: %w", err)
+	}
+	return linkFromHash(slug, m)
+}
+
+// visitLink counts the visit only if the link exists (HINCRBY alone would
+// conjure up a half-empty hash for unknown slugs).
+var visitLink = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+redis.call('HINCRBY', KEYS[1], 'visitCount', 1)
+redis.call('HSET', KEYS[1], 'lastVisitedAt', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+`)
+
+// VisitLink implements store.LinkStore.
+func (s *Store) VisitLink(ctx context.Context, slug string, at time.Time) (store.Link, error) {
+	vals, err := visitLink.Run(ctx, s.rdb, []string{s.key("link:", slug)}, ms(at)).StringSlice()
+	if err != nil {
+		return store.Link{}, fmt.Errorf("redisstore: visiting link: %w", err)
+	}
+	m := make(map[string]string, len(vals)/2)
+	for i := 0; i+1 < len(vals); i += 2 {
+		m[vals[i]] = vals[i+1]
+	}
+	return linkFromHash(slug, m)
+}
+
+func linkFromHash(slug string, m map[string]string) (store.Link, error) {
+	if len(m) == 0 {
+		return store.Link{}, store.ErrNotFound
+	}
+	var ints [5]int64
+	for i, f := range []string{"id", "ownerId", "createdAt", "visitCount", "lastVisitedAt"} {
+		v, err := strconv.ParseInt(m[f], 10, 64)
+		if err != nil {
+			return store.Link{}, fmt.Errorf("redisstore: link %q: bad field %s: %w", slug, f, err)
+		}
+		ints[i] = v
+	}
+	return store.Link{
+		ID:            ints[0],
+		Slug:          slug,
+		URL:           m["url"],
+		OwnerID:       ints[1],
+		CreatedAt:     fromMS(ints[2]),
+		VisitCount:    ints[3],
+		LastVisitedAt: fromMS(ints[4]),
+	}, nil
+}
+
+var ownerID = redis.NewScript(`
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if id then return tonumber(id) end
+id = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[1], id)
+return id
+`)
+
+// OwnerID implements store.LinkStore.
+func (s *Store) OwnerID(ctx context.Context, key string) (int64, error) {
+	id, err := ownerID.Run(ctx, s.rdb, []string{s.key("owners"), s.key("seq:owner")}, key).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: owner id: %w", err)
+	}
+	return id, nil
+}
+
+// ---- secrets
+
+// createSecret refuses ids that are live or tombstoned, and lets Redis expire
+// the secret at its absolute deadline.
+var createSecret = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+return 1
+`)
+
+// CreateSecret implements store.SecretStore.
+func (s *Store) CreateSecret(ctx context.Context, sec store.Secret) error {
+	body, err := json.Marshal(sec)
+	if err != nil {
+		return fmt.Errorf("redisstore: encoding secret: %w", err)
+	}
+	ok, err := createSecret.Run(ctx, s.rdb,
+		[]string{s.key("secret:", sec.ID), s.key("gone:", sec.ID)},
+		body, ms(sec.ExpiresAt)).Int()
+	if err != nil {
+		return fmt.Errorf("redisstore: creating secret: %w", err)
+	}
+	if ok == 0 {
+		return store.ErrIDTaken
+	}
+	return nil
+}
+
+// consumeSecret deletes a view_once secret and leaves its tombstone in one
+// step: the caller whose script found the key is the one and only reader.
+// It answers the secret, or 1 when a tombstone exists, or 0 when neither.
+var consumeSecret = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return v
+`)
+
+// OpenSecret implements store.SecretStore. The passcode check runs in Go
+// (authorize compares in constant time) between a plain GET and the consuming
+// script; that is safe because secrets are immutable and the script only
+// succeeds for one caller.
+func (s *Store) OpenSecret(ctx context.Context, id string, authorize func(store.Secret) error) (store.Secret, error) {
+	secretKey, goneKey := s.key("secret:", id), s.key("gone:", id)
+	raw, err := s.rdb.Get(ctx, secretKey).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return store.Secret{}, s.missing(ctx, goneKey)
+	}
+	if err != nil {
+		return store.Secret{}, fmt.Errorf("redisstore: reading secret: %w", err)
+	}
+	sec, err := decodeSecret(raw)
+	if err != nil {
+		return store.Secret{}, err
+	}
+	if authorize != nil {
+		if err := authorize(sec); err != nil {
+			return store.Secret{}, err
+		}
+	}
+	if !sec.ViewOnce() {
+		return sec, nil
+	}
+	res, err := consumeSecret.Run(ctx, s.rdb, []string{secretKey, goneKey}, s.cfg.TombstoneTTL.Milliseconds()).Result()
+	if err != nil {
+		return store.Secret{}, fmt.Errorf("redisstore: consuming secret: %w", err)
+	}
+	switch v := res.(type) {
+	case string:
+		return decodeSecret([]byte(v))
+	case int64:
+		if v == 1 {
+			return store.Secret{}, store.ErrGone
+		}
+		return store.Secret{}, store.ErrNotFound // expired between GET and script
+	default:
+		return store.Secret{}, fmt.Errorf("redisstore: consuming secret: unexpected reply %T", res)
+	}
+}
+
+func (s *Store) missing(ctx context.Context, goneKey string) error {
+	n, err := s.rdb.Exists(ctx, goneKey).Result()
+	if err != nil {
+		return fmt.Errorf("redisstore: reading tombstone: %w", err)
+	}
+	if n == 1 {
+		return store.ErrGone
+	}
+	return store.ErrNotFound
+}
+
+func decodeSecret(raw []byte) (store.Secret, error) {
+	var sec store.Secret
+	if err := json.Unmarshal(raw, &sec); err != nil {
+		return store.Secret{}, fmt.Errorf("redisstore: decoding secret: %w", err)
+	}
+	return sec, nil
+}
+
+// ---- reports
+
+// AddReport implements store.ReportStore.
+func (s *Store) AddReport(ctx context.Context, r store.Report) error {
+	body, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("redisstore: encoding report: %w", err)
+	}
+	if err := s.rdb.RPush(ctx, s.key("reports"), body).Err(); err != nil {
+		return fmt.Errorf("redisstore: storing report: %w", err)
+	}
+	return nil
+}
+
+// Reports implements store.ReportStore.
+func (s *Store) Reports(ctx context.Context, limit int) ([]store.Report, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	vals, err := s.rdb.LRange(ctx, s.key("reports"), 0, int64(limit)-1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: reading reports: %w", err)
+	}
+	out := make([]store.Report, 0, len(vals))
+	for _, v := range vals {
+		var r store.Report
+		if err := json.Unmarshal([]byte(v), &r); err != nil {
+			return nil, fmt.Errorf("redisstore: decoding report: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}

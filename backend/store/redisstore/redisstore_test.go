@@ -1,0 +1,93 @@
+package redisstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/backend/store"
+	"github.com/keygate/keygate/backend/store/redisstore"
+	"github.com/keygate/keygate/backend/store/storetest"
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+// TestConformance runs the shared suite on one real redis-server; every store
+// gets a prefix of its own, which also shows that prefixes keep stores apart.
+func TestConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	var n atomic.Int64
+	storetest.Run(t, func(t *testing.T, cfg store.Config) store.Store {
+		s, err := redisstore.Open(context.Background(), srv.URL(), fmt.Sprintf("kgbtest%d:", n.Add(1)), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}
+
+func TestKeysUsePrefix(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s, err := redisstore.Open(ctx, srv.URL(), "", store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.CreateLink(ctx, store.NewLink{Slug: "x1", URL: "https://example.com", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateSecret(ctx, store.Secret{ID: "abc", ExpiryType: store.OneHour, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	keys, err := rdb.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if len(k) < 4 || k[:4] != redisstore.DefaultPrefix {
+			t.Errorf("key %q outside the %q prefix", k, redisstore.DefaultPrefix)
+		}
+	}
+	// The secret expires by Redis's own clock.
+	ttl, err := rdb.PTTL(ctx, redisstore.DefaultPrefix+"secret:abc").Result()
+	if err != nil || ttl <= 0 || ttl > time.Hour {
+		t.Fatalf("secret TTL %v, %v", ttl, err)
+	}
+}
+
+// TestRedisDown: an unreachable Redis is an error, never a hang or a panic,
+// and the store works again once Redis is back.
+func TestRedisDown(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s, err := redisstore.Open(ctx, srv.URL(), "", store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	srv.Stop()
+	if _, err := s.GetLink(ctx, "x"); err == nil || errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("with redis down: %v, want a connection error", err)
+	}
+	if _, err := s.OpenSecret(ctx, "x", nil); err == nil || errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("with redis down: %v, want a connection error", err)
+	}
+	srv.Restart()
+	if _, err := s.GetLink(ctx, "x"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("after restart: %v, want ErrNotFound", err)
+	}
+}
+
+func TestOpenBadURL(t *testing.T) {
+	if _, err := redisstore.Open(context.Background(), "http://nope", "", store.Config{}); err == nil {
+		t.Fatal("want an error for a non-redis URL")
+	}
+}
