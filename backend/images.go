@@ -1,0 +1,51 @@
+package backend
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/keygate/keygate/internal/problem"
+)
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
+
+// handleImage serves GET/HEAD /i/<id>.<ext>. Only names the upload handler
+// can have produced are opened, so the path can never leave the image
+// directory. Images are immutable, hence the year-long cache lifetime.
+func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
+	file := r.PathValue("file")
+	id, ext, ok := strings.Cut(file, ".")
+	ctype, known := mimeOfExt[ext]
+	if !ok || !known || len(id) != ImageIDLen || !isAlphanumeric(id) {
+		problem.Write(w, errNotFound)
+		return
+	}
+	f, err := os.Open(filepath.Join(s.images, id+"."+ext))
+	if err != nil {
+		if !os.IsNotExist(err) {
+			s.log.Error("image: opening", "err", err)
+			problem.Write(w, errInternal)
+			return
+		}
+		problem.Write(w, errNotFound)
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		problem.Write(w, errNotFound)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", ctype)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "public, max-age=31536000, immutable")
+	// Belt and braces should a browser ever render the bytes as a document.
+	h.Set("Content-Security-Policy", "default-src 'none'; sandbox")
+	// ServeContent adds Range, If-Modified-Since and HEAD support.
+	http.ServeContent(w, r, "", fi.ModTime(), f)
+}

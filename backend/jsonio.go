@@ -1,0 +1,71 @@
+package backend
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+
+	"github.com/keygate/keygate/internal/problem"
+)
+
+// writeJSON sends v as the response. API answers are per-caller and often
+// secret, so nothing is cached on the way.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		problem.Write(w, errInternal)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// jsonBody says how readJSON treats one endpoint's body.
+type jsonBody struct {
+	limit      int64 // bytes
+	allowEmpty bool  // an empty body decodes to the zero value
+	tooBig     problem.Details
+	bad        problem.Details // malformed JSON
+}
+
+// readJSON decodes a JSON value into dst. It writes the error response
+// itself and reports whether the caller may go on.
+func readJSON(w http.ResponseWriter, r *http.Request, spec jsonBody, dst any) bool {
+	limit, tooBig := spec.limit, spec.tooBig
+	if r.ContentLength > limit {
+		w.Header().Set("Connection", "close")
+		problem.Write(w, tooBig)
+		return false
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	err := dec.Decode(dst)
+	if err == nil {
+		// Trailing garbage after the object is a malformed body, not
+		// something to ignore silently.
+		if _, err2 := dec.Token(); err2 != io.EOF {
+			var mbe *http.MaxBytesError
+			if errors.As(err2, &mbe) {
+				problem.Write(w, tooBig)
+			} else {
+				problem.Write(w, spec.bad)
+			}
+			return false
+		}
+		return true
+	}
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		problem.Write(w, tooBig)
+	case errors.Is(err, io.EOF) && spec.allowEmpty:
+		return true
+	default:
+		problem.Write(w, spec.bad)
+	}
+	return false
+}

@@ -1,0 +1,231 @@
+// Command backend runs the keygate backend: uploads, short links and
+// one-time secrets, behind the keygate gateway.
+//
+// Every flag has an environment variable fallback (the flag wins):
+//
+//	-listen             BACKEND_LISTEN           default 127.0.0.1:8081
+//	-data               BACKEND_DATA_DIR         default ./data
+//	-redis              BACKEND_REDIS_URL        empty: embedded store <data>/backend.db
+//	-max-upload         BACKEND_MAX_UPLOAD       default 20MiB
+//	-max-secret         BACKEND_MAX_SECRET       default 1MiB
+//	-upstream-secret    KEYGATE_UPSTREAM_SECRET  required (prefer the env var: flags show in ps)
+//	-insecure-no-secret                          run without the secret (local experiments only)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keygate/keygate/backend"
+	"github.com/keygate/keygate/backend/store"
+	"github.com/keygate/keygate/backend/store/boltstore"
+	"github.com/keygate/keygate/backend/store/redisstore"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr, nil); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "backend:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+// config is the parsed command line.
+type config struct {
+	listen, dataDir, redisURL, secret string
+	maxUpload, maxSecret              int64
+	insecure                          bool
+	logLevel                          slog.Level
+}
+
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	env := func(k, def string) string {
+		if v := getenv(k); v != "" {
+			return v
+		}
+		return def
+	}
+	c := config{maxUpload: backend.DefaultMaxUpload, maxSecret: backend.DefaultMaxSecret}
+	fs := flag.NewFlagSet("backend", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.listen, "listen", env("BACKEND_LISTEN", "127.0.0.1:8081"), "listen `address` (env BACKEND_LISTEN)")
+	fs.StringVar(&c.dataDir, "data", env("BACKEND_DATA_DIR", "./data"), "data `directory`: images and the embedded database (env BACKEND_DATA_DIR)")
+	fs.StringVar(&c.redisURL, "redis", env("BACKEND_REDIS_URL", ""), "Redis `URL`; empty uses the embedded store <data>/backend.db (env BACKEND_REDIS_URL)")
+	fs.StringVar(&c.secret, "upstream-secret", env("KEYGATE_UPSTREAM_SECRET", ""), "shared `secret` the gateway sends in X-Keygate-Upstream-Secret (env KEYGATE_UPSTREAM_SECRET; prefer the env var)")
+	fs.BoolVar(&c.insecure, "insecure-no-secret", false, "accept requests without the upstream secret (never in production)")
+	upload := &sizeFlag{&c.maxUpload}
+	secret := &sizeFlag{&c.maxSecret}
+	for _, e := range []struct {
+		env string
+		f   *sizeFlag
+	}{{"BACKEND_MAX_UPLOAD", upload}, {"BACKEND_MAX_SECRET", secret}} {
+		if v := getenv(e.env); v != "" {
+			if err := e.f.Set(v); err != nil {
+				return c, fmt.Errorf("%s: %w", e.env, err)
+			}
+		}
+	}
+	fs.Var(upload, "max-upload", "largest image `size`, e.g. 20MiB (env BACKEND_MAX_UPLOAD)")
+	fs.Var(secret, "max-secret", "largest encrypted secret `size`, e.g. 1MiB (env BACKEND_MAX_SECRET)")
+	level := env("BACKEND_LOG_LEVEL", "info")
+	fs.StringVar(&level, "log-level", level, "debug, info, warn or error (env BACKEND_LOG_LEVEL)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if err := c.logLevel.UnmarshalText([]byte(level)); err != nil {
+		return c, fmt.Errorf("-log-level: %w", err)
+	}
+	if c.secret == "" && !c.insecure {
+		return c, errors.New("no upstream secret: set KEYGATE_UPSTREAM_SECRET (the value the gateway sends in " +
+			backend.HeaderUpstreamSecret + "), or pass -insecure-no-secret to accept unauthenticated requests")
+	}
+	if c.secret != "" && c.insecure {
+		return c, errors.New("-insecure-no-secret given together with an upstream secret: pick one")
+	}
+	return c, nil
+}
+
+// run starts the backend and serves until ctx is done, then shuts down
+// gracefully. ready, if not nil, receives the bound address (tests listen on
+// port 0).
+func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer, ready chan<- net.Addr) error {
+	c, err := parseConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: c.logLevel}))
+	if c.insecure {
+		log.Warn("running WITHOUT the upstream secret: anyone who can reach this address can act as any key")
+	}
+	if err := os.MkdirAll(c.dataDir, 0o750); err != nil {
+		return fmt.Errorf("creating data directory: %w", err)
+	}
+
+	st, err := openStore(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error("closing store", "err", err)
+		}
+	}()
+
+	h, err := backend.New(backend.Config{
+		Store: st, DataDir: c.dataDir, UpstreamSecret: c.secret,
+		MaxUpload: c.maxUpload, MaxSecret: c.maxSecret, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		// Generous enough for a 20 MiB upload on a slow link, bounded all
+		// the same so that a trickling client cannot hold a connection.
+		ReadTimeout:    5 * time.Minute,
+		WriteTimeout:   5 * time.Minute,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return err
+	}
+	storeDesc := "embedded " + filepath.Join(c.dataDir, "backend.db")
+	if c.redisURL != "" {
+		storeDesc = "redis"
+	}
+	log.Info("backend listening", "addr", ln.Addr().String(), "data", c.dataDir, "store", storeDesc,
+		"max_upload", c.maxUpload, "max_secret", c.maxSecret)
+	if ready != nil {
+		ready <- ln.Addr()
+	}
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func openStore(ctx context.Context, c config) (store.Store, error) {
+	if c.redisURL != "" {
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return redisstore.Open(octx, c.redisURL, redisstore.DefaultPrefix, store.Config{})
+	}
+	return boltstore.Open(filepath.Join(c.dataDir, "backend.db"), boltstore.Options{})
+}
+
+// sizeFlag parses byte sizes: 1048576, 512KiB, 20MiB, 1GiB (also KB/MB/GB
+// as the same powers of two, and K/M/G).
+type sizeFlag struct{ v *int64 }
+
+func (f *sizeFlag) String() string {
+	if f == nil || f.v == nil {
+		return ""
+	}
+	return strconv.FormatInt(*f.v, 10)
+}
+
+func (f *sizeFlag) Set(s string) error {
+	n, err := parseSize(s)
+	if err != nil {
+		return err
+	}
+	*f.v = n
+	return nil
+}
+
+func parseSize(s string) (int64, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KIB", 1 << 10}, {"MIB", 1 << 20}, {"GIB", 1 << 30}, {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}} {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n <= 0 || n > (1<<40)/mult {
+		return 0, fmt.Errorf("invalid size %q (want e.g. 1048576, 512KiB or 20MiB)", s)
+	}
+	return n * mult, nil
+}
