@@ -8,6 +8,7 @@ import (
 
 	// plug in Caddy modules here
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	_ "github.com/keygate/keygate/caddymodule"
 )
 
 func main() {

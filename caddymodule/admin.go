@@ -1,0 +1,363 @@
+package keygate
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/caddymodule/apikey"
+	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/internal/problem"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// adminAPI serves key management under /keygate/ on Caddy's admin endpoint:
+//
+//	GET    /keygate/keys                list keys
+//	POST   /keygate/keys                create a key (the only response that holds it)
+//	GET    /keygate/keys/<name>         show one key
+//	DELETE /keygate/keys/<name>         delete a key
+//	POST   /keygate/keys/<name>/enable  re-enable a disabled key
+//	POST   /keygate/keys/<name>/disable revoke a key (every replica, at once)
+//	POST   /keygate/keys/<name>/rename  {"name": "<new>"}
+//	POST   /keygate/keys/<name>/rotate  new secret, the old one is rejected at once
+//
+// Errors are problem+json with an "error" member, like the gateway's.
+type adminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.keygate",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/keygate/", Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+const (
+	maxAdminBody  = 64 << 10
+	maxNameLength = 100
+	adminTimeout  = 10 * time.Second
+)
+
+// keyView is a key as the admin API and the CLI show it.
+type keyView struct {
+	Key        string     `json:"key,omitempty"` // only in the response that creates or rotates it
+	ID         string     `json:"id"`
+	Name       string     `json:"name"`
+	Prefix     string     `json:"prefix"`
+	Status     string     `json:"status"` // active, disabled or expired
+	Enabled    bool       `json:"enabled"`
+	Roles      []string   `json:"roles"`
+	Owner      string     `json:"owner,omitempty"`
+	RateLimit  string     `json:"rate_limit,omitempty"` // e.g. "10000/1h"
+	ExpiresAt  *time.Time `json:"expires_at"`
+	CreatedAt  time.Time  `json:"created_at"`
+	LastUsedAt *time.Time `json:"last_used_at"`
+}
+
+func viewOf(k store.Key, now time.Time) keyView {
+	v := keyView{
+		ID: k.ID, Name: k.Name, Prefix: k.Prefix, Enabled: k.Enabled, Roles: k.Roles,
+		Owner: k.Owner, RateLimit: formatRate(k.RateLimit), CreatedAt: k.CreatedAt,
+	}
+	if v.Roles == nil {
+		v.Roles = []string{}
+	}
+	if !k.ExpiresAt.IsZero() {
+		v.ExpiresAt = &k.ExpiresAt
+	}
+	if !k.LastUsedAt.IsZero() {
+		v.LastUsedAt = &k.LastUsedAt
+	}
+	switch {
+	case !k.Enabled:
+		v.Status = "disabled"
+	case k.Expired(now):
+		v.Status = "expired"
+	default:
+		v.Status = "active"
+	}
+	return v
+}
+
+// createRequest is the body of POST /keygate/keys.
+type createRequest struct {
+	Name      string   `json:"name"`
+	Expires   string   `json:"expires,omitempty"` // 2026-12-31 (00:00 UTC) or RFC 3339
+	Roles     []string `json:"roles,omitempty"`
+	Owner     string   `json:"owner,omitempty"`
+	RateLimit string   `json:"rate_limit,omitempty"` // e.g. "10000/1h"
+}
+
+// renameRequest is the body of POST /keygate/keys/<name>/rename.
+type renameRequest struct {
+	Name string `json:"name"`
+}
+
+// adminError is a failed admin call: rendered as problem+json.
+type adminError struct {
+	status int
+	msg    string
+}
+
+func (e adminError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) error {
+	return adminError{http.StatusBadRequest, fmt.Sprintf(format, args...)}
+}
+
+func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	status, body, err := a.route(r)
+	if err != nil {
+		var ae adminError
+		switch {
+		case errors.As(err, &ae):
+		case errors.Is(err, store.ErrNotFound):
+			ae = adminError{http.StatusNotFound, err.Error()}
+		case errors.Is(err, store.ErrNameTaken):
+			ae = adminError{http.StatusConflict, err.Error()}
+		default:
+			caddy.Log().Named("keygate.admin").Error("admin call failed", zap.Error(err))
+			ae = adminError{http.StatusServiceUnavailable, "key store unavailable: " + err.Error()}
+		}
+		title := http.StatusText(ae.status)
+		problem.Write(w, problem.Details{Type: problem.TypeBase + "admin", Title: title, Status: ae.status, Detail: ae.msg, Error: ae.msg})
+		return nil
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(body)
+}
+
+// route dispatches one admin call; it returns the status and body of a
+// success.
+func (a adminAPI) route(r *http.Request) (int, any, error) {
+	app, err := activeApp()
+	if err != nil {
+		return 0, nil, adminError{http.StatusServiceUnavailable, err.Error()}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), adminTimeout)
+	defer cancel()
+	s := app.shared
+
+	rest, ok := strings.CutPrefix(r.URL.Path, "/keygate/keys")
+	if !ok {
+		return 0, nil, adminError{http.StatusNotFound, "unknown keygate admin path " + r.URL.Path}
+	}
+	rest = strings.TrimPrefix(rest, "/")
+	if rest == "" {
+		switch r.Method {
+		case http.MethodGet:
+			keys, err := s.Keys(ctx)
+			if err != nil {
+				return 0, nil, err
+			}
+			now := time.Now()
+			views := make([]keyView, 0, len(keys))
+			for _, k := range keys {
+				views = append(views, viewOf(k, now))
+			}
+			return http.StatusOK, views, nil
+		case http.MethodPost:
+			var req createRequest
+			if err := decodeBody(r, &req); err != nil {
+				return 0, nil, err
+			}
+			v, err := createKey(ctx, s, req)
+			return http.StatusCreated, v, err
+		}
+		return 0, nil, methodNotAllowed(r)
+	}
+
+	name, action, _ := strings.Cut(rest, "/")
+	switch {
+	case action == "" && r.Method == http.MethodGet:
+		k, err := s.KeyByName(ctx, name)
+		return http.StatusOK, viewOf(k, time.Now()), err
+	case action == "" && r.Method == http.MethodDelete:
+		if err := s.DeleteKey(ctx, name); err != nil {
+			return 0, nil, err
+		}
+		return http.StatusOK, map[string]string{"deleted": name}, nil
+	case r.Method != http.MethodPost:
+		return 0, nil, methodNotAllowed(r)
+	}
+
+	var secret string
+	var change func(*store.Key) error
+	switch action {
+	case "enable", "disable":
+		enabled := action == "enable"
+		change = func(k *store.Key) error { k.Enabled = enabled; return nil }
+	case "rename":
+		var req renameRequest
+		if err := decodeBody(r, &req); err != nil {
+			return 0, nil, err
+		}
+		if err := validName(req.Name); err != nil {
+			return 0, nil, err
+		}
+		change = func(k *store.Key) error { k.Name = req.Name; return nil }
+	case "rotate":
+		g, err := apikey.Generate()
+		if err != nil {
+			return 0, nil, err
+		}
+		secret = g.Secret
+		change = func(k *store.Key) error { k.Hash, k.Prefix = g.Hash, g.Display; return nil }
+	default:
+		return 0, nil, adminError{http.StatusNotFound, fmt.Sprintf("unknown action %q: use enable, disable, rename or rotate", action)}
+	}
+	k, err := s.UpdateKey(ctx, name, change)
+	if err != nil {
+		return 0, nil, err
+	}
+	v := viewOf(k, time.Now())
+	v.Key = secret
+	return http.StatusOK, v, nil
+}
+
+// createKey validates a creation request and stores the new key.
+func createKey(ctx context.Context, s store.Store, req createRequest) (keyView, error) {
+	now := time.Now()
+	if err := validName(req.Name); err != nil {
+		return keyView{}, err
+	}
+	k := store.Key{Name: req.Name, Enabled: true, CreatedAt: now.UTC().Truncate(time.Millisecond), Owner: req.Owner}
+	if err := validLabel("owner", req.Owner); err != nil {
+		return keyView{}, err
+	}
+	for _, role := range req.Roles {
+		if !validRole(role) {
+			return keyView{}, badRequest("role %q: use lowercase letters, digits and _ . : - only", role)
+		}
+		k.Roles = append(k.Roles, role)
+	}
+	if req.Expires != "" {
+		t, err := parseExpiry(req.Expires)
+		if err != nil {
+			return keyView{}, err
+		}
+		if !t.After(now) {
+			return keyView{}, badRequest("expiry %s is in the past", req.Expires)
+		}
+		k.ExpiresAt = t
+	}
+	if req.RateLimit != "" {
+		p, err := parseRate(req.RateLimit)
+		if err != nil {
+			return keyView{}, badRequest("%v", err)
+		}
+		k.RateLimit = p
+	}
+	var id [8]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return keyView{}, err
+	}
+	k.ID = hex.EncodeToString(id[:])
+	g, err := apikey.Generate()
+	if err != nil {
+		return keyView{}, err
+	}
+	k.Hash, k.Prefix = g.Hash, g.Display
+	if err := s.CreateKey(ctx, k); err != nil {
+		return keyView{}, err
+	}
+	k.Revision = 1
+	v := viewOf(k, now)
+	v.Key = g.Secret
+	return v, nil
+}
+
+// parseExpiry reads a date (meaning 00:00 UTC that day, as Shlink does) or
+// an RFC 3339 time.
+func parseExpiry(s string) (time.Time, error) {
+	if t, err := time.Parse(time.DateOnly, s); err == nil {
+		return t, nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t.UTC(), nil
+	}
+	return time.Time{}, badRequest("expiry %q is neither a date (2026-12-31) nor an RFC 3339 time (2026-12-31T23:59:59Z)", s)
+}
+
+// validName accepts names that are safe in a URL path segment, a header
+// value and a terminal: printable ASCII without '/', no surrounding spaces.
+func validName(name string) error {
+	if name == "" {
+		return badRequest("a name is required")
+	}
+	if name != strings.TrimSpace(name) || strings.Contains(name, "/") {
+		return badRequest("name %q: no surrounding spaces and no '/'", name)
+	}
+	return validLabel("name", name)
+}
+
+func validLabel(what, s string) error {
+	if len(s) > maxNameLength {
+		return badRequest("%s is longer than %d characters", what, maxNameLength)
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return badRequest("%s %q: printable ASCII characters only", what, s)
+		}
+	}
+	return nil
+}
+
+func validRole(role string) bool {
+	if role == "" || len(role) > maxNameLength {
+		return false
+	}
+	for i := 0; i < len(role); i++ {
+		c := role[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && !strings.ContainsRune("_.:-", rune(c)) {
+			return false
+		}
+	}
+	return true
+}
+
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("invalid JSON body: %v", err)
+	}
+	return nil
+}
+
+func methodNotAllowed(r *http.Request) error {
+	return adminError{http.StatusMethodNotAllowed, "method " + r.Method + " not allowed on " + r.URL.Path}
+}
+
+// activeApp finds the keygate app of the running config.
+func activeApp() (*App, error) {
+	app, err := caddy.ActiveContext().AppIfConfigured("keygate")
+	if err != nil || app == nil {
+		return nil, errAppNotRunning
+	}
+	return app.(*App), nil
+}
+
+// Interface guards
+var _ caddy.AdminRouter = adminAPI{}

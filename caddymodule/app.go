@@ -1,0 +1,160 @@
+package keygate
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/caddymodule/store/redisstore"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// stores holds the open stores, keyed by where they point, so that the
+// connection pool and the key cache survive config reloads: a reload
+// provisions the new App (one more user) before cleaning up the old one.
+var stores = caddy.NewUsagePool()
+
+// App is the keygate app. It owns the key store that every keygate handler
+// and the admin API share. Configure it with the `keygate` global option; a
+// handler used without it gets an App with the defaults.
+type App struct {
+	// Redis is the go-redis URL of the shared store, e.g.
+	// redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:// for a socket).
+	// Use it whenever more than one gateway replica serves the same keys.
+	// Default: empty, an embedded store in Caddy's data directory
+	// (keygate/keys.json) with rate limits kept in this process.
+	Redis string `json:"redis,omitempty"`
+
+	// OnStoreError decides what happens while the store is unreachable.
+	// "closed" (default): every keyed request gets 503. "open": a key that
+	// validated within FailOpenGrace passes without rate limiting; anything
+	// else still gets 503.
+	OnStoreError string `json:"on_store_error,omitempty"`
+
+	// Timeout bounds every store call (dial, read, write), so an outage
+	// never stalls a request for longer. Default: 500ms.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// FailOpenGrace is how recently a key must have validated to pass while
+	// the store is down with on_store_error open. Default: 5m.
+	FailOpenGrace caddy.Duration `json:"fail_open_grace,omitempty"`
+
+	poolKey string
+	shared  *sharedStore
+	metrics *metrics
+	logger  *zap.Logger
+}
+
+// Failure modes for OnStoreError.
+const (
+	storeErrorClosed = "closed"
+	storeErrorOpen   = "open"
+)
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "keygate",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// sharedStore is what the usage pool keeps: the store and the cache of
+// keys seen on it.
+type sharedStore struct {
+	store.Store
+	keys *keyCache
+}
+
+// Destruct closes the store when the last config using it is gone.
+func (s *sharedStore) Destruct() error { return s.Close() }
+
+// Provision opens (or reuses) the store.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if a.OnStoreError == "" {
+		a.OnStoreError = storeErrorClosed
+	}
+	if a.Timeout <= 0 {
+		a.Timeout = caddy.Duration(500 * time.Millisecond)
+	}
+	if a.FailOpenGrace <= 0 {
+		a.FailOpenGrace = caddy.Duration(5 * time.Minute)
+	}
+	a.metrics = newMetrics(ctx.GetMetricsRegistry())
+
+	var open func() (store.Store, error)
+	if a.Redis != "" {
+		a.poolKey = fmt.Sprintf("redis|%s|%s", a.Redis, time.Duration(a.Timeout))
+		open = func() (store.Store, error) { return redisstore.Open(a.Redis, time.Duration(a.Timeout)) }
+	} else {
+		path := filepath.Join(caddy.AppDataDir(), "keygate", "keys.json")
+		a.poolKey = "file|" + path
+		open = func() (store.Store, error) { return nil, errors.New("embedded store: TODO-LOCALSTORE " + path) }
+	}
+	val, loaded, err := stores.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
+		s, err := open()
+		if err != nil {
+			return nil, err
+		}
+		return &sharedStore{Store: s, keys: newKeyCache()}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("opening key store: %v", err)
+	}
+	a.shared = val.(*sharedStore)
+	if !loaded {
+		a.logger.Info("key store opened", zap.String("store", a.storeName()))
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (a *App) Validate() error {
+	if a.OnStoreError != storeErrorClosed && a.OnStoreError != storeErrorOpen {
+		return fmt.Errorf("on_store_error must be %q or %q, not %q", storeErrorClosed, storeErrorOpen, a.OnStoreError)
+	}
+	return nil
+}
+
+// Start implements caddy.App; the store is ready after Provision.
+func (a *App) Start() error { return nil }
+
+// Stop implements caddy.App.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's use of the store.
+func (a *App) Cleanup() error {
+	if a.poolKey == "" {
+		return nil
+	}
+	_, err := stores.Delete(a.poolKey)
+	return err
+}
+
+// storeName describes the store for logs without its credentials.
+func (a *App) storeName() string {
+	if a.Redis == "" {
+		return "embedded"
+	}
+	return "redis"
+}
+
+// errAppNotRunning is returned by the admin API when no config uses keygate.
+var errAppNotRunning = errors.New("keygate is not configured: add the keygate global option or a keygate handler")
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

@@ -1,0 +1,177 @@
+package keygate
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/keygate/keygate/caddymodule/store"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("keygate", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("keygate", parseHandler)
+	// Authentication comes first, so keygate works outside route blocks.
+	httpcaddyfile.RegisterDirectiveOrder("keygate", httpcaddyfile.Before, "basic_auth")
+	httpcaddyfile.RegisterHandlerDirective("keygate_errors", parseErrorRenderer)
+	httpcaddyfile.RegisterDirectiveOrder("keygate_errors", httpcaddyfile.Before, "respond")
+}
+
+// parseGlobalOption sets up the keygate app from the global option. Syntax:
+//
+//	keygate {
+//		redis <url>                 # default: embedded store in Caddy's data dir
+//		on_store_error closed|open  # default: closed
+//		timeout <duration>          # default: 500ms
+//		fail_open_grace <duration>  # default: 5m
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "keygate", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from Caddyfile tokens; see
+// parseGlobalOption for the syntax.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "redis":
+			if !d.AllArgs(&a.Redis) {
+				return d.ArgErr()
+			}
+		case "on_store_error":
+			if !d.AllArgs(&a.OnStoreError) {
+				return d.ArgErr()
+			}
+			if a.OnStoreError != storeErrorClosed && a.OnStoreError != storeErrorOpen {
+				return d.Errf("on_store_error must be closed or open, not %q", a.OnStoreError)
+			}
+		case "timeout", "fail_open_grace":
+			name := d.Val()
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(s)
+			if err != nil || dur <= 0 {
+				return d.Errf("%s: bad duration %q", name, s)
+			}
+			if name == "timeout" {
+				a.Timeout = caddy.Duration(dur)
+			} else {
+				a.FailOpenGrace = caddy.Duration(dur)
+			}
+		default:
+			return d.Errf("unrecognized keygate option: %s", d.Val())
+		}
+	}
+	return nil
+}
+
+// parseHandler sets up the keygate handler from Caddyfile tokens. Syntax:
+//
+//	keygate [<matcher>] {
+//		rate_limit <requests> <window>   # per key; a key's own limit wins
+//		anonymous  <requests> <window>   # let keyless callers in, limited per client IP
+//		roles      <role...>             # the key must hold one of them, else 403
+//		algorithm  sliding_window|sliding_log
+//		keep_credentials                 # pass Authorization / X-API-Key upstream
+//	}
+func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return handler, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens; see
+// parseHandler for the syntax.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "rate_limit":
+			r, err := parseRateArgs(d)
+			if err != nil {
+				return err
+			}
+			h.RateLimit = r
+		case "anonymous":
+			r, err := parseRateArgs(d)
+			if err != nil {
+				return err
+			}
+			h.Anonymous = r
+		case "roles":
+			h.Roles = append(h.Roles, d.RemainingArgs()...)
+			if len(h.Roles) == 0 {
+				return d.ArgErr()
+			}
+		case "algorithm":
+			var a string
+			if !d.AllArgs(&a) {
+				return d.ArgErr()
+			}
+			h.Algorithm = store.Algorithm(a)
+			if !h.Algorithm.Valid() {
+				return d.Errf("algorithm must be sliding_window or sliding_log, not %q", a)
+			}
+		case "keep_credentials":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.KeepCredentials = true
+		default:
+			return d.Errf("unrecognized keygate subdirective: %s", d.Val())
+		}
+	}
+	return nil
+}
+
+// parseRateArgs reads "<requests> <window>".
+func parseRateArgs(d *caddyfile.Dispenser) (*Rate, error) {
+	name := d.Val()
+	var n, w string
+	if !d.AllArgs(&n, &w) {
+		return nil, d.ArgErr()
+	}
+	requests, err := strconv.ParseInt(n, 10, 64)
+	if err != nil || requests <= 0 {
+		return nil, d.Errf("%s: requests must be a positive whole number, not %q", name, n)
+	}
+	window, err := caddy.ParseDuration(w)
+	if err != nil || window <= 0 {
+		return nil, d.Errf("%s: bad window %q", name, w)
+	}
+	return &Rate{Requests: requests, Window: caddy.Duration(window)}, nil
+}
+
+// parseErrorRenderer sets up keygate_errors. Syntax, inside handle_errors:
+//
+//	keygate_errors
+func parseErrorRenderer(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	h.Next() // consume directive name
+	if h.NextArg() {
+		return nil, h.ArgErr()
+	}
+	return ErrorRenderer{}, nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+)

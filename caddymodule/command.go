@@ -1,0 +1,257 @@
+package keygate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "api-key",
+		Usage: "generate|list|disable|enable|delete|rename|rotate [--address <admin>] [--json]",
+		Short: "Manages keygate API keys through a running keygate's admin API",
+		Long: `
+Manages the API keys of a running keygate, through its admin API (like
+'caddy reload', it talks to --address, default localhost:2019, or the admin
+address of --config). A key's secret is printed once, by generate and
+rotate, and never again: only its SHA-256 is stored.
+
+  keygate api-key generate --name NAME [--expires 2026-12-31|RFC3339]
+                           [--roles a,b] [--owner X] [--rate-limit 10000/1h]
+  keygate api-key list
+  keygate api-key disable NAME | enable NAME | delete NAME
+  keygate api-key rename OLD NEW
+  keygate api-key rotate NAME
+
+--json prints every result as JSON. Errors go to stderr with a non-zero
+exit status.
+`,
+		CobraFunc: func(cmd *cobra.Command) { cmd.AddCommand(apiKeyCommands()...) },
+	})
+}
+
+// apiKeyCommands are the subcommands of `keygate api-key`.
+func apiKeyCommands() []*cobra.Command {
+	return []*cobra.Command{
+		apiKeyCommand("generate", "Creates a key and prints its secret once", cobra.NoArgs, func(c *cobra.Command) {
+			c.Flags().String("name", "", "Unique name of the key (required)")
+			c.Flags().String("expires", "", "Expiry: a date (00:00 UTC that day) or an RFC 3339 time")
+			c.Flags().String("roles", "", "Comma-separated roles")
+			c.Flags().String("owner", "", "Owner label passed upstream as X-Keygate-Owner")
+			c.Flags().String("rate-limit", "", "The key's own limit, <requests>/<window>, e.g. 10000/1h")
+		}, cmdGenerate),
+		apiKeyCommand("list", "Lists keys: name, id, prefix, status, expiry, roles, last use", cobra.NoArgs, nil, cmdList),
+		apiKeyCommand("disable", "Revokes a key on every gateway at once", cobra.ExactArgs(1), nil, cmdAction("disable")),
+		apiKeyCommand("enable", "Re-enables a disabled key", cobra.ExactArgs(1), nil, cmdAction("enable")),
+		apiKeyCommand("delete", "Deletes a key", cobra.ExactArgs(1), nil, cmdDelete),
+		apiKeyCommand("rename", "Renames a key; names stay unique", cobra.ExactArgs(2), nil, cmdRename),
+		apiKeyCommand("rotate", "Gives a key a new secret; the old one is rejected at once", cobra.ExactArgs(1), nil, cmdAction("rotate")),
+	}
+}
+
+// apiKeyCommand builds one subcommand with the flags they all share.
+func apiKeyCommand(use, short string, args cobra.PositionalArgs, flags func(*cobra.Command), run func(cli *adminClient, args []string) error) *cobra.Command {
+	c := &cobra.Command{Use: use, Short: short, Args: args, SilenceUsage: true}
+	c.Flags().String("address", "", "Admin API address (default: from --config, else localhost:2019)")
+	c.Flags().StringP("config", "c", "", "Config file to read the admin address from")
+	c.Flags().StringP("adapter", "a", "", "Name of the config adapter to use with --config")
+	c.Flags().Bool("json", false, "Print JSON")
+	if flags != nil {
+		flags(c)
+	}
+	c.RunE = func(c *cobra.Command, args []string) error {
+		fs := caddycmd.Flags{FlagSet: c.Flags()}
+		addr, err := caddycmd.DetermineAdminAPIAddress(fs.String("address"), nil, fs.String("config"), fs.String("adapter"))
+		if err != nil {
+			return fmt.Errorf("finding the admin address: %v", err)
+		}
+		return run(&adminClient{addr: addr, json: fs.Bool("json"), flags: fs, out: c.OutOrStdout()}, args)
+	}
+	return c
+}
+
+// adminClient calls the keygate admin API for the CLI.
+type adminClient struct {
+	addr  string
+	json  bool
+	flags caddycmd.Flags
+	out   io.Writer
+}
+
+// call sends one request and decodes a successful response into out.
+func (a *adminClient) call(method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	addr, err := caddy.ParseNetworkAddress(a.addr)
+	if err != nil || addr.PortRangeSize() > 1 {
+		return fmt.Errorf("invalid admin address %s: %v", a.addr, err)
+	}
+	origin := "http://" + addr.JoinHostPort(0)
+	dialAddr := addr.JoinHostPort(0)
+	if addr.IsUnixNetwork() {
+		origin = "http://127.0.0.1"                  // any host will do over a socket
+		dialAddr, _, _ = strings.Cut(addr.Host, "|") // drop socket permission bits
+	}
+	req, err := http.NewRequest(method, origin+path, rd)
+	if err != nil {
+		return err
+	}
+	if !addr.IsUnixNetwork() {
+		req.Header.Set("Origin", origin)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	client := &http.Client{
+		Timeout: adminTimeout + 5*time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, addr.Network, dialAddr)
+		}},
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("calling the admin API at %s (is keygate running?): %v", a.addr, err)
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(io.LimitReader(resp.Body, 16<<20))
+	if resp.StatusCode >= 400 {
+		var p struct {
+			Error string `json:"error"`
+		}
+		if dec.Decode(&p) != nil || p.Error == "" {
+			return fmt.Errorf("admin API answered %s", resp.Status)
+		}
+		return errors.New(p.Error)
+	}
+	return dec.Decode(out)
+}
+
+func keyPath(name string) string { return "/keygate/keys/" + url.PathEscape(name) }
+
+func cmdGenerate(a *adminClient, _ []string) error {
+	req := createRequest{
+		Name:      a.flags.String("name"),
+		Expires:   a.flags.String("expires"),
+		Owner:     a.flags.String("owner"),
+		RateLimit: a.flags.String("rate-limit"),
+	}
+	if req.Name == "" {
+		return errors.New("--name is required")
+	}
+	for _, r := range strings.Split(a.flags.String("roles"), ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			req.Roles = append(req.Roles, r)
+		}
+	}
+	var v keyView
+	if err := a.call(http.MethodPost, "/keygate/keys", req, &v); err != nil {
+		return err
+	}
+	return a.printKey(v, "Generated API key %q. Store it now: it will not be shown again.\n")
+}
+
+func cmdList(a *adminClient, _ []string) error {
+	var views []keyView
+	if err := a.call(http.MethodGet, "/keygate/keys", nil, &views); err != nil {
+		return err
+	}
+	if a.json {
+		return a.printJSON(views)
+	}
+	tw := tabwriter.NewWriter(a.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tID\tPREFIX\tSTATUS\tEXPIRES\tROLES\tRATE LIMIT\tLAST USED")
+	for _, v := range views {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.ID, v.Prefix, v.Status,
+			orDash(v.ExpiresAt), dashIfEmpty(strings.Join(v.Roles, ",")), dashIfEmpty(v.RateLimit), orDash(v.LastUsedAt))
+	}
+	return tw.Flush()
+}
+
+func cmdAction(action string) func(*adminClient, []string) error {
+	return func(a *adminClient, args []string) error {
+		var v keyView
+		if err := a.call(http.MethodPost, keyPath(args[0])+"/"+action, nil, &v); err != nil {
+			return err
+		}
+		if action == "rotate" {
+			return a.printKey(v, "Rotated API key %q; the old secret is rejected from now on. Store the new one now: it will not be shown again.\n")
+		}
+		return a.printKey(v, "API key %q "+action+"d.\n")
+	}
+}
+
+func cmdDelete(a *adminClient, args []string) error {
+	var out map[string]string
+	if err := a.call(http.MethodDelete, keyPath(args[0]), nil, &out); err != nil {
+		return err
+	}
+	if a.json {
+		return a.printJSON(out)
+	}
+	_, err := fmt.Fprintf(a.out, "API key %q deleted.\n", args[0])
+	return err
+}
+
+func cmdRename(a *adminClient, args []string) error {
+	var v keyView
+	if err := a.call(http.MethodPost, keyPath(args[0])+"/rename", renameRequest{Name: args[1]}, &v); err != nil {
+		return err
+	}
+	return a.printKey(v, "API key renamed to %q.\n")
+}
+
+// printKey prints a key: JSON, or a headline and, when the response holds
+// one, the secret on its own line (easy to copy, easy to pipe).
+func (a *adminClient) printKey(v keyView, headline string) error {
+	if a.json {
+		return a.printJSON(v)
+	}
+	fmt.Fprintf(a.out, headline, v.Name)
+	if v.Key != "" {
+		fmt.Fprintf(a.out, "\n    %s\n\n", v.Key)
+	}
+	_, err := fmt.Fprintf(a.out, "id: %s  prefix: %s  status: %s  expires: %s  roles: %s\n",
+		v.ID, v.Prefix, v.Status, orDash(v.ExpiresAt), dashIfEmpty(strings.Join(v.Roles, ",")))
+	return err
+}
+
+func (a *adminClient) printJSON(v any) error {
+	enc := json.NewEncoder(a.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func orDash(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func dashIfEmpty(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

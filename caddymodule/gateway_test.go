@@ -1,0 +1,333 @@
+package keygate
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+const protectedSite = `
+	handle /api/* {
+		keygate {
+			rate_limit 100 10m
+			roles upload
+		}
+		reverse_proxy {upstream}
+	}
+	handle {
+		keygate {
+			anonymous 3 1h
+			rate_limit 100 10m
+		}
+		reverse_proxy {upstream}
+	}
+`
+
+func TestKeyLifecycleThroughCLI(t *testing.T) {
+	g := startRedisGateway(t, "", protectedSite)
+	k := generate(t, "--name", "sharex", "--roles", "upload,read", "--owner", "alice")
+	if !strings.HasPrefix(k.Key, "sk_") || len(k.Key) != 51 || !strings.HasPrefix(k.Key, strings.TrimSuffix(k.Prefix, "…")) {
+		t.Fatalf("generated key %q with prefix %q", k.Key, k.Prefix)
+	}
+
+	// both header styles, any header-name case
+	r := g.get("/api/x", bearer(k.Key)...)
+	if r.status != http.StatusOK {
+		t.Fatalf("Bearer: status %d %s", r.status, r.body)
+	}
+	for name, want := range map[string]string{
+		"X-Keygate-Key-Id": k.ID, "X-Keygate-Key-Name": "sharex",
+		"X-Keygate-Roles": "upload,read", "X-Keygate-Owner": "alice",
+	} {
+		if got := r.upstreamSaw.Get(name); got != want {
+			t.Errorf("upstream saw %s = %q, want %q", name, got, want)
+		}
+	}
+	if r.upstreamSaw.Get("Authorization") != "" {
+		t.Error("the credential reached the upstream")
+	}
+	for _, h := range []string{"X-API-Key", "x-api-key", "X-Api-Key"} {
+		if r := g.get("/api/x", h, k.Key); r.status != http.StatusOK || r.upstreamSaw.Get("X-Api-Key") != "" {
+			t.Fatalf("%s: status %d, upstream saw key %q", h, r.status, r.upstreamSaw.Get("X-Api-Key"))
+		}
+	}
+	if r := g.get("/api/x", "Authorization", "bearer "+k.Key); r.status != http.StatusOK {
+		t.Fatalf("lowercase bearer scheme: %d", r.status)
+	}
+
+	// list shows it without the secret
+	out := mustCLI(t, "list")
+	if !strings.Contains(out, "sharex") || !strings.Contains(out, k.ID) || strings.Contains(out, k.Key) {
+		t.Fatalf("list output:\n%s", out)
+	}
+	var views []keyView
+	if err := json.Unmarshal([]byte(mustCLI(t, "list", "--json")), &views); err != nil || len(views) != 1 || views[0].Key != "" || views[0].LastUsedAt == nil {
+		t.Fatalf("list --json = %+v, %v", views, err)
+	}
+
+	// rename: names stay unique, the upstream sees the new name at once
+	generate(t, "--name", "other")
+	if out, err := cli(t, "rename", "sharex", "other"); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("rename onto a taken name: %v %s", err, out)
+	}
+	mustCLI(t, "rename", "sharex", "screenshots")
+	if r := g.get("/api/x", bearer(k.Key)...); r.upstreamSaw.Get("X-Keygate-Key-Name") != "screenshots" {
+		t.Fatalf("after rename upstream saw name %q", r.upstreamSaw.Get("X-Keygate-Key-Name"))
+	}
+
+	// rotate: old secret rejected at once, new one works
+	var rotated keyView
+	if err := json.Unmarshal([]byte(mustCLI(t, "rotate", "screenshots", "--json")), &rotated); err != nil || rotated.Key == "" || rotated.Key == k.Key || rotated.ID != k.ID {
+		t.Fatalf("rotate --json = %+v, %v", rotated, err)
+	}
+	wantProblem(t, g.get("/api/x", bearer(k.Key)...), http.StatusUnauthorized, "Invalid API key")
+	if r := g.get("/api/x", bearer(rotated.Key)...); r.status != http.StatusOK {
+		t.Fatalf("rotated key: %d", r.status)
+	}
+
+	// disable, enable, delete
+	mustCLI(t, "disable", "screenshots")
+	wantProblem(t, g.get("/api/x", bearer(rotated.Key)...), http.StatusUnauthorized, "Invalid API key")
+	mustCLI(t, "enable", "screenshots")
+	if r := g.get("/api/x", bearer(rotated.Key)...); r.status != http.StatusOK {
+		t.Fatalf("re-enabled key: %d", r.status)
+	}
+	mustCLI(t, "delete", "screenshots")
+	wantProblem(t, g.get("/api/x", bearer(rotated.Key)...), http.StatusUnauthorized, "Invalid API key")
+
+	// bad input: clear messages, non-zero exit
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"generate", "--name", "other"}, "already exists"},
+		{[]string{"generate", "--name", "x", "--expires", "tomorrow"}, "neither a date"},
+		{[]string{"generate", "--name", "x", "--expires", "2001-01-01"}, "in the past"},
+		{[]string{"generate", "--name", "x", "--rate-limit", "lots"}, "<requests>/<window>"},
+		{[]string{"generate"}, "--name is required"},
+		{[]string{"disable", "nope"}, "no API key with that name"},
+		{[]string{"rotate", "nope"}, "no API key with that name"},
+		{[]string{"delete", "nope"}, "no API key with that name"},
+	} {
+		if out, err := cli(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v (output %q), want it to mention %q", tc.args, err, out, tc.want)
+		}
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	g := startRedisGateway(t, "", protectedSite)
+	reader := generate(t, "--name", "reader", "--roles", "read")
+	uploader := generate(t, "--name", "uploader", "--roles", "upload")
+	expiring := generate(t, "--name", "expiring", "--roles", "upload", "--expires", time.Now().Add(1500*time.Millisecond).UTC().Format(time.RFC3339))
+
+	r := g.get("/api/x")
+	wantProblem(t, r, http.StatusUnauthorized, "API key required")
+	if got := r.header.Get("WWW-Authenticate"); got != `Bearer realm="keygate"` {
+		t.Errorf("missing key WWW-Authenticate = %q", got)
+	}
+	if r.problem["type"] != shlinkInvalidKeyType || r.problem["title"] != "Invalid API key" {
+		t.Errorf("missing key body not in Shlink's shape: %s", r.body)
+	}
+
+	r = g.get("/api/x", bearer("sk_live_xxx")...)
+	wantProblem(t, r, http.StatusUnauthorized, "Invalid API key format")
+	if !strings.Contains(r.header.Get("WWW-Authenticate"), `error="invalid_token"`) {
+		t.Errorf("malformed WWW-Authenticate = %q", r.header.Get("WWW-Authenticate"))
+	}
+
+	r = g.get("/api/x", "X-API-Key", "sk_"+strings.Repeat("ab", 24))
+	wantProblem(t, r, http.StatusUnauthorized, "Invalid API key")
+	if r.problem["type"] != shlinkInvalidKeyType || r.problem["detail"] != "Provided API key does not exist or is invalid" {
+		t.Errorf("unknown key body not Shlink's: %s", r.body)
+	}
+	if !strings.Contains(r.header.Get("WWW-Authenticate"), `error="invalid_token"`) {
+		t.Errorf("unknown key WWW-Authenticate = %q", r.header.Get("WWW-Authenticate"))
+	}
+
+	wantProblem(t, g.get("/api/x", append(bearer(uploader.Key), "X-API-Key", reader.Key)...), http.StatusBadRequest,
+		"Conflicting API keys in Authorization and X-API-Key")
+	if r := g.get("/api/x", append(bearer(uploader.Key), "X-API-Key", uploader.Key)...); r.status != http.StatusOK {
+		t.Errorf("same key in both headers: %d", r.status)
+	}
+
+	r = g.get("/api/x", bearer(reader.Key)...)
+	wantProblem(t, r, http.StatusForbidden, "API key lacks the required role")
+	if !strings.Contains(r.header.Get("WWW-Authenticate"), `error="insufficient_scope"`) {
+		t.Errorf("403 WWW-Authenticate = %q", r.header.Get("WWW-Authenticate"))
+	}
+	if r := g.get("/other", bearer(reader.Key)...); r.status != http.StatusOK {
+		t.Errorf("reader on a route without roles: %d", r.status)
+	}
+
+	if r := g.get("/api/x", bearer(expiring.Key)...); r.status != http.StatusOK {
+		t.Fatalf("key before expiry: %d", r.status)
+	}
+	time.Sleep(time.Until(*expiring.ExpiresAt) + 100*time.Millisecond)
+	wantProblem(t, g.get("/api/x", bearer(expiring.Key)...), http.StatusUnauthorized, "Invalid API key")
+	if !strings.Contains(mustCLI(t, "list"), "expired") {
+		t.Error("list does not show the key as expired")
+	}
+
+	// a bad key on an anonymous route is refused, not downgraded
+	wantProblem(t, g.get("/public", bearer("sk_nope")...), http.StatusUnauthorized, "Invalid API key format")
+}
+
+func TestSpoofedIdentityHeadersAreReplaced(t *testing.T) {
+	g := startRedisGateway(t, "", protectedSite)
+	k := generate(t, "--name", "honest", "--roles", "upload")
+	spoof := []string{
+		"X-Keygate-Key-Id", "admin", "x-keygate-roles", "admin", "X-KEYGATE-OWNER", "root",
+		"X-Keygate-Anonymous", "false", "X-Keygate-Upstream-Secret", "guess", "X-Keygate-Whatever", "1",
+	}
+	r := g.get("/api/x", append(bearer(k.Key), spoof...)...)
+	if r.status != http.StatusOK {
+		t.Fatalf("status %d", r.status)
+	}
+	if r.upstreamSaw.Get("X-Keygate-Key-Id") != k.ID || r.upstreamSaw.Get("X-Keygate-Roles") != "upload" ||
+		r.upstreamSaw.Get("X-Keygate-Owner") != "" || len(r.upstreamSaw.Values("X-Keygate-Key-Id")) != 1 {
+		t.Fatalf("upstream saw spoofed identity: %v", r.upstreamSaw)
+	}
+	for _, h := range []string{"X-Keygate-Anonymous", "X-Keygate-Upstream-Secret", "X-Keygate-Whatever"} {
+		if v := r.upstreamSaw.Get(h); v != "" {
+			t.Errorf("upstream saw client-sent %s: %q", h, v)
+		}
+	}
+	r = g.get("/public", spoof...)
+	if r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Anonymous") != "true" || r.upstreamSaw.Get("X-Keygate-Key-Id") != "" || r.upstreamSaw.Get("X-Keygate-Roles") != "" {
+		t.Fatalf("anonymous request: status %d, upstream saw %v", r.status, r.upstreamSaw)
+	}
+}
+
+func TestRateLimitHeadersAndRefusal(t *testing.T) {
+	for _, algorithm := range []string{"sliding_window", "sliding_log"} {
+		t.Run(algorithm, func(t *testing.T) {
+			g := startRedisGateway(t, "", `
+	keygate {
+		rate_limit 3 1m
+		algorithm `+algorithm+`
+	}
+	reverse_proxy {upstream}`)
+			k := generate(t, "--name", "limited")
+			for i := range 3 {
+				r := g.get("/", bearer(k.Key)...)
+				if r.status != http.StatusOK {
+					t.Fatalf("request %d: %d", i+1, r.status)
+				}
+				wantRateHeaders(t, r, "key", 3, 60, int64(2-i))
+			}
+			r := g.get("/", bearer(k.Key)...)
+			wantProblem(t, r, http.StatusTooManyRequests, "Too much request. Try again later.")
+			wantRateHeaders(t, r, "key", 3, 60, 0)
+			retry, err := strconv.Atoi(r.header.Get("Retry-After"))
+			if err != nil || retry < 1 || retry > 60 {
+				t.Fatalf("Retry-After = %q", r.header.Get("Retry-After"))
+			}
+
+			// a key's own limit wins over the route's
+			own := generate(t, "--name", "own", "--rate-limit", "1/1h")
+			if r := g.get("/", bearer(own.Key)...); r.status != http.StatusOK {
+				t.Fatalf("own-limit key first request: %d", r.status)
+			} else {
+				wantRateHeaders(t, r, "key", 1, 3600, 0)
+			}
+			wantProblem(t, g.get("/", bearer(own.Key)...), http.StatusTooManyRequests, "Too much request. Try again later.")
+		})
+	}
+}
+
+// wantRateHeaders checks both header styles of one decision.
+func wantRateHeaders(t *testing.T, r response, policy string, limit, windowSeconds, remaining int64) {
+	t.Helper()
+	h := r.header
+	if h.Get("X-RateLimit-Limit") != strconv.FormatInt(limit, 10) || h.Get("X-RateLimit-Remaining") != strconv.FormatInt(remaining, 10) {
+		t.Fatalf("X-RateLimit-Limit/Remaining = %q/%q, want %d/%d", h.Get("X-RateLimit-Limit"), h.Get("X-RateLimit-Remaining"), limit, remaining)
+	}
+	reset, err := strconv.ParseInt(h.Get("X-RateLimit-Reset"), 10, 64)
+	now := time.Now().UnixMilli()
+	if err != nil || reset < now-1000 || reset > now+windowSeconds*1000+1000 {
+		t.Fatalf("X-RateLimit-Reset = %q is not Unix ms within the window (now %d)", h.Get("X-RateLimit-Reset"), now)
+	}
+	if want := `"` + policy + `";q=` + strconv.FormatInt(limit, 10) + ";w=" + strconv.FormatInt(windowSeconds, 10); h.Get("RateLimit-Policy") != want {
+		t.Fatalf("RateLimit-Policy = %q, want %q", h.Get("RateLimit-Policy"), want)
+	}
+	if !strings.HasPrefix(h.Get("RateLimit"), `"`+policy+`";r=`+strconv.FormatInt(remaining, 10)+";t=") {
+		t.Fatalf("RateLimit = %q", h.Get("RateLimit"))
+	}
+}
+
+func TestAnonymousLimitedPerClientIP(t *testing.T) {
+	g := startRedisGateway(t, "", protectedSite)
+	for i := range 3 {
+		r := g.get("/public")
+		if r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Anonymous") != "true" {
+			t.Fatalf("anonymous request %d: %d %v", i+1, r.status, r.upstreamSaw)
+		}
+		wantRateHeaders(t, r, "ip", 3, 3600, int64(2-i))
+	}
+	r := g.get("/public")
+	wantProblem(t, r, http.StatusTooManyRequests, "Too much request. Try again later.")
+	if r.header.Get("Retry-After") == "" {
+		t.Error("429 without Retry-After")
+	}
+	// a key is not held to the per-IP limit
+	k := generate(t, "--name", "keyed")
+	if r := g.get("/public", bearer(k.Key)...); r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Key-Id") != k.ID {
+		t.Fatalf("keyed request on anonymous route: %d", r.status)
+	}
+}
+
+func TestStoreOutageClosed(t *testing.T) {
+	g := startRedisGateway(t, "", protectedSite)
+	k := generate(t, "--name", "k", "--roles", "upload")
+	if r := g.get("/api/x", bearer(k.Key)...); r.status != http.StatusOK {
+		t.Fatalf("before outage: %d", r.status)
+	}
+
+	g.redis.Pause() // hung Redis: answers nothing
+	start := time.Now()
+	r := g.get("/api/x", bearer(k.Key)...)
+	wantProblem(t, r, http.StatusServiceUnavailable, "Key store unavailable")
+	if time.Since(start) > 5*time.Second {
+		t.Fatalf("a hung Redis stalled the request for %v", time.Since(start))
+	}
+	wantProblem(t, g.get("/public"), http.StatusServiceUnavailable, "Key store unavailable")
+	g.redis.Resume()
+	waitFor(t, func() bool { return g.get("/api/x", bearer(k.Key)...).status == http.StatusOK })
+
+	g.redis.Stop() // refused connections
+	wantProblem(t, g.get("/api/x", bearer(k.Key)...), http.StatusServiceUnavailable, "Key store unavailable")
+	g.redis.Restart() // back, empty: the gateway reconnects by itself
+	waitFor(t, func() bool { return g.get("/public").status == http.StatusOK })
+}
+
+func TestStoreOutageOpen(t *testing.T) {
+	g := startRedisGateway(t, "on_store_error open", protectedSite)
+	seen := generate(t, "--name", "seen", "--roles", "upload")
+	unseen := generate(t, "--name", "unseen", "--roles", "upload")
+	if r := g.get("/api/x", bearer(seen.Key)...); r.status != http.StatusOK {
+		t.Fatalf("before outage: %d", r.status)
+	}
+	g.redis.Stop()
+	r := g.get("/api/x", bearer(seen.Key)...)
+	if r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Key-Id") != seen.ID {
+		t.Fatalf("recently validated key during outage (open): %d %s", r.status, r.body)
+	}
+	wantProblem(t, g.get("/api/x", bearer(unseen.Key)...), http.StatusServiceUnavailable, "Key store unavailable")
+	wantProblem(t, g.get("/public"), http.StatusServiceUnavailable, "Key store unavailable")
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("condition not met within 10s")
+}

@@ -1,0 +1,317 @@
+package keygate
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/caddymodule/apikey"
+	"github.com/keygate/keygate/caddymodule/store"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler authenticates requests by API key, rate limits them per key (or
+// per client IP for anonymous callers), and tells the upstream who called.
+//
+// A request it lets through has lost the credential headers (unless
+// keep_credentials) and any X-Keygate-* header the client sent, and carries
+// X-Keygate-Key-Id, X-Keygate-Key-Name, X-Keygate-Roles and X-Keygate-Owner
+// (or X-Keygate-Anonymous: true). The same values are the placeholders
+// {keygate.key.id}, {keygate.key.name}, {keygate.key.roles},
+// {keygate.key.owner}, {keygate.key.prefix}, {keygate.anonymous} and
+// {http.auth.user.id}.
+//
+// A request it refuses gets an error (401, 403, 429, 400 or 503) that
+// handle_errors { keygate_errors } renders as problem+json.
+type Handler struct {
+	// RateLimit limits each key on this route. A key created with its own
+	// limit uses that instead. Counters are shared by every route with the
+	// same limit, window and algorithm. Default: no per-key limit.
+	RateLimit *Rate `json:"rate_limit,omitempty"`
+
+	// Anonymous lets requests without any key through, limited per client
+	// IP (per /64 for IPv6) at this rate. The client IP honours the
+	// server's trusted_proxies. A request with a bad key is still refused.
+	// Default: unset, a key is required.
+	Anonymous *Rate `json:"anonymous,omitempty"`
+
+	// Roles, when set, require the key to hold at least one of them; other
+	// keys get 403. Default: any valid key.
+	Roles []string `json:"roles,omitempty"`
+
+	// Algorithm is "sliding_window" (default: a weighted two-window counter,
+	// O(1) memory) or "sliding_log" (exact, one entry per admitted request).
+	Algorithm store.Algorithm `json:"algorithm,omitempty"`
+
+	// KeepCredentials passes Authorization / X-API-Key on to the upstream.
+	// Default: false, they are removed, so the secret neither reaches the
+	// upstream nor the access log.
+	KeepCredentials bool `json:"keep_credentials,omitempty"`
+
+	app           *App
+	keyPolicy     store.Policy
+	keyPolicyHdr  string
+	anonPolicy    store.Policy
+	anonPolicyHdr string
+	logger        *zap.Logger
+	lastStoreLog  *atomic.Int64 // a pointer: modules are copied by value
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.keygate",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the handler and attaches it to the keygate app.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.lastStoreLog = new(atomic.Int64)
+	app, err := ctx.App("keygate")
+	if err != nil {
+		return fmt.Errorf("loading keygate app: %v", err)
+	}
+	h.app = app.(*App)
+	if h.Algorithm == "" {
+		h.Algorithm = store.SlidingWindow
+	}
+	h.keyPolicy = h.RateLimit.policy()
+	if !h.keyPolicy.IsZero() {
+		h.keyPolicyHdr = policyHeader(policyNameKey, h.keyPolicy)
+	}
+	h.anonPolicy = h.Anonymous.policy()
+	if !h.anonPolicy.IsZero() {
+		h.anonPolicyHdr = policyHeader(policyNameAddress, h.anonPolicy)
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if !h.Algorithm.Valid() {
+		return fmt.Errorf("algorithm must be %q or %q, not %q", store.SlidingWindow, store.SlidingLog, h.Algorithm)
+	}
+	if err := h.RateLimit.validate("rate_limit"); err != nil {
+		return err
+	}
+	return h.Anonymous.validate("anonymous")
+}
+
+// ServeHTTP is the path of every request through the gateway.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	// Nothing the client sends may pose as the gateway's word.
+	stripIdentityHeaders(r.Header)
+
+	cred := credentialFrom(r.Header)
+	if !h.KeepCredentials {
+		cred.strip(r.Header)
+	}
+	switch {
+	case cred.conflicted:
+		return h.refuse(outcomeConflict, problemConflictingKeys)
+	case !cred.present():
+		if h.Anonymous == nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="keygate"`)
+			return h.refuse(outcomeMissing, problemMissingKey)
+		}
+		return h.serveAnonymous(w, r, repl, next)
+	case !apikey.WellFormed(cred.key):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="keygate", error="invalid_token"`)
+		return h.refuse(outcomeMalformed, problemMalformedKey)
+	}
+	return h.serveKey(w, r, repl, next, apikey.Sum(cred.key))
+}
+
+// serveKey handles a request with a well-formed key.
+func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler, hash apikey.Hash) error {
+	ctx := r.Context()
+	shared := h.app.shared
+	now := time.Now()
+
+	entry, knownUnknown := shared.keys.get(hash, now)
+	if entry == nil {
+		if knownUnknown {
+			return h.refuseInvalid(w)
+		}
+		// Cold path: first sight of this key on this gateway.
+		start := time.Now()
+		id, err := shared.KeyIDByHash(ctx, hash)
+		h.app.metrics.observeStore("lookup", start, err)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			shared.keys.markUnknown(hash, now)
+			return h.refuseInvalid(w)
+		case err != nil:
+			return h.storeUnavailable(w, err)
+		}
+		entry = shared.keys.put(hash, id)
+	}
+
+	ident := entry.record.Load()
+	if ident.key.Revision > 0 && !ident.hasAnyRole(h.Roles) {
+		// refused before it costs a store call or a token
+		return h.refuseRole(w)
+	}
+
+	var verdict store.Verdict
+	var policy store.Policy
+	var policyHdr string
+	var err error
+	for attempt := 0; ; attempt++ {
+		policy, policyHdr = h.policyFor(ident)
+		start := time.Now()
+		verdict, err = shared.CheckKey(ctx, store.Check{
+			KeyID:     ident.key.ID,
+			Hash:      hash,
+			Revision:  ident.key.Revision,
+			Policy:    policy,
+			Algorithm: h.Algorithm,
+		})
+		h.app.metrics.observeStore("check", start, err)
+		if err != nil || verdict.Fresh == nil {
+			break
+		}
+		ident = newIdentity(verdict.Fresh)
+		entry.record.Store(ident)
+		if fresh, _ := h.policyFor(ident); attempt > 0 || verdict.Status != store.KeyValid || fresh == policy {
+			break
+		}
+		// The record came back with a limit of its own (first sight of the
+		// key, or its limit changed): count the request against that one.
+	}
+	if err != nil {
+		if !h.failOpen(err, entry, now) {
+			return h.storeUnavailable(w, err)
+		}
+		// on_store_error open: a key this gateway validated recently passes,
+		// unlimited, until the store is back.
+		ident.inject(r.Header, repl)
+		h.app.metrics.decision(outcomeFailOpen).Inc()
+		return next.ServeHTTP(w, r)
+	}
+	switch verdict.Status {
+	case store.KeyValid:
+	case store.KeyUnknown:
+		shared.keys.markUnknown(hash, now)
+		return h.refuseInvalid(w)
+	default: // disabled or expired: kept in cache, the store says so each time
+		return h.refuseInvalid(w)
+	}
+	if !ident.hasAnyRole(h.Roles) {
+		return h.refuseRole(w)
+	}
+	entry.validatedAt.Store(now.UnixNano())
+
+	if !policy.IsZero() {
+		setRateLimitHeaders(w.Header(), policyNameKey, policyHdr, verdict.Limit, now)
+		if !verdict.Limit.Allowed {
+			return h.refuse(outcomeLimited, problemRateLimited(policy, verdict.Limit.RetryAfter))
+		}
+	}
+	ident.inject(r.Header, repl)
+	h.app.metrics.decision(outcomeAllowed).Inc()
+	return next.ServeHTTP(w, r)
+}
+
+// policyFor is the limit a key is held to on this route: its own, else the
+// route's. The second result is its RateLimit-Policy header value.
+func (h *Handler) policyFor(ident *identity) (store.Policy, string) {
+	if ident.ownPolicyHdr != "" {
+		return ident.key.RateLimit, ident.ownPolicyHdr
+	}
+	return h.keyPolicy, h.keyPolicyHdr
+}
+
+// serveAnonymous handles a request without a key on a route that allows
+// that, limiting it per client IP.
+func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler) error {
+	now := time.Now()
+	start := now
+	d, err := h.app.shared.Limit(r.Context(), clientSubject(r), h.anonPolicy, h.Algorithm)
+	h.app.metrics.observeStore("limit", start, err)
+	if err != nil {
+		// Unknown callers have nothing to fail open on.
+		return h.storeUnavailable(w, err)
+	}
+	setRateLimitHeaders(w.Header(), policyNameAddress, h.anonPolicyHdr, d, now)
+	if !d.Allowed {
+		return h.refuse(outcomeLimited, problemRateLimited(h.anonPolicy, d.RetryAfter))
+	}
+	injectAnonymous(r.Header, repl)
+	h.app.metrics.decision(outcomeAnonymous).Inc()
+	return next.ServeHTTP(w, r)
+}
+
+// clientSubject is the rate-limit subject of an anonymous caller: its IP as
+// Caddy determined it (honouring trusted_proxies), IPv6 grouped by /64,
+// since one host routinely holds a whole /64.
+func clientSubject(r *http.Request) string {
+	ipStr, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	ip, err := netip.ParseAddr(ipStr)
+	if err != nil {
+		return "ip:" + ipStr
+	}
+	ip = ip.Unmap()
+	if ip.Is6() {
+		prefix, _ := ip.WithZone("").Prefix(64)
+		return "ip6:" + prefix.String()
+	}
+	return "ip:" + ip.String()
+}
+
+// failOpen reports whether a keyed request may pass while the store is
+// down: only with on_store_error open, and only for a key this gateway
+// validated within fail_open_grace.
+func (h *Handler) failOpen(err error, entry *cachedKey, now time.Time) bool {
+	if h.app.OnStoreError != storeErrorOpen {
+		return false
+	}
+	validated := entry.validatedAt.Load()
+	return validated > 0 && now.Sub(time.Unix(0, validated)) <= time.Duration(h.app.FailOpenGrace)
+}
+
+// storeUnavailable answers 503 and logs the outage, at most once a second
+// per handler so an outage does not flood the log.
+func (h *Handler) storeUnavailable(w http.ResponseWriter, err error) error {
+	now := time.Now().UnixNano()
+	if last := h.lastStoreLog.Load(); now-last > int64(time.Second) && h.lastStoreLog.CompareAndSwap(last, now) {
+		h.logger.Error("key store unavailable", zap.String("store", h.app.storeName()), zap.Error(err))
+	}
+	w.Header().Set(headerRetryAfter, "1")
+	return h.refuse(outcomeStoreError, problemStoreUnavailable)
+}
+
+func (h *Handler) refuseInvalid(w http.ResponseWriter) error {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="keygate", error="invalid_token"`)
+	return h.refuse(outcomeInvalid, problemInvalidKey)
+}
+
+func (h *Handler) refuseRole(w http.ResponseWriter) error {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="keygate", error="insufficient_scope"`)
+	return h.refuse(outcomeForbidden, problemInsufficientRole)
+}
+
+func (h *Handler) refuse(o outcome, p *Problem) error {
+	h.app.metrics.decision(o).Inc()
+	return refuse(p)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,213 @@
+package keygate
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/spf13/cobra"
+
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+// The tests in this package run one real Caddy in-process (caddytest, admin
+// on localhost:2999), so they must not use t.Parallel.
+
+func TestMain(m *testing.M) {
+	// Keep Caddy's config and data (autosave, embedded store) out of $HOME.
+	dir, err := os.MkdirTemp("", "keygate-test-")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_CONFIG_HOME", dir+"/config")
+	os.Setenv("XDG_DATA_HOME", dir+"/data")
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const adminAddr = "localhost:2999"
+
+// upstream is a backend that answers with the headers it received.
+type upstream struct {
+	*httptest.Server
+}
+
+func newUpstream(t *testing.T) *upstream {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(r.Header)
+	}))
+	t.Cleanup(srv.Close)
+	return &upstream{srv}
+}
+
+func (u *upstream) addr() string { return strings.TrimPrefix(u.URL, "http://") }
+
+// gateway is a running keygate in front of an upstream.
+type gateway struct {
+	t     *testing.T
+	base  string
+	redis *redistest.Server
+}
+
+// startGateway loads a config into the in-process Caddy. siteBody is the
+// body of the site block; {upstream} in it is replaced.
+func startGateway(t *testing.T, globalKeygate, siteBody string) *gateway {
+	t.Helper()
+	up := newUpstream(t)
+	port := freePort(t)
+	cfg := fmt.Sprintf(`{
+	admin %s
+	auto_https off
+	skip_install_trust
+	persist_config off
+	%s
+}
+http://127.0.0.1:%d {
+	%s
+	handle_errors {
+		keygate_errors
+	}
+}
+`, adminAddr, globalKeygate, port, strings.ReplaceAll(siteBody, "{upstream}", up.addr()))
+	tester := caddytest.NewTester(t)
+	tester.InitServer(cfg, "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	return &gateway{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
+}
+
+// startRedisGateway starts a Redis and a gateway using it.
+func startRedisGateway(t *testing.T, globalExtra, siteBody string) *gateway {
+	t.Helper()
+	r := redistest.Start(t)
+	g := startGateway(t, fmt.Sprintf("keygate {\n\t\tredis %s\n\t\ttimeout 300ms\n\t\t%s\n\t}", r.URL(), globalExtra), siteBody)
+	g.redis = r
+	return g
+}
+
+// response is what a test request got back.
+type response struct {
+	status  int
+	header  http.Header
+	body    []byte
+	problem map[string]any
+	// upstreamSaw holds the request headers the upstream received (when
+	// the request got through).
+	upstreamSaw http.Header
+}
+
+var client = &http.Client{Timeout: 10 * time.Second}
+
+// do sends a request; headers alternate name, value.
+func (g *gateway) do(method, path string, headers ...string) response {
+	g.t.Helper()
+	req, err := http.NewRequest(method, g.base+path, nil)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	r := response{status: resp.StatusCode, header: resp.Header, body: body}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") {
+		if err := json.Unmarshal(body, &r.problem); err != nil {
+			g.t.Fatalf("problem body %q: %v", body, err)
+		}
+	} else if resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(body, &r.upstreamSaw); err != nil {
+			g.t.Fatalf("upstream body %q: %v", body, err)
+		}
+	}
+	return r
+}
+
+func (g *gateway) get(path string, headers ...string) response {
+	g.t.Helper()
+	return g.do(http.MethodGet, path, headers...)
+}
+
+// cli runs `keygate api-key <args>` against the in-process admin API and
+// returns its output.
+func cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := &cobra.Command{Use: "api-key", SilenceErrors: true, SilenceUsage: true}
+	root.AddCommand(apiKeyCommands()...)
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(append(args, "--address", adminAddr))
+	err := root.Execute()
+	return out.String(), err
+}
+
+// mustCLI runs the CLI and fails the test on error.
+func mustCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := cli(t, args...)
+	if err != nil {
+		t.Fatalf("keygate api-key %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// generate creates a key through the CLI and returns its view.
+func generate(t *testing.T, args ...string) keyView {
+	t.Helper()
+	out := mustCLI(t, append([]string{"generate", "--json"}, args...)...)
+	var v keyView
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("generate --json printed %q: %v", out, err)
+	}
+	if v.Key == "" || v.ID == "" || v.Name == "" {
+		t.Fatalf("generate --json lacks key, id or name: %s", out)
+	}
+	return v
+}
+
+func bearer(key string) []string { return []string{"Authorization", "Bearer " + key} }
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// wantProblem checks a refusal: status, problem+json body with the given
+// error member, and optionally a WWW-Authenticate header.
+func wantProblem(t *testing.T, r response, status int, errMsg string) {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("status = %d, want %d (body %s)", r.status, status, r.body)
+	}
+	if r.problem == nil {
+		t.Fatalf("body is not problem+json: %q (Content-Type %q)", r.body, r.header.Get("Content-Type"))
+	}
+	if r.problem["error"] != errMsg {
+		t.Fatalf("error member = %q, want %q", r.problem["error"], errMsg)
+	}
+	if int(r.problem["status"].(float64)) != status || r.problem["title"] == "" || r.problem["type"] == "" {
+		t.Fatalf("problem body incomplete: %s", r.body)
+	}
+}

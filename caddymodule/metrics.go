@@ -1,0 +1,74 @@
+package keygate
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// outcome is how the gateway decided a request: the label of
+// keygate_decisions_total. There are no per-key labels, so the series
+// count stays fixed however many keys exist.
+type outcome int
+
+const (
+	outcomeAllowed outcome = iota
+	outcomeAnonymous
+	outcomeFailOpen
+	outcomeMissing
+	outcomeMalformed
+	outcomeInvalid
+	outcomeConflict
+	outcomeForbidden
+	outcomeLimited
+	outcomeStoreError
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{
+	"allowed", "anonymous", "fail_open", "missing_key", "malformed_key",
+	"invalid_key", "conflicting_keys", "forbidden", "rate_limited", "store_error",
+}
+
+// metrics are keygate's Prometheus collectors, registered in Caddy's
+// registry (served by the admin API's /metrics and the metrics handler).
+type metrics struct {
+	decisions     [numOutcomes]prometheus.Counter
+	storeDuration *prometheus.HistogramVec
+	storeErrors   *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := new(metrics)
+	decisions := promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
+		Namespace: "keygate",
+		Name:      "decisions_total",
+		Help:      "Requests decided by the gateway, by outcome.",
+	}, []string{"outcome"})
+	for i, name := range outcomeNames {
+		m.decisions[i] = decisions.WithLabelValues(name)
+	}
+	m.storeDuration = promauto.With(reg).NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "keygate",
+		Name:      "store_duration_seconds",
+		Help:      "Latency of key store calls (one Redis round trip each on Redis), by operation.",
+		Buckets:   []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+	}, []string{"op"})
+	m.storeErrors = promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
+		Namespace: "keygate",
+		Name:      "store_errors_total",
+		Help:      "Key store calls that failed, by operation.",
+	}, []string{"op"})
+	return m
+}
+
+func (m *metrics) decision(o outcome) prometheus.Counter { return m.decisions[o] }
+
+// observeStore records one store call that started at start.
+func (m *metrics) observeStore(op string, start time.Time, err error) {
+	m.storeDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	if err != nil {
+		m.storeErrors.WithLabelValues(op).Inc()
+	}
+}
