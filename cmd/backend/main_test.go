@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+func envMap(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestParseConfigDefaults(t *testing.T) {
+	c, err := parseConfig(nil, envMap(map[string]string{"KEYGATE_UPSTREAM_SECRET": "s"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.listen != "127.0.0.1:8081" || c.dataDir != "./data" || c.redisURL != "" || c.secret != "s" ||
+		c.maxUpload != 20<<20 || c.maxSecret != 1<<20 || c.insecure {
+		t.Fatalf("%+v", c)
+	}
+}
+
+func TestParseConfigEnvAndFlags(t *testing.T) {
+	env := envMap(map[string]string{
+		"BACKEND_LISTEN": "0.0.0.0:9000", "BACKEND_DATA_DIR": "/var/lib/kg", "BACKEND_REDIS_URL": "redis://r:6379/1",
+		"BACKEND_MAX_UPLOAD": "5MiB", "BACKEND_MAX_SECRET": "64KiB", "KEYGATE_UPSTREAM_SECRET": "from-env",
+	})
+	c, err := parseConfig(nil, env, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.listen != "0.0.0.0:9000" || c.dataDir != "/var/lib/kg" || c.redisURL != "redis://r:6379/1" ||
+		c.maxUpload != 5<<20 || c.maxSecret != 64<<10 || c.secret != "from-env" {
+		t.Fatalf("from env: %+v", c)
+	}
+	// Flags win over the environment.
+	c, err = parseConfig([]string{"-listen", "127.0.0.1:1", "-data", "d", "-redis", "", "-max-upload", "1048576",
+		"-max-secret", "2M", "-upstream-secret", "from-flag"}, env, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.listen != "127.0.0.1:1" || c.dataDir != "d" || c.redisURL != "" || c.maxUpload != 1<<20 ||
+		c.maxSecret != 2<<20 || c.secret != "from-flag" {
+		t.Fatalf("flags over env: %+v", c)
+	}
+}
+
+func TestParseConfigRefusals(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{nil, nil, "no upstream secret"},
+		{[]string{"-upstream-secret", "s", "-insecure-no-secret"}, nil, "pick one"},
+		{[]string{"-max-upload", "lots"}, map[string]string{"KEYGATE_UPSTREAM_SECRET": "s"}, "invalid size"},
+		{[]string{"-max-secret", "0"}, map[string]string{"KEYGATE_UPSTREAM_SECRET": "s"}, "invalid size"},
+		{nil, map[string]string{"KEYGATE_UPSTREAM_SECRET": "s", "BACKEND_MAX_UPLOAD": "-1"}, "BACKEND_MAX_UPLOAD"},
+		{[]string{"extra"}, map[string]string{"KEYGATE_UPSTREAM_SECRET": "s"}, "unexpected arguments"},
+	} {
+		_, err := parseConfig(c.args, envMap(c.env), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("%v %v: %v, want an error containing %q", c.args, c.env, err, c.want)
+		}
+	}
+	if c, err := parseConfig([]string{"-insecure-no-secret"}, envMap(nil), io.Discard); err != nil || !c.insecure {
+		t.Fatalf("insecure: %+v, %v", c, err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"1": 1, "20MiB": 20 << 20, "20mb": 20 << 20, "512KiB": 512 << 10, "1G": 1 << 30, "7 B": 7} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Fatalf("%q: %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1", "1.5MiB", "99999999999GiB"} {
+		if _, err := parseSize(in); err == nil {
+			t.Fatalf("%q accepted", in)
+		}
+	}
+}
+
+// backendProc is run() in a goroutine, as main would run it.
+type backendProc struct {
+	base   string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startBackend(t *testing.T, args ...string) *backendProc {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan net.Addr, 1)
+	p := &backendProc{cancel: cancel, done: make(chan error, 1)}
+	env := envMap(map[string]string{"KEYGATE_UPSTREAM_SECRET": "shh"})
+	go func() {
+		p.done <- run(ctx, append([]string{"-listen", "127.0.0.1:0"}, args...), env, io.Discard, ready)
+	}()
+	select {
+	case addr := <-ready:
+		p.base = "http://" + addr.String()
+	case err := <-p.done:
+		t.Fatalf("backend did not start: %v", err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("backend did not start within 15s")
+	}
+	t.Cleanup(p.stop)
+	return p
+}
+
+// stop is what SIGINT does: cancel the context and wait for a clean return.
+func (p *backendProc) stop() {
+	if p.cancel == nil {
+		return
+	}
+	p.cancel()
+	p.cancel = nil
+	if err := <-p.done; err != nil {
+		panic("backend returned " + err.Error())
+	}
+}
+
+func call(t *testing.T, method, url, body, secret string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if secret != "" {
+		req.Header.Set("X-Keygate-Upstream-Secret", secret)
+	}
+	req.Header.Set("X-Keygate-Key-Id", "k1")
+	c := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestRunRestartKeepsLinks: on the embedded store a link made before a
+// restart still redirects after it, and secrets and counters carry on.
+func TestRunRestartKeepsLinks(t *testing.T) {
+	data := t.TempDir()
+	p := startBackend(t, "-data", data)
+	if code, _ := call(t, "GET", p.base+"/healthz", "", ""); code != 200 {
+		t.Fatalf("healthz: %d", code)
+	}
+	if code, _ := call(t, "POST", p.base+"/api/shortlinks", `{"url":"https://example.com","slug":"persist"}`, ""); code != 403 {
+		t.Fatalf("without the secret: %d, want 403", code)
+	}
+	if code, body := call(t, "POST", p.base+"/api/shortlinks", `{"url":"https://example.com","slug":"persist"}`, "shh"); code != 200 {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	p.stop()
+
+	p = startBackend(t, "-data", data)
+	if code, _ := call(t, "GET", p.base+"/persist", "", "shh"); code != 302 {
+		t.Fatalf("after restart: %d, want 302", code)
+	}
+	if code, body := call(t, "POST", p.base+"/api/shortlinks", `{"url":"https://example.com","slug":"persist"}`, "shh"); code != 409 {
+		t.Fatalf("slug after restart: %d %s, want 409", code, body)
+	}
+}
+
+func TestRunWithRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	p := startBackend(t, "-data", t.TempDir(), "-redis", srv.URL())
+	if code, body := call(t, "POST", p.base+"/api/v1/secrets", `{"encryptedBlob":"...","iv":"...","expiryType":"view_once"}`, "shh"); code != 201 {
+		t.Fatalf("create secret: %d %s", code, body)
+	}
+}
+
+func TestRunFailsClearly(t *testing.T) {
+	err := run(context.Background(), []string{"-data", t.TempDir(), "-redis", "redis://127.0.0.1:1/0"},
+		envMap(map[string]string{"KEYGATE_UPSTREAM_SECRET": "s"}), io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "redisstore") {
+		t.Fatalf("unreachable redis: %v", err)
+	}
+	err = run(context.Background(), nil, envMap(nil), io.Discard, nil)
+	if err == nil || !strings.Contains(err.Error(), "KEYGATE_UPSTREAM_SECRET") {
+		t.Fatalf("no secret: %v", err)
+	}
+}
