@@ -78,12 +78,19 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets up the handler and attaches it to the keygate app.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.lastStoreLog = new(atomic.Int64)
 	app, err := ctx.App("keygate")
 	if err != nil {
 		return fmt.Errorf("loading keygate app: %v", err)
 	}
-	h.app = app.(*App)
+	h.attach(app.(*App))
+	return nil
+}
+
+// attach connects the handler to its app and precomputes what every
+// request would otherwise recompute.
+func (h *Handler) attach(app *App) {
+	h.app = app
+	h.lastStoreLog = new(atomic.Int64)
 	if h.Algorithm == "" {
 		h.Algorithm = store.SlidingWindow
 	}
@@ -95,7 +102,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if !h.anonPolicy.IsZero() {
 		h.anonPolicyHdr = policyHeader(policyNameAddress, h.anonPolicy)
 	}
-	return nil
 }
 
 // Validate checks the configuration.

@@ -79,7 +79,7 @@ http://127.0.0.1:%d {
 		keygate_errors
 	}
 }
-`, adminAddr, globalKeygate, port, strings.ReplaceAll(siteBody, "{upstream}", up.addr()))
+`, adminAddr, globalKeygate, port, replaceUpstream(siteBody, up.addr()))
 	tester := caddytest.NewTester(t)
 	tester.InitServer(cfg, "caddyfile")
 	if t.Failed() {
@@ -180,6 +180,13 @@ func generate(t *testing.T, args ...string) keyView {
 		t.Fatalf("generate --json lacks key, id or name: %s", out)
 	}
 	return v
+}
+
+func mustJSON(t *testing.T, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatalf("%q: %v", s, err)
+	}
 }
 
 func bearer(key string) []string { return []string{"Authorization", "Bearer " + key} }

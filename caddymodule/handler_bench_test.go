@@ -1,0 +1,144 @@
+package keygate
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+// benchHandler provisions an App on the given store config and a handler
+// with the given limits, outside of a running Caddy, so the benchmark
+// measures the handler and its one store call and nothing else.
+func benchHandler(b *testing.B, app *App, h *Handler) *Handler {
+	b.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	b.Cleanup(cancel)
+	if err := app.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = app.Cleanup() })
+	h.logger = zap.NewNop()
+	h.attach(app)
+	if err := h.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	return h
+}
+
+// benchRequest builds a request as Caddy's server hands it to a handler.
+func benchRequest(headers ...string) *http.Request {
+	r := httptest.NewRequest(http.MethodGet, "http://gateway/api/x", nil)
+	for i := 0; i+1 < len(headers); i += 2 {
+		r.Header.Set(headers[i], headers[i+1])
+	}
+	repl := caddy.NewReplacer()
+	ctx := context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl)
+	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "203.0.113.9"})
+	return r.WithContext(ctx)
+}
+
+var okNext = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error { return nil })
+
+func benchKeys(b *testing.B, app *App, n int) []string {
+	b.Helper()
+	secrets := make([]string, n)
+	for i := range secrets {
+		// names unique across the repeated runs of one benchmark
+		name := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.Itoa(i)
+		v, err := createKey(context.Background(), app.shared, createRequest{Name: name})
+		if err != nil {
+			b.Fatal(err)
+		}
+		secrets[i] = v.Key
+	}
+	return secrets
+}
+
+// serveBench runs the handler b.N times over the given secrets, in
+// parallel, and fails on any refusal.
+func serveBench(b *testing.B, h *Handler, secrets []string) {
+	// warm the key cache, as a gateway in steady state has it
+	for _, s := range secrets {
+		if err := h.ServeHTTP(httptest.NewRecorder(), benchRequest("Authorization", "Bearer "+s), okNext); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		w := httptest.NewRecorder()
+		for pb.Next() {
+			r := benchRequest("Authorization", "Bearer "+secrets[i%len(secrets)])
+			i++
+			clear(w.Header())
+			if err := h.ServeHTTP(w, r, okNext); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkHandlerRedis is the hot path: a request with a known key, one
+// Redis round trip (validate + rate limit), headers in and out.
+func BenchmarkHandlerRedis(b *testing.B) {
+	srv := redistest.Start(b)
+	for _, alg := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
+		b.Run(string(alg), func(b *testing.B) {
+			app := &App{Redis: srv.URL(), Timeout: caddy.Duration(time.Second)}
+			h := benchHandler(b, app, &Handler{
+				RateLimit: &Rate{Requests: 1 << 40, Window: caddy.Duration(time.Hour)},
+				Algorithm: alg,
+			})
+			serveBench(b, h, benchKeys(b, app, 100))
+		})
+	}
+}
+
+// BenchmarkHandlerRejectUnknownKey measures what a flood of made-up keys
+// costs: after the first lookup, the negative cache answers.
+func BenchmarkHandlerRejectUnknownKey(b *testing.B) {
+	srv := redistest.Start(b)
+	app := &App{Redis: srv.URL(), Timeout: caddy.Duration(time.Second)}
+	h := benchHandler(b, app, &Handler{})
+	r := benchRequest("X-API-Key", "sk_"+"0123456789abcdef0123456789abcdef0123456789abcdef")
+	_ = h.ServeHTTP(httptest.NewRecorder(), r, okNext)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		r := benchRequest("X-API-Key", "sk_"+"0123456789abcdef0123456789abcdef0123456789abcdef")
+		if err := h.ServeHTTP(httptest.NewRecorder(), r, okNext); err == nil {
+			b.Fatal("unknown key accepted")
+		}
+	}
+}
+
+// BenchmarkCredentialAndIdentity is the CPU-only part of the hot path:
+// parsing the credential, hashing it, stripping and injecting headers.
+func BenchmarkCredentialAndIdentity(b *testing.B) {
+	ident := newIdentity(&store.Key{ID: "0123456789abcdef", Name: "bench", Roles: []string{"upload", "read"}, Revision: 1})
+	repl := caddy.NewReplacer()
+	h := http.Header{}
+	b.ReportAllocs()
+	for b.Loop() {
+		h["Authorization"] = []string{"Bearer sk_0123456789abcdef0123456789abcdef0123456789abcdef"}
+		h["X-Keygate-Key-Id"] = []string{"spoofed"}
+		stripIdentityHeaders(h)
+		c := credentialFrom(h)
+		c.strip(h)
+		if !c.present() {
+			b.Fatal("no credential")
+		}
+		ident.inject(h, repl)
+	}
+}

@@ -1,0 +1,182 @@
+package keygate
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Tests that need a second, independent gateway on the same Redis run the
+// real keygate binary next to the in-process Caddy.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// keygateBinary builds cmd/keygate once per test run.
+func keygateBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "keygate-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "keygate")
+		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/keygate").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// startBinaryGateway runs the keygate binary with the given Caddyfile site
+// body on the Redis of g, and returns its base URL.
+func startBinaryGateway(t *testing.T, g *gateway, siteBody string) *gateway {
+	t.Helper()
+	bin := keygateBinary(t)
+	dir := t.TempDir()
+	up := newUpstream(t)
+	port, adminPort := freePort(t), freePort(t)
+	caddyfile := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	auto_https off
+	skip_install_trust
+	persist_config off
+	keygate {
+		redis %s
+	}
+}
+http://127.0.0.1:%d {
+	%s
+	handle_errors {
+		keygate_errors
+	}
+}
+`, adminPort, g.redis.URL(), port, replaceUpstream(siteBody, up.addr()))
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir+"/config", "XDG_DATA_HOME="+dir+"/data")
+	logFile, err := os.Create(filepath.Join(dir, "keygate.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			log, _ := os.ReadFile(logFile.Name())
+			t.Logf("second gateway's log:\n%s", log)
+		}
+	})
+	second := &gateway{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port), redis: g.redis}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := client.Get(second.base + "/")
+		if err == nil {
+			resp.Body.Close()
+			return second
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("second gateway did not start: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func replaceUpstream(site, addr string) string { return strings.ReplaceAll(site, "{upstream}", addr) }
+
+func TestRevocationAcrossGateways(t *testing.T) {
+	a := startRedisGateway(t, "", protectedSite)
+	b := startBinaryGateway(t, a, protectedSite)
+	k := generate(t, "--name", "shared", "--roles", "upload")
+	for _, g := range []*gateway{a, b} {
+		if r := g.get("/api/x", bearer(k.Key)...); r.status != http.StatusOK {
+			t.Fatalf("%s before revocation: %d %s", g.base, r.status, r.body)
+		}
+	}
+	mustCLI(t, "disable", "shared")
+	for _, g := range []*gateway{a, b} {
+		wantProblem(t, g.get("/api/x", bearer(k.Key)...), http.StatusUnauthorized, "Invalid API key")
+	}
+	mustCLI(t, "enable", "shared")
+	var rotated keyView
+	mustJSON(t, mustCLI(t, "rotate", "shared", "--json"), &rotated)
+	for _, g := range []*gateway{a, b} {
+		wantProblem(t, g.get("/api/x", bearer(k.Key)...), http.StatusUnauthorized, "Invalid API key")
+		if r := g.get("/api/x", bearer(rotated.Key)...); r.status != http.StatusOK {
+			t.Fatalf("%s rotated key: %d", g.base, r.status)
+		}
+	}
+}
+
+func TestLimitsAreSharedAcrossGateways(t *testing.T) {
+	for _, tc := range []struct {
+		algorithm string
+		exact     bool
+	}{{"sliding_log", true}, {"sliding_window", false}} {
+		t.Run(tc.algorithm, func(t *testing.T) {
+			site := `
+	keygate {
+		rate_limit 50 1h
+		algorithm ` + tc.algorithm + `
+	}
+	reverse_proxy {upstream}`
+			a := startRedisGateway(t, "", site)
+			b := startBinaryGateway(t, a, site)
+			k := generate(t, "--name", "crowd")
+			var admitted, refused atomic.Int64
+			var wg sync.WaitGroup
+			for worker := range 8 {
+				g := []*gateway{a, b}[worker%2]
+				wg.Go(func() {
+					for range 25 {
+						req, _ := http.NewRequest(http.MethodGet, g.base+"/", nil)
+						req.Header.Set("X-API-Key", k.Key)
+						resp, err := client.Do(req)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						resp.Body.Close()
+						switch resp.StatusCode {
+						case http.StatusOK:
+							admitted.Add(1)
+						case http.StatusTooManyRequests:
+							refused.Add(1)
+						default:
+							t.Errorf("status %d", resp.StatusCode)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if tc.exact && admitted.Load() != 50 {
+				t.Fatalf("%s admitted %d of 200 across two gateways, want exactly 50", tc.algorithm, admitted.Load())
+			}
+			if admitted.Load() > 50 || admitted.Load()+refused.Load() != 200 {
+				t.Fatalf("%s admitted %d, refused %d; limit 50", tc.algorithm, admitted.Load(), refused.Load())
+			}
+		})
+	}
+}
