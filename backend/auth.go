@@ -24,8 +24,8 @@ func sum(secret string) [32]byte { return sha256.Sum256([]byte(secret)) }
 
 // fromGateway reports whether r carries the shared upstream secret.
 func (s *Server) fromGateway(r *http.Request) bool {
-	if s.cfg.UpstreamSecret == "" {
-		return true // -insecure-no-secret
+	if s.cfg.InsecureNoSecret {
+		return true
 	}
 	got := sum(r.Header.Get(HeaderUpstreamSecret))
 	return subtle.ConstantTimeCompare(got[:], s.secretSum[:]) == 1

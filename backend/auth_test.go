@@ -2,7 +2,11 @@ package backend_test
 
 import (
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
+
+	"github.com/keygate/keygate/backend"
 )
 
 // Every endpoint refuses a request that did not come through the gateway,
@@ -91,5 +95,32 @@ func TestNotFoundAndMethodNotAllowed(t *testing.T) {
 		if c.method != "HEAD" {
 			wantProblem(t, resp, body, http.StatusMethodNotAllowed, "Method not allowed")
 		}
+	}
+}
+
+func TestNewRequiresSecret(t *testing.T) {
+	st := newStore(t, "bolt", envOpts{})
+	if _, err := backend.New(backend.Config{Store: st, DataDir: t.TempDir()}); err == nil {
+		t.Fatal("New without a secret succeeded")
+	}
+	if _, err := backend.New(backend.Config{Store: st, DataDir: t.TempDir(), UpstreamSecret: "x", InsecureNoSecret: true}); err == nil {
+		t.Fatal("New with a secret and InsecureNoSecret succeeded")
+	}
+	h, err := backend.New(backend.Config{Store: st, DataDir: t.TempDir(), InsecureNoSecret: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, err := http.Post(srv.URL+"/api/shorten", "application/json", strings.NewReader(`{"url":"https://example.com"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("insecure mode: %d", resp.StatusCode)
+	}
+	if _, err := backend.New(backend.Config{DataDir: t.TempDir(), UpstreamSecret: "x"}); err == nil {
+		t.Fatal("New without a store succeeded")
 	}
 }

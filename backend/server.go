@@ -39,9 +39,11 @@ type Config struct {
 	// DataDir holds uploaded images in DataDir/images. Required.
 	DataDir string
 	// UpstreamSecret must arrive in X-Keygate-Upstream-Secret on every
-	// request (except GET /healthz). Empty disables the check, which only
-	// cmd/backend's -insecure-no-secret allows.
+	// request (except GET /healthz). Required unless InsecureNoSecret.
 	UpstreamSecret string
+	// InsecureNoSecret accepts requests without the secret: anyone who can
+	// reach the backend may then claim any identity. Local experiments only.
+	InsecureNoSecret bool
 	// MaxUpload bounds one image, MaxSecret one encrypted blob, in bytes.
 	MaxUpload int64
 	MaxSecret int64
@@ -64,6 +66,12 @@ type Server struct {
 func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("backend: Config.Store is required")
+	}
+	if cfg.UpstreamSecret == "" && !cfg.InsecureNoSecret {
+		return nil, errors.New("backend: Config.UpstreamSecret is required (or set InsecureNoSecret)")
+	}
+	if cfg.UpstreamSecret != "" && cfg.InsecureNoSecret {
+		return nil, errors.New("backend: Config.UpstreamSecret and InsecureNoSecret are exclusive")
 	}
 	if cfg.DataDir == "" {
 		return nil, errors.New("backend: Config.DataDir is required")

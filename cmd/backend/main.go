@@ -131,7 +131,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}()
 
 	h, err := backend.New(backend.Config{
-		Store: st, DataDir: c.dataDir, UpstreamSecret: c.secret,
+		Store: st, DataDir: c.dataDir, UpstreamSecret: c.secret, InsecureNoSecret: c.insecure,
 		MaxUpload: c.maxUpload, MaxSecret: c.maxSecret, Logger: log,
 	})
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -186,4 +187,36 @@ func TestRunFailsClearly(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "KEYGATE_UPSTREAM_SECRET") {
 		t.Fatalf("no secret: %v", err)
 	}
+}
+
+func TestRunInsecure(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	var logs strings.Builder
+	go func() {
+		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-data", t.TempDir(), "-insecure-no-secret"}, envMap(nil), &lockedWriter{w: &logs}, ready)
+	}()
+	addr := <-ready
+	if code, body := call(t, "POST", "http://"+addr.String()+"/api/shorten", `{"url":"https://example.com"}`, ""); code != 201 {
+		t.Fatalf("insecure: %d %s", code, body)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "WITHOUT the upstream secret") {
+		t.Fatalf("no warning logged:\n%s", logs.String())
+	}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
