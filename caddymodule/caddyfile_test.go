@@ -1,0 +1,93 @@
+package keygate
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+)
+
+// The operator's Caddyfile from the README must adapt, outside route blocks.
+const exampleCaddyfile = `{
+	admin localhost:2019
+	keygate {
+		redis redis://127.0.0.1:6379/0
+		on_store_error closed
+	}
+}
+:8080 {
+	handle /api/* {
+		keygate {
+			rate_limit 100 10m
+			roles upload
+		}
+		reverse_proxy 127.0.0.1:8081
+	}
+	handle {
+		keygate {
+			anonymous 20 1h
+			rate_limit 100 10m
+		}
+		reverse_proxy 127.0.0.1:8081
+	}
+	handle_errors {
+		keygate_errors
+	}
+}
+`
+
+func TestCaddyfileAdapts(t *testing.T) {
+	out, warnings, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(exampleCaddyfile), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) > 0 {
+		t.Fatalf("warnings: %v", warnings)
+	}
+	var cfg struct {
+		Apps map[string]json.RawMessage `json:"apps"`
+	}
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	var app App
+	if err := json.Unmarshal(cfg.Apps["keygate"], &app); err != nil || app.Redis != "redis://127.0.0.1:6379/0" || app.OnStoreError != "closed" {
+		t.Fatalf("keygate app = %s (%v)", cfg.Apps["keygate"], err)
+	}
+	js := string(out)
+	for _, want := range []string{
+		`"handler":"keygate"`, `"rate_limit":{"requests":100,"window":600000000000}`, `"roles":["upload"]`,
+		`"anonymous":{"requests":20,"window":3600000000000}`, `"handler":"keygate_errors"`,
+	} {
+		if !strings.Contains(js, want) {
+			t.Errorf("adapted JSON lacks %s:\n%s", want, js)
+		}
+	}
+	// keygate runs before reverse_proxy in each route without a route block
+	if strings.Index(js, `"handler":"keygate"`) > strings.Index(js, `"handler":"reverse_proxy"`) {
+		t.Error("keygate is ordered after reverse_proxy")
+	}
+}
+
+func TestCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct{ name, site, want string }{
+		{"unknown subdirective", "keygate {\n\tlimit 5 1m\n}", "unrecognized keygate subdirective"},
+		{"bad requests", "keygate {\n\trate_limit many 1m\n}", "positive whole number"},
+		{"bad window", "keygate {\n\tanonymous 5 soon\n}", "bad window"},
+		{"bad algorithm", "keygate {\n\talgorithm token_bucket\n}", "sliding_window or sliding_log"},
+		{"missing args", "keygate {\n\trate_limit 5\n}", "wrong argument count"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(":80 {\n"+tc.site+"\n}\n"), nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+	_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte("{\n\tkeygate {\n\t\ton_store_error maybe\n\t}\n}\n:80\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "closed or open") {
+		t.Fatalf("bad on_store_error: %v", err)
+	}
+}
