@@ -94,7 +94,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	var open func() (store.Store, error)
 	if a.Redis != "" {
 		a.poolKey = fmt.Sprintf("redis|%s|%s", a.Redis, time.Duration(a.Timeout))
-		open = func() (store.Store, error) { return redisstore.Open(a.Redis, time.Duration(a.Timeout)) }
+		open = func() (store.Store, error) {
+			redisstore.SetLogger(a.logger.Named("redis"))
+			return redisstore.Open(a.Redis, time.Duration(a.Timeout))
+		}
 	} else {
 		path := filepath.Join(caddy.AppDataDir(), "keygate", "keys.json")
 		a.poolKey = "file|" + path

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
@@ -35,6 +36,15 @@ const (
 	// path rewrites it at most once per interval per key.
 	lastUsedEvery = 10 * time.Second
 )
+
+// SetLogger sends go-redis's own log lines (reconnect attempts and the like)
+// to l at debug level instead of stderr: the gateway already logs outages
+// once a second, with context.
+func SetLogger(l *zap.Logger) { redis.SetLogger(zapLogging{l.Sugar()}) }
+
+type zapLogging struct{ l *zap.SugaredLogger }
+
+func (z zapLogging) Printf(_ context.Context, format string, v ...any) { z.l.Debugf(format, v...) }
 
 // Store is a store.Store on Redis.
 type Store struct {
