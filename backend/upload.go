@@ -81,15 +81,13 @@ func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request) {
 
 // storeImage sniffs, writes and publishes one image part.
 func (s *Server) storeImage(w http.ResponseWriter, r *http.Request, part io.Reader) {
-	head := make([]byte, sniffLen)
-	n, err := io.ReadFull(part, head)
-	head = head[:n]
+	head, err := readHead(part, sniffLen)
 	switch {
-	case n == 0 && (err == io.EOF || err == nil):
-		s.uploadRefused(w, errImageEmpty)
-		return
-	case err != nil && err != io.EOF && err != io.ErrUnexpectedEOF:
+	case err != nil:
 		s.uploadRefused(w, readProblem(err))
+		return
+	case len(head) == 0:
+		s.uploadRefused(w, errImageEmpty)
 		return
 	}
 	ctype := http.DetectContentType(head)
@@ -150,6 +148,25 @@ func (s *Server) storeImage(w http.ResponseWriter, r *http.Request, part io.Read
 	url := baseURL(r) + ImagePathPrefix + name
 	w.Header().Set("Location", url)
 	writeJSON(w, http.StatusCreated, uploadResponse{ID: id, URL: url, Size: size, Mime: ctype})
+}
+
+// readHead reads up to n bytes for sniffing. Unlike io.ReadFull it tells a
+// short part that ended cleanly (nil error) from a truncated body
+// (io.ErrUnexpectedEOF from the multipart reader).
+func readHead(r io.Reader, n int) ([]byte, error) {
+	buf := make([]byte, n)
+	got := 0
+	for got < n {
+		m, err := r.Read(buf[got:])
+		got += m
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return buf[:got], nil
 }
 
 // uploadRefused answers an upload error and closes the connection, so that

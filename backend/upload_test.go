@@ -99,6 +99,8 @@ func TestUploadErrors(t *testing.T) {
 	exact := append(pngBytes(t), bytes.Repeat([]byte{0}, 4<<10-len(pngBytes(t)))...)
 	exactBody, exactType := multipartBody(t, "image", "a.png", exact)
 	truncated := append([]byte(nil), exactBody[:len(exactBody)-40]...)
+	small, smallType := multipartBody(t, "image", "a.png", pngBytes(t)[:60])
+	smallTruncated := small[:bytes.Index(small, pngBytes(t)[:60])+30] // cut inside the image part
 
 	for _, c := range []struct {
 		name   string
@@ -118,6 +120,7 @@ func TestUploadErrors(t *testing.T) {
 		{"no boundary", text, "multipart/form-data", 400, "Missing image"},
 		{"garbage multipart", []byte("garbage"), textType, 400, "Invalid multipart body"},
 		{"truncated", truncated, exactType, 400, "Invalid multipart body"},
+		{"truncated small", smallTruncated, smallType, 400, "Invalid multipart body"},
 		{"too big", bigBody, bigType, 413, "Image too large"},
 	} {
 		resp, out := e.do("POST", "/api/external/upload", c.body, c.ctype)
