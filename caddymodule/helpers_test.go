@@ -91,8 +91,13 @@ http://127.0.0.1:%d {
 // startRedisGateway starts a Redis and a gateway using it.
 func startRedisGateway(t *testing.T, globalExtra, siteBody string) *gateway {
 	t.Helper()
-	r := redistest.Start(t)
-	g := startGateway(t, fmt.Sprintf("keygate {\n\t\tredis %s\n\t\ttimeout 300ms\n\t\t%s\n\t}", r.URL(), globalExtra), siteBody)
+	return startGatewayOn(t, redistest.Start(t), siteBody, globalExtra)
+}
+
+// startGatewayOn loads a gateway config that uses an existing Redis.
+func startGatewayOn(t *testing.T, r *redistest.Server, siteBody string, globalExtra ...string) *gateway {
+	t.Helper()
+	g := startGateway(t, fmt.Sprintf("keygate {\n\t\tredis %s\n\t\ttimeout 300ms\n\t\t%s\n\t}", r.URL(), strings.Join(globalExtra, "\n")), siteBody)
 	g.redis = r
 	return g
 }
@@ -131,7 +136,7 @@ func (g *gateway) do(method, path string, headers ...string) response {
 		if err := json.Unmarshal(body, &r.problem); err != nil {
 			g.t.Fatalf("problem body %q: %v", body, err)
 		}
-	} else if resp.StatusCode == http.StatusOK {
+	} else if resp.StatusCode == http.StatusOK && resp.Header.Get("Content-Type") == "application/json" {
 		if err := json.Unmarshal(body, &r.upstreamSaw); err != nil {
 			g.t.Fatalf("upstream body %q: %v", body, err)
 		}

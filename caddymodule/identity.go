@@ -113,9 +113,14 @@ func injectAnonymous(h http.Header, repl *caddy.Replacer) {
 	repl.Map(anonymousPlaceholder)
 }
 
+// anonymousPlaceholder resolves {keygate.anonymous} to true and the key
+// placeholders to empty, so one config serves both kinds of caller.
 func anonymousPlaceholder(name string) (any, bool) {
-	if name == "keygate.anonymous" {
+	switch name {
+	case "keygate.anonymous":
 		return true, true
+	case "keygate.key.id", "keygate.key.name", "keygate.key.roles", "keygate.key.owner", "keygate.key.prefix":
+		return "", true
 	}
 	return nil, false
 }

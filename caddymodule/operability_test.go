@@ -1,0 +1,74 @@
+package keygate
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func TestPlaceholders(t *testing.T) {
+	g := startRedisGateway(t, "", `
+	handle /keyed {
+		keygate
+		respond "id={keygate.key.id} user={http.auth.user.id} name={keygate.key.name} roles={keygate.key.roles} owner={keygate.key.owner} anon={keygate.anonymous}"
+	}
+	handle {
+		keygate {
+			anonymous 10 1m
+		}
+		respond "anon={keygate.anonymous} id={keygate.key.id}"
+	}`)
+	k := generate(t, "--name", "placeholder", "--roles", "a,b", "--owner", "team-x")
+	r := g.get("/keyed", bearer(k.Key)...)
+	want := fmt.Sprintf("id=%s user=%s name=placeholder roles=a,b owner=team-x anon=false", k.ID, k.ID)
+	if string(r.body) != want {
+		t.Fatalf("body = %q, want %q", r.body, want)
+	}
+	if r := g.get("/other"); string(r.body) != "anon=true id=" {
+		t.Fatalf("anonymous body = %q", r.body)
+	}
+}
+
+func TestMetricsInCaddyRegistry(t *testing.T) {
+	g := startRedisGateway(t, "", protectedSite)
+	k := generate(t, "--name", "metered", "--roles", "upload")
+	g.get("/api/x", bearer(k.Key)...)
+	g.get("/api/x")
+	resp, err := client.Get("http://" + adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`keygate_decisions_total{outcome="allowed"} 1`,
+		`keygate_decisions_total{outcome="missing_key"} 1`,
+		`keygate_store_duration_seconds_count{op="check"}`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(string(body), k.ID) || strings.Contains(string(body), "metered") {
+		t.Error("/metrics has a per-key label")
+	}
+}
+
+// A reload keeps the store (and its connection pool and key cache): keys
+// keep working without a pause.
+func TestReloadKeepsServing(t *testing.T) {
+	g := startRedisGateway(t, "", protectedSite)
+	k := generate(t, "--name", "survivor", "--roles", "upload")
+	if r := g.get("/api/x", bearer(k.Key)...); r.status != http.StatusOK {
+		t.Fatalf("before reload: %d", r.status)
+	}
+	reloaded := startGatewayOn(t, g.redis, strings.Replace(protectedSite, "rate_limit 100 10m", "rate_limit 2 10m", 1))
+	if r := reloaded.get("/api/x", bearer(k.Key)...); r.status != http.StatusOK || r.header.Get("X-RateLimit-Limit") != "2" {
+		t.Fatalf("after reload: %d, limit %q", r.status, r.header.Get("X-RateLimit-Limit"))
+	}
+	if out := mustCLI(t, "list"); !strings.Contains(out, "survivor") {
+		t.Fatalf("keys after reload:\n%s", out)
+	}
+}
