@@ -24,7 +24,7 @@ func init() {
 // parseGlobalOption sets up the keygate app from the global option. Syntax:
 //
 //	keygate {
-//		redis <url>                 # default: embedded store in Caddy's data dir
+//		redis <url>                 # default (or ""): embedded store in Caddy's data dir
 //		on_store_error closed|open  # default: closed
 //		timeout <duration>          # default: 500ms
 //		fail_open_grace <duration>  # default: 5m
