@@ -1,0 +1,605 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+// Generous bounds: the tests assert behaviour, never speed.
+const (
+	readyTimeout   = 60 * time.Second
+	stopTimeout    = 15 * time.Second
+	requestTimeout = 30 * time.Second
+	clientTimeout  = 60 * time.Second // curl, python3, the key CLI
+)
+
+// The binaries are built once per test run into a directory TestMain removes.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// binaries builds cmd/keygate and cmd/backend (once) and returns their paths.
+func binaries(t *testing.T) (keygateBin, backendBin string) {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "keygate-e2e-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, b := range []struct{ out, pkg string }{{"keygate", "../cmd/keygate"}, {"backend", "../cmd/backend"}} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b.out), b.pkg)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(binDir, "keygate"), filepath.Join(binDir, "backend")
+}
+
+// caddyfile is the root Caddyfile, used unchanged.
+func caddyfile(t *testing.T) string {
+	t.Helper()
+	p, err := filepath.Abs("../Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("root Caddyfile: %v", err)
+	}
+	return p
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func randomHex(t *testing.T, n int) string {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// storeKind selects the stores of a stack.
+type storeKind string
+
+const (
+	// withRedis: gateway and backend on one real redis-server, one database.
+	withRedis storeKind = "redis"
+	// withEmbedded: KEYGATE_REDIS empty and no BACKEND_REDIS_URL.
+	withEmbedded storeKind = "embedded"
+	// withEmbeddedBackend: the gateway on Redis, the backend on its
+	// embedded store.
+	withEmbeddedBackend storeKind = "redis-gateway+embedded-backend"
+)
+
+// forEachStore runs fn in a subtest per store kind, each on its own stack.
+func forEachStore(t *testing.T, fn func(t *testing.T, s *stack)) {
+	for _, kind := range []storeKind{withRedis, withEmbedded, withEmbeddedBackend} {
+		t.Run(string(kind), func(t *testing.T) { fn(t, startStack(t, kind)) })
+	}
+}
+
+// stack is one running gateway + backend (+ redis-server).
+type stack struct {
+	t       *testing.T
+	Base    string // the gateway's site, http://127.0.0.1:<port>
+	Admin   string // the gateway's admin API, 127.0.0.1:<port>
+	Backend string // the backend, 127.0.0.1:<port>
+	Secret  string // KEYGATE_UPSTREAM_SECRET
+	home    string // HOME of every child process
+	env     []string
+	keygate string
+}
+
+// startStack starts a backend and a gateway (the root Caddyfile) on free
+// ports and waits until both answer. Everything stops when the test ends.
+func startStack(t *testing.T, kind storeKind) *stack {
+	t.Helper()
+	keygateBin, backendBin := binaries(t)
+	home := t.TempDir()
+	s := &stack{
+		t:       t,
+		Base:    fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+		Admin:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		Backend: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		Secret:  randomHex(t, 32),
+		home:    home,
+		keygate: keygateBin,
+	}
+	// A clean environment: nothing from the caller's KEYGATE_*, proxies or
+	// $HOME leaks in, and nothing is written outside the temp dir.
+	s.env = []string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + home,
+		"XDG_CONFIG_HOME=" + filepath.Join(home, ".config"),
+		"XDG_DATA_HOME=" + filepath.Join(home, ".local", "share"),
+		"TMPDIR=" + os.TempDir(),
+		"LANG=C.UTF-8",
+	}
+	redisURL, backendRedisURL := "", ""
+	switch kind {
+	case withRedis:
+		redisURL = redistest.Start(t).URL()
+		backendRedisURL = redisURL
+	case withEmbeddedBackend:
+		redisURL = redistest.Start(t).URL()
+	}
+
+	backendEnv := []string{
+		"BACKEND_LISTEN=" + s.Backend,
+		"BACKEND_DATA_DIR=" + filepath.Join(home, "backend-data"),
+		"KEYGATE_UPSTREAM_SECRET=" + s.Secret,
+		"BACKEND_LOG_LEVEL=debug",
+	}
+	if backendRedisURL != "" {
+		// The same Redis database as the gateway: the backend's keys have
+		// their own prefix.
+		backendEnv = append(backendEnv, "BACKEND_REDIS_URL="+backendRedisURL)
+	}
+	backend := s.start("backend", backendBin, nil, backendEnv...)
+	s.waitReady(backend, "backend /healthz", func() error {
+		resp, err := http.Get("http://" + s.Backend + "/healthz")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %s", resp.Status)
+		}
+		return nil
+	})
+
+	gateway := s.start("gateway", keygateBin, []string{"run", "--config", caddyfile(t), "--adapter", "caddyfile"},
+		"KEYGATE_LISTEN="+s.Base, // http:// so that Caddy serves plain HTTP on this port
+		"KEYGATE_ADMIN="+s.Admin,
+		"KEYGATE_BACKEND="+s.Backend,
+		"KEYGATE_REDIS="+redisURL,
+		"KEYGATE_UPSTREAM_SECRET="+s.Secret,
+	)
+	// Ready when the admin API lists keys and the site port accepts
+	// connections; no request to the site, which would spend the per-IP
+	// budget of the public routes.
+	s.waitReady(gateway, "gateway admin API and site", func() error {
+		resp, err := http.Get("http://" + s.Admin + "/keygate/keys")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("admin API: status %s", resp.Status)
+		}
+		c, err := net.DialTimeout("tcp", strings.TrimPrefix(s.Base, "http://"), time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	return s
+}
+
+// proc is a child process whose output is kept for the failure log.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan struct{}
+	err    error // valid once exited is closed
+}
+
+// start runs bin with the stack's environment plus env. It is stopped
+// (SIGTERM, then SIGKILL) when the test ends, and its output is logged if
+// the test failed.
+func (s *stack) start(name, bin string, args []string, env ...string) *proc {
+	s.t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(append([]string(nil), s.env...), env...)
+	cmd.Dir = s.home
+	p := &proc{name: name, cmd: cmd, logs: &syncBuffer{}, exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("starting %s: %v", name, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	t := s.t
+	t.Cleanup(func() {
+		p.stop(t)
+		if t.Failed() {
+			t.Logf("--- %s (pid %d) output ---\n%s", name, cmd.Process.Pid, p.logs.tail(64<<10))
+		}
+	})
+	return p
+}
+
+func (p *proc) stop(t *testing.T) {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(stopTimeout):
+		t.Errorf("%s did not stop within %s of SIGTERM; killing it", p.name, stopTimeout)
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// embeddedStoreMissing is what the gateway logs while its embedded key
+// store is a stub. Only this exact refusal skips a test: the embedded
+// variants run by themselves once the store exists.
+const embeddedStoreMissing = "TODO-LOCALSTORE"
+
+// waitReady polls check until it succeeds, p exits or readyTimeout passes.
+func (s *stack) waitReady(p *proc, what string, check func() error) {
+	s.t.Helper()
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		select {
+		case <-p.exited:
+			if strings.Contains(p.logs.tail(1<<20), embeddedStoreMissing) {
+				s.t.Skipf("%s: the gateway's embedded key store is not implemented yet (%q in caddymodule/app.go, issue 4)",
+					p.name, embeddedStoreMissing)
+			}
+			s.t.Fatalf("%s exited before %s was ready: %v", p.name, what, p.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("%s not ready within %s: %v", what, readyTimeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) tail(n int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.buf.String()
+	if len(s) > n {
+		s = "[...]\n" + s[len(s)-n:]
+	}
+	return s
+}
+
+// apiKey is a key made by `keygate api-key generate --json`.
+type apiKey struct {
+	Key   string `json:"key"`
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Owner string `json:"owner"`
+}
+
+// generateKey creates a key with the real CLI against the admin API. flags
+// are extra generate flags, e.g. "--rate-limit", "10000/1h".
+func (s *stack) generateKey(name string, flags ...string) apiKey {
+	s.t.Helper()
+	args := append([]string{"api-key", "generate", "--name", name, "--json", "--address", s.Admin}, flags...)
+	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.keygate, args...)
+	cmd.Env = s.env
+	cmd.Dir = s.home
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		s.t.Fatalf("keygate %s: %v\nstderr: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	var k apiKey
+	if err := json.Unmarshal(out, &k); err != nil || k.Key == "" || k.ID == "" {
+		s.t.Fatalf("keygate api-key generate --json printed %q: %v", out, err)
+	}
+	return k
+}
+
+// response is a finished HTTP exchange.
+type response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+func (r response) String() string { return fmt.Sprintf("%d %s", r.Status, r.Body) }
+
+// JSON decodes the body into a map.
+func (r response) JSON(t *testing.T) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.Body, &m); err != nil {
+		t.Fatalf("response %d is not a JSON object: %v\n%s", r.Status, err, r.Body)
+	}
+	return m
+}
+
+// client does not follow redirects: the tests look at the 302 itself.
+var client = &http.Client{
+	Timeout:       requestTimeout,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	Transport:     &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64},
+}
+
+// do sends a request; header holds name/value pairs. It is safe to call from
+// several goroutines (it reports errors with t.Errorf, not t.Fatal).
+func do(t *testing.T, method, url string, body io.Reader, header ...string) (response, bool) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Errorf("%s %s: %v", method, url, err)
+		return response{}, false
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Add(header[i], header[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Errorf("%s %s: %v", method, url, err)
+		return response{}, false
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Errorf("%s %s: reading the body: %v", method, url, err)
+		return response{}, false
+	}
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: b}, true
+}
+
+// mustDo is do for the test goroutine: it stops the test on a transport error.
+func mustDo(t *testing.T, method, url string, body io.Reader, header ...string) response {
+	t.Helper()
+	r, ok := do(t, method, url, body, header...)
+	if !ok {
+		t.FailNow()
+	}
+	return r
+}
+
+// postJSON posts a JSON body with the given extra headers.
+func postJSON(t *testing.T, url, body string, header ...string) response {
+	t.Helper()
+	return mustDo(t, http.MethodPost, url, strings.NewReader(body), append([]string{"Content-Type", "application/json"}, header...)...)
+}
+
+// wantStatus fails the test unless r has the status.
+func wantStatus(t *testing.T, what string, r response, status int) {
+	t.Helper()
+	if r.Status != status {
+		t.Fatalf("%s: got %s, want status %d", what, r, status)
+	}
+}
+
+// wantProblem checks a problem+json error with the status, and an "error"
+// member equal to msg (any non-empty one when msg is "").
+func wantProblem(t *testing.T, what string, r response, status int, msg string) map[string]any {
+	t.Helper()
+	wantStatus(t, what, r, status)
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/problem+json") {
+		t.Errorf("%s: Content-Type %q, want application/problem+json", what, ct)
+	}
+	m := r.JSON(t)
+	got, _ := m["error"].(string)
+	if got == "" || (msg != "" && got != msg) {
+		t.Errorf("%s: error member %q, want %q", what, m["error"], msg)
+	}
+	if st, _ := m["status"].(float64); int(st) != status {
+		t.Errorf("%s: problem status member %v, want %d", what, m["status"], status)
+	}
+	return m
+}
+
+// str returns the string at a dotted path of decoded JSON ("" if absent).
+func str(m map[string]any, path string) string {
+	v, _ := lookup(m, path).(string)
+	return v
+}
+
+func lookup(v any, path string) any {
+	for _, p := range strings.Split(path, ".") {
+		switch x := v.(type) {
+		case map[string]any:
+			v = x[p]
+		case []any:
+			i, err := strconv.Atoi(p)
+			if err != nil || i < 0 || i >= len(x) {
+				return nil
+			}
+			v = x[i]
+		default:
+			return nil
+		}
+	}
+	return v
+}
+
+// pngImage encodes a small real PNG.
+func pngImage(t *testing.T) []byte {
+	t.Helper()
+	img := image.NewRGBA(image.Rect(0, 0, 16, 9))
+	for x := range 16 {
+		for y := range 9 {
+			img.Set(x, y, color.RGBA{uint8(x * 16), uint8(y * 28), 0x80, 0xff})
+		}
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// readExample reads a reference-doc example kept verbatim in testdata and
+// substitutes the host, the key and the like (old, new pairs).
+func readExample(t *testing.T, name string, oldnew ...string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	for i := 0; i+1 < len(oldnew); i += 2 {
+		if !strings.Contains(text, oldnew[i]) {
+			t.Fatalf("example %s does not contain %q", name, oldnew[i])
+		}
+	}
+	return strings.NewReplacer(oldnew...).Replace(text)
+}
+
+// curlStatusMarker starts the line that the test's .curlrc makes curl
+// append to its output: the commands themselves stay as the docs write them.
+const curlStatusMarker = "\n__E2E_HTTP_STATUS__ "
+
+// runCurl runs a documented curl command line with bash and the real curl.
+// A .curlrc in the child's own CURL_HOME adds --silent --show-error and a
+// trailing status line, so the command itself needs no change.
+func (s *stack) runCurl(t *testing.T, script string) response {
+	t.Helper()
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl not found in PATH: the reference docs' curl examples need it (apt-get install curl)")
+	}
+	curlHome := filepath.Join(s.home, "curl")
+	if err := os.MkdirAll(curlHome, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rc := "silent\nshow-error\nwrite-out = \"" + strings.ReplaceAll(curlStatusMarker, "\n", `\n`) + "%{http_code}\"\n"
+	if err := os.WriteFile(filepath.Join(curlHome, ".curlrc"), []byte(rc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-e", "-c", script)
+	cmd.Env = append(append([]string(nil), s.env...), "CURL_HOME="+curlHome)
+	cmd.Dir = s.home
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("curl example failed: %v\nscript:\n%s\nstdout: %s\nstderr: %s", err, script, out, stderr.String())
+	}
+	i := bytes.LastIndex(out, []byte(curlStatusMarker))
+	if i < 0 {
+		t.Fatalf("curl printed no status line (was .curlrc read?)\nstdout: %s\nstderr: %s", out, stderr.String())
+	}
+	status, err := strconv.Atoi(strings.TrimSpace(string(out[i+len(curlStatusMarker):])))
+	if err != nil {
+		t.Fatalf("curl status line %q: %v", out[i:], err)
+	}
+	return response{Status: status, Body: out[:i]}
+}
+
+var (
+	pythonOnce sync.Once
+	pythonPath string
+	pythonErr  error
+)
+
+// python3 returns the interpreter that `python3` on PATH runs (resolved
+// once, so that shims such as pyenv's still work with a temp HOME) and
+// fails the test, never skips it, when requests cannot be imported.
+func python3(t *testing.T) string {
+	t.Helper()
+	pythonOnce.Do(func() {
+		if _, err := exec.LookPath("python3"); err != nil {
+			pythonErr = errors.New("python3 not found in PATH: the reference docs' Python examples need it " +
+				"(apt-get install python3 python3-requests; scripts/test installs python3-requests)")
+			return
+		}
+		out, err := exec.Command("python3", "-c", "import requests, sys; print(sys.executable)").CombinedOutput()
+		if err != nil {
+			pythonErr = fmt.Errorf("python3 cannot import requests, which the reference docs' Python examples use: "+
+				"install it (apt-get install python3-requests; scripts/test does): %v\n%s", err, out)
+			return
+		}
+		pythonPath = strings.TrimSpace(string(out))
+	})
+	if pythonErr != nil {
+		t.Fatal(pythonErr)
+	}
+	return pythonPath
+}
+
+// runPython runs a documented Python example and returns what it printed.
+func (s *stack) runPython(t *testing.T, script string) string {
+	t.Helper()
+	py := python3(t)
+	file := filepath.Join(t.TempDir(), "example.py")
+	if err := os.WriteFile(file, []byte(script), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, py, file)
+	cmd.Env = s.env
+	cmd.Dir = s.home
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("python example failed: %v\nscript:\n%s\nstdout: %s\nstderr: %s", err, script, out, stderr.String())
+	}
+	return string(out)
+}

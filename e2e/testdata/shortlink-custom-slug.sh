@@ -1,0 +1,4 @@
+curl -X POST https://yourdomain.com/api/shortlinks \
+  -H "Content-Type: application/json" \
+  -H "X-API-Key: YOUR_API_KEY" \
+  -d '{"url":"https://github.com","slug":"github"}'
