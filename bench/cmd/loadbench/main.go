@@ -1,0 +1,769 @@
+// Command loadbench measures what keygate costs per request: it builds plain
+// Caddy and keygate from this module, starts a real redis-server and a tiny
+// upstream, and drives both proxies with the same wrk load, alternating
+// rounds so that drift of a shared machine hits both alike. It prints, per
+// configuration, requests/s and p50/p99 latency of each and the ratio
+// keygate/plain (median over rounds).
+//
+// With -accuracy it instead runs three keygate instances on one Redis and
+// many concurrent clients on one key, and reports how many requests each
+// algorithm admitted against the limit.
+//
+// Run it with ./bench/run (which installs wrk and redis-server if needed).
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+var (
+	flagDuration = flag.Duration("duration", 5*time.Second, "length of each measured wrk run (whole seconds)")
+	flagWarmup   = flag.Duration("warmup", time.Second, "unmeasured wrk run before each configuration, per proxy (whole seconds; 0: none)")
+	flagRounds   = flag.Int("rounds", 3, "measured rounds per configuration and proxy (order alternates each round)")
+	flagConns    = flag.String("conns", "8,64", "comma-separated wrk connection counts")
+	flagThreads  = flag.Int("threads", 2, "wrk threads (capped at the connection count)")
+	flagKeys     = flag.Int("keys", 10000, "distinct keys in the many-keys configurations")
+	flagOnly     = flag.String("only", "", "comma-separated configuration names to run (default: all), e.g. 1key/sliding_window,anon/sliding_log")
+	flagPprof    = flag.String("pprof", "", "directory: save a CPU profile and an allocs profile of keygate during the first round of each configuration")
+	flagWork     = flag.String("workdir", "", "directory for binaries, configs and logs (default: a temp dir, removed at exit)")
+	flagAccuracy = flag.Bool("accuracy", false, "run the accuracy test instead of the load benchmark")
+	flagAccLimit = flag.Int64("accuracy-limit", 100, "accuracy: the rate limit (per minute)")
+	flagAccReqs  = flag.Int("accuracy-requests", 1000, "accuracy: requests sent per trial")
+	flagAccConc  = flag.Int("accuracy-clients", 150, "accuracy: concurrent clients")
+	flagAccTrial = flag.Int("accuracy-trials", 3, "accuracy: trials per algorithm (each on a fresh key)")
+)
+
+// bigLimit is high enough that no benchmark run is ever refused.
+const bigLimit = "1000000000 10s"
+
+var algorithms = []string{"sliding_window", "sliding_log"}
+
+func main() {
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	for _, tool := range []string{"redis-server", "go"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found in PATH (apt-get install redis-server; ./bench/run installs it)", tool)
+		}
+	}
+	if !*flagAccuracy {
+		if _, err := exec.LookPath("wrk"); err != nil {
+			return errors.New("wrk not found in PATH: apt-get install wrk (./bench/run installs it)")
+		}
+	}
+	dir := *flagWork
+	if dir == "" {
+		d, err := os.MkdirTemp("", "keygate-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var procs procSet
+	defer procs.stopAll()
+
+	if err := build(ctx, dir); err != nil {
+		return err
+	}
+	redisAddr, err := startRedis(ctx, &procs, dir)
+	if err != nil {
+		return err
+	}
+	upstream, err := startUpstream()
+	if err != nil {
+		return err
+	}
+	if *flagAccuracy {
+		return accuracy(ctx, &procs, dir, redisAddr, upstream)
+	}
+	return loadBench(ctx, &procs, dir, redisAddr, upstream)
+}
+
+// build compiles plain Caddy and keygate from this module's graph, so both
+// run the same Caddy version with the same compiler.
+func build(ctx context.Context, dir string) error {
+	for _, b := range []struct{ out, pkg string }{
+		{"caddy", "github.com/caddyserver/caddy/v2/cmd/caddy"},
+		{"keygate", "./cmd/keygate"},
+	} {
+		logf("building %s (%s)", b.out, b.pkg)
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("building %s: %w", b.pkg, err)
+		}
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------- processes
+
+type procSet struct {
+	mu    sync.Mutex
+	procs []*exec.Cmd
+}
+
+// start launches a child in its own process group with its output in logPath.
+func (p *procSet) start(name string, args []string, env []string, logPath string) (*exec.Cmd, error) {
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, err
+	}
+	logFile.Close() // the child holds its own descriptor
+	p.mu.Lock()
+	p.procs = append(p.procs, cmd)
+	p.mu.Unlock()
+	return cmd, nil
+}
+
+// stopAll terminates every child it started (their process groups), then
+// kills what has not exited within two seconds.
+func (p *procSet) stopAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	done := make(chan struct{})
+	for _, c := range p.procs {
+		_ = syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
+	}
+	go func() {
+		for _, c := range p.procs {
+			_ = c.Wait()
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		for _, c := range p.procs {
+			_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+		}
+		<-done
+	}
+	p.procs = nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func waitFor(ctx context.Context, what string, timeout time.Duration, ok func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if ok() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s not ready within %s", what, timeout)
+}
+
+func startRedis(ctx context.Context, procs *procSet, dir string) (string, error) {
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	if _, err := procs.start("redis-server", []string{
+		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+	}, nil, filepath.Join(dir, "redis.log")); err != nil {
+		return "", fmt.Errorf("starting redis-server: %w", err)
+	}
+	err = waitFor(ctx, "redis-server", 10*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		_, _ = c.Write([]byte("PING\r\n"))
+		buf := make([]byte, 7)
+		_, err = io.ReadFull(c, buf)
+		return err == nil && string(buf) == "+PONG\r\n"
+	})
+	logf("redis-server on %s", addr)
+	return addr, err
+}
+
+// startUpstream serves a short body, as fast as Go's server does, in this
+// process (it is idle between runs and costs both proxies the same).
+func startUpstream() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	body := []byte("ok\n")
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header()["Content-Type"] = []string{"text/plain"}
+			w.Header()["Content-Length"] = []string{"3"}
+			_, _ = w.Write(body)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	go func() { _ = srv.Serve(l) }()
+	logf("upstream on %s", l.Addr())
+	return l.Addr().String(), nil
+}
+
+// proxy is one running Caddy (plain or keygate).
+type proxy struct {
+	name  string
+	addr  string // site, 127.0.0.1:port
+	admin string // admin API, 127.0.0.1:port
+}
+
+// routes are the same paths on both proxies, so the matching work is
+// identical; on keygate each carries its keygate handler.
+var routes = []struct{ path, keygate string }{
+	{"/sliding_window/", "rate_limit " + bigLimit + "\n\t\t\talgorithm sliding_window"},
+	{"/sliding_log/", "rate_limit " + bigLimit + "\n\t\t\talgorithm sliding_log"},
+	{"/anon/sliding_window/", "anonymous " + bigLimit + "\n\t\t\talgorithm sliding_window"},
+	{"/anon/sliding_log/", "anonymous " + bigLimit + "\n\t\t\talgorithm sliding_log"},
+}
+
+// caddyfile renders the config of one proxy. Both use reverse_proxy with
+// its default transport (keep-alive to the upstream, pooled); they differ
+// only by the keygate handlers and the keygate global option.
+func caddyfile(withKeygate bool, site, admin, redisAddr, upstream string, rateLimit string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "{\n\tadmin %s\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\tlevel WARN\n\t}\n", admin)
+	if withKeygate {
+		fmt.Fprintf(&b, "\tkeygate {\n\t\tredis redis://%s/0\n\t}\n", redisAddr)
+	}
+	fmt.Fprintf(&b, "}\n\nhttp://%s {\n", site)
+	for _, r := range routes {
+		fmt.Fprintf(&b, "\thandle %s* {\n", r.path)
+		if withKeygate {
+			kg := r.keygate
+			if rateLimit != "" {
+				kg = strings.ReplaceAll(kg, bigLimit, rateLimit)
+			}
+			fmt.Fprintf(&b, "\t\tkeygate {\n\t\t\t%s\n\t\t}\n", kg)
+		}
+		fmt.Fprintf(&b, "\t\treverse_proxy %s\n\t}\n", upstream)
+	}
+	if withKeygate {
+		b.WriteString("\thandle_errors {\n\t\tkeygate_errors\n\t}\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, withKeygate bool, redisAddr, upstream, rateLimit string) (*proxy, error) {
+	sitePort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	adminPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	p := &proxy{name: name, addr: "127.0.0.1:" + strconv.Itoa(sitePort), admin: "127.0.0.1:" + strconv.Itoa(adminPort)}
+	cfgPath := filepath.Join(dir, name+".Caddyfile")
+	if err := os.WriteFile(cfgPath, []byte(caddyfile(withKeygate, p.addr, p.admin, redisAddr, upstream, rateLimit)), 0o644); err != nil {
+		return nil, err
+	}
+	home := filepath.Join(dir, name+"-home")
+	env := []string{"HOME=" + home, "XDG_DATA_HOME=" + home + "/data", "XDG_CONFIG_HOME=" + home + "/config"}
+	if _, err := procs.start(filepath.Join(dir, bin), []string{"run", "--config", cfgPath, "--adapter", "caddyfile"}, env, filepath.Join(dir, name+".log")); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	err = waitFor(ctx, name, 20*time.Second, func() bool {
+		resp, err := http.Get("http://" + p.admin + "/config/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, name+".log"))
+		return nil, fmt.Errorf("%w; its log:\n%s", err, log)
+	}
+	logf("%s on %s (admin %s)", name, p.addr, p.admin)
+	return p, nil
+}
+
+// createKeys makes n keys through keygate's admin API, a few at a time.
+func createKeys(ctx context.Context, admin string, n int, prefix string) ([]string, error) {
+	keys := make([]string, n)
+	var next atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	for range min(16, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				body := fmt.Sprintf(`{"name": %q}`, prefix+strconv.Itoa(i))
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+"/keygate/keys", strings.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := client.Do(req)
+				if err != nil {
+					once.Do(func() { firstErr = err })
+					return
+				}
+				var v struct {
+					Key string `json:"key"`
+				}
+				raw, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusCreated || json.Unmarshal(raw, &v) != nil || v.Key == "" {
+					once.Do(func() { firstErr = fmt.Errorf("creating a key: %s: %s", resp.Status, raw) })
+					return
+				}
+				keys[i] = v.Key
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = ctx.Err()
+	}
+	return keys, firstErr
+}
+
+// touchAll sends one request per key to url, so the gateway's key cache is
+// warm, as it is in steady state (first sight of a key costs a lookup).
+func touchAll(ctx context.Context, url string, keys []string) error {
+	var next atomic.Int64
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(keys) || ctx.Err() != nil {
+					return
+				}
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+				req.Header.Set("Authorization", "Bearer "+keys[i])
+				resp, err := client.Do(req)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		return fmt.Errorf("warming %s: %d of %d requests failed", url, n, len(keys))
+	}
+	return ctx.Err()
+}
+
+// ---------------------------------------------------------------- load
+
+// wrkScript spreads requests over the keys in the file given as its
+// argument; each thread starts at its own offset and walks the list.
+const wrkScript = `
+local reqs = {}
+local i = 0
+local path = "/"
+function init(args)
+  path = args[2]
+  for line in io.lines(args[1]) do
+    reqs[#reqs + 1] = wrk.format("GET", path, {["Authorization"] = "Bearer " .. line})
+  end
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+  i = math.random(#reqs)
+end
+function request()
+  i = i + 1
+  if i > #reqs then i = 1 end
+  return reqs[i]
+end
+`
+
+type result struct {
+	rps      float64
+	p50, p99 time.Duration
+	non2xx   int64
+	errors   int64
+}
+
+var (
+	reRPS     = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reLat     = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([0-9.]+)(us|ms|s)\s*$`)
+	reNon2xx  = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
+	reSockErr = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+)
+
+func parseWrk(out string) (result, error) {
+	var r result
+	m := reRPS.FindStringSubmatch(out)
+	if m == nil {
+		return r, fmt.Errorf("no Requests/sec in wrk output:\n%s", out)
+	}
+	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	for _, m := range reLat.FindAllStringSubmatch(out, -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		unit := map[string]float64{"us": 1e3, "ms": 1e6, "s": 1e9}[m[3]]
+		d := time.Duration(v * unit)
+		if m[1] == "50" {
+			r.p50 = d
+		} else {
+			r.p99 = d
+		}
+	}
+	if m := reNon2xx.FindStringSubmatch(out); m != nil {
+		r.non2xx, _ = strconv.ParseInt(m[1], 10, 64)
+	}
+	if m := reSockErr.FindStringSubmatch(out); m != nil {
+		for _, s := range m[1:] {
+			n, _ := strconv.ParseInt(s, 10, 64)
+			r.errors += n
+		}
+	}
+	return r, nil
+}
+
+// config is one cell of the matrix.
+type config struct {
+	name  string // e.g. 10000keys/sliding_log
+	path  string
+	keys  []string // nil: anonymous
+	conns int
+}
+
+func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration) (result, error) {
+	threads := min(*flagThreads, c.conns)
+	args := []string{"-t", strconv.Itoa(threads), "-c", strconv.Itoa(c.conns), "-d", strconv.Itoa(max(1, int((d+time.Second-1)/time.Second))) + "s",
+		"--latency", "--timeout", "5s"}
+	url := "http://" + p.addr + c.path
+	switch len(c.keys) {
+	case 0:
+		args = append(args, url)
+	case 1:
+		args = append(args, "-H", "Authorization: Bearer "+c.keys[0], url)
+	default:
+		keyFile := filepath.Join(dir, fmt.Sprintf("keys-%d.txt", len(c.keys)))
+		if _, err := os.Stat(keyFile); err != nil {
+			if err := os.WriteFile(keyFile, []byte(strings.Join(c.keys, "\n")+"\n"), 0o600); err != nil {
+				return result{}, err
+			}
+		}
+		script := filepath.Join(dir, "keys.lua")
+		if err := os.WriteFile(script, []byte(wrkScript), 0o644); err != nil {
+			return result{}, err
+		}
+		args = append(args, "-s", script, url, "--", keyFile, c.path)
+	}
+	wctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(wctx, "wrk", args...).CombinedOutput()
+	if err != nil {
+		return result{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return parseWrk(string(out))
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n == 0 {
+		return 0
+	}
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func medianDur(ds []time.Duration) time.Duration {
+	xs := make([]float64, len(ds))
+	for i, d := range ds {
+		xs[i] = float64(d)
+	}
+	return time.Duration(median(xs))
+}
+
+func loadBench(ctx context.Context, procs *procSet, dir, redisAddr, upstream string) error {
+	plain, err := startProxy(ctx, procs, dir, "plain", "caddy", false, redisAddr, upstream, "")
+	if err != nil {
+		return err
+	}
+	kg, err := startProxy(ctx, procs, dir, "keygate", "keygate", true, redisAddr, upstream, "")
+	if err != nil {
+		return err
+	}
+	var conns []int
+	for _, s := range strings.Split(*flagConns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return fmt.Errorf("bad -conns %q", *flagConns)
+		}
+		conns = append(conns, n)
+	}
+	only := map[string]bool{}
+	for _, s := range strings.Split(*flagOnly, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			only[s] = true
+		}
+	}
+	want := func(name string) bool { return len(only) == 0 || only[name] }
+
+	manyName := strconv.Itoa(*flagKeys) + "keys"
+	needMany := false
+	for _, a := range algorithms {
+		needMany = needMany || want(manyName+"/"+a)
+	}
+	n := 1
+	if needMany {
+		n = *flagKeys
+	}
+	start := time.Now()
+	keys, err := createKeys(ctx, kg.admin, n, "bench-")
+	if err != nil {
+		return err
+	}
+	logf("created %d keys in %s", n, time.Since(start).Round(time.Millisecond))
+
+	var configs []config
+	for _, a := range algorithms {
+		for _, c := range conns {
+			configs = append(configs, config{"1key/" + a, "/" + a + "/x", keys[:1], c})
+		}
+	}
+	if needMany {
+		for _, a := range algorithms {
+			for _, c := range conns {
+				configs = append(configs, config{manyName + "/" + a, "/" + a + "/x", keys, c})
+			}
+		}
+	}
+	for _, a := range algorithms {
+		for _, c := range conns {
+			configs = append(configs, config{"anon/" + a, "/anon/" + a + "/x", nil, c})
+		}
+	}
+	configs = slices.DeleteFunc(configs, func(c config) bool { return !want(c.name) })
+	if len(configs) == 0 {
+		return fmt.Errorf("-only %q matches no configuration", *flagOnly)
+	}
+	if needMany {
+		start := time.Now()
+		for _, a := range algorithms {
+			if err := touchAll(ctx, "http://"+kg.addr+"/"+a+"/x", keys); err != nil {
+				return err
+			}
+		}
+		logf("warmed keygate's key cache in %s", time.Since(start).Round(time.Millisecond))
+	}
+	if *flagPprof != "" {
+		if err := os.MkdirAll(*flagPprof, 0o755); err != nil {
+			return err
+		}
+	}
+	perRun := 2*(*flagWarmup) + time.Duration(2**flagRounds)*(*flagDuration)
+	logf("%d configurations x (%d rounds x 2 proxies x %s + warm-up): about %s",
+		len(configs), *flagRounds, *flagDuration, (time.Duration(len(configs)) * perRun).Round(time.Second))
+
+	type row struct {
+		c                           config
+		plainRPS, kgRPS, ratio      float64
+		plainP50, kgP50, plainP99   time.Duration
+		kgP99                       time.Duration
+		ratios                      []float64
+		plainBad, kgBad, sockErrors int64
+	}
+	var rows []row
+	for _, c := range configs {
+		for _, p := range []*proxy{plain, kg} {
+			if *flagWarmup > 0 {
+				if _, err := runWrk(ctx, dir, p, c, *flagWarmup); err != nil {
+					return err
+				}
+			}
+		}
+		var pr, kr []result
+		for round := range *flagRounds {
+			order := []*proxy{plain, kg}
+			if round%2 == 1 {
+				order = []*proxy{kg, plain}
+			}
+			for _, p := range order {
+				var prof chan error
+				if p == kg && round == 0 && *flagPprof != "" {
+					prof = make(chan error, 1)
+					go func() { prof <- cpuProfile(ctx, kg, c, *flagDuration) }()
+				}
+				r, err := runWrk(ctx, dir, p, c, *flagDuration)
+				if err != nil {
+					return err
+				}
+				if prof != nil {
+					if err := <-prof; err != nil {
+						return err
+					}
+				}
+				if p == plain {
+					pr = append(pr, r)
+				} else {
+					kr = append(kr, r)
+				}
+			}
+		}
+		rw := row{c: c}
+		var prps, krps []float64
+		var p50s, k50s, p99s, k99s []time.Duration
+		for i := range pr {
+			prps, krps = append(prps, pr[i].rps), append(krps, kr[i].rps)
+			p50s, k50s = append(p50s, pr[i].p50), append(k50s, kr[i].p50)
+			p99s, k99s = append(p99s, pr[i].p99), append(k99s, kr[i].p99)
+			rw.ratios = append(rw.ratios, kr[i].rps/pr[i].rps)
+			rw.plainBad += pr[i].non2xx
+			rw.kgBad += kr[i].non2xx
+			rw.sockErrors += pr[i].errors + kr[i].errors
+		}
+		rw.plainRPS, rw.kgRPS, rw.ratio = median(prps), median(krps), median(rw.ratios)
+		rw.plainP50, rw.kgP50, rw.plainP99, rw.kgP99 = medianDur(p50s), medianDur(k50s), medianDur(p99s), medianDur(k99s)
+		rows = append(rows, rw)
+		logf("%-26s c=%-3d plain %8.0f rps  keygate %8.0f rps  ratio %.3f  (rounds: %s)  p50 %s / %s",
+			c.name, c.conns, rw.plainRPS, rw.kgRPS, rw.ratio, fmtRatios(rw.ratios), fmtDur(rw.plainP50), fmtDur(rw.kgP50))
+		if rw.plainBad+rw.kgBad > 0 {
+			return fmt.Errorf("%s c=%d: non-2xx responses (plain %d, keygate %d): a limit was hit or a proxy failed; see %s", c.name, c.conns, rw.plainBad, rw.kgBad, dir)
+		}
+	}
+
+	fmt.Printf("\nkeygate vs plain Caddy reverse_proxy: wrk -t%d, %s x %d rounds (alternating), medians; %d CPUs\n\n",
+		*flagThreads, *flagDuration, *flagRounds, numCPU())
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tnon-2xx\t")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%d\t\n", r.c.name, r.c.conns, r.plainRPS, r.kgRPS, r.ratio,
+			fmtDur(r.plainP50), fmtDur(r.kgP50), fmtDur(r.kgP50-r.plainP50), fmtDur(r.plainP99), fmtDur(r.kgP99), r.plainBad+r.kgBad)
+	}
+	tw.Flush()
+	fmt.Println("\nratio = keygate rps / plain rps per round, median over rounds; socket errors:", sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
+	return nil
+}
+
+func sumSockErrors[T any](rows []T, f func(T) int64) int64 {
+	var n int64
+	for _, r := range rows {
+		n += f(r)
+	}
+	return n
+}
+
+func fmtRatios(xs []float64) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = strconv.FormatFloat(x, 'f', 3, 64)
+	}
+	return strings.Join(s, " ")
+}
+
+func fmtDur(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/1e6, 'f', 3, 64) + "ms"
+}
+
+func numCPU() int {
+	out, err := exec.Command("nproc").Output()
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	return n
+}
+
+// cpuProfile saves keygate's CPU profile over most of a run, then its
+// allocs profile, from Caddy's admin /debug/pprof/.
+func cpuProfile(ctx context.Context, kg *proxy, c config, d time.Duration) error {
+	base := filepath.Join(*flagPprof, strings.ReplaceAll(c.name, "/", "-")+"-c"+strconv.Itoa(c.conns))
+	secs := max(1, int(d.Seconds())-1)
+	time.Sleep(500 * time.Millisecond)
+	if err := fetch(ctx, "http://"+kg.admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), base+".cpu.pprof"); err != nil {
+		return err
+	}
+	return fetch(ctx, "http://"+kg.admin+"/debug/pprof/allocs", base+".allocs.pprof")
+}
+
+func fetch(ctx context.Context, url, path string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	if _, err := io.Copy(&buf, resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o644)
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[%s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
