@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/caddymodule/store/localstore"
 	"github.com/keygate/keygate/caddymodule/store/redisstore"
 )
 
@@ -101,7 +102,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	} else {
 		path := filepath.Join(caddy.AppDataDir(), "keygate", "keys.json")
 		a.poolKey = "file|" + path
-		open = func() (store.Store, error) { return nil, errors.New("embedded store: TODO-LOCALSTORE " + path) }
+		open = func() (store.Store, error) { return localstore.Open(path) }
 	}
 	val, loaded, err := stores.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
 		s, err := open()

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -162,7 +163,10 @@ func cli(t *testing.T, args ...string) (string, error) {
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
-	root.SetArgs(append(args, "--address", adminAddr))
+	if !slices.Contains(args, "--address") {
+		args = append(args, "--address", adminAddr)
+	}
+	root.SetArgs(args)
 	err := root.Execute()
 	return out.String(), err
 }

@@ -180,3 +180,71 @@ func TestLimitsAreSharedAcrossGateways(t *testing.T) {
 		})
 	}
 }
+
+// With no redis configured, keys live in Caddy's data directory and survive
+// a restart of the gateway.
+func TestEmbeddedStoreSurvivesRestart(t *testing.T) {
+	bin := keygateBinary(t)
+	dir := t.TempDir()
+	up := newUpstream(t)
+	port, adminPort := freePort(t), freePort(t)
+	caddyfile := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	auto_https off
+	persist_config off
+}
+http://127.0.0.1:%d {
+	keygate {
+		rate_limit 2 1h
+	}
+	reverse_proxy %s
+	handle_errors {
+		keygate_errors
+	}
+}
+`, adminPort, port, up.addr())
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := &gateway{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
+	start := func() func() {
+		cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+		cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir+"/config", "XDG_DATA_HOME="+dir+"/data")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		stop := func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }
+		t.Cleanup(stop)
+		waitFor(t, func() bool {
+			_, err := cli(t, "list", "--address", admin)
+			return err == nil
+		})
+		return stop
+	}
+
+	stop := start()
+	out, err := cli(t, "generate", "--name", "durable", "--json", "--address", admin)
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	var k keyView
+	mustJSON(t, out, &k)
+	if r := g.get("/", bearer(k.Key)...); r.status != http.StatusOK {
+		t.Fatalf("before restart: %d %s", r.status, r.body)
+	}
+	info, err := os.Stat(filepath.Join(dir, "data", "caddy", "keygate", "keys.json"))
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("embedded key file: %v, %v", info, err)
+	}
+	stop()
+
+	start()
+	if r := g.get("/", bearer(k.Key)...); r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Key-Name") != "durable" {
+		t.Fatalf("after restart: %d %s", r.status, r.body)
+	}
+	if out, _ := cli(t, "list", "--address", admin); !strings.Contains(out, "durable") {
+		t.Fatalf("list after restart:\n%s", out)
+	}
+}

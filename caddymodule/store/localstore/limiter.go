@@ -1,0 +1,213 @@
+package localstore
+
+import (
+	"hash/maphash"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/keygate/keygate/caddymodule/store"
+)
+
+// The limiter reproduces the Lua in redisstore/scripts.go operation for
+// operation, in milliseconds and with the same float arithmetic, so that a
+// gateway answers with the same headers whichever store it runs on.
+
+// shardCount spreads counters over independently locked maps, so requests
+// for different subjects rarely wait for each other. A power of two.
+const shardCount = 64
+
+// counterKey names one counter the way the Redis store's key names do:
+// by whose counter it is (a key id or an anonymous subject) and by the
+// policy and algorithm that count into it. Changing a key's limit therefore
+// starts a new counter, as it does on Redis.
+type counterKey struct {
+	kind      byte // 'k': a key id, 's': an anonymous subject
+	name      string
+	algorithm store.Algorithm
+	limit     int64
+	window    int64 // ms
+}
+
+// counter is the state of one counter. Only the fields of its algorithm
+// are used; one type for both keeps the hot path free of interface calls.
+type counter struct {
+	// last is when the counter last admitted a request (ms). Redis expires
+	// a counter some time after its last write; the janitor does the same.
+	last int64
+
+	// sliding window: the start of the current fixed window and the counts
+	// of it and of the window before
+	start, cur, prev int64
+
+	// sliding log: admission times, oldest first, as a ring buffer of
+	// len(log) slots holding n times from head on
+	log     []int64
+	head, n int
+}
+
+type shard struct {
+	mu       sync.Mutex
+	counters map[counterKey]*counter
+}
+
+type limiter struct {
+	seed   maphash.Seed
+	shards [shardCount]shard
+}
+
+func newLimiter() *limiter {
+	l := &limiter{seed: maphash.MakeSeed()}
+	for i := range l.shards {
+		l.shards[i].counters = make(map[counterKey]*counter)
+	}
+	return l
+}
+
+// take takes one request from the counter ck at time now (unix ms).
+func (l *limiter) take(ck counterKey, now int64) store.Decision {
+	sh := &l.shards[maphash.String(l.seed, ck.name)&(shardCount-1)]
+	sh.mu.Lock()
+	c := sh.counters[ck]
+	if c == nil {
+		c = &counter{last: now}
+		sh.counters[ck] = c
+	}
+	var allowed bool
+	var remaining, reset, retry int64
+	if ck.algorithm == store.SlidingLog {
+		allowed, remaining, reset, retry = c.slidingLog(now, ck.limit, ck.window)
+	} else {
+		// like the Lua, anything that is not sliding_log is a sliding window
+		allowed, remaining, reset, retry = c.slidingWindow(now, ck.limit, ck.window)
+	}
+	sh.mu.Unlock()
+	return store.Decision{
+		Allowed:    allowed,
+		Limit:      ck.limit,
+		Remaining:  remaining,
+		Reset:      time.UnixMilli(reset),
+		RetryAfter: time.Duration(retry) * time.Millisecond,
+	}
+}
+
+// slidingWindow is sliding_window from scripts.go. As there, a denied
+// request leaves the stored state alone; the explicit float64 conversions
+// keep the compiler from fusing multiply-adds, so every rounding matches
+// Lua's doubles.
+func (c *counter) slidingWindow(now, limit, window int64) (allowed bool, remaining, reset, retry int64) {
+	start := now - now%window
+	s, cur, prev := c.start, c.cur, c.prev
+	if s != start {
+		if s == start-window {
+			prev = cur
+		} else {
+			prev = 0
+		}
+		cur = 0
+	}
+	w, l, p, n := float64(window), float64(limit), float64(prev), float64(cur)
+	weight := float64(window-(now-start)) / w
+	if float64(p*weight)+n+1 > l {
+		var wait int64
+		if cur+1 > limit {
+			// nothing frees up before the next window, where this window's
+			// count becomes the weighted previous one
+			into := math.Ceil(float64(w * (1 - (l-1)/n)))
+			if into < 0 {
+				into = 0
+			}
+			wait = start + window - now + int64(into)
+		} else {
+			wait = start + int64(math.Ceil(float64(w*(1-(l-n-1)/p)))) - now
+		}
+		if wait < 1 {
+			wait = 1
+		}
+		return false, 0, now + wait, wait
+	}
+	cur++
+	c.start, c.cur, c.prev, c.last = start, cur, prev, now
+	remaining = int64(math.Floor(l - (float64(p*weight) + float64(cur))))
+	if remaining < 0 {
+		remaining = 0
+	}
+	return true, remaining, start + window, 0
+}
+
+// slidingLog is sliding_log from scripts.go: exact, one time per admitted
+// request, none older than the window.
+func (c *counter) slidingLog(now, limit, window int64) (allowed bool, remaining, reset, retry int64) {
+	for c.n > 0 && c.log[c.head] <= now-window {
+		c.head = (c.head + 1) % len(c.log)
+		c.n--
+	}
+	if int64(c.n) >= limit {
+		wait := c.log[c.head] + window - now
+		if wait < 1 {
+			wait = 1
+		}
+		return false, 0, now + wait, wait
+	}
+	n := int64(c.n)
+	// Redis keeps the log sorted whatever the clock does; a ring stays
+	// sorted only if times never go back, so after a backward clock step
+	// the time recorded is the newest one already there. The request then
+	// counts a little longer than on Redis: never more admitted, only less.
+	at := now
+	if c.n > 0 {
+		at = max(at, c.log[(c.head+c.n-1)%len(c.log)])
+	}
+	c.push(at, limit)
+	c.last = at
+	return true, limit - n - 1, c.log[c.head] + window, 0
+}
+
+// push appends t to the log, growing it on demand (never past limit slots:
+// a log never holds more than limit times, and a huge limit must not cost
+// its full size up front).
+func (c *counter) push(t, limit int64) {
+	if c.n == len(c.log) {
+		size := int64(max(8, 2*len(c.log)))
+		if size > limit {
+			size = limit
+		}
+		grown := make([]int64, size)
+		for i := range c.n {
+			grown[i] = c.log[(c.head+i)%len(c.log)]
+		}
+		c.log, c.head = grown, 0
+	}
+	c.log[(c.head+c.n)%len(c.log)] = t
+	c.n++
+}
+
+// sweep drops the counters that have admitted nothing for longer than two
+// windows. Such a counter's next answer is the same as a new counter's
+// (both algorithms forget everything older than that), so dropping it
+// bounds memory without changing a single decision.
+func (l *limiter) sweep(now int64) (dropped int) {
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for ck, c := range sh.counters {
+			if now-c.last > 2*ck.window {
+				delete(sh.counters, ck)
+				dropped++
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return dropped
+}
+
+// size reports how many counters are kept (for tests).
+func (l *limiter) size() (n int) {
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		n += len(sh.counters)
+		sh.mu.Unlock()
+	}
+	return n
+}

@@ -1,0 +1,129 @@
+package localstore
+
+import (
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/caddymodule/store"
+)
+
+// These tests drive the limiter with chosen times, which the conformance
+// suite (real clocks, shared with Redis) cannot.
+
+func TestSlidingLogAtTheEdges(t *testing.T) {
+	l := newLimiter()
+	ck := counterKey{'s', "203.0.113.7", store.SlidingLog, 3, 1000}
+	for i, at := range []int64{10_000, 10_100, 10_200} {
+		if d := l.take(ck, at); !d.Allowed || d.Remaining != int64(2-i) || d.Reset.UnixMilli() != 11_000 {
+			t.Fatalf("request %d at %d: %+v", i, at, d)
+		}
+	}
+	d := l.take(ck, 10_500)
+	if d.Allowed || d.RetryAfter != 500*time.Millisecond {
+		t.Fatalf("fourth request: %+v, want denied, retry in 500ms", d)
+	}
+	// the first time leaves the window at exactly 11_000
+	if d := l.take(ck, 10_999); d.Allowed {
+		t.Fatalf("at 10999: %+v, want denied", d)
+	}
+	if d := l.take(ck, 11_000); !d.Allowed || d.Remaining != 0 || d.Reset.UnixMilli() != 11_100 {
+		t.Fatalf("at 11000: %+v", d)
+	}
+}
+
+// A clock that steps back must never let more than the limit in.
+func TestSlidingLogClockStepsBack(t *testing.T) {
+	l := newLimiter()
+	ck := counterKey{'k', "id", store.SlidingLog, 2, 1000}
+	l.take(ck, 5_000)
+	l.take(ck, 4_000) // the clock went back a second
+	if d := l.take(ck, 4_100); d.Allowed {
+		t.Fatalf("third request within the window was admitted: %+v", d)
+	}
+}
+
+// The log grows on demand, keeps its order across growth and wrap-around,
+// and never takes more slots than the limit.
+func TestSlidingLogRing(t *testing.T) {
+	l := newLimiter()
+	ck := counterKey{'k', "id", store.SlidingLog, 20, 100}
+	now := int64(1_000_000)
+	admitted := 0
+	for range 1000 {
+		now += 3
+		if l.take(ck, now).Allowed {
+			admitted++
+		}
+	}
+	// 20 per 100ms over 3000ms, one request every 3ms: the log is always
+	// full after its first 20, so exactly 20 per 100ms get in, 600 in all.
+	if admitted < 590 || admitted > 600 {
+		t.Fatalf("admitted %d, want about 600", admitted)
+	}
+	c := l.shards[0].counters[ck]
+	for i := range l.shards {
+		if got := l.shards[i].counters[ck]; got != nil {
+			c = got
+		}
+	}
+	if len(c.log) > 20 {
+		t.Fatalf("log has %d slots for a limit of 20", len(c.log))
+	}
+}
+
+func TestSlidingWindowWeighsThePreviousWindow(t *testing.T) {
+	l := newLimiter()
+	ck := counterKey{'k', "id", store.SlidingWindow, 10, 1000}
+	for range 10 {
+		if !l.take(ck, 100_100).Allowed {
+			t.Fatal("denied within the limit")
+		}
+	}
+	if l.take(ck, 100_900).Allowed {
+		t.Fatal("eleventh request in one window admitted")
+	}
+	// Half-way through the next window the previous one weighs 5: five more.
+	for i := range 5 {
+		if d := l.take(ck, 101_500); !d.Allowed {
+			t.Fatalf("request %d half-way through the next window denied: %+v", i, d)
+		}
+	}
+	if d := l.take(ck, 101_500); d.Allowed || d.RetryAfter <= 0 {
+		t.Fatalf("sixth request: %+v, want denied with a wait", d)
+	}
+	// Two windows later nothing is remembered.
+	if d := l.take(ck, 103_000); !d.Allowed || d.Remaining != 9 {
+		t.Fatalf("after two windows: %+v", d)
+	}
+}
+
+func TestSweepDropsOnlyIdleCounters(t *testing.T) {
+	l := newLimiter()
+	idle := counterKey{'s', "idle", store.SlidingWindow, 10, 1000}
+	busy := counterKey{'s', "busy", store.SlidingLog, 10, 60_000}
+	l.take(idle, 0)
+	l.take(busy, 0)
+	if n := l.sweep(2_000); n != 0 {
+		t.Fatalf("swept %d counters at two windows", n)
+	}
+	if n := l.sweep(2_001); n != 1 || l.size() != 1 {
+		t.Fatalf("swept %d, %d left; want the idle one dropped", n, l.size())
+	}
+}
+
+func BenchmarkLimiterTake(b *testing.B) {
+	l := newLimiter()
+	for _, a := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
+		b.Run(string(a), func(b *testing.B) {
+			// one admitted request a millisecond against 1000 per 1s: the
+			// steady state of a busy key, every take admits and expires one
+			ck := counterKey{'k', "0123456789abcdef", a, 1000, 1000}
+			now := time.Now().UnixMilli()
+			b.ReportAllocs()
+			for b.Loop() {
+				now++
+				l.take(ck, now)
+			}
+		})
+	}
+}

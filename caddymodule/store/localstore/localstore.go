@@ -1,0 +1,417 @@
+// Package localstore is keygate's embedded store: keys in one JSON file in
+// Caddy's data directory, rate limits in this process. It is the default,
+// for a single gateway with nothing installed; use redisstore as soon as
+// more than one gateway replica serves the same keys.
+package localstore
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keygate/keygate/caddymodule/apikey"
+	"github.com/keygate/keygate/caddymodule/store"
+)
+
+const (
+	fileVersion = 1
+	// lastUsedEvery matches redisstore: last-used moves at most this often.
+	lastUsedEvery = 10 * time.Second
+	// flushEvery is how often changed last-used times are written out.
+	flushEvery = 10 * time.Second
+)
+
+// Store is a store.Store on a local file and in-process counters.
+type Store struct {
+	path string
+
+	// writeMu serialises changes, so each read-modify-write of the file is
+	// atomic; mu guards the indexes, read-locked on the hot path.
+	writeMu sync.Mutex
+	mu      sync.RWMutex
+	byID    map[string]*record
+	byHash  map[apikey.Hash]string
+	byName  map[string]string
+
+	lastUsedDirty atomic.Bool
+	limits        *limiter
+	stop          chan struct{}
+	done          sync.WaitGroup
+	closeOnce     sync.Once
+	closeErr      error
+}
+
+// record is a stored key. key is never modified in place: a change stores a
+// new record, so the hot path may read it without a lock.
+type record struct {
+	key      store.Key
+	lastUsed atomic.Int64 // unix ms; moves on the hot path
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open loads (or creates) the key file at path.
+func Open(path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating key store directory: %v", err)
+	}
+	s := &Store{
+		path:   path,
+		byID:   make(map[string]*record),
+		byHash: make(map[apikey.Hash]string),
+		byName: make(map[string]string),
+		limits: newLimiter(),
+		stop:   make(chan struct{}),
+	}
+	if err := s.load(); err != nil {
+		return nil, err
+	}
+	s.done.Add(1)
+	go s.background()
+	return s, nil
+}
+
+// fileKey is a key as the file holds it.
+type fileKey struct {
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	Prefix     string    `json:"prefix"`
+	Hash       string    `json:"sha256"`
+	Roles      []string  `json:"roles,omitempty"`
+	Owner      string    `json:"owner,omitempty"`
+	Enabled    bool      `json:"enabled"`
+	ExpiresAt  time.Time `json:"expires_at,omitzero"`
+	Limit      int64     `json:"rate_limit,omitempty"`
+	WindowMS   int64     `json:"rate_window_ms,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	LastUsedAt time.Time `json:"last_used_at,omitzero"`
+	Revision   int64     `json:"revision"`
+}
+
+type file struct {
+	Version int       `json:"version"`
+	Keys    []fileKey `json:"keys"`
+}
+
+func (s *Store) load() error {
+	data, err := os.ReadFile(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading key store: %v", err)
+	}
+	var f file
+	if err := json.Unmarshal(data, &f); err != nil {
+		return fmt.Errorf("key store %s is corrupt: %v", s.path, err)
+	}
+	if f.Version != fileVersion {
+		return fmt.Errorf("key store %s has version %d; this keygate reads version %d", s.path, f.Version, fileVersion)
+	}
+	for _, fk := range f.Keys {
+		raw, err := hex.DecodeString(fk.Hash)
+		var k store.Key
+		if err != nil || len(raw) != len(k.Hash) {
+			return fmt.Errorf("key store %s: key %q has a malformed hash", s.path, fk.Name)
+		}
+		copy(k.Hash[:], raw)
+		k.ID, k.Name, k.Prefix, k.Roles, k.Owner, k.Enabled = fk.ID, fk.Name, fk.Prefix, fk.Roles, fk.Owner, fk.Enabled
+		k.ExpiresAt, k.CreatedAt, k.Revision = fk.ExpiresAt, fk.CreatedAt, fk.Revision
+		k.RateLimit = store.Policy{Limit: fk.Limit, Window: time.Duration(fk.WindowMS) * time.Millisecond}
+		rec := &record{key: k}
+		if !fk.LastUsedAt.IsZero() {
+			rec.lastUsed.Store(fk.LastUsedAt.UnixMilli())
+		}
+		s.index(rec)
+	}
+	return nil
+}
+
+// index adds rec to the maps; the caller holds mu (or owns s alone).
+func (s *Store) index(rec *record) {
+	s.byID[rec.key.ID] = rec
+	s.byHash[rec.key.Hash] = rec.key.ID
+	s.byName[rec.key.Name] = rec.key.ID
+}
+
+// persist writes every key to the file atomically: a temp file in the same
+// directory, fsynced, renamed over the old one, and the directory fsynced,
+// so a crash leaves either the old file or the new one. The caller holds
+// writeMu.
+func (s *Store) persist() error {
+	s.mu.RLock()
+	f := file{Version: fileVersion, Keys: make([]fileKey, 0, len(s.byID))}
+	for _, rec := range s.byID {
+		k := s.snapshot(rec)
+		f.Keys = append(f.Keys, fileKey{
+			ID: k.ID, Name: k.Name, Prefix: k.Prefix, Hash: k.Hash.String(), Roles: k.Roles, Owner: k.Owner,
+			Enabled: k.Enabled, ExpiresAt: k.ExpiresAt, Limit: k.RateLimit.Limit, WindowMS: k.RateLimit.Window.Milliseconds(),
+			CreatedAt: k.CreatedAt, LastUsedAt: k.LastUsedAt, Revision: k.Revision,
+		})
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(f.Keys, func(a, b fileKey) int { return strings.Compare(a.ID, b.ID) })
+	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(s.path, data)
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, ".keys-*.tmp")
+	if err != nil {
+		return fmt.Errorf("writing key store: %v", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op once renamed
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing key store: %v", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing key store: %v", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("writing key store: %v", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// snapshot returns a copy of rec's key with its current last-used time.
+func (s *Store) snapshot(rec *record) store.Key {
+	k := rec.key
+	k.Roles = slices.Clone(k.Roles)
+	if ms := rec.lastUsed.Load(); ms > 0 {
+		k.LastUsedAt = time.UnixMilli(ms).UTC()
+	}
+	return k
+}
+
+func (s *Store) lookup(id string) *record {
+	s.mu.RLock()
+	rec := s.byID[id]
+	s.mu.RUnlock()
+	return rec
+}
+
+// CheckKey implements store.Store.
+func (s *Store) CheckKey(_ context.Context, c store.Check) (store.Verdict, error) {
+	rec := s.lookup(c.KeyID)
+	if rec == nil || rec.key.Hash != c.Hash {
+		return store.Verdict{Status: store.KeyUnknown}, nil
+	}
+	now := time.Now()
+	var v store.Verdict
+	if rec.key.Revision != c.Revision {
+		fresh := s.snapshot(rec)
+		v.Fresh = &fresh
+	}
+	switch {
+	case !rec.key.Enabled:
+		v.Status = store.KeyDisabled
+		return v, nil
+	case rec.key.Expired(now):
+		v.Status = store.KeyExpired
+		return v, nil
+	}
+	nowMS := now.UnixMilli()
+	if last := rec.lastUsed.Load(); nowMS-last >= lastUsedEvery.Milliseconds() && rec.lastUsed.CompareAndSwap(last, nowMS) {
+		s.lastUsedDirty.Store(true)
+	}
+	if !c.Policy.IsZero() {
+		v.Limit = s.limits.take(counterKey{'k', c.KeyID, c.Algorithm, c.Policy.Limit, c.Policy.Window.Milliseconds()}, nowMS)
+	}
+	return v, nil
+}
+
+// Limit implements store.Store.
+func (s *Store) Limit(_ context.Context, subject string, p store.Policy, a store.Algorithm) (store.Decision, error) {
+	ck := counterKey{'s', subject, a, p.Limit, p.Window.Milliseconds()}
+	return s.limits.take(ck, time.Now().UnixMilli()), nil
+}
+
+// KeyIDByHash implements store.Store.
+func (s *Store) KeyIDByHash(_ context.Context, h apikey.Hash) (string, error) {
+	s.mu.RLock()
+	id, ok := s.byHash[h]
+	s.mu.RUnlock()
+	if !ok {
+		return "", store.ErrNotFound
+	}
+	return id, nil
+}
+
+// CreateKey implements store.Store.
+func (s *Store) CreateKey(_ context.Context, k store.Key) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.Lock()
+	if _, taken := s.byName[k.Name]; taken {
+		s.mu.Unlock()
+		return store.ErrNameTaken
+	}
+	k.Revision = 1
+	k.Roles = slices.Clone(k.Roles)
+	rec := &record{key: k}
+	s.index(rec)
+	s.mu.Unlock()
+	if err := s.persist(); err != nil {
+		s.mu.Lock()
+		delete(s.byID, k.ID)
+		delete(s.byHash, k.Hash)
+		delete(s.byName, k.Name)
+		s.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// Keys implements store.Store.
+func (s *Store) Keys(context.Context) ([]store.Key, error) {
+	s.mu.RLock()
+	keys := make([]store.Key, 0, len(s.byID))
+	for _, rec := range s.byID {
+		keys = append(keys, s.snapshot(rec))
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(keys, func(a, b store.Key) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return keys, nil
+}
+
+// KeyByName implements store.Store.
+func (s *Store) KeyByName(_ context.Context, name string) (store.Key, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	id, ok := s.byName[name]
+	if !ok {
+		return store.Key{}, store.ErrNotFound
+	}
+	return s.snapshot(s.byID[id]), nil
+}
+
+// UpdateKey implements store.Store.
+func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.Key) error) (store.Key, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	old, err := s.KeyByName(ctx, name)
+	if err != nil {
+		return store.Key{}, err
+	}
+	k := old
+	k.Roles = slices.Clone(old.Roles)
+	if err := change(&k); err != nil {
+		return store.Key{}, err
+	}
+	k.ID, k.CreatedAt, k.Revision = old.ID, old.CreatedAt, old.Revision+1
+	s.mu.Lock()
+	if id, taken := s.byName[k.Name]; taken && id != k.ID {
+		s.mu.Unlock()
+		return store.Key{}, store.ErrNameTaken
+	}
+	oldRec := s.byID[k.ID]
+	rec := &record{key: k}
+	rec.lastUsed.Store(oldRec.lastUsed.Load())
+	delete(s.byName, old.Name)
+	delete(s.byHash, old.Hash)
+	s.index(rec)
+	s.mu.Unlock()
+	if err := s.persist(); err != nil {
+		s.mu.Lock()
+		delete(s.byName, k.Name)
+		delete(s.byHash, k.Hash)
+		s.index(oldRec)
+		s.mu.Unlock()
+		return store.Key{}, err
+	}
+	return k, nil
+}
+
+// DeleteKey implements store.Store.
+func (s *Store) DeleteKey(_ context.Context, name string) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.Lock()
+	id, ok := s.byName[name]
+	if !ok {
+		s.mu.Unlock()
+		return store.ErrNotFound
+	}
+	rec := s.byID[id]
+	delete(s.byID, id)
+	delete(s.byHash, rec.key.Hash)
+	delete(s.byName, name)
+	s.mu.Unlock()
+	if err := s.persist(); err != nil {
+		s.mu.Lock()
+		s.index(rec)
+		s.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// background writes out last-used times and drops idle counters.
+func (s *Store) background() {
+	defer s.done.Done()
+	tick := time.NewTicker(flushEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-tick.C:
+			s.flushLastUsed()
+			s.limits.sweep(now.UnixMilli())
+		}
+	}
+}
+
+func (s *Store) flushLastUsed() error {
+	if !s.lastUsedDirty.Swap(false) {
+		return nil
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if err := s.persist(); err != nil {
+		s.lastUsedDirty.Store(true) // try again next time
+		return err
+	}
+	return nil
+}
+
+// Close writes out last-used times and stops the background work.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.done.Wait()
+		s.closeErr = s.flushLastUsed()
+	})
+	return s.closeErr
+}

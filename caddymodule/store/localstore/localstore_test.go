@@ -1,0 +1,181 @@
+package localstore
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/caddymodule/apikey"
+	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/caddymodule/store/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		s, err := Open(filepath.Join(t.TempDir(), "keygate", "keys.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}
+
+func TestSurvivesRestart(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "keys.json")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, secret := storetest.NewKey(t, "keeper")
+	k.RateLimit = store.Policy{Limit: 10, Window: time.Hour}
+	k.ExpiresAt = time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateKey(ctx, "keeper", func(k *store.Key) error { k.Name = "kept"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	gone, _ := storetest.NewKey(t, "gone")
+	if err := s.CreateKey(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteKey(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: k.Hash}); v.Status != store.KeyValid {
+		t.Fatalf("status %v", v.Status)
+	}
+	before, _ := s.KeyByName(ctx, "kept")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	after, err := s.KeyByName(ctx, "kept")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.ID != k.ID || after.Hash != apikey.Sum(secret) || after.Revision != before.Revision ||
+		!after.ExpiresAt.Equal(k.ExpiresAt) || after.RateLimit != k.RateLimit || after.LastUsedAt.IsZero() ||
+		!after.LastUsedAt.Equal(before.LastUsedAt) {
+		t.Fatalf("after restart %+v, before %+v", after, before)
+	}
+	if _, err := s.KeyByName(ctx, "gone"); err == nil {
+		t.Fatal("deleted key came back")
+	}
+	if id, err := s.KeyIDByHash(ctx, k.Hash); err != nil || id != k.ID {
+		t.Fatalf("hash index after restart: %q %v", id, err)
+	}
+}
+
+func TestFileIsPrivateAndHoldsNoSecret(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	k, secret := storetest.NewKey(t, "private")
+	if err := s.CreateKey(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600", info.Mode().Perm())
+	}
+	data, _ := os.ReadFile(path)
+	if strings.Contains(string(data), strings.TrimPrefix(secret, "sk_")) {
+		t.Fatal("the key file holds the secret")
+	}
+	if !strings.Contains(string(data), k.Hash.String()) {
+		t.Fatal("the key file lacks the hash")
+	}
+}
+
+func TestConcurrentAdminCalls(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "keys.json")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			k, _ := storetest.NewKey(t, "k"+string(rune('a'+i)))
+			if err := s.CreateKey(ctx, k); err != nil {
+				t.Error(err)
+				return
+			}
+			if _, err := s.UpdateKey(ctx, k.Name, func(k *store.Key) error { k.Name += "-renamed"; return nil }); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	want, _ := s.Keys(ctx)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, _ := s.Keys(ctx)
+	if len(got) != 20 || len(want) != 20 {
+		t.Fatalf("%d keys after reopen, %d before; want 20", len(got), len(want))
+	}
+	for i := range got {
+		if got[i].Name != want[i].Name || !strings.HasSuffix(got[i].Name, "-renamed") {
+			t.Fatalf("key %d: %q after reopen, %q before", i, got[i].Name, want[i].Name)
+		}
+	}
+}
+
+func TestCorruptFileIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(path); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("Open(corrupt) err = %v", err)
+	}
+}
+
+func BenchmarkCheckKey(b *testing.B) {
+	s, err := Open(filepath.Join(b.TempDir(), "keys.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	k, _ := storetest.NewKey(b, "bench")
+	if err := s.CreateKey(context.Background(), k); err != nil {
+		b.Fatal(err)
+	}
+	for _, alg := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
+		b.Run(string(alg), func(b *testing.B) {
+			c := store.Check{KeyID: k.ID, Hash: k.Hash, Revision: 1, Policy: store.Policy{Limit: 1 << 40, Window: time.Second}, Algorithm: alg}
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if v, _ := s.CheckKey(context.Background(), c); !v.Limit.Allowed {
+						b.Fatal("refused")
+					}
+				}
+			})
+		})
+	}
+}
