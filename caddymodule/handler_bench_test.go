@@ -142,3 +142,17 @@ func BenchmarkCredentialAndIdentity(b *testing.B) {
 		ident.inject(h, repl)
 	}
 }
+
+// BenchmarkRateLimitHeaders writes the headers every limited response
+// carries.
+func BenchmarkRateLimitHeaders(b *testing.B) {
+	p := store.Policy{Limit: 100, Window: 10 * time.Minute}
+	policy := policyHeader(policyNameKey, p)
+	now := time.Now()
+	d := store.Decision{Allowed: true, Limit: 100, Remaining: 57, Reset: now.Add(412 * time.Second)}
+	h := make(http.Header, 8)
+	b.ReportAllocs()
+	for b.Loop() {
+		setRateLimitHeaders(h, policyNameKey, policy, d, now)
+	}
+}

@@ -29,24 +29,42 @@ func policyHeader(name string, p store.Policy) string {
 	return `"` + name + `";q=` + strconv.FormatInt(p.Limit, 10) + ";w=" + strconv.FormatInt(ceilSeconds(p.Window), 10)
 }
 
-// setRateLimitHeaders writes the headers of one decision.
+// setRateLimitHeaders writes the headers of one decision. Every limited
+// response pays for this, so all values are rendered into one buffer and
+// converted to one string, and the header slices share one backing array:
+// two allocations instead of one per value and one per slice.
 func setRateLimitHeaders(h http.Header, name, policy string, d store.Decision, now time.Time) {
-	var buf [20]byte
-	h[headerLimit] = []string{string(strconv.AppendInt(buf[:0], d.Limit, 10))}
-	h[headerRemaining] = []string{string(strconv.AppendInt(buf[:0], d.Remaining, 10))}
-	h[headerReset] = []string{string(strconv.AppendInt(buf[:0], d.Reset.UnixMilli(), 10))}
-	h[headerPolicy] = []string{policy}
-	reset := ceilSeconds(d.Reset.Sub(now))
-	b := make([]byte, 0, 40)
+	var buf [128]byte
+	b := strconv.AppendInt(buf[:0], d.Limit, 10)
+	endLimit := len(b)
+	b = strconv.AppendInt(b, d.Remaining, 10)
+	endRemaining := len(b)
+	b = strconv.AppendInt(b, d.Reset.UnixMilli(), 10)
+	endReset := len(b)
 	b = append(b, '"')
 	b = append(b, name...)
 	b = append(b, `";r=`...)
 	b = strconv.AppendInt(b, d.Remaining, 10)
 	b = append(b, ";t="...)
-	b = strconv.AppendInt(b, reset, 10)
-	h[headerRateLimit] = []string{string(b)}
+	b = strconv.AppendInt(b, ceilSeconds(d.Reset.Sub(now)), 10)
+	endRateLimit := len(b)
 	if !d.Allowed {
-		h[headerRetryAfter] = []string{string(strconv.AppendInt(buf[:0], max(1, ceilSeconds(d.RetryAfter)), 10))}
+		b = strconv.AppendInt(b, max(1, ceilSeconds(d.RetryAfter)), 10)
+	}
+	s := string(b)
+
+	values := make([]string, 6)
+	set := func(i int, key, value string) {
+		values[i] = value
+		h[key] = values[i : i+1 : i+1]
+	}
+	set(0, headerLimit, s[:endLimit])
+	set(1, headerRemaining, s[endLimit:endRemaining])
+	set(2, headerReset, s[endRemaining:endReset])
+	set(3, headerPolicy, policy)
+	set(4, headerRateLimit, s[endReset:endRateLimit])
+	if !d.Allowed {
+		set(5, headerRetryAfter, s[endRateLimit:])
 	}
 }
 

@@ -85,20 +85,55 @@ func recordKey(id string) string { return "keygate:{k:" + id + "}" }
 
 func hashKey(h apikey.Hash) string { return "keygate:h:" + h.String() }
 
-func counterSuffix(p store.Policy, a store.Algorithm) string {
-	return ":" + string(a) + ":" + strconv.FormatInt(p.Limit, 10) + ":" + strconv.FormatInt(p.Window.Milliseconds(), 10)
+// counterKey names the counter of a key id (kind 'k') or an anonymous
+// subject (kind 's') under one policy and algorithm:
+// "keygate:{<kind>:<name>}:<algorithm>:<limit>:<window ms>"; for a key, its
+// record's name is the part up to the closing brace. It is built on the
+// stack and converted once, since every request on the hot path names one.
+func counterKey(kind byte, name string, p store.Policy, a store.Algorithm) string {
+	var buf [128]byte
+	b := append(buf[:0], "keygate:{"...)
+	b = append(b, kind, ':')
+	b = append(b, name...)
+	b = append(b, "}:"...)
+	b = append(b, a...)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, p.Limit, 10)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, p.Window.Milliseconds(), 10)
+	return string(b)
+}
+
+// Script arguments that do not change per request, boxed once: converting
+// them to interface values per call would allocate.
+var (
+	lastUsedEveryArg any = lastUsedEvery.Milliseconds()
+	algorithmArgs        = map[store.Algorithm]any{
+		store.SlidingWindow: string(store.SlidingWindow),
+		store.SlidingLog:    string(store.SlidingLog),
+	}
+)
+
+func algorithmArg(a store.Algorithm) any {
+	if v, ok := algorithmArgs[a]; ok {
+		return v
+	}
+	return string(a)
 }
 
 // CheckKey implements store.Store.
 func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, error) {
-	rk := recordKey(c.KeyID)
-	keys := []string{rk}
-	if !c.Policy.IsZero() {
-		keys = append(keys, rk+counterSuffix(c.Policy, c.Algorithm))
+	var keys []string
+	if c.Policy.IsZero() {
+		keys = []string{recordKey(c.KeyID)}
+	} else {
+		// the counter's name starts with the record's: one string for both
+		ck := counterKey('k', c.KeyID, c.Policy, c.Algorithm)
+		keys = []string{ck[:len("keygate:{k:}")+len(c.KeyID)], ck}
 	}
 	res, err := checkKeyScript.Run(ctx, s.client, keys,
 		c.Hash.String(), c.Revision, c.Policy.Limit, c.Policy.Window.Milliseconds(),
-		string(c.Algorithm), lastUsedEvery.Milliseconds()).Slice()
+		algorithmArg(c.Algorithm), lastUsedEveryArg).Slice()
 	if err != nil {
 		return store.Verdict{}, err
 	}
@@ -122,8 +157,8 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 
 // Limit implements store.Store.
 func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm) (store.Decision, error) {
-	key := "keygate:{s:" + subject + "}" + counterSuffix(p, a)
-	res, err := limitScript.Run(ctx, s.client, []string{key}, p.Limit, p.Window.Milliseconds(), string(a)).Slice()
+	key := counterKey('s', subject, p, a)
+	res, err := limitScript.Run(ctx, s.client, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a)).Slice()
 	if err != nil {
 		return store.Decision{}, err
 	}

@@ -1,0 +1,50 @@
+package keygate
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/caddymodule/store"
+)
+
+func TestRateLimitHeaders(t *testing.T) {
+	now := time.UnixMilli(1_700_000_000_000)
+	p := store.Policy{Limit: 100, Window: 10 * time.Minute}
+	for _, tc := range []struct {
+		name string
+		d    store.Decision
+		want map[string]string
+	}{
+		{"allowed", store.Decision{Allowed: true, Limit: 100, Remaining: 57, Reset: now.Add(411500 * time.Millisecond)}, map[string]string{
+			"X-RateLimit-Limit":     "100",
+			"X-RateLimit-Remaining": "57",
+			"X-RateLimit-Reset":     "1700000411500",
+			"RateLimit-Policy":      `"key";q=100;w=600`,
+			"RateLimit":             `"key";r=57;t=412`,
+			"Retry-After":           "",
+		}},
+		{"refused", store.Decision{Limit: 100, Reset: now.Add(2 * time.Second), RetryAfter: 1001 * time.Millisecond}, map[string]string{
+			"X-RateLimit-Remaining": "0",
+			"X-RateLimit-Reset":     "1700000002000",
+			"RateLimit":             `"key";r=0;t=2`,
+			"Retry-After":           "2",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := http.Header{}
+			setRateLimitHeaders(h, policyNameKey, policyHeader(policyNameKey, p), tc.d, now)
+			for k, want := range tc.want {
+				if got := h.Get(k); got != want {
+					t.Errorf("%s: %q, want %q", k, got, want)
+				}
+			}
+			// The values share one backing array; adding to one header
+			// must not overwrite the next.
+			h.Add("X-RateLimit-Limit", "extra")
+			if got := h.Get("X-RateLimit-Remaining"); got != tc.want["X-RateLimit-Remaining"] {
+				t.Errorf("Remaining after Add to Limit: %q", got)
+			}
+		})
+	}
+}
