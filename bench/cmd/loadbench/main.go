@@ -213,12 +213,14 @@ func startRedis(ctx context.Context, procs *procSet, dir string) (string, error)
 		return "", err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	if _, err := procs.start("redis-server", []string{
+	cmd, err := procs.start("redis-server", []string{
 		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
-	}, nil, filepath.Join(dir, "redis.log")); err != nil {
+	}, nil, filepath.Join(dir, "redis.log"))
+	if err != nil {
 		return "", fmt.Errorf("starting redis-server: %w", err)
 	}
+	redisPID = cmd.Process.Pid
 	err = waitFor(ctx, "redis-server", 10*time.Second, func() bool {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err != nil {
@@ -261,6 +263,29 @@ type proxy struct {
 	name  string
 	addr  string // site, 127.0.0.1:port
 	admin string // admin API, 127.0.0.1:port
+	pid   int
+}
+
+// redisPID is the benchmark's redis-server, whose CPU time each run reports.
+var redisPID int
+
+// cpuTime is the CPU time (user + system) process pid has used so far, from
+// /proc (clock ticks of 10ms, so runs of seconds measure it to a few per cent).
+// Zero where /proc is not there.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// fields after the command name, which may hold spaces: state is the
+	// first, utime the 12th and stime the 13th
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * (time.Second / 100) // USER_HZ is 100 on Linux
 }
 
 // routes are the same paths on both proxies, so the matching work is
@@ -316,9 +341,11 @@ func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, with
 	}
 	home := filepath.Join(dir, name+"-home")
 	env := []string{"HOME=" + home, "XDG_DATA_HOME=" + home + "/data", "XDG_CONFIG_HOME=" + home + "/config"}
-	if _, err := procs.start(filepath.Join(dir, bin), []string{"run", "--config", cfgPath, "--adapter", "caddyfile"}, env, filepath.Join(dir, name+".log")); err != nil {
+	cmd, err := procs.start(filepath.Join(dir, bin), []string{"run", "--config", cfgPath, "--adapter", "caddyfile"}, env, filepath.Join(dir, name+".log"))
+	if err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
+	p.pid = cmd.Process.Pid
 	err = waitFor(ctx, name, 20*time.Second, func() bool {
 		resp, err := http.Get("http://" + p.admin + "/config/")
 		if err != nil {
@@ -443,13 +470,17 @@ end
 
 type result struct {
 	rps      float64
+	requests int64
 	p50, p99 time.Duration
 	non2xx   int64
 	errors   int64
+	// CPU time per request of the proxy and of redis-server during the run
+	proxyCPU, redisCPU time.Duration
 }
 
 var (
 	reRPS     = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reReqs    = regexp.MustCompile(`(\d+) requests in`)
 	reLat     = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([0-9.]+)(us|ms|s)\s*$`)
 	reNon2xx  = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
 	reSockErr = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
@@ -462,6 +493,9 @@ func parseWrk(out string) (result, error) {
 		return r, fmt.Errorf("no Requests/sec in wrk output:\n%s", out)
 	}
 	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	if m := reReqs.FindStringSubmatch(out); m != nil {
+		r.requests, _ = strconv.ParseInt(m[1], 10, 64)
+	}
 	for _, m := range reLat.FindAllStringSubmatch(out, -1) {
 		v, _ := strconv.ParseFloat(m[2], 64)
 		unit := map[string]float64{"us": 1e3, "ms": 1e6, "s": 1e9}[m[3]]
@@ -517,11 +551,18 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 	}
 	wctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
+	proxyBefore, redisBefore := cpuTime(p.pid), cpuTime(redisPID)
 	out, err := exec.CommandContext(wctx, "wrk", args...).CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
-	return parseWrk(string(out))
+	proxyCPU, redisCPU := cpuTime(p.pid)-proxyBefore, cpuTime(redisPID)-redisBefore
+	r, err := parseWrk(string(out))
+	if err == nil && r.requests > 0 {
+		r.proxyCPU = proxyCPU / time.Duration(r.requests)
+		r.redisCPU = redisCPU / time.Duration(r.requests)
+	}
+	return r, err
 }
 
 func median(xs []float64) float64 {
@@ -633,6 +674,8 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisAddr, upstream str
 		kgP99                       time.Duration
 		ratios                      []float64
 		plainBad, kgBad, sockErrors int64
+		// CPU per request: plain Caddy, keygate, and Redis on keygate's runs
+		plainCPU, kgCPU, redisCPU time.Duration
 	}
 	var rows []row
 	for _, c := range configs {
@@ -673,8 +716,9 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisAddr, upstream str
 		}
 		rw := row{c: c}
 		var prps, krps []float64
-		var p50s, k50s, p99s, k99s []time.Duration
+		var p50s, k50s, p99s, k99s, pcpu, kcpu, rcpu []time.Duration
 		for i := range pr {
+			pcpu, kcpu, rcpu = append(pcpu, pr[i].proxyCPU), append(kcpu, kr[i].proxyCPU), append(rcpu, kr[i].redisCPU)
 			prps, krps = append(prps, pr[i].rps), append(krps, kr[i].rps)
 			p50s, k50s = append(p50s, pr[i].p50), append(k50s, kr[i].p50)
 			p99s, k99s = append(p99s, pr[i].p99), append(k99s, kr[i].p99)
@@ -685,6 +729,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisAddr, upstream str
 		}
 		rw.plainRPS, rw.kgRPS, rw.ratio = median(prps), median(krps), median(rw.ratios)
 		rw.plainP50, rw.kgP50, rw.plainP99, rw.kgP99 = medianDur(p50s), medianDur(k50s), medianDur(p99s), medianDur(k99s)
+		rw.plainCPU, rw.kgCPU, rw.redisCPU = medianDur(pcpu), medianDur(kcpu), medianDur(rcpu)
 		rows = append(rows, rw)
 		logf("%-26s c=%-3d plain %8.0f rps  keygate %8.0f rps  ratio %.3f  (rounds: %s)  p50 %s / %s",
 			c.name, c.conns, rw.plainRPS, rw.kgRPS, rw.ratio, fmtRatios(rw.ratios), fmtDur(rw.plainP50), fmtDur(rw.kgP50))
@@ -696,13 +741,15 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisAddr, upstream str
 	fmt.Printf("\nkeygate vs plain Caddy reverse_proxy: wrk -t%d, %s x %d rounds (alternating), medians; %d CPUs\n\n",
 		*flagThreads, *flagDuration, *flagRounds, numCPU())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tnon-2xx\t")
+	fmt.Fprintln(tw, "configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tCPU/req plain\tkeygate\tredis\tnon-2xx\t")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%d\t\n", r.c.name, r.c.conns, r.plainRPS, r.kgRPS, r.ratio,
-			fmtDur(r.plainP50), fmtDur(r.kgP50), fmtDur(r.kgP50-r.plainP50), fmtDur(r.plainP99), fmtDur(r.kgP99), r.plainBad+r.kgBad)
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", r.c.name, r.c.conns, r.plainRPS, r.kgRPS, r.ratio,
+			fmtDur(r.plainP50), fmtDur(r.kgP50), fmtDur(r.kgP50-r.plainP50), fmtDur(r.plainP99), fmtDur(r.kgP99),
+			fmtMicros(r.plainCPU), fmtMicros(r.kgCPU), fmtMicros(r.redisCPU), r.plainBad+r.kgBad)
 	}
 	tw.Flush()
-	fmt.Println("\nratio = keygate rps / plain rps per round, median over rounds; socket errors:", sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
+	fmt.Println("\nratio = keygate rps / plain rps per round, median over rounds; CPU/req = CPU time of the proxy")
+	fmt.Println("(and of redis-server during keygate's runs) over the requests served; socket errors:", sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
 	return nil
 }
 
@@ -720,6 +767,10 @@ func fmtRatios(xs []float64) string {
 		s[i] = strconv.FormatFloat(x, 'f', 3, 64)
 	}
 	return strings.Join(s, " ")
+}
+
+func fmtMicros(d time.Duration) string {
+	return fmt.Sprintf("%.1fµs", float64(d)/float64(time.Microsecond))
 }
 
 func fmtDur(d time.Duration) string {

@@ -11,6 +11,9 @@
 //	keygate:names                             name -> id (hash)
 //
 // No key name ever contains a secret; records hold only its SHA-256.
+//
+// The two hot-path scripts are pipelined across concurrent requests under
+// load (pipeline.go).
 package redisstore
 
 import (
@@ -49,6 +52,7 @@ func (z zapLogging) Printf(_ context.Context, format string, v ...any) { z.l.Deb
 // Store is a store.Store on Redis.
 type Store struct {
 	client redis.UniversalClient
+	hot    *pipeliner // the per-request scripts
 }
 
 var _ store.Store = (*Store)(nil)
@@ -69,17 +73,29 @@ func Open(url string, timeout time.Duration) (*Store, error) {
 	// behind retries while Redis is away.
 	opts.MaxRetries = 1
 	opts.ContextTimeoutEnabled = true
-	return &Store{client: redis.NewClient(opts)}, nil
+	if opts.Protocol == 0 {
+		// RESP2 unless the URL asks for 3 (?protocol=3): keygate uses no
+		// RESP3 feature, and with RESP3 go-redis checks every reply for
+		// push notifications, on the hot path.
+		opts.Protocol = 2
+	}
+	return New(redis.NewClient(opts), timeout), nil
 }
 
-// New wraps an existing client (a cluster or failover client works too).
-func New(client redis.UniversalClient) *Store { return &Store{client: client} }
+// New wraps an existing client (a cluster or failover client works too);
+// timeout bounds a hot-path call, queueing included.
+func New(client redis.UniversalClient, timeout time.Duration) *Store {
+	return &Store{client: client, hot: newPipeliner(client, timeout)}
+}
 
 // Ping checks that Redis answers.
 func (s *Store) Ping(ctx context.Context) error { return s.client.Ping(ctx).Err() }
 
-// Close closes the client.
-func (s *Store) Close() error { return s.client.Close() }
+// Close stops the pipeline and closes the client.
+func (s *Store) Close() error {
+	s.hot.close()
+	return s.client.Close()
+}
 
 func recordKey(id string) string { return "keygate:{k:" + id + "}" }
 
@@ -131,9 +147,9 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 		ck := counterKey('k', c.KeyID, c.Policy, c.Algorithm)
 		keys = []string{ck[:len("keygate:{k:}")+len(c.KeyID)], ck}
 	}
-	res, err := checkKeyScript.Run(ctx, s.client, keys,
+	res, err := s.hot.run(ctx, checkKeyScript, keys,
 		c.Hash.String(), c.Revision, c.Policy.Limit, c.Policy.Window.Milliseconds(),
-		algorithmArg(c.Algorithm), lastUsedEveryArg).Slice()
+		algorithmArg(c.Algorithm), lastUsedEveryArg)
 	if err != nil {
 		return store.Verdict{}, err
 	}
@@ -158,7 +174,7 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 // Limit implements store.Store.
 func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm) (store.Decision, error) {
 	key := counterKey('s', subject, p, a)
-	res, err := limitScript.Run(ctx, s.client, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a)).Slice()
+	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a))
 	if err != nil {
 		return store.Decision{}, err
 	}

@@ -1,0 +1,127 @@
+package redisstore
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/caddymodule/store/storetest"
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+func open(t *testing.T, srv *redistest.Server, timeout time.Duration) *Store {
+	t.Helper()
+	s, err := Open(srv.URL(), timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// Concurrent calls share pipelines; each must get its own reply. Every
+// caller has a fresh counter with its own limit, so the remaining count of
+// its first request tells whose reply it got.
+func TestPipelinedCallsGetTheirOwnReplies(t *testing.T) {
+	s := open(t, redistest.Start(t), time.Second)
+	var wg sync.WaitGroup
+	for i := range 300 {
+		wg.Go(func() {
+			p := store.Policy{Limit: int64(i + 2), Window: time.Minute}
+			d, err := s.Limit(context.Background(), "caller", p, store.SlidingWindow)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if !d.Allowed || d.Remaining != int64(i+1) {
+				t.Errorf("caller %d: %+v, want allowed with %d remaining", i, d, i+1)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// After a Redis restart or SCRIPT FLUSH the scripts are gone; the hot path
+// loads them again instead of failing.
+func TestScriptsSurviveScriptFlush(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	ctx := context.Background()
+	k, _ := storetest.NewKey(t, "flushed")
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	check := func() {
+		t.Helper()
+		v, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: store.Policy{Limit: 10, Window: time.Minute}})
+		if err != nil || v.Status != store.KeyValid || !v.Limit.Allowed {
+			t.Fatalf("check: %+v, %v", v, err)
+		}
+		if _, err := s.Limit(ctx, "anon", store.Policy{Limit: 10, Window: time.Minute}, store.SlidingLog); err != nil {
+			t.Fatalf("limit: %v", err)
+		}
+	}
+	check()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	check()
+}
+
+// A hung Redis must not hold calls much longer than the store timeout,
+// however many are queued behind the stuck pipelines, and the store must
+// work again once Redis answers.
+func TestHungRedisTimesOut(t *testing.T) {
+	srv := redistest.Start(t)
+	const timeout = 200 * time.Millisecond
+	s := open(t, srv, timeout)
+	ctx := context.Background()
+	p := store.Policy{Limit: 1000, Window: time.Minute}
+	if _, err := s.Limit(ctx, "warm", p, store.SlidingWindow); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Pause()
+	resumed := false
+	defer func() {
+		if !resumed {
+			srv.Resume()
+		}
+	}()
+	start := time.Now()
+	var wg sync.WaitGroup
+	// enough calls for eight rounds of full pipelines
+	for range 8 * maxBatch * pipelineSenders {
+		wg.Go(func() {
+			if _, err := s.Limit(ctx, "hung", p, store.SlidingWindow); err == nil {
+				t.Error("a call succeeded against a stopped Redis")
+			}
+		})
+	}
+	wg.Wait()
+	// Generous for a loaded machine; without the deadline on queued calls
+	// they would wait for one stuck pipeline after another: 8 x timeout.
+	if took := time.Since(start); took > 4*timeout+500*time.Millisecond {
+		t.Errorf("calls against a hung Redis took %s with a %s timeout", took, timeout)
+	}
+
+	srv.Resume()
+	resumed = true
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := s.Limit(ctx, "back", p, store.SlidingWindow)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("store did not recover after Redis resumed: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
