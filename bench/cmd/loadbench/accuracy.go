@@ -19,12 +19,12 @@ import (
 // sliding_log must admit exactly the limit; sliding_window is exact within
 // one fixed window (the trials avoid the last seconds of a minute, where the
 // weighted previous window would come into play).
-func accuracy(ctx context.Context, procs *procSet, dir, redisAddr, upstream string) error {
+func accuracy(ctx context.Context, procs *procSet, dir, redisURL, upstream string) error {
 	limit := *flagAccLimit
 	rate := strconv.FormatInt(limit, 10) + " 1m"
 	var gws []*proxy
 	for i := range 3 {
-		p, err := startProxy(ctx, procs, dir, "keygate"+strconv.Itoa(i+1), "keygate", true, redisAddr, upstream, rate)
+		p, err := startProxy(ctx, procs, dir, "keygate"+strconv.Itoa(i+1), "keygate", true, redisURL, upstream, rate)
 		if err != nil {
 			return err
 		}

@@ -98,7 +98,7 @@ func run(ctx context.Context) error {
 	if err := build(ctx, dir); err != nil {
 		return err
 	}
-	redisAddr, err := startRedis(ctx, &procs, dir)
+	redisURL, err := startRedis(ctx, &procs, dir)
 	if err != nil {
 		return err
 	}
@@ -107,9 +107,9 @@ func run(ctx context.Context) error {
 		return err
 	}
 	if *flagAccuracy {
-		return accuracy(ctx, &procs, dir, redisAddr, upstream)
+		return accuracy(ctx, &procs, dir, redisURL, upstream)
 	}
-	return loadBench(ctx, &procs, dir, redisAddr, upstream)
+	return loadBench(ctx, &procs, dir, redisURL, upstream)
 }
 
 // build compiles plain Caddy and keygate from this module's graph, so both
@@ -207,16 +207,19 @@ func waitFor(ctx context.Context, what string, timeout time.Duration, ok func() 
 	return fmt.Errorf("%s not ready within %s", what, timeout)
 }
 
+// startRedis starts redis-server and returns the URL keygate uses for it.
 func startRedis(ctx context.Context, procs *procSet, dir string) (string, error) {
 	port, err := freePort()
 	if err != nil {
 		return "", err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	cmd, err := procs.start("redis-server", []string{
+	args := []string{
 		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
-	}, nil, filepath.Join(dir, "redis.log"))
+	}
+	url := "redis://" + addr + "/0"
+	cmd, err := procs.start("redis-server", args, nil, filepath.Join(dir, "redis.log"))
 	if err != nil {
 		return "", fmt.Errorf("starting redis-server: %w", err)
 	}
@@ -233,8 +236,8 @@ func startRedis(ctx context.Context, procs *procSet, dir string) (string, error)
 		_, err = io.ReadFull(c, buf)
 		return err == nil && string(buf) == "+PONG\r\n"
 	})
-	logf("redis-server on %s", addr)
-	return addr, err
+	logf("redis-server on %s", url)
+	return url, err
 }
 
 // startUpstream serves a short body, as fast as Go's server does, in this
@@ -300,11 +303,11 @@ var routes = []struct{ path, keygate string }{
 // caddyfile renders the config of one proxy. Both use reverse_proxy with
 // its default transport (keep-alive to the upstream, pooled); they differ
 // only by the keygate handlers and the keygate global option.
-func caddyfile(withKeygate bool, site, admin, redisAddr, upstream string, rateLimit string) string {
+func caddyfile(withKeygate bool, site, admin, redisURL, upstream string, rateLimit string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "{\n\tadmin %s\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\tlevel WARN\n\t}\n", admin)
 	if withKeygate {
-		fmt.Fprintf(&b, "\tkeygate {\n\t\tredis redis://%s/0\n\t}\n", redisAddr)
+		fmt.Fprintf(&b, "\tkeygate {\n\t\tredis %s\n\t}\n", redisURL)
 	}
 	fmt.Fprintf(&b, "}\n\nhttp://%s {\n", site)
 	for _, r := range routes {
@@ -325,7 +328,7 @@ func caddyfile(withKeygate bool, site, admin, redisAddr, upstream string, rateLi
 	return b.String()
 }
 
-func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, withKeygate bool, redisAddr, upstream, rateLimit string) (*proxy, error) {
+func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, withKeygate bool, redisURL, upstream, rateLimit string) (*proxy, error) {
 	sitePort, err := freePort()
 	if err != nil {
 		return nil, err
@@ -336,7 +339,7 @@ func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, with
 	}
 	p := &proxy{name: name, addr: "127.0.0.1:" + strconv.Itoa(sitePort), admin: "127.0.0.1:" + strconv.Itoa(adminPort)}
 	cfgPath := filepath.Join(dir, name+".Caddyfile")
-	if err := os.WriteFile(cfgPath, []byte(caddyfile(withKeygate, p.addr, p.admin, redisAddr, upstream, rateLimit)), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(caddyfile(withKeygate, p.addr, p.admin, redisURL, upstream, rateLimit)), 0o644); err != nil {
 		return nil, err
 	}
 	home := filepath.Join(dir, name+"-home")
@@ -586,12 +589,12 @@ func medianDur(ds []time.Duration) time.Duration {
 	return time.Duration(median(xs))
 }
 
-func loadBench(ctx context.Context, procs *procSet, dir, redisAddr, upstream string) error {
-	plain, err := startProxy(ctx, procs, dir, "plain", "caddy", false, redisAddr, upstream, "")
+func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream string) error {
+	plain, err := startProxy(ctx, procs, dir, "plain", "caddy", false, redisURL, upstream, "")
 	if err != nil {
 		return err
 	}
-	kg, err := startProxy(ctx, procs, dir, "keygate", "keygate", true, redisAddr, upstream, "")
+	kg, err := startProxy(ctx, procs, dir, "keygate", "keygate", true, redisURL, upstream, "")
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/keygate/keygate/internal/redistest"
 )
 
-func open(t *testing.T, srv *redistest.Server, timeout time.Duration) *Store {
+func open(t testing.TB, srv *redistest.Server, timeout time.Duration) *Store {
 	t.Helper()
 	s, err := Open(srv.URL(), timeout)
 	if err != nil {

@@ -1,0 +1,81 @@
+package redisstore
+
+import (
+	"context"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/caddymodule/store/storetest"
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+// The limiter scripts against a real Redis, per algorithm: "serial" is one
+// caller at a time (each call goes out directly), "parallel64" is 64
+// concurrent callers (calls share pipelines). ns/op of the parallel run is
+// wall time divided by calls, i.e. the inverse of throughput.
+
+func BenchmarkCheckKey(b *testing.B) {
+	s := open(b, redistest.Start(b), time.Second)
+	ctx := context.Background()
+	k, _ := storetest.NewKey(b, "bench")
+	if err := s.CreateKey(ctx, k); err != nil {
+		b.Fatal(err)
+	}
+	// as a gateway has it cached: with its current revision, so the
+	// script does not send the record back
+	k, err := s.KeyByName(ctx, k.Name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, a := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
+		c := store.Check{KeyID: k.ID, Hash: k.Hash, Revision: k.Revision, Policy: store.Policy{Limit: 1 << 40, Window: time.Second}, Algorithm: a}
+		benchSerialAndParallel(b, string(a), func() error {
+			v, err := s.CheckKey(ctx, c)
+			if err == nil && (v.Status != store.KeyValid || !v.Limit.Allowed || v.Fresh != nil) {
+				b.Fatalf("refused: %+v", v)
+			}
+			return err
+		})
+	}
+}
+
+func BenchmarkLimit(b *testing.B) {
+	s := open(b, redistest.Start(b), time.Second)
+	ctx := context.Background()
+	p := store.Policy{Limit: 1 << 40, Window: time.Second}
+	for _, a := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
+		var n atomic.Int64
+		benchSerialAndParallel(b, string(a), func() error {
+			// a thousand client addresses, as anonymous traffic has
+			_, err := s.Limit(ctx, "198.51.100."+strconv.FormatInt(n.Add(1)%1000, 10), p, a)
+			return err
+		})
+	}
+}
+
+func benchSerialAndParallel(b *testing.B, name string, call func() error) {
+	b.Run(name+"/serial", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := call(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run(name+"/parallel64", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0))) // 64 callers
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := call(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
