@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"image"
 	"image/color"
@@ -557,24 +556,30 @@ var (
 	pythonErr  error
 )
 
-// python3 returns the interpreter that `python3` on PATH runs (resolved
-// once, so that shims such as pyenv's still work with a temp HOME) and
-// fails the test, never skips it, when requests cannot be imported.
+// python3 returns an interpreter that can import requests: the one
+// `python3` on PATH runs (resolved once, so that shims such as pyenv's still
+// work with a temp HOME), else Debian's /usr/bin/python3, where scripts/test
+// installs python3-requests. It fails the test, never skips it, when
+// neither can.
 func python3(t *testing.T) string {
 	t.Helper()
 	pythonOnce.Do(func() {
-		if _, err := exec.LookPath("python3"); err != nil {
-			pythonErr = errors.New("python3 not found in PATH: the reference docs' Python examples need it " +
-				"(apt-get install python3 python3-requests; scripts/test installs python3-requests)")
+		var tried []string
+		for _, py := range []string{"python3", "/usr/bin/python3"} {
+			if _, err := exec.LookPath(py); err != nil {
+				tried = append(tried, py+": not found")
+				continue
+			}
+			out, err := exec.Command(py, "-c", "import requests, sys; print(sys.executable)").CombinedOutput()
+			if err != nil {
+				tried = append(tried, fmt.Sprintf("%s: %v: %s", py, err, bytes.TrimSpace(out)))
+				continue
+			}
+			pythonPath = strings.TrimSpace(string(out))
 			return
 		}
-		out, err := exec.Command("python3", "-c", "import requests, sys; print(sys.executable)").CombinedOutput()
-		if err != nil {
-			pythonErr = fmt.Errorf("python3 cannot import requests, which the reference docs' Python examples use: "+
-				"install it (apt-get install python3-requests; scripts/test does): %v\n%s", err, out)
-			return
-		}
-		pythonPath = strings.TrimSpace(string(out))
+		pythonErr = fmt.Errorf("no python3 that can import requests, which the reference docs' Python examples use "+
+			"(apt-get install python3-requests; scripts/test does):\n%s", strings.Join(tried, "\n"))
 	})
 	if pythonErr != nil {
 		t.Fatal(pythonErr)
