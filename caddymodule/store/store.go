@@ -11,6 +11,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/keygate/keygate/caddymodule/apikey"
@@ -129,7 +131,7 @@ type Store interface {
 
 	// CreateKey stores a new key; ErrNameTaken when the name is in use.
 	CreateKey(ctx context.Context, k Key) error
-	// Keys lists every key, sorted by creation time.
+	// Keys lists every key in SortKeys order.
 	Keys(ctx context.Context) ([]Key, error)
 	// KeyByName returns one key; ErrNotFound when there is none.
 	KeyByName(ctx context.Context, name string) (Key, error)
@@ -143,4 +145,15 @@ type Store interface {
 
 	// Close releases the store's resources.
 	Close() error
+}
+
+// SortKeys puts keys in the order every store lists them: by creation time,
+// then by name (keys created in the same instant).
+func SortKeys(keys []Key) {
+	slices.SortFunc(keys, func(a, b Key) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
 }

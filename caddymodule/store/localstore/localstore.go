@@ -296,12 +296,7 @@ func (s *Store) Keys(context.Context) ([]store.Key, error) {
 		keys = append(keys, s.snapshot(rec))
 	}
 	s.mu.RUnlock()
-	slices.SortFunc(keys, func(a, b store.Key) int {
-		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Name, b.Name)
-	})
+	store.SortKeys(keys)
 	return keys, nil
 }
 

@@ -24,13 +24,30 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-func TestSurvivesRestart(t *testing.T) {
-	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "keys.json")
+// openAt opens the store at path, closed when the test ends (a second
+// Close is harmless).
+func openAt(t *testing.T, path string) *Store {
+	t.Helper()
 	s, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// reopen closes s, as a stopping gateway does, and opens its file again.
+func reopen(t *testing.T, s *Store) *Store {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return openAt(t, s.path)
+}
+
+func TestSurvivesRestart(t *testing.T) {
+	ctx := context.Background()
+	s := openAt(t, filepath.Join(t.TempDir(), "keys.json"))
 	k, secret := storetest.NewKey(t, "keeper")
 	k.RateLimit = store.Policy{Limit: 10, Window: time.Hour}
 	k.ExpiresAt = time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
@@ -51,15 +68,8 @@ func TestSurvivesRestart(t *testing.T) {
 		t.Fatalf("status %v", v.Status)
 	}
 	before, _ := s.KeyByName(ctx, "kept")
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
 
-	s, err = Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s = reopen(t, s)
 	after, err := s.KeyByName(ctx, "kept")
 	if err != nil {
 		t.Fatal(err)
@@ -106,11 +116,7 @@ func TestFileIsPrivateAndHoldsNoSecret(t *testing.T) {
 
 func TestConcurrentAdminCalls(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "keys.json")
-	s, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openAt(t, filepath.Join(t.TempDir(), "keys.json"))
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Go(func() {
@@ -126,14 +132,7 @@ func TestConcurrentAdminCalls(t *testing.T) {
 	}
 	wg.Wait()
 	want, _ := s.Keys(ctx)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s, err = Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s = reopen(t, s)
 	got, _ := s.Keys(ctx)
 	if len(got) != 20 || len(want) != 20 {
 		t.Fatalf("%d keys after reopen, %d before; want 20", len(got), len(want))

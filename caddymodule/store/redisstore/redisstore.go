@@ -263,12 +263,7 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 		}
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b store.Key) int {
-		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Name, b.Name)
-	})
+	store.SortKeys(keys)
 	return keys, nil
 }
 
