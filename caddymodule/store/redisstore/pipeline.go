@@ -117,8 +117,19 @@ func (p *pipeliner) run(ctx context.Context, script *redis.Script, keys []string
 
 // send is one sender: it waits for a call, takes every call queued behind
 // it (up to maxBatch) and sends them as one pipeline.
+//
+// A sender keeps one connection of its own where the client allows it (a
+// plain *redis.Client): a pooled one costs a health-check syscall on every
+// checkout. After an error the connection is dropped and the next batch
+// takes a fresh one.
 func (p *pipeliner) send() {
 	defer p.senders.Done()
+	var conn *redis.Conn // nil: none yet, or a cluster/failover client
+	defer func() {
+		if conn != nil {
+			_ = conn.Close()
+		}
+	}()
 	batch := make([]*scriptCall, 0, maxBatch)
 	for {
 		select {
@@ -136,7 +147,7 @@ func (p *pipeliner) send() {
 				break collect
 			}
 		}
-		p.exec(batch)
+		conn = p.exec(conn, batch)
 		clear(batch) // let the finished calls go
 	}
 }
@@ -144,14 +155,28 @@ func (p *pipeliner) send() {
 // exec sends one batch and wakes its callers. Its deadline is the oldest
 // call's enqueue time plus the store timeout, so a call never waits for
 // Redis much longer than the timeout, however long it queued.
-func (p *pipeliner) exec(batch []*scriptCall) {
+//
+// It sends on conn when there is one and returns the connection for the
+// next batch.
+func (p *pipeliner) exec(conn *redis.Conn, batch []*scriptCall) *redis.Conn {
 	ctx, cancel := context.WithDeadline(context.Background(), batch[0].enqueued.Add(p.timeout))
 	defer cancel()
+	if c, ok := p.client.(*redis.Client); ok && conn == nil {
+		conn = c.Conn()
+	}
 	pipe := p.client.Pipeline()
+	if conn != nil {
+		pipe = conn.Pipeline()
+	}
 	for _, c := range batch {
 		_ = pipe.Process(ctx, c.cmd)
 	}
-	_, _ = pipe.Exec(ctx) // every command carries its own error
+	_, err := pipe.Exec(ctx) // every command carries its own error
+	if err != nil && conn != nil && !isNoScript(err) {
+		// it may hold unread replies, or be broken: start afresh
+		_ = conn.Close()
+		conn = nil
+	}
 
 	// After a Redis restart or SCRIPT FLUSH the scripts are gone: load them
 	// with EVAL, one call at a time (rare, and Redis caches them again).
@@ -163,6 +188,7 @@ func (p *pipeliner) exec(batch []*scriptCall) {
 		}
 		close(c.done)
 	}
+	return conn
 }
 
 func isNoScript(err error) bool {

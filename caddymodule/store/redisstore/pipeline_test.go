@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,15 +114,42 @@ func TestHungRedisTimesOut(t *testing.T) {
 
 	srv.Resume()
 	resumed = true
-	deadline := time.Now().Add(5 * time.Second)
+	waitRecovered(t, s)
+}
+
+// After Redis restarts, the senders' connections are dead; they must
+// reconnect by themselves.
+func TestPipelinesRecoverAfterRedisRestart(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	waitRecovered(t, s) // all senders hold a connection now
+	srv.Restart()
+	waitRecovered(t, s)
+}
+
+// waitRecovered waits until a burst of concurrent calls, enough to go
+// through every sender, all succeed.
+func waitRecovered(t *testing.T, s *Store) {
+	t.Helper()
+	p := store.Policy{Limit: 1 << 40, Window: time.Minute}
+	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, err := s.Limit(ctx, "back", p, store.SlidingWindow)
-		if err == nil {
-			break
+		var failed atomic.Int32
+		var wg sync.WaitGroup
+		for range 4 * maxBatch {
+			wg.Go(func() {
+				if _, err := s.Limit(context.Background(), "burst", p, store.SlidingWindow); err != nil {
+					failed.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if failed.Load() == 0 {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("store did not recover after Redis resumed: %v", err)
+			t.Fatalf("%d of %d calls still fail", failed.Load(), 4*maxBatch)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
