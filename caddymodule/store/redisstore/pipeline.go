@@ -21,8 +21,8 @@ import (
 // remains its own EVALSHA, so nothing about its atomicity changes.
 
 const (
-	// directCalls is how many calls may be in flight before new ones are
-	// pipelined.
+	// directCalls is how many calls may go out directly at once; a call
+	// made while that many are in flight is pipelined.
 	directCalls = 2
 
 	// pipelineSenders is how many batches can be in flight at once. A new
@@ -69,9 +69,10 @@ func newPipeliner(client redis.UniversalClient, timeout time.Duration) *pipeline
 	return p
 }
 
-// run evaluates script with keys and args as part of the next pipeline and
-// returns its reply. It gives up when ctx ends; the call is then still sent
-// (it may already be on the wire) but nobody reads its reply.
+// run evaluates script with keys and args, directly or as part of the next
+// pipeline, and returns its reply. A pipelined call gives up when ctx ends;
+// it is then still sent (it may already be on the wire) but nobody reads
+// its reply.
 func (p *pipeliner) run(ctx context.Context, script *redis.Script, keys []string, args ...any) ([]any, error) {
 	cmdArgs := make([]any, 0, 3+len(keys)+len(args))
 	cmdArgs = append(cmdArgs, "evalsha", script.Hash(), len(keys))
