@@ -87,6 +87,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		roles      <role...>             # the key must hold one of them, else 403
 //		algorithm  sliding_window|sliding_log
 //		keep_credentials                 # pass Authorization / X-API-Key upstream
+//		lease      <requests>            # admit up to this many per store round trip (see Handler.Lease)
 //	}
 func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)
@@ -134,6 +135,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.KeepCredentials = true
+		case "lease":
+			var n string
+			if !d.AllArgs(&n) {
+				return d.ArgErr()
+			}
+			lease, err := strconv.ParseInt(n, 10, 64)
+			if err != nil || lease < 0 {
+				return d.Errf("lease must be a whole number of requests, not %q", n)
+			}
+			h.Lease = lease
 		default:
 			return d.Errf("unrecognized keygate subdirective: %s", d.Val())
 		}

@@ -94,7 +94,15 @@ type Check struct {
 	Revision  int64 // the caller's cached revision; a different stored one comes back in Verdict.Fresh
 	Policy    Policy
 	Algorithm Algorithm
+	// Take asks for a lease: up to Take requests counted at once, for the
+	// caller to admit itself within LeaseTTL (0 or 1: just this request).
+	Take int64
 }
+
+// LeaseTTL is how long a gateway may admit the requests of a lease. It is
+// also how stale a leased key's validity may get, so it bounds how long a
+// revoked key keeps working.
+const LeaseTTL = time.Second
 
 // Verdict is the answer to a Check.
 type Verdict struct {
@@ -114,6 +122,12 @@ type Decision struct {
 	Remaining  int64
 	Reset      time.Time     // when the window resets (allowed) or a request will be admitted again (denied)
 	RetryAfter time.Duration // zero when allowed
+	// Granted is how many requests were counted when allowed: 1, or up to
+	// the Take asked for, never past the limit. A store may always grant 1.
+	Granted int64
+	// Lease is how long, from before the call, the caller may admit the
+	// Granted-1 requests beyond its own (at most LeaseTTL).
+	Lease time.Duration
 }
 
 // Store keeps keys and rate-limit counters. Implementations are safe for
@@ -122,9 +136,10 @@ type Store interface {
 	// CheckKey validates the record of Check.KeyID against Check.Hash and
 	// takes one request from its limit, atomically, in one round trip.
 	CheckKey(ctx context.Context, c Check) (Verdict, error)
-	// Limit takes one request from the limit of an arbitrary subject (a
-	// client IP for anonymous callers).
-	Limit(ctx context.Context, subject string, p Policy, a Algorithm) (Decision, error)
+	// Limit takes one request (or a lease of up to take, as Check.Take)
+	// from the limit of an arbitrary subject (a client IP for anonymous
+	// callers).
+	Limit(ctx context.Context, subject string, p Policy, a Algorithm, take int64) (Decision, error)
 	// KeyIDByHash finds the id of the key with that hash: the cold path,
 	// taken only when a gateway sees a key for the first time.
 	KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error)

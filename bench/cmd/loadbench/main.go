@@ -47,6 +47,7 @@ var (
 	flagOnly     = flag.String("only", "", "comma-separated configuration names to run (default: all), e.g. 1key/sliding_window,anon/sliding_log")
 	flagPprof    = flag.String("pprof", "", "directory: save a CPU profile and an allocs profile of keygate during the first round of each configuration")
 	flagWork     = flag.String("workdir", "", "directory for binaries, configs and logs (default: a temp dir, removed at exit)")
+	flagLease    = flag.Int("lease", 0, "keygate's lease option on every route (0: off, every request counted in Redis)")
 	flagAccuracy = flag.Bool("accuracy", false, "run the accuracy test instead of the load benchmark")
 	flagAccLimit = flag.Int64("accuracy-limit", 100, "accuracy: the rate limit (per minute)")
 	flagAccReqs  = flag.Int("accuracy-requests", 1000, "accuracy: requests sent per trial")
@@ -316,6 +317,9 @@ func caddyfile(withKeygate bool, site, admin, redisURL, upstream string, rateLim
 			kg := r.keygate
 			if rateLimit != "" {
 				kg = strings.ReplaceAll(kg, bigLimit, rateLimit)
+			}
+			if *flagLease > 0 {
+				kg += "\n\t\t\tlease " + strconv.Itoa(*flagLease)
 			}
 			fmt.Fprintf(&b, "\t\tkeygate {\n\t\t\t%s\n\t\t}\n", kg)
 		}

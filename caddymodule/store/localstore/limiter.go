@@ -82,12 +82,17 @@ func (l *limiter) take(ck counterKey, now int64) store.Decision {
 		allowed, remaining, reset, retry = c.slidingWindow(now, ck.limit, ck.window)
 	}
 	sh.mu.Unlock()
+	var granted int64
+	if allowed {
+		granted = 1
+	}
 	return store.Decision{
 		Allowed:    allowed,
 		Limit:      ck.limit,
 		Remaining:  remaining,
 		Reset:      time.UnixMilli(reset),
 		RetryAfter: time.Duration(retry) * time.Millisecond,
+		Granted:    granted,
 	}
 }
 

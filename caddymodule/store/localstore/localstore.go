@@ -246,8 +246,9 @@ func (s *Store) CheckKey(_ context.Context, c store.Check) (store.Verdict, error
 	return v, nil
 }
 
-// Limit implements store.Store.
-func (s *Store) Limit(_ context.Context, subject string, p store.Policy, a store.Algorithm) (store.Decision, error) {
+// Limit implements store.Store. The limits are in this process, so a lease
+// would save nothing: it grants one request at a time whatever take asks.
+func (s *Store) Limit(_ context.Context, subject string, p store.Policy, a store.Algorithm, _ int64) (store.Decision, error) {
 	ck := counterKey{'s', subject, a, p.Limit, p.Window.Milliseconds()}
 	return s.limits.take(ck, time.Now().UnixMilli()), nil
 }

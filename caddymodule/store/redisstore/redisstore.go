@@ -124,6 +124,7 @@ func counterKey(kind byte, name string, p store.Policy, a store.Algorithm) strin
 // them to interface values per call would allocate.
 var (
 	lastUsedEveryArg any = lastUsedEvery.Milliseconds()
+	leaseTTLArg      any = store.LeaseTTL.Milliseconds()
 	algorithmArgs        = map[store.Algorithm]any{
 		store.SlidingWindow: string(store.SlidingWindow),
 		store.SlidingLog:    string(store.SlidingLog),
@@ -149,7 +150,7 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 	}
 	res, err := s.hot.run(ctx, checkKeyScript, keys,
 		c.Hash.String(), c.Revision, c.Policy.Limit, c.Policy.Window.Milliseconds(),
-		algorithmArg(c.Algorithm), lastUsedEveryArg)
+		algorithmArg(c.Algorithm), lastUsedEveryArg, max(c.Take, 1), leaseTTLArg)
 	if err != nil {
 		return store.Verdict{}, err
 	}
@@ -165,36 +166,42 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 		}
 		v.Fresh = &k
 	}
-	if len(res) == 6 {
+	if len(res) == 8 {
 		v.Limit = parseDecision(res[2:], c.Policy.Limit)
 	}
 	return v, nil
 }
 
 // Limit implements store.Store.
-func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm) (store.Decision, error) {
+func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm, take int64) (store.Decision, error) {
 	key := counterKey('s', subject, p, a)
-	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a))
+	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a), max(take, 1), leaseTTLArg)
 	if err != nil {
 		return store.Decision{}, err
 	}
-	if len(res) != 4 {
+	if len(res) != 6 {
 		return store.Decision{}, fmt.Errorf("limit script returned %d values", len(res))
 	}
 	return parseDecision(res, p.Limit), nil
 }
 
+// parseDecision reads {allowed, remaining, reset ms, retry ms, granted,
+// lease ms}.
 func parseDecision(v []any, limit int64) store.Decision {
 	allowed, _ := v[0].(int64)
 	remaining, _ := v[1].(int64)
 	reset, _ := v[2].(int64)
 	retry, _ := v[3].(int64)
+	granted, _ := v[4].(int64)
+	lease, _ := v[5].(int64)
 	return store.Decision{
 		Allowed:    allowed == 1,
 		Limit:      limit,
 		Remaining:  remaining,
 		Reset:      time.UnixMilli(reset),
 		RetryAfter: time.Duration(retry) * time.Millisecond,
+		Granted:    granted,
+		Lease:      time.Duration(lease) * time.Millisecond,
 	}
 }
 

@@ -3,9 +3,11 @@ package redisstore
 import "github.com/redis/go-redis/v9"
 
 // The limiter functions are shared by both scripts. Each works on one
-// counter key and returns {allowed (1/0), remaining, reset ms, retry ms}.
-// Time comes from the Redis server (TIME), so every gateway replica agrees
-// on it whatever their clocks say.
+// counter key, takes one request or a lease of up to n (see store.Check.Take)
+// and returns {allowed (1/0), remaining, reset ms, retry ms, granted, lease
+// ms}: how many requests were counted and for how long the caller may admit
+// the ones beyond its own. Time comes from the Redis server (TIME), so every
+// gateway replica agrees on it whatever their clocks say.
 const limiterLua = `
 local function now_ms()
   local t = redis.call('TIME')
@@ -14,7 +16,7 @@ end
 
 -- Sliding-window counter: the fixed window's count plus the previous
 -- window's count weighted by how much of it still overlaps. O(1) memory.
-local function sliding_window(key, now, limit, window)
+local function sliding_window(key, now, limit, window, n, ttl)
   local v = redis.call('HMGET', key, 's', 'c', 'p')
   local start = now - (now % window)
   local s, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
@@ -35,38 +37,59 @@ local function sliding_window(key, now, limit, window)
       wait = start + math.ceil(window * (1 - (limit - c - 1) / p)) - now
     end
     if wait < 1 then wait = 1 end
-    return {0, 0, now + wait, wait}
+    return {0, 0, now + wait, wait, 0, 0}
   end
-  c = c + 1
+  -- a lease never goes past the limit, nor past this window: its requests
+  -- are counted in this window's count
+  local g = math.min(n, math.floor(limit - (p * weight + c)))
+  if g < 1 then g = 1 end
+  c = c + g
   redis.call('HSET', key, 's', start, 'c', c, 'p', p)
   redis.call('PEXPIRE', key, window * 2)
   local remaining = math.floor(limit - (p * weight + c))
   if remaining < 0 then remaining = 0 end
-  return {1, remaining, start + window, 0}
+  return {1, remaining, start + window, 0, g, math.min(ttl, start + window - now)}
 end
 
 -- Sliding log: one sorted-set member per admitted request. Exact. Members
 -- are "<ms>-<count>", unique because the count only grows within one ms.
-local function sliding_log(key, now, limit, window)
+-- A lease's requests are logged at the end of the lease (now + ttl), the
+-- latest moment the caller may admit them, so that each stays counted for
+-- a full window after it is admitted: leasing never lets more than the
+-- limit through in any window. Their members, "<end>-<count>-<now>", are
+-- unique for the same reason.
+local function sliding_log(key, now, limit, window, n, ttl)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  local n = redis.call('ZCARD', key)
-  if n >= limit then
+  local count = redis.call('ZCARD', key)
+  if count >= limit then
     local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     local wait = tonumber(oldest[2]) + window - now
     if wait < 1 then wait = 1 end
-    return {0, 0, now + wait, wait}
+    return {0, 0, now + wait, wait, 0, 0}
   end
-  redis.call('ZADD', key, now, now .. '-' .. n)
-  redis.call('PEXPIRE', key, window)
+  local g = math.min(n, limit - count)
+  if g <= 1 then
+    g = 1
+    redis.call('ZADD', key, now, now .. '-' .. count)
+    redis.call('PEXPIRE', key, window)
+  else
+    local at, members = now + ttl, {}
+    for i = 0, g - 1 do
+      members[#members + 1] = at
+      members[#members + 1] = at .. '-' .. (count + i) .. '-' .. now
+    end
+    redis.call('ZADD', key, unpack(members))
+    redis.call('PEXPIRE', key, window + ttl)
+  end
   local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  return {1, limit - n - 1, tonumber(oldest[2]) + window, 0}
+  return {1, limit - count - g, tonumber(oldest[2]) + window, 0, g, ttl}
 end
 
-local function take(key, now, limit, window, algorithm)
+local function take(key, now, limit, window, algorithm, n, ttl)
   if algorithm == 'sliding_log' then
-    return sliding_log(key, now, limit, window)
+    return sliding_log(key, now, limit, window, n, ttl)
   end
-  return sliding_window(key, now, limit, window)
+  return sliding_window(key, now, limit, window, n, ttl)
 end
 `
 
@@ -77,10 +100,12 @@ end
 // ARGV[1] hash hex, ARGV[2] cached revision, ARGV[3] limit, ARGV[4] window
 // ms, ARGV[5] algorithm, ARGV[6] how old last-used may get before it is
 // rewritten (ms), so that last-used costs one write per key per interval,
-// not one per request.
+// not one per request, ARGV[7] requests to take (a lease when > 1), ARGV[8]
+// lease TTL ms.
 //
-// Returns {status, record-or-empty, allowed, remaining, reset, retry}; the
-// record (HGETALL) is sent only when its revision differs from ARGV[2].
+// Returns {status, record-or-empty, allowed, remaining, reset, retry,
+// granted, lease ms}; the record (HGETALL) is sent only when its revision
+// differs from ARGV[2].
 var checkKeyScript = redis.NewScript(limiterLua + `
 local rec = redis.call('HMGET', KEYS[1], 'h', 'e', 'x', 'v', 'u')
 if not rec[1] or rec[1] ~= ARGV[1] then
@@ -96,14 +121,15 @@ if now - (tonumber(rec[5]) or 0) >= tonumber(ARGV[6]) then
   redis.call('HSET', KEYS[1], 'u', now)
 end
 if #KEYS < 2 then return {0, full} end
-local d = take(KEYS[2], now, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])
-return {0, full, d[1], d[2], d[3], d[4]}
+local d = take(KEYS[2], now, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[7]), tonumber(ARGV[8]))
+return {0, full, d[1], d[2], d[3], d[4], d[5], d[6]}
 `)
 
-// limitScript takes one request from a subject's limit.
-// KEYS[1] counter; ARGV[1] limit, ARGV[2] window ms, ARGV[3] algorithm.
+// limitScript takes one request (or a lease) from a subject's limit.
+// KEYS[1] counter; ARGV[1] limit, ARGV[2] window ms, ARGV[3] algorithm,
+// ARGV[4] requests to take, ARGV[5] lease TTL ms.
 var limitScript = redis.NewScript(limiterLua + `
-return take(KEYS[1], now_ms(), tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
+return take(KEYS[1], now_ms(), tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
 `)
 
 // updateScript writes a changed record if nobody changed it meanwhile.

@@ -30,6 +30,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"SlidingWindowLimit", func(t *testing.T, s store.Store) { testLimit(t, s, store.SlidingWindow) }},
 		{"SlidingLogLimit", func(t *testing.T, s store.Store) { testLimit(t, s, store.SlidingLog) }},
 		{"SlidingLogNeverOveradmits", testSlidingLogConcurrent},
+		{"SlidingWindowLeases", func(t *testing.T, s store.Store) { testLeases(t, s, store.SlidingWindow) }},
+		{"SlidingLogLeases", func(t *testing.T, s store.Store) { testLeases(t, s, store.SlidingLog) }},
 		{"KeyLimitCountsPerKey", testKeyLimit},
 		{"LastUsedIsRecorded", testLastUsed},
 	}
@@ -251,7 +253,7 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 	p := store.Policy{Limit: 5, Window: time.Hour}
 	subject := "198.51.100.7-" + string(a)
 	for i := range 5 {
-		d, err := s.Limit(ctx, subject, p, a)
+		d, err := s.Limit(ctx, subject, p, a, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -262,7 +264,7 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 			t.Fatalf("request %d: reset %v not within the window", i+1, d.Reset)
 		}
 	}
-	d, err := s.Limit(ctx, subject, p, a)
+	d, err := s.Limit(ctx, subject, p, a, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,23 +278,66 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 	if d.Allowed || d.Remaining != 0 || d.RetryAfter <= 0 || d.RetryAfter > maxWait+time.Second {
 		t.Fatalf("6th request: %+v, want denied with a retry within %v", d, maxWait)
 	}
-	if other, _ := s.Limit(ctx, subject+"-other", p, a); !other.Allowed {
+	if other, _ := s.Limit(ctx, subject+"-other", p, a, 1); !other.Allowed {
 		t.Fatal("another subject was limited too")
 	}
 	// a short window frees up again
 	short := store.Policy{Limit: 2, Window: 300 * time.Millisecond}
 	for range 2 {
-		if d, _ := s.Limit(ctx, "short-"+string(a), short, a); !d.Allowed {
+		if d, _ := s.Limit(ctx, "short-"+string(a), short, a, 1); !d.Allowed {
 			t.Fatal("within limit but denied")
 		}
 	}
-	d, _ = s.Limit(ctx, "short-"+string(a), short, a)
+	d, _ = s.Limit(ctx, "short-"+string(a), short, a, 1)
 	if d.Allowed {
 		t.Fatal("over limit but allowed")
 	}
 	time.Sleep(d.RetryAfter + 50*time.Millisecond)
-	if d, _ := s.Limit(ctx, "short-"+string(a), short, a); !d.Allowed {
+	if d, _ := s.Limit(ctx, "short-"+string(a), short, a, 1); !d.Allowed {
 		t.Fatalf("after Retry-After (%v) still denied", d.RetryAfter)
+	}
+}
+
+// testLeases asks for leases larger than what is left: a store grants at
+// least one request and at most the lease, never past the limit, both
+// through Limit and through CheckKey, and counts what it grants.
+func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
+	ctx := context.Background()
+	p := store.Policy{Limit: 10, Window: time.Hour}
+	k, _ := mustCreate(t, s, "leased-"+string(a))
+	takes := map[string]func() store.Decision{
+		"Limit": func() store.Decision {
+			d, err := s.Limit(ctx, "leases-"+string(a), p, a, 4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		},
+		"CheckKey": func() store.Decision {
+			return check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash, Revision: k.Revision, Policy: p, Algorithm: a, Take: 4}).Limit
+		},
+	}
+	for name, take := range takes {
+		granted := int64(0)
+		for {
+			d := take()
+			if !d.Allowed {
+				if d.Granted != 0 || d.RetryAfter <= 0 {
+					t.Fatalf("%s: refusal %+v", name, d)
+				}
+				break
+			}
+			if d.Granted < 1 || d.Granted > 4 || d.Lease < 0 || d.Lease > store.LeaseTTL {
+				t.Fatalf("%s: %+v, want 1..4 granted for at most %v", name, d, store.LeaseTTL)
+			}
+			granted += d.Granted
+			if granted > p.Limit || d.Remaining != p.Limit-granted {
+				t.Fatalf("%s: %d granted in all, remaining %d; limit %d", name, granted, d.Remaining, p.Limit)
+			}
+		}
+		if granted != p.Limit {
+			t.Fatalf("%s: %d granted before the first refusal, want the limit, %d", name, granted, p.Limit)
+		}
 	}
 }
 
@@ -303,7 +348,7 @@ func testSlidingLogConcurrent(t *testing.T, s store.Store) {
 	for range 8 {
 		wg.Go(func() {
 			for range 25 {
-				d, err := s.Limit(context.Background(), "crowd", p, store.SlidingLog)
+				d, err := s.Limit(context.Background(), "crowd", p, store.SlidingLog, 1)
 				if err != nil {
 					t.Error(err)
 					return
