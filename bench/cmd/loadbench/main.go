@@ -544,11 +544,10 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 	case 1:
 		args = append(args, "-H", "Authorization: Bearer "+c.keys[0], url)
 	default:
+		// written every run: a -workdir may hold the keys of an earlier one
 		keyFile := filepath.Join(dir, fmt.Sprintf("keys-%d.txt", len(c.keys)))
-		if _, err := os.Stat(keyFile); err != nil {
-			if err := os.WriteFile(keyFile, []byte(strings.Join(c.keys, "\n")+"\n"), 0o600); err != nil {
-				return result{}, err
-			}
+		if err := os.WriteFile(keyFile, []byte(strings.Join(c.keys, "\n")+"\n"), 0o600); err != nil {
+			return result{}, err
 		}
 		script := filepath.Join(dir, "keys.lua")
 		if err := os.WriteFile(script, []byte(wrkScript), 0o644); err != nil {
