@@ -2,6 +2,7 @@ package keygate
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -93,15 +94,18 @@ func serveBench(b *testing.B, h *Handler, secrets []string) {
 // Redis round trip (validate + rate limit), headers in and out.
 func BenchmarkHandlerRedis(b *testing.B) {
 	srv := redistest.Start(b)
-	for _, alg := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
-		b.Run(string(alg), func(b *testing.B) {
-			app := &App{Redis: srv.URL(), Timeout: caddy.Duration(time.Second)}
-			h := benchHandler(b, app, &Handler{
-				RateLimit: &Rate{Requests: 1 << 40, Window: caddy.Duration(time.Hour)},
-				Algorithm: alg,
+	for _, lease := range []int64{0, 64} {
+		for _, alg := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
+			b.Run(fmt.Sprintf("%s/lease%d", alg, lease), func(b *testing.B) {
+				app := &App{Redis: srv.URL(), Timeout: caddy.Duration(time.Second)}
+				h := benchHandler(b, app, &Handler{
+					RateLimit: &Rate{Requests: 1 << 40, Window: caddy.Duration(time.Hour)},
+					Algorithm: alg,
+					Lease:     lease,
+				})
+				serveBench(b, h, benchKeys(b, app, 100))
 			})
-			serveBench(b, h, benchKeys(b, app, 100))
-		})
+		}
 	}
 }
 
