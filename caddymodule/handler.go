@@ -60,11 +60,12 @@ type Handler struct {
 
 	// Lease lets this gateway take up to this many requests of a limit
 	// from the store in one round trip and admit them itself within one
-	// second (lease.go). Limits still hold across every gateway; the cost
-	// is that requests leased but unused within the second were counted,
-	// and X-RateLimit-Remaining reflects other gateways only at each
-	// lease. Revoked keys stop within the second, as without leases. Only
-	// worth it on Redis. Default: 0, every request is counted in the store.
+	// second (lease.go). Limits still hold across every gateway; the costs
+	// are that requests leased but unused within the second were counted,
+	// that X-RateLimit-Remaining reflects other gateways only at each
+	// lease, and that a disabled, deleted or rotated key may keep working
+	// for up to that second. Only worth it on Redis. Default: 0, every
+	// request is validated and counted in the store.
 	Lease int64 `json:"lease,omitempty"`
 
 	app           *App
@@ -188,9 +189,10 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		return h.refuseRole(w)
 	}
 
-	if h.leases != nil && ident.key.Revision > 0 {
+	if h.leases != nil && ident.key.Revision > 0 && !ident.key.Expired(now) {
 		// a lease was granted only while the key was valid, at most
-		// store.LeaseTTL ago
+		// store.LeaseTTL ago; its expiry is known here, so that holds to
+		// the millisecond
 		if policy, policyHdr := h.policyFor(ident); !policy.IsZero() {
 			if d, ok := h.leases.take(leaseKey{'k', ident.key.ID, policy}, now); ok {
 				setRateLimitHeaders(w.Header(), policyNameKey, policyHdr, d, now)

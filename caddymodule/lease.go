@@ -18,8 +18,9 @@ import (
 // ends were counted anyway, and X-RateLimit-Remaining is what the store
 // said when it granted the lease, less what this gateway used since.
 //
-// A key's validity is checked with every lease, so a revoked key stops
-// working within store.LeaseTTL, as it does without leases.
+// A key's validity is checked with every lease, so a revoked or rotated
+// key stops working within store.LeaseTTL; its expiry time is checked
+// before every leased request.
 //
 // The size of a lease follows the subject's traffic: it doubles each time
 // a lease is used up before it ends (up to the configured maximum) and
