@@ -72,11 +72,15 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // keys seen on it.
 type sharedStore struct {
 	store.Store
-	keys *keyCache
+	keys   *keyCache
+	epochs epochWatch // polled only once a handler uses leases
 }
 
 // Destruct closes the store when the last config using it is gone.
-func (s *sharedStore) Destruct() error { return s.Close() }
+func (s *sharedStore) Destruct() error {
+	s.epochs.close()
+	return s.Close()
+}
 
 // Provision opens (or reuses) the store.
 func (a *App) Provision(ctx caddy.Context) error {

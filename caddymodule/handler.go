@@ -59,13 +59,14 @@ type Handler struct {
 	KeepCredentials bool `json:"keep_credentials,omitempty"`
 
 	// Lease lets this gateway take up to this many requests of a limit
-	// from the store in one round trip and admit them itself within one
-	// second (lease.go). Limits still hold across every gateway; the costs
-	// are that requests leased but unused within the second were counted,
-	// that X-RateLimit-Remaining reflects other gateways only at each
-	// lease, and that a disabled, deleted or rotated key may keep working
-	// for up to that second. Only worth it on Redis. Default: 0, every
-	// request is validated and counted in the store.
+	// from the store in one round trip and admit them itself for up to 10
+	// seconds (lease.go). Limits still hold across every gateway; the costs
+	// are that requests leased but unused in time were counted, that
+	// X-RateLimit-Remaining reflects other gateways only at each lease, and
+	// that a disabled, deleted or rotated key may keep working for about a
+	// quarter of a second (a second at worst: epoch.go). Only worth it on
+	// Redis. Default: 0, every request is validated and counted in the
+	// store.
 	Lease int64 `json:"lease,omitempty"`
 
 	app           *App
@@ -115,6 +116,7 @@ func (h *Handler) attach(app *App) {
 	}
 	if h.Lease > 1 {
 		h.leases = newLeaseTable(h.Lease)
+		app.shared.epochs.start(app.shared, time.Duration(app.Timeout))
 	}
 }
 
@@ -194,7 +196,8 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		// store.LeaseTTL ago; its expiry is known here, so that holds to
 		// the millisecond
 		if policy, policyHdr := h.policyFor(ident); !policy.IsZero() {
-			if d, ok := h.leases.take(leaseKey{'k', ident.key.ID, policy}, now); ok {
+			epoch, fresh := shared.epochs.current(now)
+			if d, ok := h.leases.take(leaseKey{'k', ident.key.ID, policy}, now, epoch, fresh); ok {
 				setRateLimitHeaders(w.Header(), policyNameKey, policyHdr, d, now)
 				ident.inject(r.Header, repl)
 				h.app.metrics.decision(outcomeAllowed).Inc()
@@ -207,7 +210,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 	var policy store.Policy
 	var policyHdr string
 	var lk leaseKey
-	var take int64
+	var take, epoch int64
 	var start time.Time
 	var err error
 	for attempt := 0; ; attempt++ {
@@ -217,6 +220,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		if h.leases != nil && !policy.IsZero() {
 			lk = leaseKey{'k', ident.key.ID, policy}
 			take = h.leases.want(lk, start)
+			epoch, _ = shared.epochs.current(start) // read before the grant
 		}
 		verdict, err = shared.CheckKey(ctx, store.Check{
 			KeyID:     ident.key.ID,
@@ -264,7 +268,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 	if !policy.IsZero() {
 		d := verdict.Limit
 		if h.leases != nil {
-			d = h.leases.put(lk, d, take, start)
+			d = h.leases.put(lk, d, take, start, epoch)
 		}
 		setRateLimitHeaders(w.Header(), policyNameKey, policyHdr, d, now)
 		if !d.Allowed {
@@ -294,7 +298,7 @@ func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *c
 	var lk leaseKey
 	if h.leases != nil {
 		lk = leaseKey{'s', subject, h.anonPolicy}
-		if d, ok := h.leases.take(lk, now); ok {
+		if d, ok := h.leases.take(lk, now, 0, true); ok { // no key to revoke
 			setRateLimitHeaders(w.Header(), policyNameAddress, h.anonPolicyHdr, d, now)
 			injectAnonymous(r.Header, repl)
 			h.app.metrics.decision(outcomeAnonymous).Inc()
@@ -309,7 +313,7 @@ func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *c
 		return h.storeUnavailable(w, err)
 	}
 	if h.leases != nil {
-		d = h.leases.put(lk, d, take, now)
+		d = h.leases.put(lk, d, take, now, 0)
 	}
 	setRateLimitHeaders(w.Header(), policyNameAddress, h.anonPolicyHdr, d, now)
 	if !d.Allowed {

@@ -2,6 +2,7 @@ package keygate
 
 import (
 	"hash/maphash"
+	"math"
 	"sync"
 	"time"
 
@@ -12,20 +13,24 @@ import (
 // without a store round trip. When a subject's lease is spent, the next
 // request asks the store for several requests at once (store.Check.Take):
 // the store counts them against the limit right away, never past it, and
-// this gateway admits them itself within store.LeaseTTL. So a limit is
+// this gateway admits them itself within store.LeaseTTL (10s; for a
+// sliding window, never past the window's end). So a limit is
 // never exceeded across any number of gateways; what leasing costs is
 // precision the other way: requests leased but not used before the lease
 // ends were counted anyway, and X-RateLimit-Remaining is what the store
 // said when it granted the lease, less what this gateway used since.
 //
-// A key's validity is checked with every lease, so a revoked or rotated
-// key stops working within store.LeaseTTL; its expiry time is checked
-// before every leased request.
+// A key's validity is checked with every lease, and its lease is used only
+// while no key has changed since (the store's epoch, epoch.go), so a
+// revoked or rotated key stops working within about a quarter of a second,
+// a second at worst; its expiry time is checked before every leased
+// request.
 //
-// The size of a lease follows the subject's traffic: it doubles each time
-// a lease is used up before it ends (up to the configured maximum) and
-// falls back to what was used when one ends unused, so a quiet key asks
-// for one request at a time and wastes nothing.
+// The size of a lease follows the subject's traffic: when one is used up
+// before it ends, the next is what the traffic since the grant would use in
+// half a lease, at least twice the last (up to the configured maximum);
+// when one ends unused, the next is what was used. A key seen once in a
+// while asks for one request at a time, a busy one for the maximum.
 
 // leaseKey names one lease: whose limit (kind 'k' with a key id, or 's'
 // with an anonymous subject) under which policy.
@@ -36,13 +41,15 @@ type leaseKey struct {
 }
 
 type lease struct {
+	epoch     int64 // the store's epoch when granted (keys only)
 	left      int64 // requests still to admit
 	used      int64 // requests admitted from it so far
 	remaining int64 // the store's remaining after it granted the lease
 	limit     int64
 	reset     time.Time
+	granted   int64 // unix ns, local clock
 	ends      int64 // unix ns, local clock
-	size      int64 // what the next request to the store asks for
+	size      int64 // what the last request to the store asked for
 }
 
 // leaseShards spreads leases over independently locked maps. A power of two.
@@ -76,13 +83,18 @@ func (t *leaseTable) shard(k leaseKey) *leaseShard {
 	return &t.shards[maphash.String(t.seed, k.subject)&(leaseShards-1)]
 }
 
-// take admits one request from k's lease, if it has one left.
-func (t *leaseTable) take(k leaseKey, now time.Time) (store.Decision, bool) {
+// take admits one request from k's lease, if it has one left. A key's
+// lease also needs the store's epoch unchanged since the grant and freshly
+// confirmed (epoch.go).
+func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (store.Decision, bool) {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	l := sh.leases[k]
 	if l == nil || l.left == 0 || now.UnixNano() >= l.ends {
+		return store.Decision{}, false
+	}
+	if k.kind == 'k' && (!fresh || l.epoch != epoch) {
 		return store.Decision{}, false
 	}
 	l.left--
@@ -100,8 +112,12 @@ func (t *leaseTable) want(k leaseKey, now time.Time) int64 {
 	case l == nil:
 		return 1
 	case l.left == 0 && now.UnixNano() < l.ends:
-		// used up before it ended: the traffic wants a larger one
-		return min(max(2*l.size, 2), t.max)
+		// Used up before it ended: ask for what the traffic seen since
+		// the grant would use in half a lease, and at least twice as many
+		// as last time.
+		elapsed := max(now.UnixNano()-l.granted, int64(time.Millisecond))
+		perLease := math.Ceil(float64(l.used+1) / float64(elapsed) * float64(store.LeaseTTL/2))
+		return min(max(int64(min(perLease, float64(t.max))), 2*l.size, 2), t.max)
 	case now.UnixNano() >= l.ends:
 		// it ended: about as many as were used during one
 		return min(max(l.used, 1), t.max)
@@ -109,10 +125,11 @@ func (t *leaseTable) want(k leaseKey, now time.Time) int64 {
 	return l.size
 }
 
-// put records what the store granted for k (asked for at start) and
-// returns the decision for the request that asked, counting the rest of
-// the lease as remaining: they are this caller's to use.
-func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, start time.Time) store.Decision {
+// put records what the store granted for k (asked for at start, when the
+// epoch was the one given) and returns the decision for the request that
+// asked, counting the rest of the lease as remaining: they are this
+// caller's to use.
+func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, start time.Time, epoch int64) store.Decision {
 	if !d.Allowed {
 		return d
 	}
@@ -126,7 +143,7 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, start time.T
 		l = &lease{}
 		sh.leases[k] = l
 	}
-	if l.left > 0 && start.UnixNano() < l.ends {
+	if l.left > 0 && start.UnixNano() < l.ends && l.epoch == epoch {
 		// Concurrent requests brought two leases: keep both, until the
 		// earlier end (safe for both), with the lower remaining.
 		l.left += extra
@@ -134,7 +151,8 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, start time.T
 		l.remaining = min(l.remaining, d.Remaining)
 		l.used++
 	} else {
-		l.left, l.used, l.remaining, l.ends = extra, 1, d.Remaining, ends
+		l.left, l.used, l.remaining, l.ends, l.epoch = extra, 1, d.Remaining, ends, epoch
+		l.granted = start.UnixNano()
 	}
 	l.limit, l.reset, l.size = d.Limit, d.Reset, max(asked, 1)
 	d.Remaining = l.remaining + l.left

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/internal/redistest"
 )
 
 func TestLeaseTable(t *testing.T) {
@@ -22,67 +23,104 @@ func TestLeaseTable(t *testing.T) {
 	if n := tbl.want(k, t0); n != 1 {
 		t.Fatalf("first want %d, want 1", n)
 	}
-	if _, ok := tbl.take(k, t0); ok {
+	if _, ok := tbl.take(k, t0, 0, true); ok {
 		t.Fatal("took from a lease nobody granted")
 	}
-	d := tbl.put(k, grant(1, 99, t0), 1, t0)
+	d := tbl.put(k, grant(1, 99, t0), 1, t0, 0)
 	if d.Remaining != 99 {
 		t.Fatalf("remaining %d", d.Remaining)
 	}
-	// used up within its second: the next one doubles, up to the maximum
-	for _, want := range []int64{2, 4, 8, 8} {
-		n := tbl.want(k, t0)
-		if n != want {
-			t.Fatalf("want %d, expected %d", n, want)
-		}
-		tbl.put(k, grant(n, 50, t0), n, t0)
-		for range n - 1 {
-			if _, ok := tbl.take(k, t0); !ok {
-				t.Fatal("lease ran out early")
-			}
-		}
-		if _, ok := tbl.take(k, t0); ok {
-			t.Fatal("took past the lease")
+	// Used up, and the next request comes 200ms after the grant: at that
+	// pace (10 a second) half a lease (5s) is 50 requests.
+	sizes := newLeaseTable(64)
+	sizes.put(k, grant(1, 99, t0), 1, t0, 0)
+	if n := sizes.want(k, t0.Add(200*time.Millisecond)); n != 50 {
+		t.Fatalf("want %d after 200ms, expected 50", n)
+	}
+	// used up at once: a busy key asks for the maximum
+	if n := sizes.want(k, t0); n != 64 {
+		t.Fatalf("want %d at once, expected the maximum, 64", n)
+	}
+	// a lease of n admits exactly n requests
+	n := tbl.want(k, t0)
+	if n != 8 {
+		t.Fatalf("want %d, expected the maximum, 8", n)
+	}
+	tbl.put(k, grant(n, 50, t0), n, t0, 0)
+	for range n - 1 {
+		if _, ok := tbl.take(k, t0, 0, true); !ok {
+			t.Fatal("lease ran out early")
 		}
 	}
+	if _, ok := tbl.take(k, t0, 0, true); ok {
+		t.Fatal("took past the lease")
+	}
 	// headers count the lease as the caller's: remaining falls by one a request
-	tbl.put(k, grant(4, 40, t0), 4, t0)
+	tbl.put(k, grant(4, 40, t0), 4, t0, 0)
 	for want := int64(42); want >= 40; want-- {
-		d, ok := tbl.take(k, t0)
+		d, ok := tbl.take(k, t0, 0, true)
 		if !ok || d.Remaining != want {
 			t.Fatalf("take: %+v %v, want remaining %d", d, ok, want)
 		}
 	}
 	// a lease ends after its TTL, and the next is sized by what was used
-	tbl.put(k, grant(8, 30, t0), 8, t0)
-	tbl.take(k, t0)
-	tbl.take(k, t0)
+	tbl.put(k, grant(8, 30, t0), 8, t0, 0)
+	tbl.take(k, t0, 0, true)
+	tbl.take(k, t0, 0, true)
 	later := t0.Add(time.Second)
-	if _, ok := tbl.take(k, later); ok {
+	if _, ok := tbl.take(k, later, 0, true); ok {
 		t.Fatal("took from an ended lease")
 	}
 	if n := tbl.want(k, later); n != 3 {
 		t.Fatalf("after an unused lease, want %d; expected 3 (what was used)", n)
 	}
 	// two concurrent grants are merged, ending with the earlier one
-	tbl.put(k, grant(3, 20, later), 3, later)
-	tbl.put(k, store.Decision{Allowed: true, Limit: 100, Remaining: 17, Granted: 3, Lease: 200 * time.Millisecond}, 3, later)
+	tbl.put(k, grant(3, 20, later), 3, later, 0)
+	tbl.put(k, store.Decision{Allowed: true, Limit: 100, Remaining: 17, Granted: 3, Lease: 200 * time.Millisecond}, 3, later, 0)
 	for range 4 {
-		if _, ok := tbl.take(k, later.Add(100*time.Millisecond)); !ok {
+		if _, ok := tbl.take(k, later.Add(100*time.Millisecond), 0, true); !ok {
 			t.Fatal("merged lease ran out early")
 		}
 	}
-	if _, ok := tbl.take(k, later.Add(250*time.Millisecond)); ok {
+	if _, ok := tbl.take(k, later.Add(250*time.Millisecond), 0, true); ok {
 		t.Fatal("merged lease outlived the earlier end")
 	}
+	// a key's lease needs the epoch it was granted under, freshly confirmed
+	at := later.Add(2 * time.Second)
+	tbl.put(k, grant(4, 10, at), 4, at, 7)
+	if _, ok := tbl.take(k, at, 7, false); ok {
+		t.Fatal("took with an unconfirmed epoch")
+	}
+	if _, ok := tbl.take(k, at, 8, true); ok {
+		t.Fatal("took after a key changed")
+	}
+	if _, ok := tbl.take(k, at, 7, true); !ok {
+		t.Fatal("lease refused under its own epoch")
+	}
+	// a grant under the new epoch replaces the stale lease, never joins it
+	tbl.put(k, grant(2, 5, at), 2, at, 8)
+	for i := range 2 {
+		_, ok := tbl.take(k, at, 8, true)
+		if ok != (i == 0) {
+			t.Fatalf("take %d under the new epoch: %v", i, ok)
+		}
+	}
+	// anonymous leases have no key to revoke
+	anon := leaseKey{'s', "203.0.113.9", k.policy}
+	tbl.put(anon, grant(2, 5, at), 2, at, 0)
+	if _, ok := tbl.take(anon, at, 9, false); !ok {
+		t.Fatal("anonymous lease refused over the epoch")
+	}
+
 	// a refusal is passed on as it is
-	if d := tbl.put(k, store.Decision{Limit: 100, RetryAfter: time.Second}, 1, later); d.Allowed || d.RetryAfter != time.Second {
+	if d := tbl.put(k, store.Decision{Limit: 100, RetryAfter: time.Second}, 1, later, 0); d.Allowed || d.RetryAfter != time.Second {
 		t.Fatalf("refusal became %+v", d)
 	}
 }
 
 // With leases, a key's requests mostly skip the store, the headers still
-// count down one by one, and a disabled key stops within store.LeaseTTL.
+// count down one by one, a lease lasts while nothing changes, and a
+// disabled key stops within the epoch's second.
 func TestLeasesThroughTheGateway(t *testing.T) {
 	g := startRedisGateway(t, "", `
 	keygate {
@@ -101,20 +139,36 @@ func TestLeasesThroughTheGateway(t *testing.T) {
 			t.Fatalf("request %d: X-RateLimit-Remaining %s, want %d", i+1, rem, 1000-1-i)
 		}
 	}
-	// leases of 1, 2, 4 … 64 requests: 7 round trips for up to 127
-	// requests, more only if a lease ended unused on a slow machine
+	// leases grow to 64 within a few round trips; more only if a lease
+	// ended unused on a slow machine
 	if calls := storeCalls(t, "check"); calls > requests/4 {
 		t.Fatalf("%d store round trips for %d requests", calls, requests)
 	}
 
+	// A lease outlives the second while no key changes: what is left of
+	// the burst's last lease serves a slow trickle for seconds.
+	before := storeCalls(t, "check")
+	for range 8 {
+		time.Sleep(400 * time.Millisecond)
+		if r := g.get("/", bearer(k.Key)...); r.status != http.StatusOK {
+			t.Fatalf("slow request: %d", r.status)
+		}
+	}
+	if calls := storeCalls(t, "check") - before; calls > 1 {
+		t.Fatalf("%d store round trips for 8 requests over 3.2s", calls)
+	}
+
+	// A change to the key reaches the gateway through the epoch: well
+	// within a second, leases or not.
 	mustCLI(t, "disable", "leased")
-	deadline := time.Now().Add(store.LeaseTTL + time.Second)
+	disabled := time.Now()
 	for g.get("/", bearer(k.Key)...).status != http.StatusUnauthorized {
-		if time.Now().After(deadline) {
-			t.Fatalf("disabled key still admitted %v after disabling", store.LeaseTTL+time.Second)
+		if time.Since(disabled) > epochFresh+time.Second {
+			t.Fatalf("disabled key still admitted %v after disabling", time.Since(disabled))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	t.Logf("disabled key refused after %v", time.Since(disabled).Round(time.Millisecond))
 }
 
 // storeCalls reads keygate_store_duration_seconds_count{op} from /metrics.
@@ -138,4 +192,32 @@ func storeCalls(t *testing.T, op string) int {
 	}
 	t.Fatalf("/metrics has no %s", prefix)
 	return 0
+}
+
+// When the store stops answering, the epoch can no longer be confirmed and
+// keys' leases stop too: a revocation during an outage must not go unseen.
+func TestLeasesStopWhenTheStoreStops(t *testing.T) {
+	srv := redistest.Start(t)
+	g := startGatewayOn(t, srv, `
+	keygate {
+		rate_limit 1000 1h
+		lease 64
+	}
+	reverse_proxy {upstream}`, "")
+	k := generate(t, "--name", "outage")
+	for range 30 {
+		if r := g.get("/", bearer(k.Key)...); r.status != http.StatusOK {
+			t.Fatalf("%d", r.status)
+		}
+	}
+	srv.Pause()
+	defer srv.Resume()
+	paused := time.Now()
+	for g.get("/", bearer(k.Key)...).status == http.StatusOK {
+		if time.Since(paused) > epochFresh+2*time.Second {
+			t.Fatalf("leased requests still admitted %v into the outage", time.Since(paused))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("leases stopped %v into the outage", time.Since(paused).Round(time.Millisecond))
 }

@@ -99,10 +99,10 @@ type Check struct {
 	Take int64
 }
 
-// LeaseTTL is how long a gateway may admit the requests of a lease. It is
-// also how stale a leased key's validity may get, so it bounds how long a
-// revoked key keeps working.
-const LeaseTTL = time.Second
+// LeaseTTL is the longest a gateway may admit the requests of a lease. A
+// gateway keeps using a key's lease only while it has confirmed, within
+// the last second, that no key changed since the lease (Store.Epoch).
+const LeaseTTL = 10 * time.Second
 
 // Verdict is the answer to a Check.
 type Verdict struct {
@@ -157,6 +157,10 @@ type Store interface {
 	UpdateKey(ctx context.Context, name string, change func(*Key) error) (Key, error)
 	// DeleteKey removes the named key.
 	DeleteKey(ctx context.Context, name string) error
+	// Epoch is a number that changes whenever a key is updated (renamed,
+	// rotated, disabled, enabled …) or deleted, so that a gateway holding
+	// leases learns of any change with one cheap call.
+	Epoch(ctx context.Context) (int64, error)
 
 	// Close releases the store's resources.
 	Close() error

@@ -43,6 +43,7 @@ type Store struct {
 	byName  map[string]string
 
 	lastUsedDirty atomic.Bool
+	epoch         atomic.Int64 // bumped by every change to a key
 	limits        *limiter
 	stop          chan struct{}
 	done          sync.WaitGroup
@@ -346,6 +347,7 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 		s.mu.Unlock()
 		return store.Key{}, err
 	}
+	s.epoch.Add(1)
 	return k, nil
 }
 
@@ -370,8 +372,12 @@ func (s *Store) DeleteKey(_ context.Context, name string) error {
 		s.mu.Unlock()
 		return err
 	}
+	s.epoch.Add(1)
 	return nil
 }
+
+// Epoch implements store.Store.
+func (s *Store) Epoch(context.Context) (int64, error) { return s.epoch.Load(), nil }
 
 // background writes out last-used times and drops idle counters.
 func (s *Store) background() {

@@ -9,6 +9,7 @@
 //	keygate:{s:<subject>}:<algorithm>:...     an anonymous subject's counter
 //	keygate:h:<sha256 hex>                    key hash -> id
 //	keygate:names                             name -> id (hash)
+//	keygate:epoch                             bumped by every key change (leases)
 //
 // No key name ever contains a secret; records hold only its SHA-256.
 //
@@ -35,6 +36,7 @@ import (
 
 const (
 	namesKey = "keygate:names"
+	epochKey = "keygate:epoch" // bumped by every change to a key
 	// lastUsedEvery is how stale a key's last-used time may get: the hot
 	// path rewrites it at most once per interval per key.
 	lastUsedEvery = 10 * time.Second
@@ -342,7 +344,7 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 			}
 			s.client.Del(ctx, hashKey(old.Hash))
 		}
-		return k, nil
+		return k, s.bumpEpoch(ctx)
 	}
 	return store.Key{}, errors.New("key changed concurrently too often; try again")
 }
@@ -359,6 +361,26 @@ func (s *Store) DeleteKey(ctx context.Context, name string) error {
 	}
 	s.client.Del(ctx, hashKey(k.Hash))
 	s.client.HDel(ctx, namesKey, k.Name)
+	return s.bumpEpoch(ctx)
+}
+
+// Epoch implements store.Store.
+func (s *Store) Epoch(ctx context.Context) (int64, error) {
+	n, err := s.client.Get(ctx, epochKey).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	return n, err
+}
+
+// bumpEpoch tells every gateway that a key changed. It runs after the
+// change (a gateway that re-reads the record on seeing the new epoch must
+// find it changed) and on its own key, not inside the record's script:
+// the two live in different cluster slots.
+func (s *Store) bumpEpoch(ctx context.Context) error {
+	if err := s.client.Incr(context.WithoutCancel(ctx), epochKey).Err(); err != nil {
+		return fmt.Errorf("key changed, but gateways holding leases may admit it for up to %v: %w", store.LeaseTTL, err)
+	}
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -34,6 +35,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"SlidingLogLeases", func(t *testing.T, s store.Store) { testLeases(t, s, store.SlidingLog) }},
 		{"KeyLimitCountsPerKey", testKeyLimit},
 		{"LastUsedIsRecorded", testLastUsed},
+		{"EpochMovesWithEveryChange", testEpoch},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -295,6 +297,50 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 	time.Sleep(d.RetryAfter + 50*time.Millisecond)
 	if d, _ := s.Limit(ctx, "short-"+string(a), short, a, 1); !d.Allowed {
 		t.Fatalf("after Retry-After (%v) still denied", d.RetryAfter)
+	}
+}
+
+// testEpoch: gateways holding leases watch the epoch to learn that some
+// key changed; every update and delete must move it, the hot path never.
+func testEpoch(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	epoch := func() int64 {
+		t.Helper()
+		e, err := s.Epoch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	k, _ := mustCreate(t, s, "watched")
+	e := epoch()
+	check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: store.Policy{Limit: 5, Window: time.Minute}})
+	if epoch() != e {
+		t.Fatal("a check moved the epoch")
+	}
+	for _, change := range []func(*store.Key) error{
+		func(k *store.Key) error { k.Enabled = false; return nil },
+		func(k *store.Key) error { k.Name = "watched-renamed"; return nil },
+		func(k *store.Key) error { k.Hash = apikey.Sum("sk_" + strings.Repeat("ab", 24)); return nil },
+	} {
+		name := "watched"
+		if got, err := s.KeyByName(ctx, name); err != nil || got.ID != k.ID {
+			name = "watched-renamed"
+		}
+		if _, err := s.UpdateKey(ctx, name, change); err != nil {
+			t.Fatal(err)
+		}
+		if next := epoch(); next == e {
+			t.Fatal("an update left the epoch where it was")
+		} else {
+			e = next
+		}
+	}
+	if err := s.DeleteKey(ctx, "watched-renamed"); err != nil {
+		t.Fatal(err)
+	}
+	if epoch() == e {
+		t.Fatal("a delete left the epoch where it was")
 	}
 }
 

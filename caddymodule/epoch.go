@@ -1,0 +1,82 @@
+package keygate
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keygate/keygate/caddymodule/store"
+)
+
+// A key's lease (lease.go) may last up to store.LeaseTTL, far longer than
+// a revoked key may keep working. What makes that safe is the epoch: a
+// number in the store that every change to any key moves. While handlers
+// with leases exist, the shared store polls it a few times a second; a
+// key's lease is used only while the epoch is the one it was granted
+// under and was confirmed within the last second. So a disabled, deleted
+// or rotated key stops within about one poll, and within a second at worst
+// (a store that stops answering stops every key's lease).
+
+const (
+	epochPollEvery = 250 * time.Millisecond
+	epochFresh     = time.Second
+)
+
+type epochWatch struct {
+	startOnce sync.Once
+	started   atomic.Bool
+	stop      chan struct{}
+	done      chan struct{}
+	epoch     atomic.Int64
+	confirmed atomic.Int64 // unix ns when the last successful read was asked
+}
+
+// start begins polling s, once, with timeout bounding each read.
+func (w *epochWatch) start(s store.Store, timeout time.Duration) {
+	w.startOnce.Do(func() {
+		w.stop, w.done = make(chan struct{}), make(chan struct{})
+		w.started.Store(true)
+		go w.run(s, timeout)
+	})
+}
+
+func (w *epochWatch) run(s store.Store, timeout time.Duration) {
+	defer close(w.done)
+	tick := time.NewTicker(epochPollEvery)
+	defer tick.Stop()
+	for {
+		w.poll(s, timeout)
+		select {
+		case <-w.stop:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (w *epochWatch) poll(s store.Store, timeout time.Duration) {
+	asked := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	e, err := s.Epoch(ctx)
+	if err != nil {
+		return // leases of keys stop once the last confirmation is too old
+	}
+	w.epoch.Store(e)
+	w.confirmed.Store(asked.UnixNano())
+}
+
+// current returns the epoch last read and whether it was confirmed
+// recently enough for a key's lease to be used.
+func (w *epochWatch) current(now time.Time) (epoch int64, fresh bool) {
+	return w.epoch.Load(), now.UnixNano()-w.confirmed.Load() < int64(epochFresh)
+}
+
+// close stops polling, if it ever started.
+func (w *epochWatch) close() {
+	if w.started.Load() {
+		close(w.stop)
+		<-w.done
+	}
+}
