@@ -71,6 +71,13 @@ func TestCaddyfileAdapts(t *testing.T) {
 	}
 }
 
+func TestCaddyfileLease(t *testing.T) {
+	out, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(":80 {\n\tkeygate {\n\t\trate_limit 5 1m\n\t\tlease 64\n\t}\n}\n"), nil)
+	if err != nil || !strings.Contains(string(out), `"lease":64`) {
+		t.Fatalf("lease did not adapt: %v\n%s", err, out)
+	}
+}
+
 func TestCaddyfileErrors(t *testing.T) {
 	for _, tc := range []struct{ name, site, want string }{
 		{"unknown subdirective", "keygate {\n\tlimit 5 1m\n}", "unrecognized keygate subdirective"},
@@ -78,6 +85,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad window", "keygate {\n\tanonymous 5 soon\n}", "bad window"},
 		{"bad algorithm", "keygate {\n\talgorithm token_bucket\n}", "sliding_window or sliding_log"},
 		{"missing args", "keygate {\n\trate_limit 5\n}", "wrong argument count"},
+		{"bad lease", "keygate {\n\tlease lots\n}", "whole number of requests"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(":80 {\n"+tc.site+"\n}\n"), nil)
