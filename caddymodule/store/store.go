@@ -151,7 +151,7 @@ type Store interface {
 	// KeyByName returns one key; ErrNotFound when there is none.
 	KeyByName(ctx context.Context, name string) (Key, error)
 	// UpdateKey applies change to the named key and stores the result with
-	// a new revision. change must not alter ID or CreatedAt. A new Name
+	// a new revision (see Changed: ID and CreatedAt cannot change). A new Name
 	// must be free (ErrNameTaken otherwise); a new Hash replaces the old
 	// one at once.
 	UpdateKey(ctx context.Context, name string, change func(*Key) error) (Key, error)
@@ -175,4 +175,17 @@ func SortKeys(keys []Key) {
 		}
 		return strings.Compare(a.Name, b.Name)
 	})
+}
+
+// Changed returns old with change applied, as UpdateKey stores it: the
+// change works on its own copy, cannot alter ID or CreatedAt, and the
+// result has the next revision.
+func Changed(old Key, change func(*Key) error) (Key, error) {
+	k := old
+	k.Roles = slices.Clone(old.Roles)
+	if err := change(&k); err != nil {
+		return Key{}, err
+	}
+	k.ID, k.CreatedAt, k.Revision = old.ID, old.CreatedAt, old.Revision+1
+	return k, nil
 }

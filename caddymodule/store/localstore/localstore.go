@@ -321,12 +321,10 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 	if err != nil {
 		return store.Key{}, err
 	}
-	k := old
-	k.Roles = slices.Clone(old.Roles)
-	if err := change(&k); err != nil {
+	k, err := store.Changed(old, change)
+	if err != nil {
 		return store.Key{}, err
 	}
-	k.ID, k.CreatedAt, k.Revision = old.ID, old.CreatedAt, old.Revision+1
 	s.mu.Lock()
 	if id, taken := s.byName[k.Name]; taken && id != k.ID {
 		s.mu.Unlock()

@@ -22,7 +22,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -305,12 +304,10 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 		if err != nil {
 			return store.Key{}, err
 		}
-		k := old
-		k.Roles = slices.Clone(old.Roles)
-		if err := change(&k); err != nil {
+		k, err := store.Changed(old, change)
+		if err != nil {
 			return store.Key{}, err
 		}
-		k.ID, k.CreatedAt, k.Revision = old.ID, old.CreatedAt, old.Revision+1
 		renamed := k.Name != old.Name
 		if renamed {
 			ok, err := s.client.HSetNX(ctx, namesKey, k.Name, k.ID).Result()
