@@ -192,9 +192,9 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 	}
 
 	if h.leases != nil && ident.key.Revision > 0 && !ident.key.Expired(now) {
-		// a lease was granted only while the key was valid, at most
-		// store.LeaseTTL ago; its expiry is known here, so that holds to
-		// the millisecond
+		// A lease was granted while the key was valid, and take uses it
+		// only while no key has changed since (epoch.go). Expiry is known
+		// here, so it is checked exactly.
 		if policy, policyHdr := h.policyFor(ident); !policy.IsZero() {
 			epoch, fresh := shared.epochs.current(now)
 			if d, ok := h.leases.take(leaseKey{'k', ident.key.ID, policy}, now, epoch, fresh); ok {

@@ -10,6 +10,8 @@
 //	credentials.go  where the key comes from (Authorization or X-API-Key)
 //	cache.go        key hash -> record, so a request costs one store call
 //	identity.go     strip client X-Keygate-* headers, inject the real ones
+//	lease.go        the lease option: admit requests counted ahead in the store
+//	epoch.go        how leased keys learn of key changes within a second
 //	ratelimit.go    X-RateLimit-* and RateLimit/RateLimit-Policy headers
 //	problems.go     every refusal, returned as a caddyhttp.Error
 //	errors.go       the keygate_errors handler that renders them as problem+json
