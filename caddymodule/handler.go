@@ -1,6 +1,7 @@
 package keygate
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -198,10 +199,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		if policy, policyHdr := h.policyFor(ident); !policy.IsZero() {
 			epoch, fresh := shared.epochs.current(now)
 			if d, ok := h.leases.take(leaseKey{'k', ident.key.ID, policy}, now, epoch, fresh); ok {
-				setRateLimitHeaders(w.Header(), policyNameKey, policyHdr, d, now)
-				ident.inject(r.Header, repl)
-				h.app.metrics.decision(outcomeAllowed).Inc()
-				return next.ServeHTTP(w, r)
+				return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, now)
 			}
 		}
 	}
@@ -265,11 +263,19 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 	}
 	entry.validatedAt.Store(now.UnixNano())
 
+	d := verdict.Limit
+	if h.leases != nil && !policy.IsZero() {
+		d = h.leases.put(lk, d, take, start, epoch)
+	}
+	return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, now)
+}
+
+// admitKey finishes a request whose key is valid, with the rate-limit
+// decision d (from the store or a lease): the rate-limit headers when a
+// limit applies, 429 when over it, else the identity headers and on.
+func (h *Handler) admitKey(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler,
+	ident *identity, policy store.Policy, policyHdr string, d store.Decision, now time.Time) error {
 	if !policy.IsZero() {
-		d := verdict.Limit
-		if h.leases != nil {
-			d = h.leases.put(lk, d, take, start, epoch)
-		}
 		setRateLimitHeaders(w.Header(), policyNameKey, policyHdr, d, now)
 		if !d.Allowed {
 			return h.refuse(outcomeLimited, problemRateLimited(policy, d.RetryAfter))
@@ -293,27 +299,10 @@ func (h *Handler) policyFor(ident *identity) (store.Policy, string) {
 // that, limiting it per client IP.
 func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler) error {
 	now := time.Now()
-	subject := clientSubject(r)
-	take := int64(1)
-	var lk leaseKey
-	if h.leases != nil {
-		lk = leaseKey{'s', subject, h.anonPolicy}
-		if d, ok := h.leases.take(lk, now, 0, true); ok { // no key to revoke
-			setRateLimitHeaders(w.Header(), policyNameAddress, h.anonPolicyHdr, d, now)
-			injectAnonymous(r.Header, repl)
-			h.app.metrics.decision(outcomeAnonymous).Inc()
-			return next.ServeHTTP(w, r)
-		}
-		take = h.leases.want(lk, now)
-	}
-	d, err := h.app.shared.Limit(r.Context(), subject, h.anonPolicy, h.Algorithm, take)
-	h.app.metrics.observeStore("limit", now, err)
+	d, err := h.limitAnonymous(r.Context(), clientSubject(r), now)
 	if err != nil {
 		// Unknown callers have nothing to fail open on.
 		return h.storeUnavailable(w, err)
-	}
-	if h.leases != nil {
-		d = h.leases.put(lk, d, take, now, 0)
 	}
 	setRateLimitHeaders(w.Header(), policyNameAddress, h.anonPolicyHdr, d, now)
 	if !d.Allowed {
@@ -322,6 +311,26 @@ func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *c
 	injectAnonymous(r.Header, repl)
 	h.app.metrics.decision(outcomeAnonymous).Inc()
 	return next.ServeHTTP(w, r)
+}
+
+// limitAnonymous takes one request from subject's limit: from this
+// gateway's lease when it holds one (there is no key to revoke, so no
+// epoch to watch), else from the store.
+func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.Time) (store.Decision, error) {
+	lk := leaseKey{'s', subject, h.anonPolicy}
+	take := int64(1)
+	if h.leases != nil {
+		if d, ok := h.leases.take(lk, now, 0, true); ok {
+			return d, nil
+		}
+		take = h.leases.want(lk, now)
+	}
+	d, err := h.app.shared.Limit(ctx, subject, h.anonPolicy, h.Algorithm, take)
+	h.app.metrics.observeStore("limit", now, err)
+	if err == nil && h.leases != nil {
+		d = h.leases.put(lk, d, take, now, 0)
+	}
+	return d, err
 }
 
 // clientSubject is the rate-limit subject of an anonymous caller: its IP as
