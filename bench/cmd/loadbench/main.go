@@ -372,84 +372,82 @@ func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, with
 // createKeys makes n keys through keygate's admin API, a few at a time.
 func createKeys(ctx context.Context, admin string, n int, prefix string) ([]string, error) {
 	keys := make([]string, n)
-	var next atomic.Int64
-	var firstErr error
-	var once sync.Once
-	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-	for range min(16, n) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				body := fmt.Sprintf(`{"name": %q}`, prefix+strconv.Itoa(i))
-				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+"/keygate/keys", strings.NewReader(body))
-				req.Header.Set("Content-Type", "application/json")
-				resp, err := client.Do(req)
-				if err != nil {
-					once.Do(func() { firstErr = err })
-					return
-				}
-				var v struct {
-					Key string `json:"key"`
-				}
-				raw, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusCreated || json.Unmarshal(raw, &v) != nil || v.Key == "" {
-					once.Do(func() { firstErr = fmt.Errorf("creating a key: %s: %s", resp.Status, raw) })
-					return
-				}
-				keys[i] = v.Key
-			}
-		}()
-	}
-	wg.Wait()
-	if firstErr == nil && ctx.Err() != nil {
-		firstErr = ctx.Err()
-	}
-	return keys, firstErr
+	err := parallel(ctx, n, func(i int) error {
+		body := fmt.Sprintf(`{"name": %q}`, prefix+strconv.Itoa(i))
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+"/keygate/keys", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		var v struct {
+			Key string `json:"key"`
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated || json.Unmarshal(raw, &v) != nil || v.Key == "" {
+			return fmt.Errorf("creating a key: %s: %s", resp.Status, raw)
+		}
+		keys[i] = v.Key
+		return nil
+	})
+	return keys, err
 }
 
 // touchAll sends one request per key to url, so the gateway's key cache is
 // warm, as it is in steady state (first sight of a key costs a lookup).
 func touchAll(ctx context.Context, url string, keys []string) error {
-	var next atomic.Int64
 	var failed atomic.Int64
-	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(keys) || ctx.Err() != nil {
-					return
-				}
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-				req.Header.Set("Authorization", "Bearer "+keys[i])
-				resp, err := client.Do(req)
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					failed.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	err := parallel(ctx, len(keys), func(i int) error {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		req.Header.Set("Authorization", "Bearer "+keys[i])
+		resp, err := client.Do(req)
+		if err != nil {
+			failed.Add(1)
+			return nil
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			failed.Add(1)
+		}
+		return nil
+	})
 	if n := failed.Load(); n > 0 {
 		return fmt.Errorf("warming %s: %d of %d requests failed", url, n, len(keys))
 	}
-	return ctx.Err()
+	return err
+}
+
+// parallel calls fn for 0 <= i < n from 16 goroutines, and stops at the
+// first error it returns (or when ctx ends), which it returns.
+func parallel(ctx context.Context, n int, fn func(i int) error) error {
+	var next atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	for range min(16, n) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := fn(i); err != nil {
+					once.Do(func() { firstErr = err })
+					next.Store(int64(n)) // the others stop too
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr == nil {
+		firstErr = ctx.Err()
+	}
+	return firstErr
 }
 
 // ---------------------------------------------------------------- load
