@@ -47,7 +47,6 @@ func keygateBinary(t *testing.T) string {
 // body on the Redis of g, and returns its base URL.
 func startBinaryGateway(t *testing.T, g *gateway, siteBody string) *gateway {
 	t.Helper()
-	bin := keygateBinary(t)
 	dir := t.TempDir()
 	up := newUpstream(t)
 	port, adminPort := freePort(t), freePort(t)
@@ -67,28 +66,7 @@ http://127.0.0.1:%d {
 	}
 }
 `, adminPort, g.redis.URL(), port, replaceUpstream(siteBody, up.addr()))
-	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir+"/config", "XDG_DATA_HOME="+dir+"/data")
-	logFile, err := os.Create(filepath.Join(dir, "keygate.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			log, _ := os.ReadFile(logFile.Name())
-			t.Logf("second gateway's log:\n%s", log)
-		}
-	})
+	runKeygate(t, dir, caddyfile)
 	second := &gateway{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port), redis: g.redis}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -102,6 +80,48 @@ http://127.0.0.1:%d {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// runKeygate starts the keygate binary on caddyfile, with its home, config
+// and data in dir and its output in dir/keygate.log, shown if the test
+// fails. stop interrupts it and waits (killing it after 10s); it also runs
+// when the test ends, and more than once is harmless.
+func runKeygate(t *testing.T, dir, caddyfile string) (stop func()) {
+	t.Helper()
+	bin := keygateBinary(t)
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "keygate.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir+"/config", "XDG_DATA_HOME="+dir+"/data")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(os.Interrupt)
+			killer := time.AfterFunc(10*time.Second, func() { _ = cmd.Process.Kill() })
+			_ = cmd.Wait()
+			killer.Stop()
+			logFile.Close()
+		})
+	}
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			log, _ := os.ReadFile(logPath)
+			t.Logf("%s:\n%s", logPath, log)
+		}
+	})
+	return stop
 }
 
 func replaceUpstream(site, addr string) string { return strings.ReplaceAll(site, "{upstream}", addr) }
@@ -195,7 +215,6 @@ func TestLimitsAreSharedAcrossGateways(t *testing.T) {
 // With no redis configured, keys live in Caddy's data directory and survive
 // a restart of the gateway.
 func TestEmbeddedStoreSurvivesRestart(t *testing.T) {
-	bin := keygateBinary(t)
 	dir := t.TempDir()
 	up := newUpstream(t)
 	port, adminPort := freePort(t), freePort(t)
@@ -214,20 +233,10 @@ http://127.0.0.1:%d {
 	}
 }
 `, adminPort, port, up.addr())
-	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	g := &gateway{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
 	admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
 	start := func() func() {
-		cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
-		cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir+"/config", "XDG_DATA_HOME="+dir+"/data")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		stop := func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }
-		t.Cleanup(stop)
+		stop := runKeygate(t, dir, caddyfile)
 		waitFor(t, func() bool {
 			_, err := cli(t, "list", "--address", admin)
 			return err == nil
