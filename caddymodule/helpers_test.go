@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/spf13/cobra"
 
+	"github.com/keygate/keygate/internal/freeport"
 	"github.com/keygate/keygate/internal/redistest"
 )
 
@@ -70,7 +70,7 @@ type gateway struct {
 func startGateway(t *testing.T, globalKeygate, siteBody string) *gateway {
 	t.Helper()
 	up := newUpstream(t)
-	port := freePort(t)
+	port := freeport.Get(t)
 	cfg := fmt.Sprintf(`{
 	admin %s
 	auto_https off
@@ -203,16 +203,6 @@ func mustJSON(t *testing.T, s string, v any) {
 }
 
 func bearer(key string) []string { return []string{"Authorization", "Bearer " + key} }
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // wantProblem checks a refusal: status, problem+json body with the given
 // error member, and optionally a WWW-Authenticate header.

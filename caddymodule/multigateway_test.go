@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/freeport"
 )
 
 // Tests that need a second, independent gateway on the same Redis run the
@@ -49,7 +51,7 @@ func startBinaryGateway(t *testing.T, g *gateway, siteBody string) *gateway {
 	t.Helper()
 	dir := t.TempDir()
 	up := newUpstream(t)
-	port, adminPort := freePort(t), freePort(t)
+	port, adminPort := freeport.Get(t), freeport.Get(t)
 	caddyfile := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	auto_https off
@@ -217,7 +219,7 @@ func TestLimitsAreSharedAcrossGateways(t *testing.T) {
 func TestEmbeddedStoreSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
 	up := newUpstream(t)
-	port, adminPort := freePort(t), freePort(t)
+	port, adminPort := freeport.Get(t), freeport.Get(t)
 	caddyfile := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	auto_https off

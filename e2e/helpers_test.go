@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/freeport"
 	"github.com/keygate/keygate/internal/redistest"
 )
 
@@ -84,16 +85,6 @@ func caddyfile(t *testing.T) string {
 	return p
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func randomHex(t *testing.T, n int) string {
 	t.Helper()
 	b := make([]byte, n)
@@ -143,9 +134,9 @@ func startStack(t *testing.T, kind storeKind) *stack {
 	home := t.TempDir()
 	s := &stack{
 		t:       t,
-		Base:    fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
-		Admin:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		Backend: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		Base:    fmt.Sprintf("http://127.0.0.1:%d", freeport.Get(t)),
+		Admin:   fmt.Sprintf("127.0.0.1:%d", freeport.Get(t)),
+		Backend: fmt.Sprintf("127.0.0.1:%d", freeport.Get(t)),
 		Secret:  randomHex(t, 32),
 		home:    home,
 		keygate: keygateBin,

@@ -18,17 +18,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+	"github.com/keygate/keygate/internal/freeport"
+)
 
 var keyLine = regexp.MustCompile(`^\s+(sk_[0-9a-f]{48})\s*$`)
 
@@ -115,7 +107,7 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func TestRunServesAnAuthenticatedRequest(t *testing.T) {
 	state := t.TempDir()
-	port, adminPort, backendPort := freePort(t), freePort(t), freePort(t)
+	port, adminPort, backendPort := freeport.Get(t), freeport.Get(t), freeport.Get(t)
 	key, stop := runScript(t, state, port, adminPort, backendPort)
 	if key == "" {
 		t.Fatal("first start printed no demo key")

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/freeport"
 )
 
 // Server is a redis-server child process owned by one test.
@@ -32,7 +34,7 @@ func Start(tb testing.TB) *Server {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatalf("redis-server not found in PATH: install it (apt-get install redis-server); .ci/run does")
 	}
-	s := &Server{tb: tb, dir: tb.TempDir(), port: freePort(tb)}
+	s := &Server{tb: tb, dir: tb.TempDir(), port: freeport.Get(tb)}
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 	s.Restart()
 	tb.Cleanup(s.Stop)
@@ -107,14 +109,4 @@ func ping(addr string) error {
 		return fmt.Errorf("unexpected reply %q", line)
 	}
 	return nil
-}
-
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("finding a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
