@@ -35,11 +35,13 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 var (
 	flagDuration = flag.Duration("duration", 5*time.Second, "length of each measured wrk run (whole seconds)")
-	flagWarmup   = flag.Duration("warmup", time.Second, "unmeasured wrk run before each configuration, per proxy (whole seconds; 0: none)")
+	flagWarmup   = flag.Duration("warmup", 2*time.Second, "unmeasured wrk run of the same proxy and load before each measured one, so each is measured warm (whole seconds; 0: none)")
 	flagRounds   = flag.Int("rounds", 3, "measured rounds per configuration and proxy (order alternates each round)")
 	flagConns    = flag.String("conns", "8,64", "comma-separated wrk connection counts")
 	flagThreads  = flag.Int("threads", 2, "wrk threads (capped at the connection count)")
@@ -56,7 +58,7 @@ var (
 )
 
 // bigLimit is high enough that no benchmark run is ever refused.
-const bigLimit = "1000000000 10s"
+const bigLimit = "1000000000 1m"
 
 var algorithms = []string{"sliding_window", "sliding_log"}
 
@@ -225,6 +227,7 @@ func startRedis(ctx context.Context, procs *procSet, dir string) (string, error)
 		return "", fmt.Errorf("starting redis-server: %w", err)
 	}
 	redisPID = cmd.Process.Pid
+	redisClient = redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second})
 	err = waitFor(ctx, "redis-server", 10*time.Second, func() bool {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err != nil {
@@ -270,8 +273,34 @@ type proxy struct {
 	pid   int
 }
 
-// redisPID is the benchmark's redis-server, whose CPU time each run reports.
-var redisPID int
+// redisPID is the benchmark's redis-server, whose CPU time each run
+// reports, and redisClient reads its command counts.
+var (
+	redisPID    int
+	redisClient *redis.Client
+)
+
+// scriptCalls is how many scripts Redis has run so far (EVALSHA and EVAL,
+// each call in a pipeline counted): keygate's store calls, so that calls
+// per request shows how many requests leases admit without one. Zero when
+// Redis does not say.
+func scriptCalls(ctx context.Context) int64 {
+	info, err := redisClient.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, line := range strings.Split(info, "\n") {
+		if !strings.HasPrefix(line, "cmdstat_evalsha:") && !strings.HasPrefix(line, "cmdstat_eval:") {
+			continue
+		}
+		_, rest, _ := strings.Cut(line, "calls=")
+		calls, _, _ := strings.Cut(rest, ",")
+		v, _ := strconv.ParseInt(calls, 10, 64)
+		n += v
+	}
+	return n
+}
 
 // cpuTime is the CPU time (user + system) process pid has used so far, from
 // /proc (clock ticks of 10ms, so runs of seconds measure it to a few per cent).
@@ -481,6 +510,8 @@ type result struct {
 	errors   int64
 	// CPU time per request of the proxy and of redis-server during the run
 	proxyCPU, redisCPU time.Duration
+	// scripts Redis ran per request during the run
+	storeCalls float64
 }
 
 var (
@@ -555,16 +586,17 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 	}
 	wctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
-	proxyBefore, redisBefore := cpuTime(p.pid), cpuTime(redisPID)
+	proxyBefore, redisBefore, callsBefore := cpuTime(p.pid), cpuTime(redisPID), scriptCalls(ctx)
 	out, err := exec.CommandContext(wctx, "wrk", args...).CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
-	proxyCPU, redisCPU := cpuTime(p.pid)-proxyBefore, cpuTime(redisPID)-redisBefore
+	proxyCPU, redisCPU, calls := cpuTime(p.pid)-proxyBefore, cpuTime(redisPID)-redisBefore, scriptCalls(ctx)-callsBefore
 	r, err := parseWrk(string(out))
 	if err == nil && r.requests > 0 {
 		r.proxyCPU = proxyCPU / time.Duration(r.requests)
 		r.redisCPU = redisCPU / time.Duration(r.requests)
+		r.storeCalls = float64(calls) / float64(r.requests)
 	}
 	return r, err
 }
@@ -667,9 +699,9 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 			return err
 		}
 	}
-	perRun := 2*(*flagWarmup) + time.Duration(2**flagRounds)*(*flagDuration)
-	logf("%d configurations x (%d rounds x 2 proxies x %s + warm-up): about %s",
-		len(configs), *flagRounds, *flagDuration, (time.Duration(len(configs)) * perRun).Round(time.Second))
+	perRun := time.Duration(2**flagRounds) * (*flagWarmup + *flagDuration)
+	logf("%d configurations x %d rounds x 2 proxies x (%s warm-up + %s): about %s",
+		len(configs), *flagRounds, *flagWarmup, *flagDuration, (time.Duration(len(configs)) * perRun).Round(time.Second))
 
 	type row struct {
 		c                           config
@@ -680,16 +712,10 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		plainBad, kgBad, sockErrors int64
 		// CPU per request: plain Caddy, keygate, and Redis on keygate's runs
 		plainCPU, kgCPU, redisCPU time.Duration
+		storeCalls                float64 // per request, keygate's runs
 	}
 	var rows []row
 	for _, c := range configs {
-		for _, p := range []*proxy{plain, kg} {
-			if *flagWarmup > 0 {
-				if _, err := runWrk(ctx, dir, p, c, *flagWarmup); err != nil {
-					return err
-				}
-			}
-		}
 		var pr, kr []result
 		for round := range *flagRounds {
 			order := []*proxy{plain, kg}
@@ -697,6 +723,14 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 				order = []*proxy{kg, plain}
 			}
 			for _, p := range order {
+				// Warm, as in service: pooled upstream connections for
+				// both, and for keygate its key cache and any leases,
+				// which lapse while the other proxy has its turn.
+				if *flagWarmup > 0 {
+					if _, err := runWrk(ctx, dir, p, c, *flagWarmup); err != nil {
+						return err
+					}
+				}
 				var prof chan error
 				if p == kg && round == 0 && *flagPprof != "" {
 					prof = make(chan error, 1)
@@ -721,7 +755,9 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		rw := row{c: c}
 		var prps, krps []float64
 		var p50s, k50s, p99s, k99s, pcpu, kcpu, rcpu []time.Duration
+		var calls []float64
 		for i := range pr {
+			calls = append(calls, kr[i].storeCalls)
 			pcpu, kcpu, rcpu = append(pcpu, pr[i].proxyCPU), append(kcpu, kr[i].proxyCPU), append(rcpu, kr[i].redisCPU)
 			prps, krps = append(prps, pr[i].rps), append(krps, kr[i].rps)
 			p50s, k50s = append(p50s, pr[i].p50), append(k50s, kr[i].p50)
@@ -734,6 +770,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		rw.plainRPS, rw.kgRPS, rw.ratio = median(prps), median(krps), median(rw.ratios)
 		rw.plainP50, rw.kgP50, rw.plainP99, rw.kgP99 = medianDur(p50s), medianDur(k50s), medianDur(p99s), medianDur(k99s)
 		rw.plainCPU, rw.kgCPU, rw.redisCPU = medianDur(pcpu), medianDur(kcpu), medianDur(rcpu)
+		rw.storeCalls = median(calls)
 		rows = append(rows, rw)
 		logf("%-26s c=%-3d plain %8.0f rps  keygate %8.0f rps  ratio %.3f  (rounds: %s)  p50 %s / %s",
 			c.name, c.conns, rw.plainRPS, rw.kgRPS, rw.ratio, fmtRatios(rw.ratios), fmtDur(rw.plainP50), fmtDur(rw.kgP50))
@@ -745,15 +782,16 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	fmt.Printf("\nkeygate vs plain Caddy reverse_proxy: wrk -t%d, %s x %d rounds (alternating), medians; %d CPUs\n\n",
 		*flagThreads, *flagDuration, *flagRounds, numCPU())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tCPU/req plain\tkeygate\tredis\tnon-2xx\t")
+	fmt.Fprintln(tw, "configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tCPU/req plain\tkeygate\tredis\tstore calls/req\tnon-2xx\t")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", r.c.name, r.c.conns, r.plainRPS, r.kgRPS, r.ratio,
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%d\t\n", r.c.name, r.c.conns, r.plainRPS, r.kgRPS, r.ratio,
 			fmtDur(r.plainP50), fmtDur(r.kgP50), fmtDur(r.kgP50-r.plainP50), fmtDur(r.plainP99), fmtDur(r.kgP99),
-			fmtMicros(r.plainCPU), fmtMicros(r.kgCPU), fmtMicros(r.redisCPU), r.plainBad+r.kgBad)
+			fmtMicros(r.plainCPU), fmtMicros(r.kgCPU), fmtMicros(r.redisCPU), r.storeCalls, r.plainBad+r.kgBad)
 	}
 	tw.Flush()
 	fmt.Println("\nratio = keygate rps / plain rps per round, median over rounds; CPU/req = CPU time of the proxy")
-	fmt.Println("(and of redis-server during keygate's runs) over the requests served; socket errors:", sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
+	fmt.Println("(and of redis-server during keygate's runs) over the requests served; store calls/req = scripts")
+	fmt.Println("Redis ran per request keygate served; socket errors:", sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
 	return nil
 }
 
