@@ -61,8 +61,10 @@ type Handler struct {
 
 	// Lease lets this gateway take up to this many requests of a limit
 	// from the store in one round trip and admit them itself for up to 10
-	// seconds (lease.go). Limits still hold across every gateway; the costs
-	// are that requests leased but unused in time were counted, that
+	// seconds (sliding_log) or until the window ends, at most a minute
+	// (sliding_window); see lease.go. Limits still hold across every
+	// gateway; the costs are that requests leased but unused in time were
+	// counted, that
 	// X-RateLimit-Remaining reflects other gateways only at each lease, and
 	// that a disabled, deleted or rotated key may keep working for about a
 	// quarter of a second (a second at worst: epoch.go). Only worth it on

@@ -13,12 +13,13 @@ import (
 // without a store round trip. When a subject's lease is spent, the next
 // request asks the store for several requests at once (store.Check.Take):
 // the store counts them against the limit right away, never past it, and
-// this gateway admits them itself within store.LeaseTTL (10s; for a
-// sliding window, never past the window's end). So a limit is
-// never exceeded across any number of gateways; what leasing costs is
-// precision the other way: requests leased but not used before the lease
-// ends were counted anyway, and X-RateLimit-Remaining is what the store
-// said when it granted the lease, less what this gateway used since.
+// this gateway admits them itself within store.MaxLease: 10s for a sliding
+// log (whose leased requests are logged at the lease's end), the rest of
+// the window for a sliding window (counted in it), at most a minute. So a
+// limit is never exceeded across any number of gateways; what leasing
+// costs is precision the other way: requests leased but not used before
+// the lease ends were counted anyway, and X-RateLimit-Remaining is what the
+// store said when it granted the lease, less what this gateway used since.
 //
 // A key's validity is checked with every lease, and its lease is used only
 // while no key has changed since (the store's epoch, epoch.go), so a
@@ -27,10 +28,11 @@ import (
 // request.
 //
 // The size of a lease follows the subject's traffic: when one is used up
-// before it ends, the next is what the traffic since the grant would use in
-// half a lease, at least twice the last (up to the configured maximum);
-// when one ends unused, the next is what was used. A key seen once in a
-// while asks for one request at a time, a busy one for the maximum.
+// before it ends, the next is what the traffic since the grant would use
+// until it would have ended (at least 5s), at least twice the last (up to
+// the configured maximum); when one ends unused, the next is what was used.
+// A key seen once in a while asks for one request at a time, a busy one
+// for the maximum.
 
 // leaseKey names one lease: whose limit (kind 'k' with a key id, or 's'
 // with an anonymous subject) under which policy.
@@ -113,10 +115,13 @@ func (t *leaseTable) want(k leaseKey, now time.Time) int64 {
 		return 1
 	case l.left == 0 && now.UnixNano() < l.ends:
 		// Used up before it ended: ask for what the traffic seen since
-		// the grant would use in half a lease, and at least twice as many
-		// as last time.
+		// the grant would use until that lease would have ended (a sliding
+		// window's next lease ends then too) or in half a sliding log's
+		// lease, whichever is longer, and at least twice as many as last
+		// time.
 		elapsed := max(now.UnixNano()-l.granted, int64(time.Millisecond))
-		perLease := math.Ceil(float64(l.used+1) / float64(elapsed) * float64(store.LeaseTTL/2))
+		horizon := max(l.ends-now.UnixNano(), int64(store.LeaseTTL/2))
+		perLease := math.Ceil(float64(l.used+1) / float64(elapsed) * float64(horizon))
 		return min(max(int64(min(perLease, float64(t.max))), 2*l.size, 2), t.max)
 	case now.UnixNano() >= l.ends:
 		// it ended: about as many as were used during one

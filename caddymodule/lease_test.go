@@ -41,6 +41,16 @@ func TestLeaseTable(t *testing.T) {
 	if n := sizes.want(k, t0); n != 64 {
 		t.Fatalf("want %d at once, expected the maximum, 64", n)
 	}
+	// A long lease (a sliding window's lasts to the window's end) used up
+	// after a second at that pace: the next one ends at the same time, so
+	// it asks for what the pace would use until then, 2/s for 49s.
+	long := newLeaseTable(128)
+	windowLease := grant(1, 99, t0)
+	windowLease.Lease = 50 * time.Second
+	long.put(k, windowLease, 1, t0, 0)
+	if n := long.want(k, t0.Add(time.Second)); n != 98 {
+		t.Fatalf("want %d a second into a 50s lease, expected 98", n)
+	}
 	// a lease of n admits exactly n requests
 	n := tbl.want(k, t0)
 	if n != 8 {

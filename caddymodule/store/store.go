@@ -95,14 +95,30 @@ type Check struct {
 	Policy    Policy
 	Algorithm Algorithm
 	// Take asks for a lease: up to Take requests counted at once, for the
-	// caller to admit itself within LeaseTTL (0 or 1: just this request).
+	// caller to admit itself within MaxLease (0 or 1: just this request).
 	Take int64
 }
 
-// LeaseTTL is the longest a gateway may admit the requests of a lease. A
-// gateway keeps using a key's lease only while it has confirmed, within
-// the last second, that no key changed since the lease (Store.Epoch).
+// LeaseTTL is the longest a gateway may admit the requests of a
+// sliding_log lease. They are logged at its end, the latest moment one may
+// be admitted, so each stays counted for up to this much over a window.
 const LeaseTTL = 10 * time.Second
+
+// WindowLeaseTTL is the longest for a sliding_window lease, which also ends
+// with its window. Its requests are counted in that window when it is
+// granted, so its length costs no precision; the bound only keeps what a
+// gateway remembers of clients short.
+const WindowLeaseTTL = time.Minute
+
+// MaxLease is the longest a lease under algorithm a may last. Whatever its
+// length, a gateway keeps using a key's lease only while it has confirmed,
+// within the last second, that no key changed since (Store.Epoch).
+func MaxLease(a Algorithm) time.Duration {
+	if a == SlidingLog {
+		return LeaseTTL
+	}
+	return WindowLeaseTTL
+}
 
 // Verdict is the answer to a Check.
 type Verdict struct {
@@ -126,7 +142,7 @@ type Decision struct {
 	// the Take asked for, never past the limit. A store may always grant 1.
 	Granted int64
 	// Lease is how long, from before the call, the caller may admit the
-	// Granted-1 requests beyond its own (at most LeaseTTL).
+	// Granted-1 requests beyond its own (at most MaxLease).
 	Lease time.Duration
 }
 

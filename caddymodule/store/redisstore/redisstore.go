@@ -125,10 +125,13 @@ func counterKey(kind byte, name string, p store.Policy, a store.Algorithm) strin
 // them to interface values per call would allocate.
 var (
 	lastUsedEveryArg any = lastUsedEvery.Milliseconds()
-	leaseTTLArg      any = store.LeaseTTL.Milliseconds()
 	algorithmArgs        = map[store.Algorithm]any{
 		store.SlidingWindow: string(store.SlidingWindow),
 		store.SlidingLog:    string(store.SlidingLog),
+	}
+	leaseTTLArgs = map[store.Algorithm]any{
+		store.SlidingWindow: store.MaxLease(store.SlidingWindow).Milliseconds(),
+		store.SlidingLog:    store.MaxLease(store.SlidingLog).Milliseconds(),
 	}
 )
 
@@ -137,6 +140,13 @@ func algorithmArg(a store.Algorithm) any {
 		return v
 	}
 	return string(a)
+}
+
+func leaseTTLArg(a store.Algorithm) any {
+	if v, ok := leaseTTLArgs[a]; ok {
+		return v
+	}
+	return store.MaxLease(a).Milliseconds()
 }
 
 // CheckKey implements store.Store.
@@ -151,7 +161,7 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 	}
 	res, err := s.hot.run(ctx, checkKeyScript, keys,
 		c.Hash.String(), c.Revision, c.Policy.Limit, c.Policy.Window.Milliseconds(),
-		algorithmArg(c.Algorithm), lastUsedEveryArg, max(c.Take, 1), leaseTTLArg)
+		algorithmArg(c.Algorithm), lastUsedEveryArg, max(c.Take, 1), leaseTTLArg(c.Algorithm))
 	if err != nil {
 		return store.Verdict{}, err
 	}
@@ -176,7 +186,7 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 // Limit implements store.Store.
 func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm, take int64) (store.Decision, error) {
 	key := counterKey('s', subject, p, a)
-	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a), max(take, 1), leaseTTLArg)
+	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a), max(take, 1), leaseTTLArg(a))
 	if err != nil {
 		return store.Decision{}, err
 	}
@@ -376,7 +386,7 @@ func (s *Store) Epoch(ctx context.Context) (int64, error) {
 // the two live in different cluster slots.
 func (s *Store) bumpEpoch(ctx context.Context) error {
 	if err := s.client.Incr(context.WithoutCancel(ctx), epochKey).Err(); err != nil {
-		return fmt.Errorf("key changed, but gateways holding leases may admit it for up to %v: %w", store.LeaseTTL, err)
+		return fmt.Errorf("key changed, but gateways holding leases may admit it for up to %v: %w", store.WindowLeaseTTL, err)
 	}
 	return nil
 }

@@ -346,7 +346,9 @@ func testEpoch(t *testing.T, s store.Store) {
 
 // testLeases asks for leases larger than what is left: a store grants at
 // least one request and at most the lease, never past the limit, both
-// through Limit and through CheckKey, and counts what it grants.
+// through Limit and through CheckKey, and counts what it grants. A lease
+// lasts as long as the algorithm allows: a sliding log's for LeaseTTL, a
+// sliding window's to the window's end, at most WindowLeaseTTL.
 func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 	ctx := context.Background()
 	p := store.Policy{Limit: 10, Window: time.Hour}
@@ -373,8 +375,11 @@ func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 				}
 				break
 			}
-			if d.Granted < 1 || d.Granted > 4 || d.Lease < 0 || d.Lease > store.LeaseTTL {
-				t.Fatalf("%s: %+v, want 1..4 granted for at most %v", name, d, store.LeaseTTL)
+			if d.Granted < 1 || d.Granted > 4 || d.Lease < 0 || d.Lease > store.MaxLease(a) {
+				t.Fatalf("%s: %+v, want 1..4 granted for at most %v", name, d, store.MaxLease(a))
+			}
+			if want := leaseLength(a, p.Window, time.Now()); d.Granted > 1 && d.Lease < want-time.Second {
+				t.Fatalf("%s: %+v, want a lease of about %v", name, d, want)
 			}
 			granted += d.Granted
 			if granted > p.Limit || d.Remaining != p.Limit-granted {
@@ -385,6 +390,15 @@ func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 			t.Fatalf("%s: %d granted before the first refusal, want the limit, %d", name, granted, p.Limit)
 		}
 	}
+}
+
+// leaseLength is how long a lease granted now lasts.
+func leaseLength(a store.Algorithm, window time.Duration, now time.Time) time.Duration {
+	if a == store.SlidingLog {
+		return store.LeaseTTL
+	}
+	untilEnd := window - time.Duration(now.UnixMilli()%window.Milliseconds())*time.Millisecond
+	return min(store.WindowLeaseTTL, untilEnd)
 }
 
 func testSlidingLogConcurrent(t *testing.T, s store.Store) {
