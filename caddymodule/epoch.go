@@ -11,12 +11,12 @@ import (
 
 // A key's lease (lease.go) may last up to a minute (store.MaxLease), far
 // longer than a revoked key may keep working. What makes that safe is the
-// epoch: a number in the store that every change to any key moves. While handlers
-// with leases exist, the shared store polls it a few times a second; a
-// key's lease is used only while the epoch is the one it was granted
-// under and was confirmed within the last second. So a disabled, deleted
-// or rotated key stops within about one poll, and within a second at worst
-// (a store that stops answering stops every key's lease).
+// epoch: a number in the store that every change to any key moves. While
+// handlers with leases exist, the shared store polls it a few times a
+// second; a key's lease is used only while the epoch is the one it was
+// granted under and was confirmed within the last second. So a disabled,
+// deleted or rotated key stops within about one poll, and within a second
+// at worst (a store that stops answering stops every key's lease).
 
 const (
 	epochPollEvery = 250 * time.Millisecond

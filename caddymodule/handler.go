@@ -64,12 +64,11 @@ type Handler struct {
 	// seconds (sliding_log) or until the window ends, at most a minute
 	// (sliding_window); see lease.go. Limits still hold across every
 	// gateway; the costs are that requests leased but unused in time were
-	// counted, that
-	// X-RateLimit-Remaining reflects other gateways only at each lease, and
-	// that a disabled, deleted or rotated key may keep working for about a
-	// quarter of a second (a second at worst: epoch.go). Only worth it on
-	// Redis. Default: 0, every request is validated and counted in the
-	// store.
+	// counted, that X-RateLimit-Remaining reflects other gateways only at
+	// each lease, and that a disabled, deleted or rotated key may keep
+	// working for about a quarter of a second (a second at worst:
+	// epoch.go). Only worth it on Redis. Default: 0, every request is
+	// validated and counted in the store.
 	Lease int64 `json:"lease,omitempty"`
 
 	app           *App
