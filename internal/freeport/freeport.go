@@ -1,5 +1,6 @@
-// Package freeport finds free loopback ports for tests that start servers
-// (redis-server, Caddy, the backend) on their own.
+// Package freeport finds free loopback ports for tests and the load
+// benchmark, which start servers (redis-server, Caddy, the backend) on
+// their own.
 package freeport
 
 import (
@@ -7,13 +8,22 @@ import (
 	"testing"
 )
 
-// Get returns a TCP port on 127.0.0.1 that was free a moment ago.
+// Find returns a TCP port on 127.0.0.1 that was free a moment ago.
+func Find() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Get is Find for tests: it fails tb when no port can be had.
 func Get(tb testing.TB) int {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := Find()
 	if err != nil {
 		tb.Fatalf("finding a free port: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }

@@ -37,6 +37,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/internal/freeport"
 )
 
 var (
@@ -186,15 +188,6 @@ func (p *procSet) stopAll() {
 	p.procs = nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 func waitFor(ctx context.Context, what string, timeout time.Duration, ok func() bool) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
@@ -212,7 +205,7 @@ func waitFor(ctx context.Context, what string, timeout time.Duration, ok func() 
 
 // startRedis starts redis-server and returns the URL keygate uses for it.
 func startRedis(ctx context.Context, procs *procSet, dir string) (string, error) {
-	port, err := freePort()
+	port, err := freeport.Find()
 	if err != nil {
 		return "", err
 	}
@@ -362,11 +355,11 @@ func caddyfile(withKeygate bool, site, admin, redisURL, upstream string, rateLim
 }
 
 func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, withKeygate bool, redisURL, upstream, rateLimit string) (*proxy, error) {
-	sitePort, err := freePort()
+	sitePort, err := freeport.Find()
 	if err != nil {
 		return nil, err
 	}
-	adminPort, err := freePort()
+	adminPort, err := freeport.Find()
 	if err != nil {
 		return nil, err
 	}
