@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -34,9 +33,7 @@ func TestMain(m *testing.M) {
 	os.Setenv("XDG_DATA_HOME", dir+"/data")
 	code := m.Run()
 	os.RemoveAll(dir)
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
+	builds.Remove()
 	os.Exit(code)
 }
 

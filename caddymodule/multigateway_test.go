@@ -13,36 +13,19 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/freeport"
+	"github.com/keygate/keygate/internal/gobuild"
 )
 
 // Tests that need a second, independent gateway on the same Redis run the
 // real keygate binary next to the in-process Caddy.
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
+// builds holds the keygate binary, built once per test run; TestMain
+// removes it.
+var builds gobuild.Builder
 
-// keygateBinary builds cmd/keygate once per test run.
 func keygateBinary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "keygate-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "keygate")
-		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/keygate").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
+	return builds.Binary(t, "../cmd/keygate")
 }
 
 // startBinaryGateway runs the keygate binary with the given Caddyfile site

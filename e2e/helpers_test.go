@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/freeport"
+	"github.com/keygate/keygate/internal/gobuild"
 	"github.com/keygate/keygate/internal/redistest"
 )
 
@@ -36,40 +37,18 @@ const (
 )
 
 // The binaries are built once per test run into a directory TestMain removes.
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
+var builds gobuild.Builder
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		_ = os.RemoveAll(binDir)
-	}
+	builds.Remove()
 	os.Exit(code)
 }
 
 // binaries builds cmd/keygate and cmd/backend (once) and returns their paths.
 func binaries(t *testing.T) (keygateBin, backendBin string) {
 	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "keygate-e2e-bin-")
-		if buildErr != nil {
-			return
-		}
-		for _, b := range []struct{ out, pkg string }{{"keygate", "../cmd/keygate"}, {"backend", "../cmd/backend"}} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b.out), b.pkg)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return filepath.Join(binDir, "keygate"), filepath.Join(binDir, "backend")
+	return builds.Binary(t, "../cmd/keygate"), builds.Binary(t, "../cmd/backend")
 }
 
 // caddyfile is the root Caddyfile, used unchanged.
