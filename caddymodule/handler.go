@@ -60,15 +60,16 @@ type Handler struct {
 	KeepCredentials bool `json:"keep_credentials,omitempty"`
 
 	// Lease lets this gateway take up to this many requests of a limit
-	// from the store in one round trip and admit them itself for up to 10
-	// seconds (sliding_log) or until the window ends, at most a minute
-	// (sliding_window); see lease.go. Limits still hold across every
-	// gateway; the costs are that requests leased but unused in time were
-	// counted, that X-RateLimit-Remaining reflects other gateways only at
-	// each lease, and that a disabled, deleted or rotated key may keep
-	// working for about a quarter of a second (a second at worst:
-	// epoch.go). Only worth it on Redis. Default: 0, every request is
-	// validated and counted in the store.
+	// from the store in one round trip and admit them itself for at most a
+	// minute: until the window ends (sliding_window), or each until the
+	// moment the store logged it, staggered across the lease (sliding_log);
+	// see lease.go. Limits still hold across every gateway; the costs are
+	// that requests leased but unused in time were counted, that
+	// X-RateLimit-Remaining reflects other gateways only at each lease, and
+	// that a disabled, deleted or rotated key may keep working for about a
+	// quarter of a second (a second at worst: epoch.go). Only worth it on
+	// Redis. Default: 0, every request is validated and counted in the
+	// store.
 	Lease int64 `json:"lease,omitempty"`
 
 	app           *App
@@ -117,7 +118,7 @@ func (h *Handler) attach(app *App) {
 		h.anonPolicyHdr = policyHeader(policyNameAddress, h.anonPolicy)
 	}
 	if h.Lease > 1 {
-		h.leases = newLeaseTable(h.Lease)
+		h.leases = newLeaseTable(h.Lease, h.Algorithm)
 		app.shared.epochs.start(app.shared, time.Duration(app.Timeout))
 	}
 }
@@ -210,6 +211,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 	var policyHdr string
 	var lk leaseKey
 	var take, epoch int64
+	var spread time.Duration
 	var start time.Time
 	var err error
 	for attempt := 0; ; attempt++ {
@@ -218,7 +220,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		take = 1
 		if h.leases != nil && !policy.IsZero() {
 			lk = leaseKey{'k', ident.key.ID, policy}
-			take = h.leases.want(lk, start)
+			take, spread = h.leases.want(lk, start)
 			epoch, _ = shared.epochs.current(start) // read before the grant
 		}
 		verdict, err = shared.CheckKey(ctx, store.Check{
@@ -228,6 +230,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 			Policy:    policy,
 			Algorithm: h.Algorithm,
 			Take:      take,
+			Spread:    spread,
 		})
 		h.app.metrics.observeStore("check", start, err)
 		if err != nil || verdict.Fresh == nil {
@@ -266,7 +269,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 
 	d := verdict.Limit
 	if h.leases != nil && !policy.IsZero() {
-		d = h.leases.put(lk, d, take, start, epoch)
+		d = h.leases.put(lk, d, take, spread, start, epoch)
 	}
 	return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, now)
 }
@@ -319,17 +322,17 @@ func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *c
 // epoch to watch), else from the store.
 func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.Time) (store.Decision, error) {
 	lk := leaseKey{'s', subject, h.anonPolicy}
-	take := int64(1)
+	take, spread := int64(1), time.Duration(0)
 	if h.leases != nil {
 		if d, ok := h.leases.take(lk, now, 0, true); ok {
 			return d, nil
 		}
-		take = h.leases.want(lk, now)
+		take, spread = h.leases.want(lk, now)
 	}
-	d, err := h.app.shared.Limit(ctx, subject, h.anonPolicy, h.Algorithm, take)
+	d, err := h.app.shared.Limit(ctx, subject, h.anonPolicy, h.Algorithm, take, spread)
 	h.app.metrics.observeStore("limit", now, err)
 	if err == nil && h.leases != nil {
-		d = h.leases.put(lk, d, take, now, 0)
+		d = h.leases.put(lk, d, take, spread, now, 0)
 	}
 	return d, err
 }

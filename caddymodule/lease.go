@@ -13,13 +13,18 @@ import (
 // without a store round trip. When a subject's lease is spent, the next
 // request asks the store for several requests at once (store.Check.Take):
 // the store counts them against the limit right away, never past it, and
-// this gateway admits them itself within store.MaxLease: 10s for a sliding
-// log (whose leased requests are logged at the lease's end), the rest of
-// the window for a sliding window (counted in it), at most a minute. So a
-// limit is never exceeded across any number of gateways; what leasing
-// costs is precision the other way: requests leased but not used before
-// the lease ends were counted anyway, and X-RateLimit-Remaining is what the
-// store said when it granted the lease, less what this gateway used since.
+// this gateway admits them itself, for at most store.MaxLease (a minute).
+// So a limit is never exceeded across any number of gateways; what leasing
+// costs is precision the other way: requests leased but not used in time
+// were counted anyway, and X-RateLimit-Remaining is what the store said
+// when it granted the lease, less what this gateway used since.
+//
+// A sliding_window lease counts its requests in the current window and
+// lasts to that window's end. A sliding_log lease logs its i-th request of
+// n at i/n of the lease's spread, the latest moment this gateway may admit
+// it (store.StaggeredDeadline), so each stays counted a full window after
+// it is admitted and, on time, not much longer; one whose moment passes
+// unused lapses.
 //
 // A key's validity is checked with every lease, and its lease is used only
 // while no key has changed since (the store's epoch, epoch.go), so a
@@ -27,12 +32,16 @@ import (
 // a second at worst; its expiry time is checked before every leased
 // request.
 //
-// The size of a lease follows the subject's traffic: when one is used up
-// before it ends, the next is what the traffic since the grant would use
-// until it would have ended (at least 5s), at least twice the last (up to
-// the configured maximum); when one ends unused, the next is what was used.
-// A key seen once in a while asks for one request at a time, a busy one
-// for the maximum.
+// The size of a lease follows the subject's traffic, measured from the
+// grant: a subject seen once in a while asks for one request at a time, a
+// busy one for up to the configured maximum.
+//   - sliding_window: when a lease is used up before it ends, the next is
+//     what that pace would use until the window ends (at least 5s' worth,
+//     at least twice the last); when one ends, the next is what was used.
+//   - sliding_log: what the pace would use in half of store.MaxLease,
+//     spread over twice the time the pace would take to use it (at least a
+//     second, at most MaxLease), so that traffic a little slower than
+//     measured still uses its requests before their moments pass.
 
 // leaseKey names one lease: whose limit (kind 'k' with a key id, or 's'
 // with an anonymous subject) under which policy.
@@ -42,16 +51,60 @@ type leaseKey struct {
 	policy  store.Policy
 }
 
+// lease is what this gateway holds of one subject's limit.
 type lease struct {
+	// grants still to admit from, oldest first: usually one, more when
+	// concurrent requests all found the last one spent
+	grants    []grant
 	epoch     int64 // the store's epoch when granted (keys only)
-	left      int64 // requests still to admit
-	used      int64 // requests admitted from it so far
-	remaining int64 // the store's remaining after it granted the lease
+	remaining int64 // the store's remaining after granting (the lowest of concurrent grants)
 	limit     int64
 	reset     time.Time
-	granted   int64 // unix ns, local clock
-	ends      int64 // unix ns, local clock
-	size      int64 // what the last request to the store asked for
+	since     time.Time // when the first of the grants was asked for
+	ends      time.Time // when the last of them ends
+	used      int64     // requests admitted since, counting the ones that asked
+	size      int64     // what the last request to the store asked for
+	spread    time.Duration
+}
+
+// grant is one lease the store granted: tokens requests beyond the asking
+// one's, to admit within length of start.
+type grant struct {
+	start     time.Time // before the call
+	length    time.Duration
+	tokens    int64
+	next      int64 // tokens admitted or lapsed so far
+	staggered bool  // the i-th token (from 1) only until StaggeredDeadline(i, tokens, length)
+}
+
+// lapse counts as gone the tokens of g that may no longer be admitted at
+// now.
+func (g *grant) lapse(now time.Time) {
+	elapsed := now.Sub(g.start)
+	switch {
+	case elapsed >= g.length:
+		g.next = g.tokens
+	case g.staggered && elapsed >= 0:
+		// The i-th may be admitted while elapsed < ⌊i·ms/n⌋ ms: while
+		// ⌊elapsed⌋ ms + 1 ≤ i·ms/n, i.e. from the i below on.
+		ms := g.length.Milliseconds()
+		first := ((elapsed.Milliseconds()+1)*g.tokens + ms - 1) / ms
+		g.next = max(g.next, first-1)
+	}
+}
+
+// left is how many tokens of g may still be admitted.
+func (g *grant) left(now time.Time) int64 {
+	g.lapse(now)
+	return g.tokens - g.next
+}
+
+// left is how many requests of l may still be admitted.
+func (l *lease) left(now time.Time) (n int64) {
+	for i := range l.grants {
+		n += l.grants[i].left(now)
+	}
+	return n
 }
 
 // leaseShards spreads leases over independently locked maps. A power of two.
@@ -61,10 +114,19 @@ const leaseShards = 32
 // that ended long ago (anonymous subjects would otherwise pile up).
 const sweepEvery = 1024
 
+// Sizing (see above).
+const (
+	windowHorizonMin = 5 * time.Second
+	logHorizon       = store.MaxLease / 2
+	logSlack         = 2
+	logSpreadMin     = time.Second
+)
+
 type leaseTable struct {
-	max    int64
-	seed   maphash.Seed
-	shards [leaseShards]leaseShard
+	max       int64
+	algorithm store.Algorithm
+	seed      maphash.Seed
+	shards    [leaseShards]leaseShard
 }
 
 type leaseShard struct {
@@ -73,8 +135,8 @@ type leaseShard struct {
 	grants int
 }
 
-func newLeaseTable(max int64) *leaseTable {
-	t := &leaseTable{max: max, seed: maphash.MakeSeed()}
+func newLeaseTable(max int64, a store.Algorithm) *leaseTable {
+	t := &leaseTable{max: max, algorithm: a, seed: maphash.MakeSeed()}
 	for i := range t.shards {
 		t.shards[i].leases = make(map[leaseKey]*lease)
 	}
@@ -93,53 +155,78 @@ func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (s
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	l := sh.leases[k]
-	if l == nil || l.left == 0 || now.UnixNano() >= l.ends {
+	if l == nil || k.kind == 'k' && (!fresh || l.epoch != epoch) {
 		return store.Decision{}, false
 	}
-	if k.kind == 'k' && (!fresh || l.epoch != epoch) {
-		return store.Decision{}, false
+	for ; len(l.grants) > 0; l.grants = l.grants[1:] {
+		if g := &l.grants[0]; g.left(now) > 0 {
+			g.next++
+			l.used++
+			return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + l.left(now), Reset: l.reset, Granted: 1}, true
+		}
 	}
-	l.left--
-	l.used++
-	return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + l.left, Reset: l.reset, Granted: 1}, true
+	return store.Decision{}, false
 }
 
-// want is how many requests to ask the store for on k's behalf.
-func (t *leaseTable) want(k leaseKey, now time.Time) int64 {
+// want is how many requests to ask the store for on k's behalf, and over
+// what spread (sliding_log).
+func (t *leaseTable) want(k leaseKey, now time.Time) (int64, time.Duration) {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	l := sh.leases[k]
 	switch {
 	case l == nil:
-		return 1
-	case l.left == 0 && now.UnixNano() < l.ends:
+		return 1, 0
+	case t.algorithm == store.SlidingLog:
+		return t.wantLog(l, now)
+	case now.Before(l.ends) && l.left(now) == 0:
 		// Used up before it ended: ask for what the traffic seen since
-		// the grant would use until that lease would have ended (a sliding
-		// window's next lease ends then too) or in half a sliding log's
-		// lease, whichever is longer, and at least twice as many as last
-		// time.
-		elapsed := max(now.UnixNano()-l.granted, int64(time.Millisecond))
-		horizon := max(l.ends-now.UnixNano(), int64(store.LeaseTTL/2))
+		// the grant would use until that lease would have ended (the next
+		// ends then too, with the window), at least 5s' worth, and at least
+		// twice as many as last time.
+		elapsed := max(now.Sub(l.since), time.Millisecond)
+		horizon := max(l.ends.Sub(now), windowHorizonMin)
 		perLease := math.Ceil(float64(l.used+1) / float64(elapsed) * float64(horizon))
-		return min(max(int64(min(perLease, float64(t.max))), 2*l.size, 2), t.max)
-	case now.UnixNano() >= l.ends:
+		return min(max(int64(min(perLease, float64(t.max))), 2*l.size, 2), t.max), 0
+	case !now.Before(l.ends):
 		// it ended: about as many as were used during one
-		return min(max(l.used, 1), t.max)
+		return min(max(l.used, 1), t.max), 0
 	}
-	return l.size
+	return l.size, 0
+}
+
+// wantLog sizes a sliding_log lease by the pace since l was granted (until
+// it ended, if it did): what it would use in logHorizon, spread over
+// logSlack times as long as it would take to use them.
+func (t *leaseTable) wantLog(l *lease, now time.Time) (int64, time.Duration) {
+	if now.Before(l.ends) && l.left(now) > 0 {
+		return l.size, l.spread
+	}
+	until := now
+	if l.ends.Before(now) {
+		until = l.ends
+	}
+	elapsed := max(until.Sub(l.since), time.Millisecond)
+	perSecond := float64(l.used) / elapsed.Seconds()
+	n := min(int64(min(math.Ceil(perSecond*logHorizon.Seconds()), float64(t.max))), t.max)
+	if n < 2 {
+		return 1, 0
+	}
+	spread := time.Duration(logSlack * float64(n) / perSecond * float64(time.Second))
+	return n, min(max(spread, logSpreadMin), store.MaxLease)
 }
 
 // put records what the store granted for k (asked for at start, when the
 // epoch was the one given) and returns the decision for the request that
 // asked, counting the rest of the lease as remaining: they are this
 // caller's to use.
-func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, start time.Time, epoch int64) store.Decision {
+func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, spread time.Duration, start time.Time, epoch int64) store.Decision {
 	if !d.Allowed {
 		return d
 	}
-	extra := max(d.Granted-1, 0)
-	ends := start.Add(d.Lease).UnixNano()
+	g := grant{start: start, length: d.Lease, tokens: max(d.Granted-1, 0), staggered: d.Staggered}
+	ends := start.Add(d.Lease)
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -148,28 +235,35 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, start time.T
 		l = &lease{}
 		sh.leases[k] = l
 	}
-	if l.left > 0 && start.UnixNano() < l.ends && l.epoch == epoch {
-		// Concurrent requests brought two leases: keep both, until the
-		// earlier end (safe for both), with the lower remaining.
-		l.left += extra
-		l.ends = min(l.ends, ends)
+	if l.epoch == epoch && l.left(start) > 0 {
+		// Concurrent requests brought several leases: keep them all, each
+		// with its own deadlines, with the lowest remaining.
+		l.grants = append(l.grants, g)
+		l.ends = later(l.ends, ends)
 		l.remaining = min(l.remaining, d.Remaining)
 		l.used++
 	} else {
-		l.left, l.used, l.remaining, l.ends, l.epoch = extra, 1, d.Remaining, ends, epoch
-		l.granted = start.UnixNano()
+		l.grants = append(l.grants[:0], g)
+		l.since, l.ends, l.used, l.remaining, l.epoch = start, ends, 1, d.Remaining, epoch
 	}
-	l.limit, l.reset, l.size = d.Limit, d.Reset, max(asked, 1)
-	d.Remaining = l.remaining + l.left
+	l.limit, l.reset, l.size, l.spread = d.Limit, d.Reset, max(asked, 1), spread
+	d.Remaining = l.remaining + l.left(start)
 
 	if sh.grants++; sh.grants >= sweepEvery {
 		sh.grants = 0
-		old := start.Add(-time.Minute).UnixNano()
+		old := start.Add(-time.Minute)
 		for k, l := range sh.leases {
-			if l.ends < old {
+			if l.ends.Before(old) {
 				delete(sh.leases, k)
 			}
 		}
 	}
 	return d
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

@@ -13,50 +13,58 @@ import (
 )
 
 func TestLeaseTable(t *testing.T) {
-	tbl := newLeaseTable(8)
+	tbl := newLeaseTable(8, store.SlidingWindow)
 	k := leaseKey{'k', "id", store.Policy{Limit: 100, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	grant := func(granted, remaining int64, at time.Time) store.Decision {
 		return store.Decision{Allowed: true, Limit: 100, Remaining: remaining, Granted: granted, Lease: time.Second, Reset: at.Add(time.Hour)}
 	}
+	want := func(tbl *leaseTable, at time.Time) int64 {
+		t.Helper()
+		n, spread := tbl.want(k, at)
+		if spread != 0 {
+			t.Fatalf("a sliding window lease asked for a spread, %v", spread)
+		}
+		return n
+	}
 
-	if n := tbl.want(k, t0); n != 1 {
+	if n := want(tbl, t0); n != 1 {
 		t.Fatalf("first want %d, want 1", n)
 	}
 	if _, ok := tbl.take(k, t0, 0, true); ok {
 		t.Fatal("took from a lease nobody granted")
 	}
-	d := tbl.put(k, grant(1, 99, t0), 1, t0, 0)
+	d := tbl.put(k, grant(1, 99, t0), 1, 0, t0, 0)
 	if d.Remaining != 99 {
 		t.Fatalf("remaining %d", d.Remaining)
 	}
 	// Used up, and the next request comes 200ms after the grant: at that
-	// pace (10 a second) half a lease (5s) is 50 requests.
-	sizes := newLeaseTable(64)
-	sizes.put(k, grant(1, 99, t0), 1, t0, 0)
-	if n := sizes.want(k, t0.Add(200*time.Millisecond)); n != 50 {
+	// pace (10 a second) 5s are 50 requests.
+	sizes := newLeaseTable(64, store.SlidingWindow)
+	sizes.put(k, grant(1, 99, t0), 1, 0, t0, 0)
+	if n := want(sizes, t0.Add(200*time.Millisecond)); n != 50 {
 		t.Fatalf("want %d after 200ms, expected 50", n)
 	}
 	// used up at once: a busy key asks for the maximum
-	if n := sizes.want(k, t0); n != 64 {
+	if n := want(sizes, t0); n != 64 {
 		t.Fatalf("want %d at once, expected the maximum, 64", n)
 	}
 	// A long lease (a sliding window's lasts to the window's end) used up
 	// after a second at that pace: the next one ends at the same time, so
 	// it asks for what the pace would use until then, 2/s for 49s.
-	long := newLeaseTable(128)
+	long := newLeaseTable(128, store.SlidingWindow)
 	windowLease := grant(1, 99, t0)
 	windowLease.Lease = 50 * time.Second
-	long.put(k, windowLease, 1, t0, 0)
-	if n := long.want(k, t0.Add(time.Second)); n != 98 {
+	long.put(k, windowLease, 1, 0, t0, 0)
+	if n := want(long, t0.Add(time.Second)); n != 98 {
 		t.Fatalf("want %d a second into a 50s lease, expected 98", n)
 	}
 	// a lease of n admits exactly n requests
-	n := tbl.want(k, t0)
+	n := want(tbl, t0)
 	if n != 8 {
 		t.Fatalf("want %d, expected the maximum, 8", n)
 	}
-	tbl.put(k, grant(n, 50, t0), n, t0, 0)
+	tbl.put(k, grant(n, 50, t0), n, 0, t0, 0)
 	for range n - 1 {
 		if _, ok := tbl.take(k, t0, 0, true); !ok {
 			t.Fatal("lease ran out early")
@@ -66,7 +74,7 @@ func TestLeaseTable(t *testing.T) {
 		t.Fatal("took past the lease")
 	}
 	// headers count the lease as the caller's: remaining falls by one a request
-	tbl.put(k, grant(4, 40, t0), 4, t0, 0)
+	tbl.put(k, grant(4, 40, t0), 4, 0, t0, 0)
 	for want := int64(42); want >= 40; want-- {
 		d, ok := tbl.take(k, t0, 0, true)
 		if !ok || d.Remaining != want {
@@ -74,30 +82,37 @@ func TestLeaseTable(t *testing.T) {
 		}
 	}
 	// a lease ends after its TTL, and the next is sized by what was used
-	tbl.put(k, grant(8, 30, t0), 8, t0, 0)
+	tbl.put(k, grant(8, 30, t0), 8, 0, t0, 0)
 	tbl.take(k, t0, 0, true)
 	tbl.take(k, t0, 0, true)
 	later := t0.Add(time.Second)
 	if _, ok := tbl.take(k, later, 0, true); ok {
 		t.Fatal("took from an ended lease")
 	}
-	if n := tbl.want(k, later); n != 3 {
+	if n := want(tbl, later); n != 3 {
 		t.Fatalf("after an unused lease, want %d; expected 3 (what was used)", n)
 	}
-	// two concurrent grants are merged, ending with the earlier one
-	tbl.put(k, grant(3, 20, later), 3, later, 0)
-	tbl.put(k, store.Decision{Allowed: true, Limit: 100, Remaining: 17, Granted: 3, Lease: 200 * time.Millisecond}, 3, later, 0)
-	for range 4 {
-		if _, ok := tbl.take(k, later.Add(100*time.Millisecond), 0, true); !ok {
-			t.Fatal("merged lease ran out early")
-		}
+	// Two concurrent grants are both kept, each until its own end, and the
+	// lower remaining is reported.
+	tbl.put(k, grant(3, 20, later), 3, 0, later, 0)
+	short := grant(3, 17, later)
+	short.Lease = 200 * time.Millisecond
+	if d := tbl.put(k, short, 3, 0, later, 0); d.Remaining != 17+2+2 {
+		t.Fatalf("concurrent grants: remaining %d, want 21", d.Remaining)
+	}
+	if _, ok := tbl.take(k, later.Add(100*time.Millisecond), 0, true); !ok {
+		t.Fatal("concurrent grants: refused the first take")
+	}
+	// at 250ms the short grant's two have lapsed; one of the long is left
+	if d, ok := tbl.take(k, later.Add(250*time.Millisecond), 0, true); !ok || d.Remaining != 17 {
+		t.Fatalf("concurrent grants, after the shorter ended: %+v %v, want remaining 17", d, ok)
 	}
 	if _, ok := tbl.take(k, later.Add(250*time.Millisecond), 0, true); ok {
-		t.Fatal("merged lease outlived the earlier end")
+		t.Fatal("concurrent grants admitted more than was left")
 	}
 	// a key's lease needs the epoch it was granted under, freshly confirmed
 	at := later.Add(2 * time.Second)
-	tbl.put(k, grant(4, 10, at), 4, at, 7)
+	tbl.put(k, grant(4, 10, at), 4, 0, at, 7)
 	if _, ok := tbl.take(k, at, 7, false); ok {
 		t.Fatal("took with an unconfirmed epoch")
 	}
@@ -108,7 +123,7 @@ func TestLeaseTable(t *testing.T) {
 		t.Fatal("lease refused under its own epoch")
 	}
 	// a grant under the new epoch replaces the stale lease, never joins it
-	tbl.put(k, grant(2, 5, at), 2, at, 8)
+	tbl.put(k, grant(2, 5, at), 2, 0, at, 8)
 	for i := range 2 {
 		_, ok := tbl.take(k, at, 8, true)
 		if ok != (i == 0) {
@@ -117,14 +132,93 @@ func TestLeaseTable(t *testing.T) {
 	}
 	// anonymous leases have no key to revoke
 	anon := leaseKey{'s', "203.0.113.9", k.policy}
-	tbl.put(anon, grant(2, 5, at), 2, at, 0)
+	tbl.put(anon, grant(2, 5, at), 2, 0, at, 0)
 	if _, ok := tbl.take(anon, at, 9, false); !ok {
 		t.Fatal("anonymous lease refused over the epoch")
 	}
 
 	// a refusal is passed on as it is
-	if d := tbl.put(k, store.Decision{Limit: 100, RetryAfter: time.Second}, 1, later, 0); d.Allowed || d.RetryAfter != time.Second {
+	if d := tbl.put(k, store.Decision{Limit: 100, RetryAfter: time.Second}, 1, 0, later, 0); d.Allowed || d.RetryAfter != time.Second {
 		t.Fatalf("refusal became %+v", d)
+	}
+}
+
+// A sliding_log lease's i-th request may be admitted until the moment the
+// store logged it (store.StaggeredDeadline) and not after: one admitted
+// later would stay counted less than a full window. Those whose moment
+// passed unused lapse; the rest are still there.
+func TestStaggeredLease(t *testing.T) {
+	k := leaseKey{'s', "198.51.100.7", store.Policy{Limit: 1000, Window: time.Hour}}
+	t0 := time.Unix(1_800_000_000, 0)
+	for _, c := range []struct {
+		granted int64
+		lease   time.Duration
+	}{{2, time.Second}, {5, 2 * time.Second}, {8, 3 * time.Second}, {64, time.Minute}, {61, 7 * time.Second}} {
+		n := c.granted - 1
+		d := store.Decision{Allowed: true, Limit: 1000, Remaining: 500, Granted: c.granted, Lease: c.lease, Staggered: true}
+		for i := int64(1); i <= n; i++ {
+			deadline := t0.Add(store.StaggeredDeadline(i, n, c.lease))
+			// Admitting the i-th just before its moment: the ones before
+			// it have lapsed, it is admitted, the ones after it are left.
+			tbl := newLeaseTable(c.granted, store.SlidingLog)
+			tbl.put(k, d, c.granted, c.lease, t0, 0)
+			got, ok := tbl.take(k, deadline.Add(-time.Nanosecond), 0, true)
+			if !ok || got.Remaining != 500+n-i {
+				t.Fatalf("%d over %v: the %d-th just before its moment: %+v %v, want remaining %d", n, c.lease, i, got, ok, 500+n-i)
+			}
+			// At its moment it is gone.
+			tbl = newLeaseTable(c.granted, store.SlidingLog)
+			tbl.put(k, d, c.granted, c.lease, t0, 0)
+			got, ok = tbl.take(k, deadline, 0, true)
+			if i == n && ok || i < n && (!ok || got.Remaining != 500+n-i-1) {
+				t.Fatalf("%d over %v: the %d-th at its moment: %+v %v", n, c.lease, i, got, ok)
+			}
+		}
+	}
+	// used ahead of time, every one is admitted
+	tbl := newLeaseTable(8, store.SlidingLog)
+	tbl.put(k, store.Decision{Allowed: true, Granted: 8, Lease: time.Second, Staggered: true}, 8, time.Second, t0, 0)
+	for i := range 7 {
+		if _, ok := tbl.take(k, t0.Add(time.Millisecond), 0, true); !ok {
+			t.Fatalf("take %d of 7 ahead of time refused", i+1)
+		}
+	}
+	if _, ok := tbl.take(k, t0.Add(time.Millisecond), 0, true); ok {
+		t.Fatal("took past the lease")
+	}
+}
+
+// A sliding_log lease is what the pace since the last grant would use in
+// half a minute, spread over twice the time that pace takes to use it.
+func TestLogLeaseSizing(t *testing.T) {
+	k := leaseKey{'k', "id", store.Policy{Limit: 1000, Window: time.Hour}}
+	t0 := time.Unix(1_800_000_000, 0)
+	one := store.Decision{Allowed: true, Limit: 1000, Remaining: 999, Granted: 1, Lease: store.MaxLease}
+	for _, c := range []struct {
+		name   string
+		next   time.Duration // when the next request comes
+		n      int64
+		spread time.Duration
+	}{
+		{"slow key: 2/3 a second", 1500 * time.Millisecond, 20, time.Minute},
+		{"busy key: 10 a second", 100 * time.Millisecond, 64, 12800 * time.Millisecond},
+		{"flat out: the maximum over a second", time.Millisecond, 64, time.Second},
+		{"seen once a minute: one at a time", 61 * time.Second, 1, 0},
+	} {
+		tbl := newLeaseTable(64, store.SlidingLog)
+		tbl.put(k, one, 1, 0, t0, 0)
+		if n, spread := tbl.want(k, t0.Add(c.next)); n != c.n || spread != c.spread {
+			t.Errorf("%s: want %d over %v, expected %d over %v", c.name, n, spread, c.n, c.spread)
+		}
+	}
+	// A lease that ended with requests unused: the pace it saw.
+	tbl := newLeaseTable(64, store.SlidingLog)
+	tbl.put(k, store.Decision{Allowed: true, Limit: 1000, Granted: 21, Lease: 10 * time.Second, Staggered: true}, 21, 10*time.Second, t0, 0)
+	for i := range 4 {
+		tbl.take(k, t0.Add(time.Duration(i+1)*time.Second), 0, true)
+	}
+	if n, spread := tbl.want(k, t0.Add(time.Minute)); n != 15 || spread != time.Minute {
+		t.Errorf("after a lease that ended: want %d over %v, expected 15 over 1m (5 in 10s)", n, spread)
 	}
 }
 

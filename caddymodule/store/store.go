@@ -95,30 +95,21 @@ type Check struct {
 	Policy    Policy
 	Algorithm Algorithm
 	// Take asks for a lease: up to Take requests counted at once, for the
-	// caller to admit itself within MaxLease (0 or 1: just this request).
+	// caller to admit itself (0 or 1: just this request).
 	Take int64
+	// Spread is how long the caller expects to take to admit a sliding_log
+	// lease's requests: they are logged one after another across it (see
+	// Decision.Staggered). Rounded up to whole seconds, at most MaxLease;
+	// zero: MaxLease. A sliding_window lease lasts to its window's end
+	// whatever Spread says.
+	Spread time.Duration
 }
 
-// LeaseTTL is the longest a gateway may admit the requests of a
-// sliding_log lease. They are logged at its end, the latest moment one may
-// be admitted, so each stays counted for up to this much over a window.
-const LeaseTTL = 10 * time.Second
-
-// WindowLeaseTTL is the longest for a sliding_window lease, which also ends
-// with its window. Its requests are counted in that window when it is
-// granted, so its length costs no precision; the bound only keeps what a
-// gateway remembers of clients short.
-const WindowLeaseTTL = time.Minute
-
-// MaxLease is the longest a lease under algorithm a may last. Whatever its
-// length, a gateway keeps using a key's lease only while it has confirmed,
-// within the last second, that no key changed since (Store.Epoch).
-func MaxLease(a Algorithm) time.Duration {
-	if a == SlidingLog {
-		return LeaseTTL
-	}
-	return WindowLeaseTTL
-}
+// MaxLease is the longest a gateway may admit a lease's requests. Whatever
+// its length, a gateway keeps using a key's lease only while it has
+// confirmed, within the last second, that no key changed since
+// (Store.Epoch); the bound keeps what a gateway remembers of clients short.
+const MaxLease = time.Minute
 
 // Verdict is the answer to a Check.
 type Verdict struct {
@@ -142,8 +133,23 @@ type Decision struct {
 	// the Take asked for, never past the limit. A store may always grant 1.
 	Granted int64
 	// Lease is how long, from before the call, the caller may admit the
-	// Granted-1 requests beyond its own (at most MaxLease).
+	// Granted-1 requests beyond its own (at most MaxLease). A sliding_window
+	// lease counts them in the current window and lasts to its end.
 	Lease time.Duration
+	// Staggered says the lease's requests have deadlines of their own
+	// (sliding_log): the i-th of the n = Granted-1 was logged at
+	// StaggeredDeadline(i, n, Lease) after the call, the latest moment it
+	// may be admitted, so that it stays counted a full window after it is.
+	// Spread over the lease rather than all at its end, a request admitted
+	// on time stays counted little longer than its window.
+	Staggered bool
+}
+
+// StaggeredDeadline is when the i-th (from 1) of n staggered requests of a
+// lease lasting lease was logged, counted from the call: ⌊i·lease/n⌋ in
+// whole milliseconds, the arithmetic of the Redis script.
+func StaggeredDeadline(i, n int64, lease time.Duration) time.Duration {
+	return time.Duration(i*lease.Milliseconds()/n) * time.Millisecond
 }
 
 // Store keeps keys and rate-limit counters. Implementations are safe for
@@ -152,10 +158,10 @@ type Store interface {
 	// CheckKey validates the record of Check.KeyID against Check.Hash and
 	// takes one request from its limit, atomically, in one round trip.
 	CheckKey(ctx context.Context, c Check) (Verdict, error)
-	// Limit takes one request (or a lease of up to take, as Check.Take)
-	// from the limit of an arbitrary subject (a client IP for anonymous
-	// callers).
-	Limit(ctx context.Context, subject string, p Policy, a Algorithm, take int64) (Decision, error)
+	// Limit takes one request (or a lease of up to take spread over spread,
+	// as Check.Take and Check.Spread) from the limit of an arbitrary
+	// subject (a client IP for anonymous callers).
+	Limit(ctx context.Context, subject string, p Policy, a Algorithm, take int64, spread time.Duration) (Decision, error)
 	// KeyIDByHash finds the id of the key with that hash: the cold path,
 	// taken only when a gateway sees a key for the first time.
 	KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error)

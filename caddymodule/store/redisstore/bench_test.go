@@ -51,7 +51,7 @@ func BenchmarkLimit(b *testing.B) {
 		var n atomic.Int64
 		benchSerialAndParallel(b, string(a), func() error {
 			// a thousand client addresses, as anonymous traffic has
-			_, err := s.Limit(ctx, "198.51.100."+strconv.FormatInt(n.Add(1)%1000, 10), p, a, 1)
+			_, err := s.Limit(ctx, "198.51.100."+strconv.FormatInt(n.Add(1)%1000, 10), p, a, 1, 0)
 			return err
 		})
 	}

@@ -129,10 +129,13 @@ var (
 		store.SlidingWindow: string(store.SlidingWindow),
 		store.SlidingLog:    string(store.SlidingLog),
 	}
-	leaseTTLArgs = map[store.Algorithm]any{
-		store.SlidingWindow: store.MaxLease(store.SlidingWindow).Milliseconds(),
-		store.SlidingLog:    store.MaxLease(store.SlidingLog).Milliseconds(),
-	}
+	// leaseArgs[s] is a lease of s seconds, in ms
+	leaseArgs = func() (a [store.MaxLease/time.Second + 1]any) {
+		for s := range a {
+			a[s] = (time.Duration(s) * time.Second).Milliseconds()
+		}
+		return a
+	}()
 )
 
 func algorithmArg(a store.Algorithm) any {
@@ -142,11 +145,16 @@ func algorithmArg(a store.Algorithm) any {
 	return string(a)
 }
 
-func leaseTTLArg(a store.Algorithm) any {
-	if v, ok := leaseTTLArgs[a]; ok {
-		return v
+// leaseArg is how long a lease under algorithm a may last: a sliding-log
+// lease the spread its caller asked for, in whole seconds (at least one,
+// at most store.MaxLease; zero: MaxLease), a sliding-window lease
+// MaxLease, as it ends with its window anyway.
+func leaseArg(a store.Algorithm, spread time.Duration) any {
+	longest := len(leaseArgs) - 1
+	if a != store.SlidingLog || spread <= 0 {
+		return leaseArgs[longest]
 	}
-	return store.MaxLease(a).Milliseconds()
+	return leaseArgs[min(int((spread+time.Second-1)/time.Second), longest)]
 }
 
 // CheckKey implements store.Store.
@@ -161,7 +169,7 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 	}
 	res, err := s.hot.run(ctx, checkKeyScript, keys,
 		c.Hash.String(), c.Revision, c.Policy.Limit, c.Policy.Window.Milliseconds(),
-		algorithmArg(c.Algorithm), lastUsedEveryArg, max(c.Take, 1), leaseTTLArg(c.Algorithm))
+		algorithmArg(c.Algorithm), lastUsedEveryArg, max(c.Take, 1), leaseArg(c.Algorithm, c.Spread))
 	if err != nil {
 		return store.Verdict{}, err
 	}
@@ -178,27 +186,27 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 		v.Fresh = &k
 	}
 	if len(res) == 8 {
-		v.Limit = parseDecision(res[2:], c.Policy.Limit)
+		v.Limit = parseDecision(res[2:], c.Policy.Limit, c.Algorithm)
 	}
 	return v, nil
 }
 
 // Limit implements store.Store.
-func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm, take int64) (store.Decision, error) {
+func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm, take int64, spread time.Duration) (store.Decision, error) {
 	key := counterKey('s', subject, p, a)
-	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a), max(take, 1), leaseTTLArg(a))
+	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a), max(take, 1), leaseArg(a, spread))
 	if err != nil {
 		return store.Decision{}, err
 	}
 	if len(res) != 6 {
 		return store.Decision{}, fmt.Errorf("limit script returned %d values", len(res))
 	}
-	return parseDecision(res, p.Limit), nil
+	return parseDecision(res, p.Limit, a), nil
 }
 
 // parseDecision reads {allowed, remaining, reset ms, retry ms, granted,
-// lease ms}.
-func parseDecision(v []any, limit int64) store.Decision {
+// lease ms}, the answer of algorithm a.
+func parseDecision(v []any, limit int64, a store.Algorithm) store.Decision {
 	allowed, _ := v[0].(int64)
 	remaining, _ := v[1].(int64)
 	reset, _ := v[2].(int64)
@@ -213,6 +221,7 @@ func parseDecision(v []any, limit int64) store.Decision {
 		RetryAfter: time.Duration(retry) * time.Millisecond,
 		Granted:    granted,
 		Lease:      time.Duration(lease) * time.Millisecond,
+		Staggered:  a == store.SlidingLog && granted > 1,
 	}
 }
 
@@ -386,7 +395,7 @@ func (s *Store) Epoch(ctx context.Context) (int64, error) {
 // the two live in different cluster slots.
 func (s *Store) bumpEpoch(ctx context.Context) error {
 	if err := s.client.Incr(context.WithoutCancel(ctx), epochKey).Err(); err != nil {
-		return fmt.Errorf("key changed, but gateways holding leases may admit it for up to %v: %w", store.WindowLeaseTTL, err)
+		return fmt.Errorf("key changed, but gateways holding leases may admit it for up to %v: %w", store.MaxLease, err)
 	}
 	return nil
 }

@@ -68,3 +68,55 @@ func TestNoPlaintextInRedis(t *testing.T) {
 		}
 	}
 }
+
+// A sliding_log lease is logged staggered across its spread, the i-th
+// request at store.StaggeredDeadline, exactly where the gateway's lease
+// table stops admitting it; the log lives until its newest member has
+// counted a full window, and a later single request never shortens that.
+func TestStaggeredLogMembers(t *testing.T) {
+	srv := redistest.Start(t)
+	s, err := Open(srv.URL(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	p := store.Policy{Limit: 100, Window: time.Minute}
+	d, err := s.Limit(ctx, "stagger", p, store.SlidingLog, 5, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.Staggered || d.Granted != 5 || d.Lease != 2*time.Second {
+		t.Fatalf("lease %+v, want 5 staggered over 2s", d)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	key := counterKey('s', "stagger", p, store.SlidingLog)
+	members, err := rdb.ZRangeWithScores(ctx, key, 0, -1).Result()
+	if err != nil || len(members) != 5 {
+		t.Fatalf("log %v %v, want 5 members", members, err)
+	}
+	now := time.UnixMilli(int64(members[0].Score))
+	for i, m := range members[1:] {
+		at := now.Add(store.StaggeredDeadline(int64(i+1), 4, d.Lease))
+		if got := time.UnixMilli(int64(m.Score)); !got.Equal(at) {
+			t.Fatalf("request %d of the lease logged at +%v, want +%v", i+1, got.Sub(now), at.Sub(now))
+		}
+	}
+	lives := func() time.Duration {
+		ttl, err := rdb.PTTL(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ttl
+	}
+	if ttl := lives(); ttl < p.Window+d.Lease-time.Second || ttl > p.Window+d.Lease {
+		t.Fatalf("log lives %v, want the window and the lease, %v", ttl, p.Window+d.Lease)
+	}
+	if _, err := s.Limit(ctx, "stagger", p, store.SlidingLog, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := lives(); ttl < p.Window+d.Lease-time.Second {
+		t.Fatalf("a single request cut the log's life to %v, under the lease's %v", ttl, p.Window+d.Lease)
+	}
+}

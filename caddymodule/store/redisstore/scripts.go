@@ -3,10 +3,10 @@ package redisstore
 import "github.com/redis/go-redis/v9"
 
 // The limiter functions are shared by both scripts. Each works on one
-// counter key, takes one request or a lease of up to n (see store.Check.Take)
-// and returns {allowed (1/0), remaining, reset ms, retry ms, granted, lease
-// ms}: how many requests were counted and for how long the caller may admit
-// the ones beyond its own. Time comes from the Redis server (TIME), so every
+// counter key, takes one request or a lease of up to n (see store.Check)
+// lasting at most ttl ms, and returns {allowed (1/0), remaining, reset ms,
+// retry ms, granted, lease ms}: how many requests were counted and for how
+// long the caller may admit the ones beyond its own. Time comes from the Redis server (TIME), so every
 // gateway replica agrees on it whatever their clocks say.
 const limiterLua = `
 local function now_ms()
@@ -53,11 +53,13 @@ end
 
 -- Sliding log: one sorted-set member per admitted request. Exact. Members
 -- are "<ms>-<count>", unique because the count only grows within one ms.
--- A lease's requests are logged at the end of the lease (now + ttl), the
--- latest moment the caller may admit them, so that each stays counted for
--- a full window after it is admitted: leasing never lets more than the
--- limit through in any window. Their members, "<end>-<count>-<now>", are
--- unique for the same reason.
+-- A lease's requests beyond the caller's own are logged one after another
+-- across the lease: the i-th of m at now + floor(i * ttl / m), the latest
+-- moment the caller may admit it (store.StaggeredDeadline), so that each
+-- stays counted a full window after it is admitted: leasing never lets more
+-- than the limit through in any window. Their members,
+-- "<at>-<count+i>-<now>", are unique for the same reason. The log lives as
+-- long as its newest member counts.
 local function sliding_log(key, now, limit, window, n, ttl)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local count = redis.call('ZCARD', key)
@@ -67,20 +69,19 @@ local function sliding_log(key, now, limit, window, n, ttl)
     if wait < 1 then wait = 1 end
     return {0, 0, now + wait, wait, 0, 0}
   end
-  local g = math.min(n, limit - count)
-  if g <= 1 then
-    g = 1
-    redis.call('ZADD', key, now, now .. '-' .. count)
-    redis.call('PEXPIRE', key, window)
-  else
-    local at, members = now + ttl, {}
-    for i = 0, g - 1 do
+  local g = math.max(math.min(n, limit - count), 1)
+  redis.call('ZADD', key, now, now .. '-' .. count)
+  if g > 1 then
+    local m, members = g - 1, {}
+    for i = 1, m do
+      local at = now + math.floor(i * ttl / m)
       members[#members + 1] = at
       members[#members + 1] = at .. '-' .. (count + i) .. '-' .. now
     end
     redis.call('ZADD', key, unpack(members))
-    redis.call('PEXPIRE', key, window + ttl)
   end
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', key, tonumber(newest[2]) + window - now)
   local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   return {1, limit - count - g, tonumber(oldest[2]) + window, 0, g, ttl}
 end
@@ -101,7 +102,7 @@ end
 // ms, ARGV[5] algorithm, ARGV[6] how old last-used may get before it is
 // rewritten (ms), so that last-used costs one write per key per interval,
 // not one per request, ARGV[7] requests to take (a lease when > 1), ARGV[8]
-// lease TTL ms.
+// how long a lease may last (ms).
 //
 // Returns {status, record-or-empty, allowed, remaining, reset, retry,
 // granted, lease ms}; the record (HGETALL) is sent only when its revision
@@ -127,7 +128,7 @@ return {0, full, d[1], d[2], d[3], d[4], d[5], d[6]}
 
 // limitScript takes one request (or a lease) from a subject's limit.
 // KEYS[1] counter; ARGV[1] limit, ARGV[2] window ms, ARGV[3] algorithm,
-// ARGV[4] requests to take, ARGV[5] lease TTL ms.
+// ARGV[4] requests to take, ARGV[5] how long a lease may last (ms).
 var limitScript = redis.NewScript(limiterLua + `
 return take(KEYS[1], now_ms(), tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
 `)

@@ -255,7 +255,7 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 	p := store.Policy{Limit: 5, Window: time.Hour}
 	subject := "198.51.100.7-" + string(a)
 	for i := range 5 {
-		d, err := s.Limit(ctx, subject, p, a, 1)
+		d, err := s.Limit(ctx, subject, p, a, 1, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -266,7 +266,7 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 			t.Fatalf("request %d: reset %v not within the window", i+1, d.Reset)
 		}
 	}
-	d, err := s.Limit(ctx, subject, p, a, 1)
+	d, err := s.Limit(ctx, subject, p, a, 1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,22 +280,22 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 	if d.Allowed || d.Remaining != 0 || d.RetryAfter <= 0 || d.RetryAfter > maxWait+time.Second {
 		t.Fatalf("6th request: %+v, want denied with a retry within %v", d, maxWait)
 	}
-	if other, _ := s.Limit(ctx, subject+"-other", p, a, 1); !other.Allowed {
+	if other, _ := s.Limit(ctx, subject+"-other", p, a, 1, 0); !other.Allowed {
 		t.Fatal("another subject was limited too")
 	}
 	// a short window frees up again
 	short := store.Policy{Limit: 2, Window: 300 * time.Millisecond}
 	for range 2 {
-		if d, _ := s.Limit(ctx, "short-"+string(a), short, a, 1); !d.Allowed {
+		if d, _ := s.Limit(ctx, "short-"+string(a), short, a, 1, 0); !d.Allowed {
 			t.Fatal("within limit but denied")
 		}
 	}
-	d, _ = s.Limit(ctx, "short-"+string(a), short, a, 1)
+	d, _ = s.Limit(ctx, "short-"+string(a), short, a, 1, 0)
 	if d.Allowed {
 		t.Fatal("over limit but allowed")
 	}
 	time.Sleep(d.RetryAfter + 50*time.Millisecond)
-	if d, _ := s.Limit(ctx, "short-"+string(a), short, a, 1); !d.Allowed {
+	if d, _ := s.Limit(ctx, "short-"+string(a), short, a, 1, 0); !d.Allowed {
 		t.Fatalf("after Retry-After (%v) still denied", d.RetryAfter)
 	}
 }
@@ -347,22 +347,24 @@ func testEpoch(t *testing.T, s store.Store) {
 // testLeases asks for leases larger than what is left: a store grants at
 // least one request and at most the lease, never past the limit, both
 // through Limit and through CheckKey, and counts what it grants. A lease
-// lasts as long as the algorithm allows: a sliding log's for LeaseTTL, a
-// sliding window's to the window's end, at most WindowLeaseTTL.
+// lasts as long as the algorithm allows: a sliding log's for the spread
+// asked for, its requests staggered across it, a sliding window's to the
+// window's end, at most MaxLease.
 func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 	ctx := context.Background()
 	p := store.Policy{Limit: 10, Window: time.Hour}
+	const spread = 1500 * time.Millisecond // asked for in whole seconds: 2s
 	k, _ := mustCreate(t, s, "leased-"+string(a))
 	takes := map[string]func() store.Decision{
 		"Limit": func() store.Decision {
-			d, err := s.Limit(ctx, "leases-"+string(a), p, a, 4)
+			d, err := s.Limit(ctx, "leases-"+string(a), p, a, 4, spread)
 			if err != nil {
 				t.Fatal(err)
 			}
 			return d
 		},
 		"CheckKey": func() store.Decision {
-			return check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash, Revision: k.Revision, Policy: p, Algorithm: a, Take: 4}).Limit
+			return check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash, Revision: k.Revision, Policy: p, Algorithm: a, Take: 4, Spread: spread}).Limit
 		},
 	}
 	for name, take := range takes {
@@ -375,11 +377,14 @@ func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 				}
 				break
 			}
-			if d.Granted < 1 || d.Granted > 4 || d.Lease < 0 || d.Lease > store.MaxLease(a) {
-				t.Fatalf("%s: %+v, want 1..4 granted for at most %v", name, d, store.MaxLease(a))
+			if d.Granted < 1 || d.Granted > 4 || d.Lease < 0 || d.Lease > store.MaxLease {
+				t.Fatalf("%s: %+v, want 1..4 granted for at most %v", name, d, store.MaxLease)
 			}
-			if want := leaseLength(a, p.Window, time.Now()); d.Granted > 1 && d.Lease < want-time.Second {
-				t.Fatalf("%s: %+v, want a lease of about %v", name, d, want)
+			if d.Granted > 1 {
+				want, staggered := leaseLength(a, p.Window, time.Now())
+				if d.Lease < want-time.Second || d.Lease > want+time.Second || staggered && d.Lease != want || d.Staggered != staggered {
+					t.Fatalf("%s: %+v, want a lease of about %v, staggered %v", name, d, want, staggered)
+				}
 			}
 			granted += d.Granted
 			if granted > p.Limit || d.Remaining != p.Limit-granted {
@@ -392,13 +397,16 @@ func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 	}
 }
 
-// leaseLength is how long a lease granted now lasts.
-func leaseLength(a store.Algorithm, window time.Duration, now time.Time) time.Duration {
+// leaseLength is how long a lease granted now lasts, and whether its
+// requests are staggered across it: a sliding log's for the spread asked
+// for in testLeases (rounded up to seconds), a sliding window's to the
+// window's end.
+func leaseLength(a store.Algorithm, window time.Duration, now time.Time) (time.Duration, bool) {
 	if a == store.SlidingLog {
-		return store.LeaseTTL
+		return 2 * time.Second, true
 	}
 	untilEnd := window - time.Duration(now.UnixMilli()%window.Milliseconds())*time.Millisecond
-	return min(store.WindowLeaseTTL, untilEnd)
+	return min(store.MaxLease, untilEnd), false
 }
 
 func testSlidingLogConcurrent(t *testing.T, s store.Store) {
@@ -408,7 +416,7 @@ func testSlidingLogConcurrent(t *testing.T, s store.Store) {
 	for range 8 {
 		wg.Go(func() {
 			for range 25 {
-				d, err := s.Limit(context.Background(), "crowd", p, store.SlidingLog, 1)
+				d, err := s.Limit(context.Background(), "crowd", p, store.SlidingLog, 1, 0)
 				if err != nil {
 					t.Error(err)
 					return
