@@ -59,6 +59,26 @@ func (p Policy) IsZero() bool { return p.Limit <= 0 || p.Window <= 0 }
 // String renders the policy the way the CLI takes it, e.g. "100/10m0s".
 func (p Policy) String() string { return fmt.Sprintf("%d/%s", p.Limit, p.Window) }
 
+// WindowOffset is where the sliding_window windows of a subject (kind 'k'
+// and a key id, or 's' and an anonymous subject) start within each period
+// of window: a hash of the subject, the same on every gateway. Spread so,
+// the windows of many subjects do not all end at once; aligned, every
+// gateway holding leases would ask for every busy subject's next one in
+// the same moment.
+func WindowOffset(kind byte, subject string, window time.Duration) time.Duration {
+	ms := window.Milliseconds()
+	if ms <= 0 {
+		return 0
+	}
+	// FNV-1a, 64 bits
+	h := uint64(14695981039346656037)
+	h = (h ^ uint64(kind)) * 1099511628211
+	for i := 0; i < len(subject); i++ {
+		h = (h ^ uint64(subject[i])) * 1099511628211
+	}
+	return time.Duration(h%uint64(ms)) * time.Millisecond
+}
+
 // Algorithm names a sliding-window rate-limiting algorithm.
 type Algorithm string
 
@@ -66,7 +86,8 @@ const (
 	// SlidingWindow is the sliding-window counter: the current fixed window's
 	// count plus the previous one's, weighted by how much of it still
 	// overlaps the sliding window. O(1) memory per subject; may admit a few
-	// requests over the limit when traffic is bursty at window edges.
+	// requests over the limit when traffic is bursty at window edges. Each
+	// subject's fixed windows start at its own WindowOffset.
 	SlidingWindow Algorithm = "sliding_window"
 	// SlidingLog keeps one timestamp per admitted request: exact, never
 	// admits more than the limit in any window, O(limit) memory per subject.

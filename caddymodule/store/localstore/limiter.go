@@ -37,8 +37,9 @@ type counter struct {
 	last int64
 
 	// sliding window: the start of the current fixed window and the counts
-	// of it and of the window before
-	start, cur, prev int64
+	// of it and of the window before; windows start offset ms into each
+	// period (store.WindowOffset)
+	start, cur, prev, offset int64
 
 	// sliding log: admission times, oldest first, as a ring buffer of
 	// len(log) slots holding n times from head on
@@ -64,13 +65,20 @@ func newLimiter() *limiter {
 	return l
 }
 
+func (l *limiter) shard(ck counterKey) *shard {
+	return &l.shards[maphash.String(l.seed, ck.name)&(shardCount-1)]
+}
+
 // take takes one request from the counter ck at time now (unix ms).
 func (l *limiter) take(ck counterKey, now int64) store.Decision {
-	sh := &l.shards[maphash.String(l.seed, ck.name)&(shardCount-1)]
+	sh := l.shard(ck)
 	sh.mu.Lock()
 	c := sh.counters[ck]
 	if c == nil {
 		c = &counter{last: now}
+		if ck.algorithm != store.SlidingLog {
+			c.offset = store.WindowOffset(ck.kind, ck.name, time.Duration(ck.window)*time.Millisecond).Milliseconds()
+		}
 		sh.counters[ck] = c
 	}
 	var allowed bool
@@ -101,10 +109,10 @@ func (l *limiter) take(ck counterKey, now int64) store.Decision {
 // keep the compiler from fusing multiply-adds, so every rounding matches
 // Lua's doubles.
 func (c *counter) slidingWindow(now, limit, window int64) (allowed bool, remaining, reset, retry int64) {
-	start := now - now%window
+	start := now - mod(now-c.offset, window)
 	s, cur, prev := c.start, c.cur, c.prev
 	if s != start {
-		if s == start-window {
+		if s != 0 && s >= start-window {
 			prev = cur
 		} else {
 			prev = 0
@@ -138,6 +146,15 @@ func (c *counter) slidingWindow(now, limit, window int64) (allowed bool, remaini
 		remaining = 0
 	}
 	return true, remaining, start + window, 0
+}
+
+// mod is Lua's %: the remainder with the sign of the divisor.
+func mod(a, b int64) int64 {
+	r := a % b
+	if r < 0 {
+		r += b
+	}
+	return r
 }
 
 // slidingLog is sliding_log from scripts.go: exact, one time per admitted

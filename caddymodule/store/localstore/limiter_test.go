@@ -1,6 +1,7 @@
 package localstore
 
 import (
+	"strconv"
 	"testing"
 	"time"
 
@@ -74,26 +75,62 @@ func TestSlidingLogRing(t *testing.T) {
 func TestSlidingWindowWeighsThePreviousWindow(t *testing.T) {
 	l := newLimiter()
 	ck := counterKey{'k', "id", store.SlidingWindow, 10, 1000}
+	// the subject's windows start at 100_000 + its offset
+	at := func(ms int64) int64 { return ms + store.WindowOffset('k', "id", time.Second).Milliseconds() }
 	for range 10 {
-		if !l.take(ck, 100_100).Allowed {
+		if !l.take(ck, at(100_100)).Allowed {
 			t.Fatal("denied within the limit")
 		}
 	}
-	if l.take(ck, 100_900).Allowed {
-		t.Fatal("eleventh request in one window admitted")
+	if d := l.take(ck, at(100_900)); d.Allowed || d.Reset.UnixMilli() < at(101_000) {
+		t.Fatalf("eleventh request in one window: %+v", d)
 	}
 	// Half-way through the next window the previous one weighs 5: five more.
 	for i := range 5 {
-		if d := l.take(ck, 101_500); !d.Allowed {
-			t.Fatalf("request %d half-way through the next window denied: %+v", i, d)
+		if d := l.take(ck, at(101_500)); !d.Allowed || d.Reset.UnixMilli() != at(102_000) {
+			t.Fatalf("request %d half-way through the next window: %+v", i, d)
 		}
 	}
-	if d := l.take(ck, 101_500); d.Allowed || d.RetryAfter <= 0 {
+	if d := l.take(ck, at(101_500)); d.Allowed || d.RetryAfter <= 0 {
 		t.Fatalf("sixth request: %+v, want denied with a wait", d)
 	}
 	// Two windows later nothing is remembered.
-	if d := l.take(ck, 103_000); !d.Allowed || d.Remaining != 9 {
+	if d := l.take(ck, at(103_000)); !d.Allowed || d.Remaining != 9 {
 		t.Fatalf("after two windows: %+v", d)
+	}
+}
+
+// Each subject's windows start at its own offset, so that windows of many
+// subjects end spread over the period, not all at once. A counter kept
+// under other window boundaries (an upgrade, a clock stepped back) is not
+// forgotten: it weighs as the previous window.
+func TestSlidingWindowOffsets(t *testing.T) {
+	ends := map[int64]bool{}
+	for i := range 100 {
+		off := store.WindowOffset('k', strconv.Itoa(i), time.Minute)
+		if off < 0 || off >= time.Minute {
+			t.Fatalf("offset %v outside the window", off)
+		}
+		if off != store.WindowOffset('k', strconv.Itoa(i), time.Minute) {
+			t.Fatal("offset differs between calls")
+		}
+		ends[off.Milliseconds()/1000] = true
+	}
+	if len(ends) < 40 {
+		t.Fatalf("100 subjects' windows end in only %d of 60 seconds", len(ends))
+	}
+
+	l := newLimiter()
+	ck := counterKey{'s', "moved", store.SlidingWindow, 10, 1000}
+	c := &counter{start: 200_000, cur: 10, last: 200_000, offset: 400}
+	l.shard(ck).counters[ck] = c
+	// now 200_500: this window started at 200_400, the stored one 400ms
+	// before it, so its 10 weigh 0.9 × 10 = 9: one more request
+	if d := l.take(ck, 200_500); !d.Allowed || d.Remaining != 0 {
+		t.Fatalf("first request under the new boundaries: %+v", d)
+	}
+	if d := l.take(ck, 200_500); d.Allowed {
+		t.Fatalf("the moved counter was forgotten: %+v", d)
 	}
 }
 

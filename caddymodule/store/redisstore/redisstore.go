@@ -125,6 +125,7 @@ func counterKey(kind byte, name string, p store.Policy, a store.Algorithm) strin
 // them to interface values per call would allocate.
 var (
 	lastUsedEveryArg any = lastUsedEvery.Milliseconds()
+	zeroArg          any = int64(0)
 	algorithmArgs        = map[store.Algorithm]any{
 		store.SlidingWindow: string(store.SlidingWindow),
 		store.SlidingLog:    string(store.SlidingLog),
@@ -157,6 +158,15 @@ func leaseArg(a store.Algorithm, spread time.Duration) any {
 	return leaseArgs[min(int((spread+time.Second-1)/time.Second), longest)]
 }
 
+// windowOffsetArg is store.WindowOffset in ms for a sliding window (zero,
+// which needs no allocation, for a sliding log, which has no windows).
+func windowOffsetArg(a store.Algorithm, kind byte, subject string, window time.Duration) any {
+	if a == store.SlidingLog {
+		return zeroArg
+	}
+	return store.WindowOffset(kind, subject, window).Milliseconds()
+}
+
 // CheckKey implements store.Store.
 func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, error) {
 	var keys []string
@@ -169,7 +179,8 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 	}
 	res, err := s.hot.run(ctx, checkKeyScript, keys,
 		c.Hash.String(), c.Revision, c.Policy.Limit, c.Policy.Window.Milliseconds(),
-		algorithmArg(c.Algorithm), lastUsedEveryArg, max(c.Take, 1), leaseArg(c.Algorithm, c.Spread))
+		algorithmArg(c.Algorithm), lastUsedEveryArg, max(c.Take, 1), leaseArg(c.Algorithm, c.Spread),
+		windowOffsetArg(c.Algorithm, 'k', c.KeyID, c.Policy.Window))
 	if err != nil {
 		return store.Verdict{}, err
 	}
@@ -194,7 +205,8 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 // Limit implements store.Store.
 func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm, take int64, spread time.Duration) (store.Decision, error) {
 	key := counterKey('s', subject, p, a)
-	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a), max(take, 1), leaseArg(a, spread))
+	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a), max(take, 1), leaseArg(a, spread),
+		windowOffsetArg(a, 's', subject, p.Window))
 	if err != nil {
 		return store.Decision{}, err
 	}

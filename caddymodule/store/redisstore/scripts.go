@@ -16,12 +16,17 @@ end
 
 -- Sliding-window counter: the fixed window's count plus the previous
 -- window's count weighted by how much of it still overlaps. O(1) memory.
-local function sliding_window(key, now, limit, window, n, ttl)
+-- The subject's fixed windows start offset ms into each period of window
+-- (store.WindowOffset). A stored window that is not this one but started
+-- less than a window before it (the previous one; or, after the offset
+-- changed or the clock stepped back, one overlapping this) counts as the
+-- previous window: never forgotten early.
+local function sliding_window(key, now, limit, window, n, ttl, offset)
   local v = redis.call('HMGET', key, 's', 'c', 'p')
-  local start = now - (now % window)
+  local start = now - ((now - offset) % window)
   local s, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
   if s ~= start then
-    if s == start - window then p = c else p = 0 end
+    if s and s >= start - window then p = c else p = 0 end
     c = 0
   end
   local weight = (window - (now - start)) / window
@@ -86,11 +91,11 @@ local function sliding_log(key, now, limit, window, n, ttl)
   return {1, limit - count - g, tonumber(oldest[2]) + window, 0, g, ttl}
 end
 
-local function take(key, now, limit, window, algorithm, n, ttl)
+local function take(key, now, limit, window, algorithm, n, ttl, offset)
   if algorithm == 'sliding_log' then
     return sliding_log(key, now, limit, window, n, ttl)
   end
-  return sliding_window(key, now, limit, window, n, ttl)
+  return sliding_window(key, now, limit, window, n, ttl, offset)
 end
 `
 
@@ -102,7 +107,7 @@ end
 // ms, ARGV[5] algorithm, ARGV[6] how old last-used may get before it is
 // rewritten (ms), so that last-used costs one write per key per interval,
 // not one per request, ARGV[7] requests to take (a lease when > 1), ARGV[8]
-// how long a lease may last (ms).
+// how long a lease may last (ms), ARGV[9] the subject's window offset (ms).
 //
 // Returns {status, record-or-empty, allowed, remaining, reset, retry,
 // granted, lease ms}; the record (HGETALL) is sent only when its revision
@@ -122,15 +127,16 @@ if now - (tonumber(rec[5]) or 0) >= tonumber(ARGV[6]) then
   redis.call('HSET', KEYS[1], 'u', now)
 end
 if #KEYS < 2 then return {0, full} end
-local d = take(KEYS[2], now, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[7]), tonumber(ARGV[8]))
+local d = take(KEYS[2], now, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
 return {0, full, d[1], d[2], d[3], d[4], d[5], d[6]}
 `)
 
 // limitScript takes one request (or a lease) from a subject's limit.
 // KEYS[1] counter; ARGV[1] limit, ARGV[2] window ms, ARGV[3] algorithm,
-// ARGV[4] requests to take, ARGV[5] how long a lease may last (ms).
+// ARGV[4] requests to take, ARGV[5] how long a lease may last (ms), ARGV[6]
+// the subject's window offset (ms).
 var limitScript = redis.NewScript(limiterLua + `
-return take(KEYS[1], now_ms(), tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+return take(KEYS[1], now_ms(), tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
 `)
 
 // updateScript writes a changed record if nobody changed it meanwhile.

@@ -355,6 +355,11 @@ func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 	p := store.Policy{Limit: 10, Window: time.Hour}
 	const spread = 1500 * time.Millisecond // asked for in whole seconds: 2s
 	k, _ := mustCreate(t, s, "leased-"+string(a))
+	// a sliding window ends where the subject's windows start
+	offsets := map[string]time.Duration{
+		"Limit":    store.WindowOffset('s', "leases-"+string(a), p.Window),
+		"CheckKey": store.WindowOffset('k', k.ID, p.Window),
+	}
 	takes := map[string]func() store.Decision{
 		"Limit": func() store.Decision {
 			d, err := s.Limit(ctx, "leases-"+string(a), p, a, 4, spread)
@@ -380,8 +385,11 @@ func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 			if d.Granted < 1 || d.Granted > 4 || d.Lease < 0 || d.Lease > store.MaxLease {
 				t.Fatalf("%s: %+v, want 1..4 granted for at most %v", name, d, store.MaxLease)
 			}
+			if ends := time.Duration(d.Reset.UnixMilli()%p.Window.Milliseconds()) * time.Millisecond; a == store.SlidingWindow && ends != offsets[name] {
+				t.Fatalf("%s: the window ends %v into the hour, want at the subject's offset, %v", name, ends, offsets[name])
+			}
 			if d.Granted > 1 {
-				want, staggered := leaseLength(a, p.Window, time.Now())
+				want, staggered := leaseLength(a, p.Window, offsets[name], time.Now())
 				if d.Lease < want-time.Second || d.Lease > want+time.Second || staggered && d.Lease != want || d.Staggered != staggered {
 					t.Fatalf("%s: %+v, want a lease of about %v, staggered %v", name, d, want, staggered)
 				}
@@ -399,13 +407,14 @@ func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 
 // leaseLength is how long a lease granted now lasts, and whether its
 // requests are staggered across it: a sliding log's for the spread asked
-// for in testLeases (rounded up to seconds), a sliding window's to the
-// window's end.
-func leaseLength(a store.Algorithm, window time.Duration, now time.Time) (time.Duration, bool) {
+// for in testLeases (rounded up to seconds), a sliding window's to the end
+// of the subject's window (which starts offset into each period).
+func leaseLength(a store.Algorithm, window, offset time.Duration, now time.Time) (time.Duration, bool) {
 	if a == store.SlidingLog {
 		return 2 * time.Second, true
 	}
-	untilEnd := window - time.Duration(now.UnixMilli()%window.Milliseconds())*time.Millisecond
+	into := (now.UnixMilli() - offset.Milliseconds()) % window.Milliseconds()
+	untilEnd := window - time.Duration((into+window.Milliseconds())%window.Milliseconds())*time.Millisecond
 	return min(store.MaxLease, untilEnd), false
 }
 
