@@ -84,11 +84,14 @@ const (
 	// withEmbeddedBackend: the gateway on Redis, the backend on its
 	// embedded store.
 	withEmbeddedBackend storeKind = "redis-gateway+embedded-backend"
+	// withRedisLeases: withRedis, and KEYGATE_LEASE=64.
+	withRedisLeases storeKind = "redis+lease"
 )
 
-// forEachStore runs fn in a subtest per store kind, each on its own stack.
-func forEachStore(t *testing.T, fn func(t *testing.T, s *stack)) {
-	for _, kind := range []storeKind{withRedis, withEmbedded, withEmbeddedBackend} {
+// forEachStore runs fn in a subtest per store kind (the three above, and
+// any extra ones), each on its own stack.
+func forEachStore(t *testing.T, fn func(t *testing.T, s *stack), extra ...storeKind) {
+	for _, kind := range append([]storeKind{withRedis, withEmbedded, withEmbeddedBackend}, extra...) {
 		t.Run(string(kind), func(t *testing.T) { fn(t, startStack(t, kind)) })
 	}
 }
@@ -103,6 +106,7 @@ type stack struct {
 	home    string // HOME of every child process
 	env     []string
 	keygate string
+	kind    storeKind
 }
 
 // startStack starts a backend and a gateway (the root Caddyfile) on free
@@ -119,6 +123,7 @@ func startStack(t *testing.T, kind storeKind) *stack {
 		Secret:  randomHex(t, 32),
 		home:    home,
 		keygate: keygateBin,
+		kind:    kind,
 	}
 	// A clean environment: nothing from the caller's KEYGATE_*, proxies or
 	// $HOME leaks in, and nothing is written outside the temp dir.
@@ -130,8 +135,11 @@ func startStack(t *testing.T, kind storeKind) *stack {
 		"TMPDIR=" + os.TempDir(),
 		"LANG=C.UTF-8",
 	}
-	redisURL, backendRedisURL := "", ""
+	redisURL, backendRedisURL, lease := "", "", "0"
 	switch kind {
+	case withRedisLeases:
+		lease = "64"
+		fallthrough
 	case withRedis:
 		redisURL = redistest.Start(t).URL()
 		backendRedisURL = redisURL
@@ -168,6 +176,7 @@ func startStack(t *testing.T, kind storeKind) *stack {
 		"KEYGATE_ADMIN="+s.Admin,
 		"KEYGATE_BACKEND="+s.Backend,
 		"KEYGATE_REDIS="+redisURL,
+		"KEYGATE_LEASE="+lease,
 		"KEYGATE_UPSTREAM_SECRET="+s.Secret,
 	)
 	// Ready when the admin API lists keys and the site port accepts
@@ -577,4 +586,31 @@ func (s *stack) runPython(t *testing.T, script string) string {
 		t.Fatalf("python example failed: %v\nscript:\n%s\nstdout: %s\nstderr: %s", err, script, out, stderr.String())
 	}
 	return string(out)
+}
+
+// storeCalls reads how many key checks the gateway has sent to its store
+// (keygate_store_duration_seconds_count{op="check"} on the admin API).
+func (s *stack) storeCalls() int {
+	s.t.Helper()
+	resp, err := http.Get("http://" + s.Admin + "/metrics")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	const prefix = `keygate_store_duration_seconds_count{op="check"} `
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				s.t.Fatalf("metric %q", line)
+			}
+			return n
+		}
+	}
+	s.t.Fatalf("/metrics has no %s", prefix)
+	return 0
 }

@@ -570,7 +570,8 @@ func TestSkippingTheGatewayIsRefused(t *testing.T) {
 }
 
 // TestShortLinksRateLimit: the stack limits /api/shortlinks to 20 requests a
-// minute per key, with Short Link's 429 body and the X-RateLimit-* headers.
+// minute per key, with Short Link's 429 body and the X-RateLimit-* headers;
+// the same with leases (KEYGATE_LEASE).
 func TestShortLinksRateLimit(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s *stack) {
 		key := s.generateKey("limited") // no own limit: the route's applies
@@ -583,6 +584,10 @@ func TestShortLinksRateLimit(t *testing.T) {
 			if l, rem := r.Header.Get("X-RateLimit-Limit"), r.Header.Get("X-RateLimit-Remaining"); l != "20" || rem != strconv.Itoa(20-i) {
 				t.Errorf("request %d: X-RateLimit-Limit %q Remaining %q, want 20 and %d", i, l, rem, 20-i)
 			}
+		}
+		// with leases, most of the 20 were admitted without a store call
+		if calls := s.storeCalls(); s.kind == withRedisLeases && calls > 10 {
+			t.Errorf("KEYGATE_LEASE=64: %d store calls for 20 requests", calls)
 		}
 		before := time.Now()
 		r := create(key)
@@ -606,7 +611,7 @@ func TestShortLinksRateLimit(t *testing.T) {
 		if l := other.Header.Get("X-RateLimit-Limit"); l != "100" {
 			t.Errorf("/api/shorten: X-RateLimit-Limit %q, want the default 100", l)
 		}
-	})
+	}, withRedisLeases)
 }
 
 // TestMissingOrBadKey: the write APIs need a key; the gateway answers 401

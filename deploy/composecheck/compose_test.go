@@ -212,6 +212,17 @@ func TestGateway(t *testing.T) {
 	if gs, bs := env(g, "KEYGATE_UPSTREAM_SECRET"), env(b, "KEYGATE_UPSTREAM_SECRET"); gs != secret || gs != bs {
 		t.Errorf("KEYGATE_UPSTREAM_SECRET: gateway %q, backend %q; want both the environment's value", gs, bs)
 	}
+	// Leases off unless the environment sets KEYGATE_LEASE.
+	if got := env(g, "KEYGATE_LEASE"); got != "0" {
+		t.Errorf("KEYGATE_LEASE = %q by default, want 0", got)
+	}
+	leased, err := load(t, "KEYGATE_UPSTREAM_SECRET="+secret, "KEYGATE_LEASE=64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := env(service(t, leased, "gateway"), "KEYGATE_LEASE"); got != "64" {
+		t.Errorf("KEYGATE_LEASE = %q with KEYGATE_LEASE=64 in the environment", got)
+	}
 	// Redis: the same server, another database than the backend's.
 	gh, gp, gdb := redisURL(t, "KEYGATE_REDIS", env(g, "KEYGATE_REDIS"))
 	bh, bp, bdb := redisURL(t, "BACKEND_REDIS_URL", env(b, "BACKEND_REDIS_URL"))
