@@ -84,7 +84,7 @@ func (g *grant) lapse(now time.Time) {
 	switch {
 	case elapsed >= g.length:
 		g.next = g.tokens
-	case g.staggered && elapsed >= 0:
+	case g.staggered && elapsed >= 0 && g.length >= time.Millisecond:
 		// The i-th may be admitted while elapsed < ⌊i·ms/n⌋ ms: while
 		// ⌊elapsed⌋ ms + 1 ≤ i·ms/n, i.e. from the i below on.
 		ms := g.length.Milliseconds()

@@ -119,4 +119,14 @@ func TestStaggeredLogMembers(t *testing.T) {
 	if ttl := lives(); ttl < p.Window+d.Lease-time.Second {
 		t.Fatalf("a single request cut the log's life to %v, under the lease's %v", ttl, p.Window+d.Lease)
 	}
+
+	// A lease far larger than Lua's unpack takes at once is logged whole.
+	big := store.Policy{Limit: 100_000, Window: time.Minute}
+	d, err = s.Limit(ctx, "big lease", big, store.SlidingLog, 20_000, time.Minute)
+	if err != nil || d.Granted != 20_000 {
+		t.Fatalf("lease of 20,000: %+v %v", d, err)
+	}
+	if n := rdb.ZCard(ctx, counterKey('s', "big lease", big, store.SlidingLog)).Val(); n != 20_000 {
+		t.Fatalf("lease of 20,000 logged %d", n)
+	}
 }

@@ -77,13 +77,17 @@ local function sliding_log(key, now, limit, window, n, ttl)
   local g = math.max(math.min(n, limit - count), 1)
   redis.call('ZADD', key, now, now .. '-' .. count)
   if g > 1 then
+    -- in batches: unpack takes at most a few thousand values
     local m, members = g - 1, {}
     for i = 1, m do
       local at = now + math.floor(i * ttl / m)
       members[#members + 1] = at
       members[#members + 1] = at .. '-' .. (count + i) .. '-' .. now
+      if #members == 1000 or i == m then
+        redis.call('ZADD', key, unpack(members))
+        members = {}
+      end
     end
-    redis.call('ZADD', key, unpack(members))
   end
   local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   redis.call('PEXPIRE', key, tonumber(newest[2]) + window - now)
