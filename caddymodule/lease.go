@@ -35,9 +35,9 @@ import (
 // The size of a lease follows the subject's traffic, measured from the
 // grant: a subject seen once in a while asks for one request at a time, a
 // busy one for up to the configured maximum.
-//   - sliding_window: when a lease is used up before it ends, the next is
-//     what that pace would use until the window ends (at least 5s' worth,
-//     at least twice the last); when one ends, the next is what was used.
+//   - sliding_window: what the pace would use until the window ends (at
+//     least 5s' worth); when a lease is used up before it ends, at least
+//     twice the last.
 //   - sliding_log: what the pace would use in half of store.MaxLease,
 //     spread over twice the time the pace would take to use it (at least a
 //     second, at most MaxLease), so that traffic a little slower than
@@ -190,10 +190,24 @@ func (t *leaseTable) want(k leaseKey, now time.Time) (int64, time.Duration) {
 		perLease := math.Ceil(float64(l.used+1) / float64(elapsed) * float64(horizon))
 		return min(max(int64(min(perLease, float64(t.max))), 2*l.size, 2), t.max), 0
 	case !now.Before(l.ends):
-		// it ended: about as many as were used during one
-		return min(max(l.used, 1), t.max), 0
+		// It ended (with its window, or at MaxLease): what the pace it saw
+		// would use until the window now running ends, at most MaxLease,
+		// at least 5s' worth.
+		elapsed := max(l.ends.Sub(l.since), time.Millisecond)
+		horizon := min(max(untilWindowEnd(l.reset, k.policy.Window, now), windowHorizonMin), store.MaxLease)
+		perLease := math.Ceil(float64(l.used) / float64(elapsed) * float64(horizon))
+		return min(max(int64(min(perLease, float64(t.max))), 1), t.max), 0
 	}
 	return l.size, 0
+}
+
+// untilWindowEnd is how long from now the sliding window running at now
+// lasts, given that one of the subject's windows ended (or ends) at end.
+func untilWindowEnd(end time.Time, window time.Duration, now time.Time) time.Duration {
+	if end.After(now) || window <= 0 {
+		return end.Sub(now)
+	}
+	return window - now.Sub(end)%window
 }
 
 // wantLog sizes a sliding_log lease by the pace since l was granted (until

@@ -81,7 +81,7 @@ func TestLeaseTable(t *testing.T) {
 			t.Fatalf("take: %+v %v, want remaining %d", d, ok, want)
 		}
 	}
-	// a lease ends after its TTL, and the next is sized by what was used
+	// a lease ends after its TTL
 	tbl.put(k, grant(8, 30, t0), 8, 0, t0, 0)
 	tbl.take(k, t0, 0, true)
 	tbl.take(k, t0, 0, true)
@@ -89,8 +89,24 @@ func TestLeaseTable(t *testing.T) {
 	if _, ok := tbl.take(k, later, 0, true); ok {
 		t.Fatal("took from an ended lease")
 	}
-	if n := want(tbl, later); n != 3 {
-		t.Fatalf("after an unused lease, want %d; expected 3 (what was used)", n)
+	// The next after one that ended with its window is what the pace it
+	// saw would use until the window now running ends: 4 in 10s, and 55s
+	// of a one-minute window left, 22; after an idle while, a whole
+	// window's worth, 24.
+	perMinute := leaseKey{'k', "id", store.Policy{Limit: 100, Window: time.Minute}}
+	for _, c := range []struct {
+		at   time.Duration
+		want int64
+	}{{15 * time.Second, 22}, {10*time.Second + 5*time.Minute, 24}} {
+		ended := newLeaseTable(64, store.SlidingWindow)
+		windowEnd := store.Decision{Allowed: true, Limit: 100, Remaining: 50, Granted: 8, Lease: 10 * time.Second, Reset: t0.Add(10 * time.Second)}
+		ended.put(perMinute, windowEnd, 8, 0, t0, 0)
+		for range 3 {
+			ended.take(perMinute, t0.Add(time.Second), 0, true)
+		}
+		if n, _ := ended.want(perMinute, t0.Add(c.at)); n != c.want {
+			t.Fatalf("%v after a lease that ended with its window, want %d; expected %d", c.at, n, c.want)
+		}
 	}
 	// Two concurrent grants are both kept, each until its own end, and the
 	// lower remaining is reported.
