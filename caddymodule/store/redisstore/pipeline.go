@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,6 +18,14 @@ import (
 // request. While few calls are in flight, a call goes out directly from its
 // own goroutine: handing it to a sender would only add latency. Each call
 // remains its own EVALSHA, so nothing about its atomicity changes.
+//
+// Senders and direct calls use connections of their own where the client
+// allows it (a plain *redis.Client), not the client's pool: a pooled
+// connection costs a health-check syscall on every checkout. Such a line
+// goes back to the pool after an idle second, so that the next call takes
+// a health-checked connection (one that Redis or the network closed while
+// idle is not used); after an error other than Redis's own answer it is
+// dropped (it may hold an unread reply, or be broken).
 
 const (
 	// directCalls is how many calls may go out directly at once; a call
@@ -47,20 +54,70 @@ type scriptCall struct {
 }
 
 type pipeliner struct {
-	inflight atomic.Int32 // calls sent directly, not yet answered
-	client   redis.UniversalClient
-	timeout  time.Duration
-	calls    chan *scriptCall
-	stop     chan struct{}
-	senders  sync.WaitGroup
+	client  redis.UniversalClient
+	timeout time.Duration
+	// direct holds the lines free for direct calls: a call that finds none
+	// is pipelined
+	direct  chan *line
+	calls   chan *scriptCall
+	stop    chan struct{}
+	senders sync.WaitGroup
+}
+
+// line is a connection of the pipeliner's own: nil until first used, after
+// an error or an idle while, or when the client is not a plain
+// *redis.Client.
+type line struct {
+	conn *redis.Conn
+	used time.Time
+}
+
+// lineIdle is how long a line may sit unused before it goes back to the
+// client's pool.
+const lineIdle = time.Second
+
+// take returns the line's connection, taking one from the client's pool
+// (health-checked) if it has none or sat idle (nil when the client cannot
+// give one).
+func (l *line) take(client redis.UniversalClient) *redis.Conn {
+	if l.conn != nil && time.Since(l.used) > lineIdle {
+		l.close() // back to the pool
+	}
+	if c, ok := client.(*redis.Client); ok && l.conn == nil {
+		l.conn = c.Conn()
+	}
+	return l.conn
+}
+
+// done records a use that ended with err, and drops the line's connection
+// after an error other than Redis's own answer (after which the connection
+// is in order).
+func (l *line) done(err error) {
+	var answer redis.Error
+	if err != nil && l.conn != nil && !errors.As(err, &answer) {
+		_ = l.conn.Close()
+		l.conn = nil
+	}
+	l.used = time.Now()
+}
+
+func (l *line) close() {
+	if l.conn != nil {
+		_ = l.conn.Close()
+		l.conn = nil
+	}
 }
 
 func newPipeliner(client redis.UniversalClient, timeout time.Duration) *pipeliner {
 	p := &pipeliner{
 		client:  client,
 		timeout: timeout,
+		direct:  make(chan *line, directCalls),
 		calls:   make(chan *scriptCall, 4*maxBatch),
 		stop:    make(chan struct{}),
+	}
+	for range directCalls {
+		p.direct <- new(line)
 	}
 	p.senders.Add(pipelineSenders)
 	for range pipelineSenders {
@@ -80,17 +137,23 @@ func (p *pipeliner) run(ctx context.Context, script *redis.Script, keys []string
 		cmdArgs = append(cmdArgs, k)
 	}
 	cmdArgs = append(cmdArgs, args...)
-	if p.inflight.Add(1) <= directCalls {
-		// bounded by the client's dial, read, write and pool timeouts
-		defer p.inflight.Add(-1)
+	select {
+	case l := <-p.direct:
+		// bounded by the client's dial, read and write timeouts
+		defer func() { p.direct <- l }()
 		cmd := redis.NewCmd(ctx, cmdArgs...)
-		_ = p.client.Process(ctx, cmd)
+		if conn := l.take(p.client); conn != nil {
+			_ = conn.Process(ctx, cmd)
+		} else {
+			_ = p.client.Process(ctx, cmd)
+		}
+		l.done(cmd.Err())
 		if isNoScript(cmd.Err()) {
 			return script.Eval(ctx, p.client, keys, args...).Slice()
 		}
 		return cmd.Slice()
+	default:
 	}
-	p.inflight.Add(-1)
 	c := &scriptCall{
 		cmd:      redis.NewCmd(ctx, cmdArgs...),
 		script:   script,
@@ -117,20 +180,11 @@ func (p *pipeliner) run(ctx context.Context, script *redis.Script, keys []string
 }
 
 // send is one sender: it waits for a call, takes every call queued behind
-// it (up to maxBatch) and sends them as one pipeline.
-//
-// A sender keeps one connection of its own where the client allows it (a
-// plain *redis.Client): a pooled one costs a health-check syscall on every
-// checkout. After an error the connection is dropped and the next batch
-// takes a fresh one.
+// it (up to maxBatch) and sends them as one pipeline on its own line.
 func (p *pipeliner) send() {
 	defer p.senders.Done()
-	var conn *redis.Conn // nil: none yet, or a cluster/failover client
-	defer func() {
-		if conn != nil {
-			_ = conn.Close()
-		}
-	}()
+	var l line
+	defer l.close()
 	batch := make([]*scriptCall, 0, maxBatch)
 	for {
 		select {
@@ -148,35 +202,27 @@ func (p *pipeliner) send() {
 				break collect
 			}
 		}
-		conn = p.exec(conn, batch)
+		p.exec(&l, batch)
 		clear(batch) // let the finished calls go
 	}
 }
 
-// exec sends one batch and wakes its callers. Its deadline is the oldest
-// call's enqueue time plus the store timeout, so a call never waits for
-// Redis much longer than the timeout, however long it queued.
-//
-// It sends on conn when there is one and returns the connection for the
-// next batch.
-func (p *pipeliner) exec(conn *redis.Conn, batch []*scriptCall) *redis.Conn {
+// exec sends one batch on l and wakes its callers. Its deadline is the
+// oldest call's enqueue time plus the store timeout, so a call never waits
+// for Redis much longer than the timeout, however long it queued.
+func (p *pipeliner) exec(l *line, batch []*scriptCall) {
 	ctx, cancel := context.WithDeadline(context.Background(), batch[0].enqueued.Add(p.timeout))
 	defer cancel()
-	if c, ok := p.client.(*redis.Client); ok && conn == nil {
-		conn = c.Conn()
-	}
 	pipe := p.client.Pipeline()
-	if conn != nil {
+	if conn := l.take(p.client); conn != nil {
 		pipe = conn.Pipeline()
 	}
 	for _, c := range batch {
 		_ = pipe.Process(ctx, c.cmd)
 	}
-	_, err := pipe.Exec(ctx) // every command carries its own error
-	if err != nil && conn != nil && !isNoScript(err) {
-		// it may hold unread replies, or be broken: start afresh
-		_ = conn.Close()
-		conn = nil
+	_, _ = pipe.Exec(ctx) // every command carries its own error
+	for _, c := range batch {
+		l.done(c.cmd.Err())
 	}
 
 	// After a Redis restart or SCRIPT FLUSH the scripts are gone: load them
@@ -189,17 +235,24 @@ func (p *pipeliner) exec(conn *redis.Conn, batch []*scriptCall) *redis.Conn {
 		}
 		close(c.done)
 	}
-	return conn
 }
 
 func isNoScript(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }
 
-// close stops the senders; calls still queued get errStoreClosed.
+// close stops the senders and closes the direct lines not in use (the
+// others close with the client); calls still queued get errStoreClosed.
 func (p *pipeliner) close() {
 	close(p.stop)
 	p.senders.Wait()
+	for range directCalls {
+		select {
+		case l := <-p.direct:
+			l.close()
+		default:
+		}
+	}
 	for {
 		select {
 		case c := <-p.calls:

@@ -127,6 +127,33 @@ func TestPipelinesRecoverAfterRedisRestart(t *testing.T) {
 	waitRecovered(t, s)
 }
 
+// A direct call does not pay the pool's health check on every call, but a
+// line idle for more than lineIdle goes back to the pool: a connection that
+// Redis (or the network) closed meanwhile is never used, and the calls
+// after the quiet spell succeed.
+func TestIdleLinesAreCheckedBeforeUse(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	ctx := context.Background()
+	p := store.Policy{Limit: 1000, Window: time.Minute}
+	calls := func(when string) {
+		t.Helper()
+		for i := range directCalls { // one after another: each direct line once
+			if _, err := s.Limit(ctx, "quiet", p, store.SlidingWindow, 1, 0); err != nil {
+				t.Fatalf("call %d %s: %v", i+1, when, err)
+			}
+		}
+	}
+	calls("before")
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	if err := rdb.ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(lineIdle + 200*time.Millisecond)
+	calls("after Redis closed the idle connections")
+}
+
 // waitRecovered waits until a burst of concurrent calls, enough to go
 // through every sender, all succeed.
 func waitRecovered(t *testing.T, s *Store) {

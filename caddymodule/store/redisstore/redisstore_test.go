@@ -23,22 +23,10 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// openOnNewRedis opens a store on a redis-server of its own; both stop
-// when the test ends.
-func openOnNewRedis(t *testing.T) (*Store, *redistest.Server) {
-	t.Helper()
-	srv := redistest.Start(t)
-	s, err := Open(srv.URL(), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s, srv
-}
-
 // No secret may reach Redis, neither in a key name nor in a value.
 func TestNoPlaintextInRedis(t *testing.T) {
-	s, srv := openOnNewRedis(t)
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
 	ctx := context.Background()
 	k, secret := storetest.NewKey(t, "secretive")
 	if err := s.CreateKey(ctx, k); err != nil {
@@ -82,7 +70,8 @@ func TestNoPlaintextInRedis(t *testing.T) {
 // table stops admitting it; the log lives until its newest member has
 // counted a full window, and a later single request never shortens that.
 func TestStaggeredLogMembers(t *testing.T) {
-	s, srv := openOnNewRedis(t)
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
 	ctx := context.Background()
 	p := store.Policy{Limit: 100, Window: time.Minute}
 	d, err := s.Limit(ctx, "stagger", p, store.SlidingLog, 5, 2*time.Second)
