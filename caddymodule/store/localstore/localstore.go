@@ -144,6 +144,13 @@ func (s *Store) index(rec *record) {
 	s.byName[rec.key.Name] = rec.key.ID
 }
 
+// unindex removes rec from the maps; the caller holds mu.
+func (s *Store) unindex(rec *record) {
+	delete(s.byID, rec.key.ID)
+	delete(s.byHash, rec.key.Hash)
+	delete(s.byName, rec.key.Name)
+}
+
 // persist writes every key to the file atomically: a temp file in the same
 // directory, fsynced, renamed over the old one, and the directory fsynced,
 // so a crash leaves either the old file or the new one. The caller holds
@@ -281,9 +288,7 @@ func (s *Store) CreateKey(_ context.Context, k store.Key) error {
 	s.mu.Unlock()
 	if err := s.persist(); err != nil {
 		s.mu.Lock()
-		delete(s.byID, k.ID)
-		delete(s.byHash, k.Hash)
-		delete(s.byName, k.Name)
+		s.unindex(rec)
 		s.mu.Unlock()
 		return err
 	}
@@ -333,14 +338,12 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 	oldRec := s.byID[k.ID]
 	rec := &record{key: k}
 	rec.lastUsed.Store(oldRec.lastUsed.Load())
-	delete(s.byName, old.Name)
-	delete(s.byHash, old.Hash)
+	s.unindex(oldRec)
 	s.index(rec)
 	s.mu.Unlock()
 	if err := s.persist(); err != nil {
 		s.mu.Lock()
-		delete(s.byName, k.Name)
-		delete(s.byHash, k.Hash)
+		s.unindex(rec)
 		s.index(oldRec)
 		s.mu.Unlock()
 		return store.Key{}, err
@@ -360,9 +363,7 @@ func (s *Store) DeleteKey(_ context.Context, name string) error {
 		return store.ErrNotFound
 	}
 	rec := s.byID[id]
-	delete(s.byID, id)
-	delete(s.byHash, rec.key.Hash)
-	delete(s.byName, name)
+	s.unindex(rec)
 	s.mu.Unlock()
 	if err := s.persist(); err != nil {
 		s.mu.Lock()
