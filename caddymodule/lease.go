@@ -188,7 +188,7 @@ func (t *leaseTable) want(k leaseKey, now time.Time) (int64, time.Duration) {
 		elapsed := max(now.Sub(l.since), time.Millisecond)
 		horizon := max(l.ends.Sub(now), windowHorizonMin)
 		perLease := math.Ceil(float64(l.used+1) / float64(elapsed) * float64(horizon))
-		return min(max(int64(min(perLease, float64(t.max))), 2*l.size, 2), t.max), 0
+		return t.fit(perLease, max(2*l.size, 2)), 0
 	case !now.Before(l.ends):
 		// It ended (with its window, or at MaxLease): what the pace it saw
 		// would use until the window now running ends, at most MaxLease,
@@ -196,9 +196,15 @@ func (t *leaseTable) want(k leaseKey, now time.Time) (int64, time.Duration) {
 		elapsed := max(l.ends.Sub(l.since), time.Millisecond)
 		horizon := min(max(untilWindowEnd(l.reset, k.policy.Window, now), windowHorizonMin), store.MaxLease)
 		perLease := math.Ceil(float64(l.used) / float64(elapsed) * float64(horizon))
-		return min(max(int64(min(perLease, float64(t.max))), 1), t.max), 0
+		return t.fit(perLease, 1), 0
 	}
 	return l.size, 0
+}
+
+// fit holds a lease size worked out in floating point to at least least
+// and at most the configured maximum.
+func (t *leaseTable) fit(n float64, least int64) int64 {
+	return min(max(int64(min(n, float64(t.max))), least), t.max)
 }
 
 // untilWindowEnd is how long from now the sliding window running at now
@@ -223,7 +229,7 @@ func (t *leaseTable) wantLog(l *lease, now time.Time) (int64, time.Duration) {
 	}
 	elapsed := max(until.Sub(l.since), time.Millisecond)
 	perSecond := float64(l.used) / elapsed.Seconds()
-	n := min(int64(min(math.Ceil(perSecond*logHorizon.Seconds()), float64(t.max))), t.max)
+	n := t.fit(math.Ceil(perSecond*logHorizon.Seconds()), 0)
 	if n < 2 {
 		return 1, 0
 	}
