@@ -1,14 +1,13 @@
 package keygate
 
 import (
-	"bufio"
 	"net/http"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/internal/metricstest"
 	"github.com/keygate/keygate/internal/redistest"
 )
 
@@ -261,20 +260,20 @@ func TestLeasesThroughTheGateway(t *testing.T) {
 	}
 	// leases grow to 64 within a few round trips; more only if a lease
 	// ended unused on a slow machine
-	if calls := storeCalls(t, "check"); calls > requests/4 {
+	if calls := metricstest.StoreCalls(t, adminAddr, "check"); calls > requests/4 {
 		t.Fatalf("%d store round trips for %d requests", calls, requests)
 	}
 
 	// A lease outlives the second while no key changes: what is left of
 	// the burst's last lease serves a slow trickle for seconds.
-	before := storeCalls(t, "check")
+	before := metricstest.StoreCalls(t, adminAddr, "check")
 	for range 8 {
 		time.Sleep(400 * time.Millisecond)
 		if r := g.get("/", bearer(k.Key)...); r.status != http.StatusOK {
 			t.Fatalf("slow request: %d", r.status)
 		}
 	}
-	if calls := storeCalls(t, "check") - before; calls > 1 {
+	if calls := metricstest.StoreCalls(t, adminAddr, "check") - before; calls > 1 {
 		t.Fatalf("%d store round trips for 8 requests over 3.2s", calls)
 	}
 
@@ -289,29 +288,6 @@ func TestLeasesThroughTheGateway(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("disabled key refused after %v", time.Since(disabled).Round(time.Millisecond))
-}
-
-// storeCalls reads keygate_store_duration_seconds_count{op} from /metrics.
-func storeCalls(t *testing.T, op string) int {
-	t.Helper()
-	resp, err := client.Get("http://" + adminAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	prefix := `keygate_store_duration_seconds_count{op="` + op + `"} `
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), prefix); ok {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				t.Fatalf("metric %q", sc.Text())
-			}
-			return n
-		}
-	}
-	t.Fatalf("/metrics has no %s", prefix)
-	return 0
 }
 
 // When the store stops answering, the epoch can no longer be confirmed and

@@ -587,30 +587,3 @@ func (s *stack) runPython(t *testing.T, script string) string {
 	}
 	return string(out)
 }
-
-// storeCalls reads how many key checks the gateway has sent to its store
-// (keygate_store_duration_seconds_count{op="check"} on the admin API).
-func (s *stack) storeCalls() int {
-	s.t.Helper()
-	resp, err := http.Get("http://" + s.Admin + "/metrics")
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	const prefix = `keygate_store_duration_seconds_count{op="check"} `
-	for line := range strings.SplitSeq(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, prefix); ok {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				s.t.Fatalf("metric %q", line)
-			}
-			return n
-		}
-	}
-	s.t.Fatalf("/metrics has no %s", prefix)
-	return 0
-}
