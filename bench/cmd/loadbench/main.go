@@ -394,12 +394,11 @@ func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, with
 // createKeys makes n keys through keygate's admin API, a few at a time.
 func createKeys(ctx context.Context, admin string, n int, prefix string) ([]string, error) {
 	keys := make([]string, n)
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	err := parallel(ctx, n, func(i int) error {
 		body := fmt.Sprintf(`{"name": %q}`, prefix+strconv.Itoa(i))
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+"/keygate/keys", strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := client.Do(req)
+		resp, err := parallelClient.Do(req)
 		if err != nil {
 			return err
 		}
@@ -421,11 +420,10 @@ func createKeys(ctx context.Context, admin string, n int, prefix string) ([]stri
 // warm, as it is in steady state (first sight of a key costs a lookup).
 func touchAll(ctx context.Context, url string, keys []string) error {
 	var failed atomic.Int64
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	err := parallel(ctx, len(keys), func(i int) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		req.Header.Set("Authorization", "Bearer "+keys[i])
-		resp, err := client.Do(req)
+		resp, err := parallelClient.Do(req)
 		if err != nil {
 			failed.Add(1)
 			return nil
@@ -443,14 +441,20 @@ func touchAll(ctx context.Context, url string, keys []string) error {
 	return err
 }
 
-// parallel calls fn for 0 <= i < n from 16 goroutines, and stops at the
-// first error it returns (or when ctx ends), which it returns.
+// parallelism is how many goroutines parallel runs fn from.
+const parallelism = 16
+
+// parallelClient keeps a connection for each of parallel's goroutines.
+var parallelClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: parallelism}}
+
+// parallel calls fn for 0 <= i < n from parallelism goroutines, and stops
+// at the first error it returns (or when ctx ends), which it returns.
 func parallel(ctx context.Context, n int, fn func(i int) error) error {
 	var next atomic.Int64
 	var firstErr error
 	var once sync.Once
 	var wg sync.WaitGroup
-	for range min(16, n) {
+	for range min(parallelism, n) {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
