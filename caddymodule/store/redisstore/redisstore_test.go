@@ -122,3 +122,46 @@ func TestStaggeredLogMembers(t *testing.T) {
 		t.Fatalf("lease of 20,000 logged %d", n)
 	}
 }
+
+// A sliding_window counter is written whole, with its expiry, by its
+// window's first request only: it lives to the end of the next window (as
+// the previous window's count, it matters until then), and the window's
+// other requests only add to its count, leaving the expiry as it was.
+func TestWindowCounterLivesThroughTheNextWindow(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	p := store.Policy{Limit: 100, Window: time.Minute}
+	key := counterKey('s', "counter", p, store.SlidingWindow)
+	first, err := s.Limit(ctx, "counter", p, store.SlidingWindow, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ttl, err := rdb.PTTL(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// first.Reset ends this window; the next one ends a window later
+	if want := time.Until(first.Reset) + p.Window; ttl < want-time.Second || ttl > want+time.Second {
+		t.Fatalf("counter lives %v, want to the end of the next window, %v", ttl, want)
+	}
+	next, err := s.Limit(ctx, "counter", p, store.SlidingWindow, 3, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Granted != 3 || next.Remaining != first.Remaining-3 {
+		t.Fatalf("second call %+v after %+v, want 3 more counted", next, first)
+	}
+	later, err := rdb.PTTL(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if later > ttl {
+		t.Fatalf("a later request in the window moved the expiry from %v to %v", ttl, later)
+	}
+	if c, err := rdb.HGet(ctx, key, "c").Int64(); err != nil || c != 4 {
+		t.Fatalf("count %d %v, want 4", c, err)
+	}
+}

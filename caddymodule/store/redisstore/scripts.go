@@ -20,12 +20,16 @@ end
 -- (store.WindowOffset). A stored window that is not this one but started
 -- less than a window before it (the previous one; or, after the offset
 -- changed or the clock stepped back, one overlapping this) counts as the
--- previous window: never forgotten early.
+-- previous window: never forgotten early. Only a window's first request
+-- writes the whole hash and its expiry (the end of the next window, after
+-- which this window's count no longer matters); the others add to its
+-- count: half the script's cost in Redis.
 local function sliding_window(key, now, limit, window, n, ttl, offset)
   local v = redis.call('HMGET', key, 's', 'c', 'p')
   local start = now - ((now - offset) % window)
   local s, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
-  if s ~= start then
+  local first = s ~= start
+  if first then
     if s and s >= start - window then p = c else p = 0 end
     c = 0
   end
@@ -49,8 +53,12 @@ local function sliding_window(key, now, limit, window, n, ttl, offset)
   local g = math.min(n, math.floor(limit - (p * weight + c)))
   if g < 1 then g = 1 end
   c = c + g
-  redis.call('HSET', key, 's', start, 'c', c, 'p', p)
-  redis.call('PEXPIRE', key, window * 2)
+  if first then
+    redis.call('HSET', key, 's', start, 'c', c, 'p', p)
+    redis.call('PEXPIRE', key, start + 2 * window - now)
+  else
+    redis.call('HINCRBY', key, 'c', g)
+  end
   local remaining = math.floor(limit - (p * weight + c))
   if remaining < 0 then remaining = 0 end
   return {1, remaining, start + window, 0, g, math.min(ttl, start + window - now)}
