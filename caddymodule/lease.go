@@ -32,12 +32,15 @@ import (
 // a second at worst; its expiry time is checked before every leased
 // request.
 //
-// The size of a lease follows the subject's traffic, measured from the
-// grant: a subject seen once in a while asks for one request at a time, a
-// busy one for up to the configured maximum.
-//   - sliding_window: what the pace would use until the window ends (at
-//     least 5s' worth); when a lease is used up before it ends, at least
-//     twice the last.
+// The size of a lease follows the subject's traffic: its pace is the
+// requests admitted from the last grant to now (so an idle while slows it),
+// and a lease is at most twice the size of the last one asked for, so that
+// a burst of a few requests never leases the maximum, which the limit would
+// count whether or not it is used: a subject seen once in a while asks for
+// one request at a time, a busy one grows to the configured maximum in a
+// few grants.
+//   - sliding_window: what the pace would use until the window running
+//     ends (at least 5s' worth, at most store.MaxLease's).
 //   - sliding_log: what the pace would use in half of store.MaxLease,
 //     spread over twice the time the pace would take to use it (at least a
 //     second, at most MaxLease), so that traffic a little slower than
@@ -178,33 +181,34 @@ func (t *leaseTable) want(k leaseKey, now time.Time) (int64, time.Duration) {
 	switch {
 	case l == nil:
 		return 1, 0
+	case now.Before(l.ends) && l.left(now) > 0:
+		// concurrent requests found this lease spent: it is not, by now
+		return l.size, l.spread
 	case t.algorithm == store.SlidingLog:
-		return t.wantLog(l, now)
-	case now.Before(l.ends) && l.left(now) == 0:
-		// Used up before it ended: ask for what the traffic seen since
-		// the grant would use until that lease would have ended (the next
-		// ends then too, with the window), at least 5s' worth, and at least
-		// twice as many as last time.
-		elapsed := max(now.Sub(l.since), time.Millisecond)
-		horizon := max(l.ends.Sub(now), windowHorizonMin)
-		perLease := math.Ceil(float64(l.used+1) / float64(elapsed) * float64(horizon))
-		return t.fit(perLease, max(2*l.size, 2)), 0
-	case !now.Before(l.ends):
-		// It ended (with its window, or at MaxLease): what the pace it saw
-		// would use until the window now running ends, at most MaxLease,
-		// at least 5s' worth.
-		elapsed := max(l.ends.Sub(l.since), time.Millisecond)
+		perSecond := l.pace(now)
+		n := t.fit(perSecond*logHorizon.Seconds(), l)
+		if n < 2 {
+			return 1, 0
+		}
+		spread := time.Duration(logSlack * float64(n) / perSecond * float64(time.Second))
+		return n, min(max(spread, logSpreadMin), store.MaxLease)
+	default:
 		horizon := min(max(untilWindowEnd(l.reset, k.policy.Window, now), windowHorizonMin), store.MaxLease)
-		perLease := math.Ceil(float64(l.used) / float64(elapsed) * float64(horizon))
-		return t.fit(perLease, 1), 0
+		return t.fit(l.pace(now)*horizon.Seconds(), l), 0
 	}
-	return l.size, 0
 }
 
-// fit holds a lease size worked out in floating point to at least least
-// and at most the configured maximum.
-func (t *leaseTable) fit(n float64, least int64) int64 {
-	return min(max(int64(min(n, float64(t.max))), least), t.max)
+// pace is l's subject's requests per second from the grant to now.
+func (l *lease) pace(now time.Time) float64 {
+	return float64(l.used) / max(now.Sub(l.since), time.Millisecond).Seconds()
+}
+
+// fit rounds up a lease size worked out in floating point and holds it to
+// at least one, at most twice the size l last asked for, and at most the
+// configured maximum.
+func (t *leaseTable) fit(n float64, l *lease) int64 {
+	most := min(2*l.size, t.max)
+	return max(int64(min(math.Ceil(n), float64(most))), 1)
 }
 
 // untilWindowEnd is how long from now the sliding window running at now
@@ -214,27 +218,6 @@ func untilWindowEnd(end time.Time, window time.Duration, now time.Time) time.Dur
 		return end.Sub(now)
 	}
 	return window - now.Sub(end)%window
-}
-
-// wantLog sizes a sliding_log lease by the pace since l was granted (until
-// it ended, if it did): what it would use in logHorizon, spread over
-// logSlack times as long as it would take to use them.
-func (t *leaseTable) wantLog(l *lease, now time.Time) (int64, time.Duration) {
-	if now.Before(l.ends) && l.left(now) > 0 {
-		return l.size, l.spread
-	}
-	until := now
-	if l.ends.Before(now) {
-		until = l.ends
-	}
-	elapsed := max(until.Sub(l.since), time.Millisecond)
-	perSecond := float64(l.used) / elapsed.Seconds()
-	n := t.fit(math.Ceil(perSecond*logHorizon.Seconds()), 0)
-	if n < 2 {
-		return 1, 0
-	}
-	spread := time.Duration(logSlack * float64(n) / perSecond * float64(time.Second))
-	return n, min(max(spread, logSpreadMin), store.MaxLease)
 }
 
 // put records what the store granted for k (asked for at start, when the

@@ -38,31 +38,35 @@ func TestLeaseTable(t *testing.T) {
 		t.Fatalf("remaining %d", d.Remaining)
 	}
 	// Used up, and the next request comes 200ms after the grant: at that
-	// pace (10 a second) 5s are 50 requests.
+	// pace (5 a second) the minute a lease may last would use 300, but a
+	// lease at most doubles.
 	sizes := newLeaseTable(64, store.SlidingWindow)
 	sizes.put(k, grant(1, 99, t0), 1, 0, t0, 0)
-	if n := want(sizes, t0.Add(200*time.Millisecond)); n != 50 {
-		t.Fatalf("want %d after 200ms, expected 50", n)
+	if n := want(sizes, t0.Add(200*time.Millisecond)); n != 2 {
+		t.Fatalf("want %d after 200ms, expected twice the last, 2", n)
 	}
-	// used up at once: a busy key asks for the maximum
-	if n := want(sizes, t0); n != 64 {
-		t.Fatalf("want %d at once, expected the maximum, 64", n)
-	}
-	// A long lease (a sliding window's lasts to the window's end) used up
-	// after a second at that pace: the next one ends at the same time, so
-	// it asks for what the pace would use until then, 2/s for 49s.
-	long := newLeaseTable(128, store.SlidingWindow)
-	windowLease := grant(1, 99, t0)
-	windowLease.Lease = 50 * time.Second
-	long.put(k, windowLease, 1, 0, t0, 0)
-	if n := want(long, t0.Add(time.Second)); n != 98 {
-		t.Fatalf("want %d a second into a 50s lease, expected 98", n)
+	// A steady 10 a second grows its lease twofold per grant up to the
+	// maximum, where it stays.
+	ramp := newLeaseTable(64, store.SlidingWindow)
+	now := t0
+	for _, size := range []int64{1, 2, 4, 8, 16, 32, 64, 64} {
+		n := want(ramp, now)
+		if n != size {
+			t.Fatalf("ramp at %v: want %d, expected %d", now.Sub(t0), n, size)
+		}
+		windowLease := grant(n, 99, now)
+		windowLease.Lease = time.Minute
+		ramp.put(k, windowLease, n, 0, now, 0)
+		for range n - 1 {
+			now = now.Add(100 * time.Millisecond)
+			if _, ok := ramp.take(k, now, 0, true); !ok {
+				t.Fatalf("ramp at %v: lease of %d ran out early", now.Sub(t0), n)
+			}
+		}
+		now = now.Add(100 * time.Millisecond)
 	}
 	// a lease of n admits exactly n requests
-	n := want(tbl, t0)
-	if n != 8 {
-		t.Fatalf("want %d, expected the maximum, 8", n)
-	}
+	n := int64(8)
 	tbl.put(k, grant(n, 50, t0), n, 0, t0, 0)
 	for range n - 1 {
 		if _, ok := tbl.take(k, t0, 0, true); !ok {
@@ -88,15 +92,15 @@ func TestLeaseTable(t *testing.T) {
 	if _, ok := tbl.take(k, later, 0, true); ok {
 		t.Fatal("took from an ended lease")
 	}
-	// The next after one that ended with its window is what the pace it
-	// saw would use until the window now running ends: 4 in 10s, and 55s
-	// of a one-minute window left, 22; after an idle while, a whole
-	// window's worth, 24.
+	// The next after one that ended with its window is what the pace since
+	// its grant would use until the window now running ends: 4 in 15s, and
+	// 55s of a one-minute window left, 15; after an idle while, the pace
+	// has fallen to one at a time.
 	perMinute := leaseKey{'k', "id", store.Policy{Limit: 100, Window: time.Minute}}
 	for _, c := range []struct {
 		at   time.Duration
 		want int64
-	}{{15 * time.Second, 22}, {10*time.Second + 5*time.Minute, 24}} {
+	}{{15 * time.Second, 15}, {10*time.Second + 5*time.Minute, 1}} {
 		ended := newLeaseTable(64, store.SlidingWindow)
 		windowEnd := store.Decision{Allowed: true, Limit: 100, Remaining: 50, Granted: 8, Lease: 10 * time.Second, Reset: t0.Add(10 * time.Second)}
 		ended.put(perMinute, windowEnd, 8, 0, t0, 0)
@@ -204,36 +208,40 @@ func TestStaggeredLease(t *testing.T) {
 }
 
 // A sliding_log lease is what the pace since the last grant would use in
-// half a minute, spread over twice the time that pace takes to use it.
+// half a minute, spread over twice the time that pace takes to use it, and
+// at most twice the last asked for.
 func TestLogLeaseSizing(t *testing.T) {
 	k := leaseKey{'k', "id", store.Policy{Limit: 1000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	one := store.Decision{Allowed: true, Limit: 1000, Remaining: 999, Granted: 1, Lease: store.MaxLease}
 	for _, c := range []struct {
 		name   string
+		asked  int64         // the last grant's size
 		next   time.Duration // when the next request comes
 		n      int64
 		spread time.Duration
 	}{
-		{"slow key: 2/3 a second", 1500 * time.Millisecond, 20, time.Minute},
-		{"busy key: 10 a second", 100 * time.Millisecond, 64, 12800 * time.Millisecond},
-		{"flat out: the maximum over a second", time.Millisecond, 64, time.Second},
-		{"seen once a minute: one at a time", 61 * time.Second, 1, 0},
+		{"slow key: 2/3 a second", 32, 1500 * time.Millisecond, 20, time.Minute},
+		{"busy key: 10 a second", 32, 100 * time.Millisecond, 64, 12800 * time.Millisecond},
+		{"flat out: the maximum over a second", 32, time.Millisecond, 64, time.Second},
+		{"flat out, after one at a time: twice that", 1, time.Millisecond, 2, time.Second},
+		{"seen once a minute: one at a time", 32, 61 * time.Second, 1, 0},
 	} {
 		tbl := newLeaseTable(64, store.SlidingLog)
-		tbl.put(k, one, 1, 0, t0, 0)
+		tbl.put(k, one, c.asked, 0, t0, 0)
 		if n, spread := tbl.want(k, t0.Add(c.next)); n != c.n || spread != c.spread {
 			t.Errorf("%s: want %d over %v, expected %d over %v", c.name, n, spread, c.n, c.spread)
 		}
 	}
-	// A lease that ended with requests unused: the pace it saw.
+	// A lease that ended with requests unused: the pace since its grant,
+	// 5 in a minute.
 	tbl := newLeaseTable(64, store.SlidingLog)
 	tbl.put(k, store.Decision{Allowed: true, Limit: 1000, Granted: 21, Lease: 10 * time.Second, Staggered: true}, 21, 10*time.Second, t0, 0)
 	for i := range 4 {
 		tbl.take(k, t0.Add(time.Duration(i+1)*time.Second), 0, true)
 	}
-	if n, spread := tbl.want(k, t0.Add(time.Minute)); n != 15 || spread != time.Minute {
-		t.Errorf("after a lease that ended: want %d over %v, expected 15 over 1m (5 in 10s)", n, spread)
+	if n, spread := tbl.want(k, t0.Add(time.Minute)); n != 3 || spread != time.Minute {
+		t.Errorf("after a lease that ended: want %d over %v, expected 3 over 1m (5 in 60s)", n, spread)
 	}
 }
 
