@@ -52,6 +52,7 @@ var (
 	flagPprof    = flag.String("pprof", "", "directory: save a CPU profile and an allocs profile of keygate during the first round of each configuration")
 	flagWork     = flag.String("workdir", "", "directory for binaries, configs and logs (default: a temp dir, removed at exit)")
 	flagLease    = flag.Int("lease", 0, "keygate's lease option on every route (0: off, every request counted in Redis)")
+	flagLeaseUp  = flag.Duration("lease-warmup", 30*time.Second, "with -lease: unmeasured keygate run before a configuration's first round, so its leases have grown to the size the load keeps them at, as in service (a lease at most doubles per grant)")
 	flagAccuracy = flag.Bool("accuracy", false, "run the accuracy test instead of the load benchmark")
 	flagAccLimit = flag.Int64("accuracy-limit", 100, "accuracy: the rate limit (per minute)")
 	flagAccReqs  = flag.Int("accuracy-requests", 1000, "accuracy: requests sent per trial")
@@ -697,6 +698,9 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		}
 	}
 	perRun := time.Duration(2**flagRounds) * (*flagWarmup + *flagDuration)
+	if *flagLease > 0 {
+		perRun += *flagLeaseUp
+	}
 	logf("%d configurations x %d rounds x 2 proxies x (%s warm-up + %s): about %s",
 		len(configs), *flagRounds, *flagWarmup, *flagDuration, (time.Duration(len(configs)) * perRun).Round(time.Second))
 
@@ -714,6 +718,11 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	var rows []row
 	for _, c := range configs {
 		var pr, kr []result
+		if *flagLease > 0 && *flagLeaseUp > 0 {
+			if _, err := runWrk(ctx, dir, kg, c, *flagLeaseUp); err != nil {
+				return err
+			}
+		}
 		for round := range *flagRounds {
 			order := []*proxy{plain, kg}
 			if round%2 == 1 {
