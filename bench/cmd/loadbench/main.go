@@ -49,7 +49,7 @@ var (
 	flagThreads  = flag.Int("threads", 2, "wrk threads (capped at the connection count)")
 	flagKeys     = flag.Int("keys", 10000, "distinct keys in the many-keys configurations")
 	flagOnly     = flag.String("only", "", "comma-separated configuration names to run (default: all), e.g. 1key/sliding_window,anon/sliding_log")
-	flagPprof    = flag.String("pprof", "", "directory: save a CPU profile and an allocs profile of keygate during the first round of each configuration")
+	flagPprof    = flag.String("pprof", "", "directory: save a CPU profile and an allocs profile of each proxy during the first round of each configuration (<config>-c<conns>-<proxy>.cpu.pprof; compare with go tool pprof -diff_base)")
 	flagWork     = flag.String("workdir", "", "directory for binaries, configs and logs (default: a temp dir, removed at exit)")
 	flagLease    = flag.Int("lease", 0, "keygate's lease option on every route (0: off, every request counted in Redis)")
 	flagLeaseUp  = flag.Duration("lease-warmup", 30*time.Second, "with -lease: unmeasured keygate run before a configuration's first round, so its leases have grown to the size the load keeps them at, as in service (a lease at most doubles per grant)")
@@ -738,9 +738,9 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 					}
 				}
 				var prof chan error
-				if p == kg && round == 0 && *flagPprof != "" {
+				if round == 0 && *flagPprof != "" {
 					prof = make(chan error, 1)
-					go func() { prof <- cpuProfile(ctx, kg, c, *flagDuration) }()
+					go func() { prof <- cpuProfile(ctx, p, c, *flagDuration) }()
 				}
 				r, err := runWrk(ctx, dir, p, c, *flagDuration)
 				if err != nil {
@@ -834,16 +834,16 @@ func numCPU() int {
 	return n
 }
 
-// cpuProfile saves keygate's CPU profile over most of a run, then its
+// cpuProfile saves proxy p's CPU profile over most of a run, then its
 // allocs profile, from Caddy's admin /debug/pprof/.
-func cpuProfile(ctx context.Context, kg *proxy, c config, d time.Duration) error {
-	base := filepath.Join(*flagPprof, strings.ReplaceAll(c.name, "/", "-")+"-c"+strconv.Itoa(c.conns))
+func cpuProfile(ctx context.Context, p *proxy, c config, d time.Duration) error {
+	base := filepath.Join(*flagPprof, strings.ReplaceAll(c.name, "/", "-")+"-c"+strconv.Itoa(c.conns)+"-"+p.name)
 	secs := max(1, int(d.Seconds())-1)
 	time.Sleep(500 * time.Millisecond)
-	if err := fetch(ctx, "http://"+kg.admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), base+".cpu.pprof"); err != nil {
+	if err := fetch(ctx, "http://"+p.admin+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), base+".cpu.pprof"); err != nil {
 		return err
 	}
-	return fetch(ctx, "http://"+kg.admin+"/debug/pprof/allocs", base+".allocs.pprof")
+	return fetch(ctx, "http://"+p.admin+"/debug/pprof/allocs", base+".allocs.pprof")
 }
 
 func fetch(ctx context.Context, url, path string) error {
