@@ -268,8 +268,16 @@ func TestLeasesThroughTheGateway(t *testing.T) {
 	}
 	// leases grow to 64 within a few round trips; more only if a lease
 	// ended unused on a slow machine
-	if calls := metricstest.StoreCalls(t, adminAddr, "check"); calls > requests/4 {
+	calls := metricstest.StoreCalls(t, adminAddr, "check")
+	if calls > requests/4 {
 		t.Fatalf("%d store round trips for %d requests", calls, requests)
+	}
+	// every request that made no store call came from a lease, and the
+	// gateway holds the rest of what it leased
+	granted := metricstest.Value(t, adminAddr, "keygate_lease_granted_requests_total")
+	admitted := metricstest.Value(t, adminAddr, "keygate_lease_admitted_requests_total")
+	if admitted != float64(requests-calls) || granted < admitted || granted > admitted+64 {
+		t.Fatalf("leases: %v granted, %v admitted, after %d requests and %d store calls", granted, admitted, requests, calls)
 	}
 
 	// A lease outlives the second while no key changes: what is left of

@@ -3,6 +3,7 @@ package keygate
 import (
 	"time"
 
+	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
@@ -37,6 +38,10 @@ type metrics struct {
 	decisions     [numOutcomes]prometheus.Counter
 	storeDuration *prometheus.HistogramVec
 	storeErrors   *prometheus.CounterVec
+	// Requests leased beyond the asking ones, and those admitted from
+	// leases: what a gateway leased and did not admit was counted against
+	// limits unused (lapsed, or still held), the precision leasing costs.
+	leaseGranted, leaseAdmitted prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -60,7 +65,24 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name:      "store_errors_total",
 		Help:      "Key store calls that failed, by operation.",
 	}, []string{"op"})
+	m.leaseGranted = promauto.With(reg).NewCounter(prometheus.CounterOpts{
+		Namespace: "keygate",
+		Name:      "lease_granted_requests_total",
+		Help:      "Requests the store leased to this gateway beyond the ones that asked (option lease).",
+	})
+	m.leaseAdmitted = promauto.With(reg).NewCounter(prometheus.CounterOpts{
+		Namespace: "keygate",
+		Name:      "lease_admitted_requests_total",
+		Help:      "Requests admitted from a lease, without a store call; granted minus admitted were counted against limits unused.",
+	})
 	return m
+}
+
+// leased records a store decision that may carry a lease.
+func (m *metrics) leased(d store.Decision) {
+	if d.Allowed && d.Granted > 1 {
+		m.leaseGranted.Add(float64(d.Granted - 1))
+	}
 }
 
 func (m *metrics) decision(o outcome) prometheus.Counter { return m.decisions[o] }
