@@ -13,6 +13,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -510,6 +511,9 @@ type result struct {
 	proxyCPU, redisCPU time.Duration
 	// scripts Redis ran per request during the run
 	storeCalls float64
+	// requests keygate leased during the run but did not admit in it
+	// (lapsed, or still held), per request served
+	leasedUnused float64
 }
 
 var (
@@ -585,18 +589,45 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 	wctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
 	proxyBefore, redisBefore, callsBefore := cpuTime(p.pid), cpuTime(redisPID), scriptCalls(ctx)
+	grantedBefore, admittedBefore := leaseCounters(ctx, p)
 	out, err := exec.CommandContext(wctx, "wrk", args...).CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
 	proxyCPU, redisCPU, calls := cpuTime(p.pid)-proxyBefore, cpuTime(redisPID)-redisBefore, scriptCalls(ctx)-callsBefore
+	granted, admitted := leaseCounters(ctx, p)
 	r, err := parseWrk(string(out))
 	if err == nil && r.requests > 0 {
 		r.proxyCPU = proxyCPU / time.Duration(r.requests)
 		r.redisCPU = redisCPU / time.Duration(r.requests)
 		r.storeCalls = float64(calls) / float64(r.requests)
+		r.leasedUnused = ((granted - grantedBefore) - (admitted - admittedBefore)) / float64(r.requests)
 	}
 	return r, err
+}
+
+// leaseCounters reads keygate's lease metrics from p's admin /metrics:
+// requests leased beyond the asking ones, and requests admitted from
+// leases (zero for plain Caddy, or when unreadable).
+func leaseCounters(ctx context.Context, p *proxy) (granted, admitted float64) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.admin+"/metrics", nil)
+	resp, err := parallelClient.Do(req)
+	if err != nil {
+		return 0, 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, value, _ := strings.Cut(sc.Text(), " ")
+		v, _ := strconv.ParseFloat(value, 64)
+		switch name {
+		case "keygate_lease_granted_requests_total":
+			granted = v
+		case "keygate_lease_admitted_requests_total":
+			admitted = v
+		}
+	}
+	return granted, admitted
 }
 
 func median(xs []float64) float64 {
@@ -714,6 +745,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		// CPU per request: plain Caddy, keygate, and Redis on keygate's runs
 		plainCPU, kgCPU, redisCPU time.Duration
 		storeCalls                float64 // per request, keygate's runs
+		leasedUnused              float64 // per request, keygate's runs
 	}
 	var rows []row
 	for _, c := range configs {
@@ -761,9 +793,10 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		rw := row{c: c}
 		var prps, krps []float64
 		var p50s, k50s, p99s, k99s, pcpu, kcpu, rcpu []time.Duration
-		var calls []float64
+		var calls, unused []float64
 		for i := range pr {
 			calls = append(calls, kr[i].storeCalls)
+			unused = append(unused, kr[i].leasedUnused)
 			pcpu, kcpu, rcpu = append(pcpu, pr[i].proxyCPU), append(kcpu, kr[i].proxyCPU), append(rcpu, kr[i].redisCPU)
 			prps, krps = append(prps, pr[i].rps), append(krps, kr[i].rps)
 			p50s, k50s = append(p50s, pr[i].p50), append(k50s, kr[i].p50)
@@ -776,7 +809,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		rw.plainRPS, rw.kgRPS, rw.ratio = median(prps), median(krps), median(rw.ratios)
 		rw.plainP50, rw.kgP50, rw.plainP99, rw.kgP99 = medianDur(p50s), medianDur(k50s), medianDur(p99s), medianDur(k99s)
 		rw.plainCPU, rw.kgCPU, rw.redisCPU = medianDur(pcpu), medianDur(kcpu), medianDur(rcpu)
-		rw.storeCalls = median(calls)
+		rw.storeCalls, rw.leasedUnused = median(calls), median(unused)
 		rows = append(rows, rw)
 		logf("%-26s c=%-3d plain %8.0f rps  keygate %8.0f rps  ratio %.3f  (rounds: %s)  p50 %s / %s",
 			c.name, c.conns, rw.plainRPS, rw.kgRPS, rw.ratio, fmtRatios(rw.ratios), fmtDur(rw.plainP50), fmtDur(rw.kgP50))
@@ -788,16 +821,17 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	fmt.Printf("\nkeygate vs plain Caddy reverse_proxy: wrk -t%d, %s x %d rounds (alternating), medians; %d CPUs\n\n",
 		*flagThreads, *flagDuration, *flagRounds, numCPU())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tCPU/req plain\tkeygate\tredis\tstore calls/req\tnon-2xx\t")
+	fmt.Fprintln(tw, "configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tCPU/req plain\tkeygate\tredis\tstore calls/req\tleased unused/req\tnon-2xx\t")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%d\t\n", r.c.name, r.c.conns, r.plainRPS, r.kgRPS, r.ratio,
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%d\t\n", r.c.name, r.c.conns, r.plainRPS, r.kgRPS, r.ratio,
 			fmtDur(r.plainP50), fmtDur(r.kgP50), fmtDur(r.kgP50-r.plainP50), fmtDur(r.plainP99), fmtDur(r.kgP99),
-			fmtMicros(r.plainCPU), fmtMicros(r.kgCPU), fmtMicros(r.redisCPU), r.storeCalls, r.plainBad+r.kgBad)
+			fmtMicros(r.plainCPU), fmtMicros(r.kgCPU), fmtMicros(r.redisCPU), r.storeCalls, r.leasedUnused, r.plainBad+r.kgBad)
 	}
 	tw.Flush()
 	fmt.Println("\nratio = keygate rps / plain rps per round, median over rounds; CPU/req = CPU time of the proxy")
 	fmt.Println("(and of redis-server during keygate's runs) over the requests served; store calls/req = scripts")
-	fmt.Println("Redis ran per request keygate served; socket errors:", sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
+	fmt.Println("Redis ran per request keygate served; leased unused/req = requests keygate leased in a run and")
+	fmt.Println("did not admit in it (lapsed, or still held), per request served; socket errors:", sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
 	return nil
 }
 
