@@ -40,6 +40,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/internal/freeport"
+	"github.com/keygate/keygate/internal/redisstats"
 )
 
 var (
@@ -284,17 +285,8 @@ func scriptCalls(ctx context.Context) int64 {
 	if err != nil {
 		return 0
 	}
-	var n int64
-	for _, line := range strings.Split(info, "\n") {
-		if !strings.HasPrefix(line, "cmdstat_evalsha:") && !strings.HasPrefix(line, "cmdstat_eval:") {
-			continue
-		}
-		_, rest, _ := strings.Cut(line, "calls=")
-		calls, _, _ := strings.Cut(rest, ",")
-		v, _ := strconv.ParseInt(calls, 10, 64)
-		n += v
-	}
-	return n
+	stats := redisstats.Parse(info)
+	return stats["evalsha"].Calls + stats["eval"].Calls
 }
 
 // cpuTime is the CPU time (user + system) process pid has used so far, from

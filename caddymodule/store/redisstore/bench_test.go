@@ -4,13 +4,13 @@ import (
 	"context"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/caddymodule/store/storetest"
+	"github.com/keygate/keygate/internal/redisstats"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/redis/go-redis/v9"
 )
@@ -98,23 +98,12 @@ func reportScriptTime(b *testing.B, srv *redistest.Server) {
 	}
 	b.Cleanup(func() {
 		defer rc.Close()
-		stats, err := rc.Info(ctx, "commandstats").Result()
+		info, err := rc.Info(ctx, "commandstats").Result()
 		if err != nil {
 			b.Fatal(err)
 		}
-		// cmdstat_evalsha:calls=N,usec=U,...
-		for line := range strings.Lines(stats) {
-			rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:calls=")
-			if !ok {
-				continue
-			}
-			calls, rest, _ := strings.Cut(rest, ",usec=")
-			usec, _, _ := strings.Cut(rest, ",")
-			n, _ := strconv.ParseFloat(calls, 64)
-			u, _ := strconv.ParseFloat(usec, 64)
-			if n > 0 {
-				b.ReportMetric(u/n, "redis-µs/call")
-			}
+		if c := redisstats.Parse(info)["evalsha"]; c.Calls > 0 {
+			b.ReportMetric(float64(c.Usec)/float64(c.Calls), "redis-µs/call")
 		}
 	})
 }
