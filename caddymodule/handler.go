@@ -201,7 +201,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		if policy, policyHdr := h.policyFor(ident); !policy.IsZero() {
 			epoch, fresh := shared.epochs.current(now)
 			if d, ok := h.leases.take(leaseKey{'k', ident.key.ID, policy}, now, epoch, fresh); ok {
-				h.app.metrics.leaseAdmitted.Inc()
+				h.app.metrics.leased(d)
 				return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, now)
 			}
 		}
@@ -270,7 +270,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 
 	d := verdict.Limit
 	if h.leases != nil && !policy.IsZero() {
-		d = h.leases.put(lk, d, take, spread, start, epoch)
+		d = h.leases.put(lk, d, take, spread, start, epoch, time.Now())
 		h.app.metrics.leased(d)
 	}
 	return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, now)
@@ -327,7 +327,7 @@ func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.T
 	take, spread := int64(1), time.Duration(0)
 	if h.leases != nil {
 		if d, ok := h.leases.take(lk, now, 0, true); ok {
-			h.app.metrics.leaseAdmitted.Inc()
+			h.app.metrics.leased(d)
 			return d, nil
 		}
 		take, spread = h.leases.want(lk, now)
@@ -335,7 +335,7 @@ func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.T
 	d, err := h.app.shared.Limit(ctx, subject, h.anonPolicy, h.Algorithm, take, spread)
 	h.app.metrics.observeStore("limit", now, err)
 	if err == nil && h.leases != nil {
-		d = h.leases.put(lk, d, take, spread, now, 0)
+		d = h.leases.put(lk, d, take, spread, now, 0, time.Now())
 		h.app.metrics.leased(d)
 	}
 	return d, err

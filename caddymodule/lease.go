@@ -32,6 +32,15 @@ import (
 // a second at worst; its expiry time is checked before every leased
 // request.
 //
+// A lease is refilled ahead of time: the request that finds a quarter of
+// the last grant left (refillAhead) asks the store for the next lease
+// while the others go on taking the rest, so that concurrent requests
+// seldom all find a lease spent and all ask the store at once (each lease
+// they bring back would be counted in full, used or not). Should the store
+// refuse the refill, the request that asked takes what this gateway still
+// holds. Requests are admitted from the grant whose next request must be
+// admitted soonest, so a refill's early deadlines (sliding_log) go first.
+//
 // The size of a lease follows the subject's traffic: its pace is the
 // requests admitted from the last grant to now (so an idle while slows it),
 // and a lease is at most twice the size of the last one asked for, so that
@@ -63,11 +72,13 @@ type lease struct {
 	remaining int64 // the store's remaining after granting (the lowest of concurrent grants)
 	limit     int64
 	reset     time.Time
-	since     time.Time // when the first of the grants was asked for
+	since     time.Time // when the last grant was asked for
 	ends      time.Time // when the last of them ends
-	used      int64     // requests admitted since, counting the ones that asked
+	used      int64     // requests admitted since, counting the one that asked
 	size      int64     // what the last request to the store asked for
+	granted   int64     // what the store granted it, that request's own included
 	spread    time.Duration
+	refilling time.Time // when a request went to refill ahead; zero when none is on its way
 }
 
 // grant is one lease the store granted: tokens requests beyond the asking
@@ -102,12 +113,47 @@ func (g *grant) left(now time.Time) int64 {
 	return g.tokens - g.next
 }
 
-// left is how many requests of l may still be admitted.
-func (l *lease) left(now time.Time) (n int64) {
-	for i := range l.grants {
-		n += l.grants[i].left(now)
+// deadline is the latest moment g's next token may be admitted.
+func (g *grant) deadline() time.Time {
+	if g.staggered && g.tokens > 0 {
+		return g.start.Add(store.StaggeredDeadline(g.next+1, g.tokens, g.length))
 	}
+	return g.start.Add(g.length)
+}
+
+// left is how many requests of l may still be admitted. It drops the
+// grants that have none left.
+func (l *lease) left(now time.Time) (n int64) {
+	live := l.grants[:0]
+	for i := range l.grants {
+		if g := &l.grants[i]; g.left(now) > 0 {
+			n += g.tokens - g.next
+			live = append(live, *g)
+		}
+	}
+	clear(l.grants[len(live):])
+	l.grants = live
 	return n
+}
+
+// low says whether a lease with left requests left is to be refilled: a
+// quarter or less of the last grant is left.
+func (l *lease) low(left int64) bool {
+	return left*refillAhead <= l.granted
+}
+
+// admit admits one request from l, which has left > 0 (lapsed ones
+// dropped), from the grant whose next token must be admitted soonest.
+func (l *lease) admit(left int64) store.Decision {
+	soonest := 0
+	for i := 1; i < len(l.grants); i++ {
+		if l.grants[i].deadline().Before(l.grants[soonest].deadline()) {
+			soonest = i
+		}
+	}
+	l.grants[soonest].next++
+	l.used++
+	return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + left - 1, Reset: l.reset}
 }
 
 // leaseShards spreads leases over independently locked maps. A power of two.
@@ -117,8 +163,10 @@ const leaseShards = 32
 // that ended long ago (anonymous subjects would otherwise pile up).
 const sweepEvery = 1024
 
-// Sizing (see above).
+// Sizing and refilling (see above).
 const (
+	refillAhead      = 4           // refill when a quarter of the last grant is left
+	refillWait       = time.Second // after which a refill that never came back no longer holds others off
 	windowHorizonMin = 5 * time.Second
 	logHorizon       = store.MaxLease / 2
 	logSlack         = 2
@@ -150,9 +198,10 @@ func (t *leaseTable) shard(k leaseKey) *leaseShard {
 	return &t.shards[maphash.String(t.seed, k.subject)&(leaseShards-1)]
 }
 
-// take admits one request from k's lease, if it has one left. A key's
-// lease also needs the store's epoch unchanged since the grant and freshly
-// confirmed (epoch.go).
+// take admits one request from k's lease, if it has one left, unless the
+// request is to refill the lease ahead of time. A key's lease also needs
+// the store's epoch unchanged since the grant and freshly confirmed
+// (epoch.go). When take says no, the request asks the store (want, put).
 func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (store.Decision, bool) {
 	sh := t.shard(k)
 	sh.mu.Lock()
@@ -161,14 +210,15 @@ func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (s
 	if l == nil || k.kind == 'k' && (!fresh || l.epoch != epoch) {
 		return store.Decision{}, false
 	}
-	for ; len(l.grants) > 0; l.grants = l.grants[1:] {
-		if g := &l.grants[0]; g.left(now) > 0 {
-			g.next++
-			l.used++
-			return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + l.left(now), Reset: l.reset, Granted: 1}, true
-		}
+	left := l.left(now)
+	if left == 0 {
+		return store.Decision{}, false
 	}
-	return store.Decision{}, false
+	if l.low(left) && now.Sub(l.refilling) >= refillWait {
+		l.refilling = now
+		return store.Decision{}, false
+	}
+	return l.admit(left), true
 }
 
 // want is how many requests to ask the store for on k's behalf, and over
@@ -181,7 +231,7 @@ func (t *leaseTable) want(k leaseKey, now time.Time) (int64, time.Duration) {
 	switch {
 	case l == nil:
 		return 1, 0
-	case now.Before(l.ends) && l.left(now) > 0:
+	case now.Before(l.ends) && !l.low(l.left(now)):
 		// concurrent requests found this lease spent: it is not, by now
 		return l.size, l.spread
 	case t.algorithm == store.SlidingLog:
@@ -220,36 +270,51 @@ func untilWindowEnd(end time.Time, window time.Duration, now time.Time) time.Dur
 	return window - now.Sub(end)%window
 }
 
-// put records what the store granted for k (asked for at start, when the
-// epoch was the one given) and returns the decision for the request that
-// asked, counting the rest of the lease as remaining: they are this
-// caller's to use.
-func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, spread time.Duration, start time.Time, epoch int64) store.Decision {
-	if !d.Allowed {
-		return d
-	}
-	g := grant{start: start, length: d.Lease, tokens: max(d.Granted-1, 0), staggered: d.Staggered}
-	ends := start.Add(d.Lease)
+// put records what the store decided for k (asked for at start, when the
+// epoch was the one given; it answered by now) and returns the decision
+// for the request that asked, counting the rest of the lease as
+// remaining: they are this caller's to use. When the store refused, the
+// request still takes one from what this gateway holds, if anything: it
+// went to refill ahead, or a concurrent request's lease came back
+// meanwhile; those were counted already.
+func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, spread time.Duration, start time.Time, epoch int64, now time.Time) store.Decision {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	l := sh.leases[k]
+	if !d.Allowed {
+		if l == nil || l.epoch != epoch {
+			return d
+		}
+		l.remaining = 0 // nothing beyond what leases hold, the store says
+		if left := l.left(now); left > 0 {
+			return l.admit(left)
+		}
+		return d
+	}
+	g := grant{start: start, length: d.Lease, tokens: max(d.Granted-1, 0), staggered: d.Staggered}
+	ends := start.Add(d.Lease)
 	if l == nil {
 		l = &lease{}
 		sh.leases[k] = l
 	}
-	if l.epoch == epoch && l.left(start) > 0 {
+	switch {
+	case l.epoch != epoch || l.left(start) == 0:
+		l.grants = append(l.grants[:0], g)
+		l.ends, l.remaining, l.epoch = ends, d.Remaining, epoch
+	case !l.refilling.IsZero() && !start.Before(l.refilling):
+		// The refill ahead (or one asked at the same time): the store
+		// counted every earlier grant before this one.
+		l.grants = append(l.grants, g)
+		l.ends, l.remaining = later(l.ends, ends), d.Remaining
+	default:
 		// Concurrent requests brought several leases: keep them all, each
 		// with its own deadlines, with the lowest remaining.
 		l.grants = append(l.grants, g)
-		l.ends = later(l.ends, ends)
-		l.remaining = min(l.remaining, d.Remaining)
-		l.used++
-	} else {
-		l.grants = append(l.grants[:0], g)
-		l.since, l.ends, l.used, l.remaining, l.epoch = start, ends, 1, d.Remaining, epoch
+		l.ends, l.remaining = later(l.ends, ends), min(l.remaining, d.Remaining)
 	}
-	l.limit, l.reset, l.size, l.spread = d.Limit, d.Reset, max(asked, 1), spread
+	l.since, l.used, l.refilling = start, 1, time.Time{}
+	l.limit, l.reset, l.size, l.granted, l.spread = d.Limit, d.Reset, max(asked, 1), d.Granted, spread
 	d.Remaining = l.remaining + l.left(start)
 
 	if sh.grants++; sh.grants >= sweepEvery {

@@ -2,6 +2,7 @@ package keygate
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ func TestLeaseTable(t *testing.T) {
 	if _, ok := tbl.take(k, t0, 0, true); ok {
 		t.Fatal("took from a lease nobody granted")
 	}
-	d := tbl.put(k, grant(1, 99, t0), 1, 0, t0, 0)
+	d := tbl.put(k, grant(1, 99, t0), 1, 0, t0, 0, t0)
 	if d.Remaining != 99 {
 		t.Fatalf("remaining %d", d.Remaining)
 	}
@@ -41,51 +42,60 @@ func TestLeaseTable(t *testing.T) {
 	// pace (5 a second) the minute a lease may last would use 300, but a
 	// lease at most doubles.
 	sizes := newLeaseTable(64, store.SlidingWindow)
-	sizes.put(k, grant(1, 99, t0), 1, 0, t0, 0)
+	sizes.put(k, grant(1, 99, t0), 1, 0, t0, 0, t0)
 	if n := want(sizes, t0.Add(200*time.Millisecond)); n != 2 {
 		t.Fatalf("want %d after 200ms, expected twice the last, 2", n)
 	}
 	// A steady 10 a second grows its lease twofold per grant up to the
-	// maximum, where it stays.
+	// maximum, where it stays; from a lease of 4 on, each refill is asked
+	// for ahead of time, so no request finds the lease spent.
 	ramp := newLeaseTable(64, store.SlidingWindow)
 	now := t0
-	for _, size := range []int64{1, 2, 4, 8, 16, 32, 64, 64} {
-		n := want(ramp, now)
-		if n != size {
-			t.Fatalf("ramp at %v: want %d, expected %d", now.Sub(t0), n, size)
-		}
-		windowLease := grant(n, 99, now)
-		windowLease.Lease = time.Minute
-		ramp.put(k, windowLease, n, 0, now, 0)
-		for range n - 1 {
-			now = now.Add(100 * time.Millisecond)
-			if _, ok := ramp.take(k, now, 0, true); !ok {
-				t.Fatalf("ramp at %v: lease of %d ran out early", now.Sub(t0), n)
+	var asked []int64
+	for range 400 {
+		if _, ok := ramp.take(k, now, 0, true); !ok {
+			n := want(ramp, now)
+			asked = append(asked, n)
+			windowLease := grant(n, 99, now)
+			windowLease.Lease = time.Minute
+			if len(asked) > 1 && asked[len(asked)-2] >= 4 && ramp.shard(k).leases[k].left(now) == 0 {
+				t.Fatalf("ramp at %v: the lease of %d ran out before its refill", now.Sub(t0), asked[len(asked)-2])
 			}
+			ramp.put(k, windowLease, n, 0, now, 0, now)
 		}
 		now = now.Add(100 * time.Millisecond)
 	}
-	// a lease of n admits exactly n requests
+	if want := []int64{1, 2, 4, 8, 16, 32, 64, 64, 64}; !slices.Equal(asked[:min(len(asked), len(want))], want) {
+		t.Fatalf("ramp asked for %v, want %v", asked, want)
+	}
+	// A lease of n admits exactly n requests, the asking one and n-1 from
+	// the lease. The request that finds a quarter of it left goes to refill
+	// (take says no) and the others go on taking.
 	n := int64(8)
-	tbl.put(k, grant(n, 50, t0), n, 0, t0, 0)
-	for range n - 1 {
+	tbl.put(k, grant(n, 50, t0), n, 0, t0, 0, t0)
+	var refused []int
+	for i := range 12 {
 		if _, ok := tbl.take(k, t0, 0, true); !ok {
-			t.Fatal("lease ran out early")
+			refused = append(refused, i+1)
 		}
 	}
-	if _, ok := tbl.take(k, t0, 0, true); ok {
-		t.Fatal("took past the lease")
+	if want := []int{6, 9, 10, 11, 12}; !slices.Equal(refused, want) {
+		t.Fatalf("takes refused: %v, want %v (6th: refill ahead; 9th on: spent)", refused, want)
 	}
-	// headers count the lease as the caller's: remaining falls by one a request
-	tbl.put(k, grant(4, 40, t0), 4, 0, t0, 0)
-	for want := int64(42); want >= 40; want-- {
-		d, ok := tbl.take(k, t0, 0, true)
-		if !ok || d.Remaining != want {
-			t.Fatalf("take: %+v %v, want remaining %d", d, ok, want)
+	// headers count the lease as the caller's: remaining falls by one a
+	// request, the refill notwithstanding
+	tbl.put(k, grant(4, 40, t0), 4, 0, t0, 0, t0)
+	var remaining []int64
+	for range 4 {
+		if d, ok := tbl.take(k, t0, 0, true); ok {
+			remaining = append(remaining, d.Remaining)
 		}
+	}
+	if want := []int64{42, 41, 40}; !slices.Equal(remaining, want) {
+		t.Fatalf("remaining %v, want %v", remaining, want)
 	}
 	// a lease ends after its TTL
-	tbl.put(k, grant(8, 30, t0), 8, 0, t0, 0)
+	tbl.put(k, grant(8, 30, t0), 8, 0, t0, 0, t0)
 	tbl.take(k, t0, 0, true)
 	tbl.take(k, t0, 0, true)
 	later := t0.Add(time.Second)
@@ -103,7 +113,7 @@ func TestLeaseTable(t *testing.T) {
 	}{{15 * time.Second, 15}, {10*time.Second + 5*time.Minute, 1}} {
 		ended := newLeaseTable(64, store.SlidingWindow)
 		windowEnd := store.Decision{Allowed: true, Limit: 100, Remaining: 50, Granted: 8, Lease: 10 * time.Second, Reset: t0.Add(10 * time.Second)}
-		ended.put(perMinute, windowEnd, 8, 0, t0, 0)
+		ended.put(perMinute, windowEnd, 8, 0, t0, 0, t0)
 		for range 3 {
 			ended.take(perMinute, t0.Add(time.Second), 0, true)
 		}
@@ -113,25 +123,28 @@ func TestLeaseTable(t *testing.T) {
 	}
 	// Two concurrent grants are both kept, each until its own end, and the
 	// lower remaining is reported.
-	tbl.put(k, grant(3, 20, later), 3, 0, later, 0)
+	tbl.put(k, grant(3, 20, later), 3, 0, later, 0, later)
 	short := grant(3, 17, later)
 	short.Lease = 200 * time.Millisecond
-	if d := tbl.put(k, short, 3, 0, later, 0); d.Remaining != 17+2+2 {
+	if d := tbl.put(k, short, 3, 0, later, 0, later); d.Remaining != 17+2+2 {
 		t.Fatalf("concurrent grants: remaining %d, want 21", d.Remaining)
 	}
+	// the first take is from the grant that ends first
 	if _, ok := tbl.take(k, later.Add(100*time.Millisecond), 0, true); !ok {
 		t.Fatal("concurrent grants: refused the first take")
 	}
-	// at 250ms the short grant's two have lapsed; one of the long is left
-	if d, ok := tbl.take(k, later.Add(250*time.Millisecond), 0, true); !ok || d.Remaining != 17 {
-		t.Fatalf("concurrent grants, after the shorter ended: %+v %v, want remaining 17", d, ok)
+	// at 250ms the short grant's other one has lapsed; the long's two are left
+	for _, want := range []int64{18, 17} {
+		if d, ok := tbl.take(k, later.Add(250*time.Millisecond), 0, true); !ok || d.Remaining != want {
+			t.Fatalf("concurrent grants, after the shorter ended: %+v %v, want remaining %d", d, ok, want)
+		}
 	}
 	if _, ok := tbl.take(k, later.Add(250*time.Millisecond), 0, true); ok {
 		t.Fatal("concurrent grants admitted more than was left")
 	}
 	// a key's lease needs the epoch it was granted under, freshly confirmed
 	at := later.Add(2 * time.Second)
-	tbl.put(k, grant(4, 10, at), 4, 0, at, 7)
+	tbl.put(k, grant(4, 10, at), 4, 0, at, 7, at)
 	if _, ok := tbl.take(k, at, 7, false); ok {
 		t.Fatal("took with an unconfirmed epoch")
 	}
@@ -142,7 +155,7 @@ func TestLeaseTable(t *testing.T) {
 		t.Fatal("lease refused under its own epoch")
 	}
 	// a grant under the new epoch replaces the stale lease, never joins it
-	tbl.put(k, grant(2, 5, at), 2, 0, at, 8)
+	tbl.put(k, grant(2, 5, at), 2, 0, at, 8, at)
 	for i := range 2 {
 		_, ok := tbl.take(k, at, 8, true)
 		if ok != (i == 0) {
@@ -151,13 +164,13 @@ func TestLeaseTable(t *testing.T) {
 	}
 	// anonymous leases have no key to revoke
 	anon := leaseKey{'s', "203.0.113.9", k.policy}
-	tbl.put(anon, grant(2, 5, at), 2, 0, at, 0)
+	tbl.put(anon, grant(2, 5, at), 2, 0, at, 0, at)
 	if _, ok := tbl.take(anon, at, 9, false); !ok {
 		t.Fatal("anonymous lease refused over the epoch")
 	}
 
 	// a refusal is passed on as it is
-	if d := tbl.put(k, store.Decision{Limit: 100, RetryAfter: time.Second}, 1, 0, later, 0); d.Allowed || d.RetryAfter != time.Second {
+	if d := tbl.put(k, store.Decision{Limit: 100, RetryAfter: time.Second}, 1, 0, later, 0, later); d.Allowed || d.RetryAfter != time.Second {
 		t.Fatalf("refusal became %+v", d)
 	}
 }
@@ -180,15 +193,15 @@ func TestStaggeredLease(t *testing.T) {
 			// Admitting the i-th just before its moment: the ones before
 			// it have lapsed, it is admitted, the ones after it are left.
 			tbl := newLeaseTable(c.granted, store.SlidingLog)
-			tbl.put(k, d, c.granted, c.lease, t0, 0)
-			got, ok := tbl.take(k, deadline.Add(-time.Nanosecond), 0, true)
+			tbl.put(k, d, c.granted, c.lease, t0, 0, t0)
+			got, ok := takeAfterRefill(tbl, k, deadline.Add(-time.Nanosecond))
 			if !ok || got.Remaining != 500+n-i {
 				t.Fatalf("%d over %v: the %d-th just before its moment: %+v %v, want remaining %d", n, c.lease, i, got, ok, 500+n-i)
 			}
 			// At its moment it is gone.
 			tbl = newLeaseTable(c.granted, store.SlidingLog)
-			tbl.put(k, d, c.granted, c.lease, t0, 0)
-			got, ok = tbl.take(k, deadline, 0, true)
+			tbl.put(k, d, c.granted, c.lease, t0, 0, t0)
+			got, ok = takeAfterRefill(tbl, k, deadline)
 			if i == n && ok || i < n && (!ok || got.Remaining != 500+n-i-1) {
 				t.Fatalf("%d over %v: the %d-th at its moment: %+v %v", n, c.lease, i, got, ok)
 			}
@@ -196,15 +209,24 @@ func TestStaggeredLease(t *testing.T) {
 	}
 	// used ahead of time, every one is admitted
 	tbl := newLeaseTable(8, store.SlidingLog)
-	tbl.put(k, store.Decision{Allowed: true, Granted: 8, Lease: time.Second, Staggered: true}, 8, time.Second, t0, 0)
+	tbl.put(k, store.Decision{Allowed: true, Granted: 8, Lease: time.Second, Staggered: true}, 8, time.Second, t0, 0, t0)
 	for i := range 7 {
-		if _, ok := tbl.take(k, t0.Add(time.Millisecond), 0, true); !ok {
+		if _, ok := takeAfterRefill(tbl, k, t0.Add(time.Millisecond)); !ok {
 			t.Fatalf("take %d of 7 ahead of time refused", i+1)
 		}
 	}
-	if _, ok := tbl.take(k, t0.Add(time.Millisecond), 0, true); ok {
+	if _, ok := takeAfterRefill(tbl, k, t0.Add(time.Millisecond)); ok {
 		t.Fatal("took past the lease")
 	}
+}
+
+// takeAfterRefill takes from k's lease at now as a request would that
+// comes after the one gone to refill it, if one has to go.
+func takeAfterRefill(tbl *leaseTable, k leaseKey, now time.Time) (store.Decision, bool) {
+	if d, ok := tbl.take(k, now, 0, true); ok {
+		return d, ok
+	}
+	return tbl.take(k, now, 0, true)
 }
 
 // A sliding_log lease is what the pace since the last grant would use in
@@ -228,7 +250,7 @@ func TestLogLeaseSizing(t *testing.T) {
 		{"seen once a minute: one at a time", 32, 61 * time.Second, 1, 0},
 	} {
 		tbl := newLeaseTable(64, store.SlidingLog)
-		tbl.put(k, one, c.asked, 0, t0, 0)
+		tbl.put(k, one, c.asked, 0, t0, 0, t0)
 		if n, spread := tbl.want(k, t0.Add(c.next)); n != c.n || spread != c.spread {
 			t.Errorf("%s: want %d over %v, expected %d over %v", c.name, n, spread, c.n, c.spread)
 		}
@@ -236,7 +258,7 @@ func TestLogLeaseSizing(t *testing.T) {
 	// A lease that ended with requests unused: the pace since its grant,
 	// 5 in a minute.
 	tbl := newLeaseTable(64, store.SlidingLog)
-	tbl.put(k, store.Decision{Allowed: true, Limit: 1000, Granted: 21, Lease: 10 * time.Second, Staggered: true}, 21, 10*time.Second, t0, 0)
+	tbl.put(k, store.Decision{Allowed: true, Limit: 1000, Granted: 21, Lease: 10 * time.Second, Staggered: true}, 21, 10*time.Second, t0, 0, t0)
 	for i := range 4 {
 		tbl.take(k, t0.Add(time.Duration(i+1)*time.Second), 0, true)
 	}
@@ -332,4 +354,102 @@ func TestLeasesStopWhenTheStoreStops(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("leases stopped %v into the outage", time.Since(paused).Round(time.Millisecond))
+}
+
+// The request that finds a quarter of a lease left goes to refill it while
+// the others go on taking; no other goes until the refill is back or a
+// second has passed. The refill's grant joins what is left, reporting the
+// store's newer remaining, and the store's refusal still leaves the asking
+// request what the gateway holds.
+func TestRefillAhead(t *testing.T) {
+	k := leaseKey{'k', "id", store.Policy{Limit: 1000, Window: time.Hour}}
+	t0 := time.Unix(1_800_000_000, 0)
+	tbl := newLeaseTable(64, store.SlidingLog)
+	lease := func(granted, remaining int64) store.Decision {
+		return store.Decision{Allowed: true, Limit: 1000, Remaining: remaining, Granted: granted, Lease: 10 * time.Second, Staggered: true}
+	}
+	tbl.put(k, lease(16, 900), 16, 10*time.Second, t0, 0, t0)
+	now := t0.Add(time.Millisecond)
+	for i := range 11 {
+		if _, ok := tbl.take(k, now, 0, true); !ok {
+			t.Fatalf("take %d refused with %d of 15 left", i+1, 15-i)
+		}
+	}
+	// 4 left of 16: this one refills
+	if _, ok := tbl.take(k, now, 0, true); ok {
+		t.Fatal("the take that found a quarter left did not go to refill")
+	}
+	// the others take the rest while the refill is on its way
+	for i := range 4 {
+		if _, ok := tbl.take(k, now, 0, true); !ok {
+			t.Fatalf("take %d of the last 4, with a refill on its way, refused", i+1)
+		}
+	}
+	if _, ok := tbl.take(k, now, 0, true); ok {
+		t.Fatal("took past the lease")
+	}
+	n, spread := tbl.want(k, now)
+	if n != 32 {
+		t.Fatalf("refill: want %d, expected 32 (twice the last, the pace being far higher)", n)
+	}
+	// The refill comes back: its remaining is the store's latest.
+	if d := tbl.put(k, lease(n, 850), n, spread, now, 0, now); d.Remaining != 850+31 {
+		t.Fatalf("refill: remaining %d, want %d", d.Remaining, 850+31)
+	}
+
+	// A refill that never comes back holds the others off for a second.
+	// (Asked for 64, granted 8, as near the limit: a quarter of the 8.)
+	tbl = newLeaseTable(64, store.SlidingLog)
+	tbl.put(k, lease(8, 900), 64, 10*time.Second, t0, 0, t0)
+	for i := range 5 {
+		if _, ok := tbl.take(k, t0, 0, true); !ok {
+			t.Fatalf("take %d of a lease of 8 refused", i+1)
+		}
+	}
+	if _, ok := tbl.take(k, t0, 0, true); ok {
+		t.Fatal("the take that found a quarter left did not go to refill")
+	}
+	if _, ok := tbl.take(k, t0.Add(999*time.Millisecond), 0, true); !ok {
+		t.Fatal("a second refill went within the second")
+	}
+	if _, ok := tbl.take(k, t0.Add(time.Second), 0, true); ok {
+		t.Fatal("no refill went after the first was gone a second")
+	}
+	// Refused, that request takes the last one held: counted already.
+	refused := store.Decision{Limit: 1000, RetryAfter: time.Second}
+	d := tbl.put(k, refused, 16, time.Second, t0.Add(time.Second), 0, t0.Add(time.Second))
+	if !d.Allowed || d.Granted != 0 || d.Remaining != 0 {
+		t.Fatalf("refused refill with one left: %+v, want allowed from the lease, 0 remaining", d)
+	}
+	if d := tbl.put(k, refused, 16, time.Second, t0.Add(time.Second), 0, t0.Add(time.Second)); d.Allowed {
+		t.Fatalf("refused with the lease spent: %+v", d)
+	}
+}
+
+// Steady traffic under sliding_log uses every request it leases but the
+// last lease's rest: refilled ahead of time, the refill's early deadlines
+// are used first, while the rest of the old lease waits (its deadlines are
+// later); taken in order of grant instead, the refill's first requests
+// would lapse each time.
+func TestRefilledLeasesDoNotLapse(t *testing.T) {
+	k := leaseKey{'s', "192.0.2.1", store.Policy{Limit: 1_000_000, Window: time.Hour}}
+	t0 := time.Unix(1_800_000_000, 0)
+	tbl := newLeaseTable(64, store.SlidingLog)
+	var granted, admitted, calls int64
+	now := t0
+	for range 20_000 { // 100 a second for 200s
+		if _, ok := tbl.take(k, now, 0, true); ok {
+			admitted++
+		} else {
+			n, spread := tbl.want(k, now)
+			lease := min(max(spread, time.Millisecond), store.MaxLease)
+			tbl.put(k, store.Decision{Allowed: true, Limit: 1_000_000, Remaining: 1000, Granted: n, Lease: lease, Staggered: n > 1}, n, spread, now, 0, now)
+			granted += n - 1
+			calls++
+		}
+		now = now.Add(10 * time.Millisecond)
+	}
+	if unused := granted - admitted; unused > 64 || calls > 20_000/40 {
+		t.Fatalf("%d store calls, %d leased, %d admitted from leases: %d unused", calls, granted, admitted, unused)
+	}
 }

@@ -78,9 +78,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// leased records a store decision that may carry a lease.
+// leased records a decision of a handler with leases: one from the store
+// may carry a lease, one with nothing granted was admitted from a lease.
 func (m *metrics) leased(d store.Decision) {
-	if d.Allowed && d.Granted > 1 {
+	switch {
+	case !d.Allowed:
+	case d.Granted == 0:
+		m.leaseAdmitted.Inc()
+	case d.Granted > 1:
 		m.leaseGranted.Add(float64(d.Granted - 1))
 	}
 }

@@ -152,6 +152,8 @@ type Decision struct {
 	RetryAfter time.Duration // zero when allowed
 	// Granted is how many requests were counted when allowed: 1, or up to
 	// the Take asked for, never past the limit. A store may always grant 1.
+	// A gateway that admits a request from a lease says 0: it was counted
+	// with the lease.
 	Granted int64
 	// Lease is how long, from before the call, the caller may admit the
 	// Granted-1 requests beyond its own (at most MaxLease). A sliding_window
