@@ -32,7 +32,7 @@ import (
 // a second at worst; its expiry time is checked before every leased
 // request.
 //
-// A lease is refilled ahead of time: the request that finds a quarter of
+// A lease is refilled ahead of time: the request that finds a third of
 // the last grant left (refillAhead) asks the store for the next lease
 // while the others go on taking the rest, so that concurrent requests
 // seldom all find a lease spent and all ask the store at once (each lease
@@ -137,7 +137,7 @@ func (l *lease) left(now time.Time) (n int64) {
 }
 
 // low says whether a lease with left requests left is to be refilled: a
-// quarter or less of the last grant is left.
+// third or less of the last grant is left.
 func (l *lease) low(left int64) bool {
 	return left*refillAhead <= l.granted
 }
@@ -165,7 +165,7 @@ const sweepEvery = 1024
 
 // Sizing and refilling (see above).
 const (
-	refillAhead      = 4           // refill when a quarter of the last grant is left
+	refillAhead      = 3           // refill when a third of the last grant is left
 	refillWait       = time.Second // after which a refill that never came back no longer holds others off
 	windowHorizonMin = 5 * time.Second
 	logHorizon       = store.MaxLease / 2

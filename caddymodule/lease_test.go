@@ -69,7 +69,7 @@ func TestLeaseTable(t *testing.T) {
 		t.Fatalf("ramp asked for %v, want %v", asked, want)
 	}
 	// A lease of n admits exactly n requests, the asking one and n-1 from
-	// the lease. The request that finds a quarter of it left goes to refill
+	// the lease. The request that finds a third of it left goes to refill
 	// (take says no) and the others go on taking.
 	n := int64(8)
 	tbl.put(k, grant(n, 50, t0), n, 0, t0, 0, t0)
@@ -135,11 +135,11 @@ func TestLeaseTable(t *testing.T) {
 	}
 	// at 250ms the short grant's other one has lapsed; the long's two are left
 	for _, want := range []int64{18, 17} {
-		if d, ok := tbl.take(k, later.Add(250*time.Millisecond), 0, true); !ok || d.Remaining != want {
+		if d, ok := takeAfterRefill(tbl, k, later.Add(250*time.Millisecond)); !ok || d.Remaining != want {
 			t.Fatalf("concurrent grants, after the shorter ended: %+v %v, want remaining %d", d, ok, want)
 		}
 	}
-	if _, ok := tbl.take(k, later.Add(250*time.Millisecond), 0, true); ok {
+	if _, ok := takeAfterRefill(tbl, k, later.Add(250*time.Millisecond)); ok {
 		t.Fatal("concurrent grants admitted more than was left")
 	}
 	// a key's lease needs the epoch it was granted under, freshly confirmed
@@ -356,7 +356,7 @@ func TestLeasesStopWhenTheStoreStops(t *testing.T) {
 	t.Logf("leases stopped %v into the outage", time.Since(paused).Round(time.Millisecond))
 }
 
-// The request that finds a quarter of a lease left goes to refill it while
+// The request that finds a third of a lease left goes to refill it while
 // the others go on taking; no other goes until the refill is back or a
 // second has passed. The refill's grant joins what is left, reporting the
 // store's newer remaining, and the store's refusal still leaves the asking
@@ -370,19 +370,19 @@ func TestRefillAhead(t *testing.T) {
 	}
 	tbl.put(k, lease(16, 900), 16, 10*time.Second, t0, 0, t0)
 	now := t0.Add(time.Millisecond)
-	for i := range 11 {
+	for i := range 10 {
 		if _, ok := tbl.take(k, now, 0, true); !ok {
 			t.Fatalf("take %d refused with %d of 15 left", i+1, 15-i)
 		}
 	}
-	// 4 left of 16: this one refills
+	// 5 left of 16: this one refills
 	if _, ok := tbl.take(k, now, 0, true); ok {
-		t.Fatal("the take that found a quarter left did not go to refill")
+		t.Fatal("the take that found a third left did not go to refill")
 	}
 	// the others take the rest while the refill is on its way
-	for i := range 4 {
+	for i := range 5 {
 		if _, ok := tbl.take(k, now, 0, true); !ok {
-			t.Fatalf("take %d of the last 4, with a refill on its way, refused", i+1)
+			t.Fatalf("take %d of the last 5, with a refill on its way, refused", i+1)
 		}
 	}
 	if _, ok := tbl.take(k, now, 0, true); ok {
@@ -398,7 +398,7 @@ func TestRefillAhead(t *testing.T) {
 	}
 
 	// A refill that never comes back holds the others off for a second.
-	// (Asked for 64, granted 8, as near the limit: a quarter of the 8.)
+	// (Asked for 64, granted 8, as near the limit: a third of the 8.)
 	tbl = newLeaseTable(64, store.SlidingLog)
 	tbl.put(k, lease(8, 900), 64, 10*time.Second, t0, 0, t0)
 	for i := range 5 {
@@ -407,7 +407,7 @@ func TestRefillAhead(t *testing.T) {
 		}
 	}
 	if _, ok := tbl.take(k, t0, 0, true); ok {
-		t.Fatal("the take that found a quarter left did not go to refill")
+		t.Fatal("the take that found a third left did not go to refill")
 	}
 	if _, ok := tbl.take(k, t0.Add(999*time.Millisecond), 0, true); !ok {
 		t.Fatal("a second refill went within the second")
