@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -158,5 +159,35 @@ func BenchmarkRateLimitHeaders(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		setRateLimitHeaders(h, policyNameKey, policy, d, now)
+	}
+}
+
+// BenchmarkLeaseTable is a leased request's work in the gateway, one
+// subject from parallel goroutines (the contended case): take, and for one
+// request a lease also want and put, the store answering at once.
+func BenchmarkLeaseTable(b *testing.B) {
+	for _, alg := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
+		b.Run(string(alg), func(b *testing.B) {
+			tbl := newLeaseTable(64, alg)
+			k := leaseKey{'s', "192.0.2.1", store.Policy{Limit: 1 << 40, Window: time.Hour}}
+			var calls atomic.Int64
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					now := time.Now()
+					if _, ok := tbl.take(k, now, 0, true); ok {
+						continue
+					}
+					calls.Add(1)
+					n, spread := tbl.want(k, now)
+					d := store.Decision{Allowed: true, Limit: 1 << 40, Remaining: 1 << 30, Granted: n, Lease: time.Minute}
+					if alg == store.SlidingLog {
+						d.Lease, d.Staggered = min(max(spread, time.Second), store.MaxLease), n > 1
+					}
+					tbl.put(k, d, n, spread, now, 0, time.Now())
+				}
+			})
+			b.ReportMetric(float64(calls.Load())/float64(b.N), "calls/op")
+		})
 	}
 }

@@ -87,52 +87,62 @@ type grant struct {
 	start     time.Time // before the call
 	length    time.Duration
 	tokens    int64
-	next      int64 // tokens admitted or lapsed so far
-	staggered bool  // the i-th token (from 1) only until StaggeredDeadline(i, tokens, length)
+	next      int64     // tokens admitted or lapsed so far
+	staggered bool      // the i-th token (from 1) only until StaggeredDeadline(i, tokens, length)
+	due       time.Time // the latest moment the next token may be admitted
 }
 
-// lapse counts as gone the tokens of g that may no longer be admitted at
-// now.
-func (g *grant) lapse(now time.Time) {
-	elapsed := now.Sub(g.start)
-	switch {
+func newGrant(start time.Time, d store.Decision) grant {
+	g := grant{start: start, length: d.Lease, tokens: max(d.Granted-1, 0), staggered: d.Staggered && d.Lease >= time.Millisecond}
+	g.setDue()
+	return g
+}
+
+// setDue records when g's next token may last be admitted: no token
+// lapses before, so only then need the tokens' deadlines be worked out.
+func (g *grant) setDue() {
+	if g.staggered && g.next < g.tokens {
+		g.due = g.start.Add(store.StaggeredDeadline(g.next+1, g.tokens, g.length))
+	} else {
+		g.due = g.start.Add(g.length)
+	}
+}
+
+// left is how many tokens of g may still be admitted at now, counting as
+// gone those that may no longer be.
+func (g *grant) left(now time.Time) int64 {
+	if now.Before(g.due) {
+		return g.tokens - g.next
+	}
+	switch elapsed := now.Sub(g.start); {
 	case elapsed >= g.length:
 		g.next = g.tokens
-	case g.staggered && elapsed >= 0 && g.length >= time.Millisecond:
+	case g.staggered && elapsed >= 0:
 		// The i-th may be admitted while elapsed < ⌊i·ms/n⌋ ms: while
 		// ⌊elapsed⌋ ms + 1 ≤ i·ms/n, i.e. from the i below on.
 		ms := g.length.Milliseconds()
 		first := ((elapsed.Milliseconds()+1)*g.tokens + ms - 1) / ms
 		g.next = max(g.next, first-1)
 	}
-}
-
-// left is how many tokens of g may still be admitted.
-func (g *grant) left(now time.Time) int64 {
-	g.lapse(now)
+	g.setDue()
 	return g.tokens - g.next
-}
-
-// deadline is the latest moment g's next token may be admitted.
-func (g *grant) deadline() time.Time {
-	if g.staggered && g.tokens > 0 {
-		return g.start.Add(store.StaggeredDeadline(g.next+1, g.tokens, g.length))
-	}
-	return g.start.Add(g.length)
 }
 
 // left is how many requests of l may still be admitted. It drops the
 // grants that have none left.
 func (l *lease) left(now time.Time) (n int64) {
-	live := l.grants[:0]
+	live := 0
 	for i := range l.grants {
-		if g := &l.grants[i]; g.left(now) > 0 {
-			n += g.tokens - g.next
-			live = append(live, *g)
+		if left := l.grants[i].left(now); left > 0 {
+			n += left
+			if live != i {
+				l.grants[live] = l.grants[i]
+			}
+			live++
 		}
 	}
-	clear(l.grants[len(live):])
-	l.grants = live
+	clear(l.grants[live:])
+	l.grants = l.grants[:live]
 	return n
 }
 
@@ -147,11 +157,14 @@ func (l *lease) low(left int64) bool {
 func (l *lease) admit(left int64) store.Decision {
 	soonest := 0
 	for i := 1; i < len(l.grants); i++ {
-		if l.grants[i].deadline().Before(l.grants[soonest].deadline()) {
+		if l.grants[i].due.Before(l.grants[soonest].due) {
 			soonest = i
 		}
 	}
-	l.grants[soonest].next++
+	g := &l.grants[soonest]
+	if g.next++; g.staggered {
+		g.setDue()
+	}
 	l.used++
 	return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + left - 1, Reset: l.reset}
 }
@@ -292,7 +305,7 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, spread time.
 		}
 		return d
 	}
-	g := grant{start: start, length: d.Lease, tokens: max(d.Granted-1, 0), staggered: d.Staggered}
+	g := newGrant(start, d)
 	ends := start.Add(d.Lease)
 	if l == nil {
 		l = &lease{}
