@@ -92,6 +92,9 @@ type grant struct {
 	due       time.Time // the latest moment the next token may be admitted
 }
 
+// newGrant is the grant of the store's decision d, asked for at start. A
+// lease shorter than a millisecond counts as not staggered: in whole
+// milliseconds, as the store works them out, its deadlines would all be 0.
 func newGrant(start time.Time, d store.Decision) grant {
 	g := grant{start: start, length: d.Lease, tokens: max(d.Granted-1, 0), staggered: d.Staggered && d.Lease >= time.Millisecond}
 	g.setDue()
@@ -117,7 +120,7 @@ func (g *grant) left(now time.Time) int64 {
 	switch elapsed := now.Sub(g.start); {
 	case elapsed >= g.length:
 		g.next = g.tokens
-	case g.staggered && elapsed >= 0:
+	case g.staggered: // elapsed ≥ 0: now is not before due, nor due before start
 		// The i-th may be admitted while elapsed < ⌊i·ms/n⌋ ms: while
 		// ⌊elapsed⌋ ms + 1 ≤ i·ms/n, i.e. from the i below on.
 		ms := g.length.Milliseconds()
