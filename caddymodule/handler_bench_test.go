@@ -164,7 +164,8 @@ func BenchmarkRateLimitHeaders(b *testing.B) {
 
 // BenchmarkLeaseTable is a leased request's work in the gateway, one
 // subject from parallel goroutines (the contended case): take, and for one
-// request a lease also want and put, the store answering at once.
+// request a lease also want and put, the store answering at once
+// (refillFromInstantStore).
 func BenchmarkLeaseTable(b *testing.B) {
 	for _, alg := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
 		b.Run(string(alg), func(b *testing.B) {
@@ -179,12 +180,7 @@ func BenchmarkLeaseTable(b *testing.B) {
 						continue
 					}
 					calls.Add(1)
-					n, spread := tbl.want(k, now)
-					d := store.Decision{Allowed: true, Limit: 1 << 40, Remaining: 1 << 30, Granted: n, Lease: time.Minute}
-					if alg == store.SlidingLog {
-						d.Lease, d.Staggered = min(max(spread, time.Second), store.MaxLease), n > 1
-					}
-					tbl.put(k, d, n, spread, now, 0, time.Now())
+					refillFromInstantStore(tbl, k, now)
 				}
 			})
 			b.ReportMetric(float64(calls.Load())/float64(b.N), "calls/op")

@@ -441,10 +441,7 @@ func TestRefilledLeasesDoNotLapse(t *testing.T) {
 		if _, ok := tbl.take(k, now, 0, true); ok {
 			admitted++
 		} else {
-			n, spread := tbl.want(k, now)
-			lease := min(max(spread, time.Millisecond), store.MaxLease)
-			tbl.put(k, store.Decision{Allowed: true, Limit: 1_000_000, Remaining: 1000, Granted: n, Lease: lease, Staggered: n > 1}, n, spread, now, 0, now)
-			granted += n - 1
+			granted += refillFromInstantStore(tbl, k, now) - 1
 			calls++
 		}
 		now = now.Add(10 * time.Millisecond)
@@ -452,4 +449,18 @@ func TestRefilledLeasesDoNotLapse(t *testing.T) {
 	if unused := granted - admitted; unused > 64 || calls > 20_000/40 {
 		t.Fatalf("%d store calls, %d leased, %d admitted from leases: %d unused", calls, granted, admitted, unused)
 	}
+}
+
+// refillFromInstantStore does what a request that take turned away does,
+// with a store that grants at once all it is asked for: a sliding_window
+// lease lasting a minute, a sliding_log one staggered over the spread
+// asked. It returns how many requests it asked for.
+func refillFromInstantStore(tbl *leaseTable, k leaseKey, now time.Time) int64 {
+	n, spread := tbl.want(k, now)
+	d := store.Decision{Allowed: true, Limit: k.policy.Limit, Remaining: k.policy.Limit - n, Granted: n, Lease: time.Minute}
+	if tbl.algorithm == store.SlidingLog {
+		d.Lease, d.Staggered = spread, n > 1
+	}
+	tbl.put(k, d, n, spread, now, 0, now)
+	return n
 }
