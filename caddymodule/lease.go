@@ -36,20 +36,23 @@ import (
 // the last grant left (refillAhead) asks the store for the next lease
 // while the others go on taking the rest, so that concurrent requests
 // seldom all find a lease spent and all ask the store at once (each lease
-// they bring back would be counted in full, used or not). Should the store
-// refuse the refill, the request that asked takes what this gateway still
-// holds. Requests are admitted from the grant whose next request must be
-// admitted soonest, so a refill's early deadlines (sliding_log) go first.
+// they bring back would be counted in full, used or not). A sliding_window
+// lease is refilled so only if what is left would not last, at the pace,
+// until the lease ends: its requests end with their window, as a refill's
+// would. Should the store refuse the refill, the request that asked takes
+// what this gateway still holds. Requests are admitted from the grant
+// whose next request must be admitted soonest, so a refill's early
+// deadlines (sliding_log) go first.
 //
 // The size of a lease follows the subject's traffic: its pace is the
 // requests admitted from the last grant to now (so an idle while slows it),
-// and a lease is at most twice the size of the last one asked for, so that
-// a burst of a few requests never leases the maximum, which the limit would
-// count whether or not it is used: a subject seen once in a while asks for
-// one request at a time, a busy one grows to the configured maximum in a
-// few grants.
+// and a lease is at most twice the size of the last one asked for (a grant
+// that tops up what is held does not lower that), so that a burst of a few
+// requests never leases the maximum, which the limit would count whether
+// or not it is used: a subject seen once in a while asks for one request
+// at a time, a busy one grows to the configured maximum in a few grants.
 //   - sliding_window: what the pace would use until the window running
-//     ends (at least 5s' worth, at most store.MaxLease's).
+//     ends (at most store.MaxLease's), less what the lease still holds.
 //   - sliding_log: what the pace would use in half of store.MaxLease,
 //     spread over twice the time the pace would take to use it (at least a
 //     second, at most MaxLease), so that traffic a little slower than
@@ -181,12 +184,11 @@ const sweepEvery = 1024
 
 // Sizing and refilling (see above).
 const (
-	refillAhead      = 3           // refill when a third of the last grant is left
-	refillWait       = time.Second // after which a refill that never came back no longer holds others off
-	windowHorizonMin = 5 * time.Second
-	logHorizon       = store.MaxLease / 2
-	logSlack         = 2
-	logSpreadMin     = time.Second
+	refillAhead  = 3           // refill when a third of the last grant is left
+	refillWait   = time.Second // after which a refill that never came back no longer holds others off
+	logHorizon   = store.MaxLease / 2
+	logSlack     = 2
+	logSpreadMin = time.Second
 )
 
 type leaseTable struct {
@@ -230,11 +232,19 @@ func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (s
 	if left == 0 {
 		return store.Decision{}, false
 	}
-	if l.low(left) && now.Sub(l.refilling) >= refillWait {
+	if l.low(left) && now.Sub(l.refilling) >= refillWait && !t.lastsToItsEnd(l, left, now) {
 		l.refilling = now
 		return store.Decision{}, false
 	}
 	return l.admit(left), true
+}
+
+// lastsToItsEnd says whether a sliding_window lease's left requests last,
+// at the pace since the last grant, until the lease ends. Its requests all
+// end with their window, as a refill's would: refilled then, it would only
+// lease requests to end unused with them.
+func (t *leaseTable) lastsToItsEnd(l *lease, left int64, now time.Time) bool {
+	return t.algorithm == store.SlidingWindow && float64(left) >= l.pace(now)*l.ends.Sub(now).Seconds()
 }
 
 // want is how many requests to ask the store for on k's behalf, and over
@@ -259,8 +269,10 @@ func (t *leaseTable) want(k leaseKey, now time.Time) (int64, time.Duration) {
 		spread := time.Duration(logSlack * float64(n) / perSecond * float64(time.Second))
 		return n, min(max(spread, logSpreadMin), store.MaxLease)
 	default:
-		horizon := min(max(untilWindowEnd(l.reset, k.policy.Window, now), windowHorizonMin), store.MaxLease)
-		return t.fit(l.pace(now)*horizon.Seconds(), l), 0
+		// What the lease holds is used first and ends no later than the
+		// new grant would: ask for what the pace would use beyond it.
+		horizon := min(untilWindowEnd(l.reset, k.policy.Window, now), store.MaxLease)
+		return t.fit(l.pace(now)*horizon.Seconds()-float64(l.left(now)), l), 0
 	}
 }
 
@@ -317,7 +329,7 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, spread time.
 	switch {
 	case l.epoch != epoch || l.left(start) == 0:
 		l.grants = append(l.grants[:0], g)
-		l.ends, l.remaining, l.epoch = ends, d.Remaining, epoch
+		l.ends, l.remaining, l.epoch, l.size = ends, d.Remaining, epoch, max(asked, 1)
 	case !l.refilling.IsZero() && !start.Before(l.refilling):
 		// The refill ahead (or one asked at the same time): the store
 		// counted every earlier grant before this one.
@@ -329,8 +341,11 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, spread time.
 		l.grants = append(l.grants, g)
 		l.ends, l.remaining = later(l.ends, ends), min(l.remaining, d.Remaining)
 	}
+	// A grant joining what is held may top it up with a few: that does not
+	// lower the size the next lease may double.
+	l.size = max(l.size, asked)
 	l.since, l.used, l.refilling = start, 1, time.Time{}
-	l.limit, l.reset, l.size, l.granted, l.spread = d.Limit, d.Reset, max(asked, 1), d.Granted, spread
+	l.limit, l.reset, l.granted, l.spread = d.Limit, d.Reset, d.Granted, spread
 	d.Remaining = l.remaining + l.left(start)
 
 	if sh.grants++; sh.grants >= sweepEvery {
