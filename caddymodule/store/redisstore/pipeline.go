@@ -93,12 +93,18 @@ func (l *line) take(client redis.UniversalClient) *redis.Conn {
 // after an error other than Redis's own answer (after which the connection
 // is in order).
 func (l *line) done(err error) {
-	var answer redis.Error
-	if err != nil && l.conn != nil && !errors.As(err, &answer) {
+	if l.conn != nil && leavesInDoubt(err) {
 		_ = l.conn.Close()
 		l.conn = nil
 	}
 	l.used = time.Now()
+}
+
+// leavesInDoubt says whether a call that ended with err leaves its
+// connection in doubt: any error but Redis's own answer does.
+func leavesInDoubt(err error) bool {
+	var answer redis.Error
+	return err != nil && !errors.As(err, &answer)
 }
 
 func (l *line) close() {
@@ -221,9 +227,14 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall) {
 		_ = pipe.Process(ctx, c.cmd)
 	}
 	_, _ = pipe.Exec(ctx) // every command carries its own error
+	var inDoubt error // Exec's one error could be a NOSCRIPT answer hiding a network error after it
 	for _, c := range batch {
-		l.done(c.cmd.Err())
+		if err := c.cmd.Err(); leavesInDoubt(err) {
+			inDoubt = err
+			break
+		}
 	}
+	l.done(inDoubt)
 
 	// After a Redis restart or SCRIPT FLUSH the scripts are gone: load them
 	// with EVAL, one call at a time (rare, and Redis caches them again).
