@@ -63,6 +63,23 @@ func BenchmarkLimit(b *testing.B) {
 	}
 }
 
+// BenchmarkLease is a gateway asking for a lease of 64 requests: under
+// sliding_log Redis logs each of them, so redis-µs/call grows with the
+// lease.
+func BenchmarkLease(b *testing.B) {
+	srv := redistest.Start(b)
+	s := open(b, srv, time.Second)
+	ctx := context.Background()
+	p := store.Policy{Limit: 1 << 40, Window: time.Second}
+	for _, a := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
+		var n atomic.Int64
+		benchSerialAndParallel(b, srv, string(a), func() error {
+			_, err := s.Limit(ctx, "198.51.100."+strconv.FormatInt(n.Add(1)%1000, 10), p, a, 64, time.Second)
+			return err
+		})
+	}
+}
+
 func benchSerialAndParallel(b *testing.B, srv *redistest.Server, name string, call func() error) {
 	b.Run(name+"/serial", func(b *testing.B) {
 		b.ReportAllocs()

@@ -70,9 +70,11 @@ end
 -- across the lease: the i-th of m at now + floor(i * ttl / m), the latest
 -- moment the caller may admit it (store.StaggeredDeadline), so that each
 -- stays counted a full window after it is admitted: leasing never lets more
--- than the limit through in any window. Their members,
--- "<at>-<count+i>-<now>", are unique for the same reason. The log lives as
--- long as its newest member counts.
+-- than the limit through in any window. Their members, "<now>-<count>-<i>",
+-- are unique for the same reason (and never equal a member of the earlier
+-- form "<at>-<count+i>-<now>": its last part is a time). Their common prefix
+-- is built once: turning numbers into strings was a third of a lease's
+-- time in Redis. The log lives as long as its newest member counts.
 local function sliding_log(key, now, limit, window, n, ttl)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local count = redis.call('ZCARD', key)
@@ -83,19 +85,19 @@ local function sliding_log(key, now, limit, window, n, ttl)
     return {0, 0, now + wait, wait, 0, 0}
   end
   local g = math.max(math.min(n, limit - count), 1)
-  redis.call('ZADD', key, now, now .. '-' .. count)
-  if g > 1 then
-    -- in batches: unpack takes at most a few thousand values
-    local m, members = g - 1, {}
-    for i = 1, m do
-      local at = now + math.floor(i * ttl / m)
-      members[#members + 1] = at
-      members[#members + 1] = at .. '-' .. (count + i) .. '-' .. now
-      if #members == 1000 or i == m then
-        redis.call('ZADD', key, unpack(members))
-        members = {}
-      end
+  -- the caller's own and the lease's in one ZADD, in batches: unpack
+  -- takes at most a few thousand values
+  local m, members, prefix = g - 1, {now, now .. '-' .. count}, now .. '-' .. count .. '-'
+  for i = 1, m do
+    members[#members + 1] = now + math.floor(i * ttl / m)
+    members[#members + 1] = prefix .. i
+    if #members == 1000 then
+      redis.call('ZADD', key, unpack(members))
+      members = {}
     end
+  end
+  if #members > 0 then
+    redis.call('ZADD', key, unpack(members))
   end
   local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   redis.call('PEXPIRE', key, tonumber(newest[2]) + window - now)
