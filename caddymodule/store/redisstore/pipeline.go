@@ -226,8 +226,10 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall) {
 	for _, c := range batch {
 		_ = pipe.Process(ctx, c.cmd)
 	}
-	_, _ = pipe.Exec(ctx) // every command carries its own error
-	var inDoubt error // Exec's one error could be a NOSCRIPT answer hiding a network error after it
+	// Every command carries its own error: Exec's one could be a NOSCRIPT
+	// answer with a network error behind it.
+	_, _ = pipe.Exec(ctx)
+	var inDoubt error
 	for _, c := range batch {
 		if err := c.cmd.Err(); leavesInDoubt(err) {
 			inDoubt = err
