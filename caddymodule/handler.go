@@ -221,8 +221,8 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		take = 1
 		if h.leases != nil && !policy.IsZero() {
 			lk = leaseKey{'k', ident.key.ID, policy}
-			take, spread = h.leases.want(lk, start)
 			epoch, _ = shared.epochs.current(start) // read before the grant
+			take, spread = h.leases.want(lk, start, epoch)
 		}
 		verdict, err = shared.CheckKey(ctx, store.Check{
 			KeyID:     ident.key.ID,
@@ -330,7 +330,7 @@ func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.T
 			h.app.metrics.leased(d)
 			return d, nil
 		}
-		take, spread = h.leases.want(lk, now)
+		take, spread = h.leases.want(lk, now, 0)
 	}
 	d, err := h.app.shared.Limit(ctx, subject, h.anonPolicy, h.Algorithm, take, spread)
 	h.app.metrics.observeStore("limit", now, err)

@@ -247,9 +247,9 @@ func (t *leaseTable) lastsToItsEnd(l *lease, left int64, now time.Time) bool {
 	return t.algorithm == store.SlidingWindow && float64(left) >= l.pace(now)*l.ends.Sub(now).Seconds()
 }
 
-// want is how many requests to ask the store for on k's behalf, and over
-// what spread (sliding_log).
-func (t *leaseTable) want(k leaseKey, now time.Time) (int64, time.Duration) {
+// want is how many requests to ask the store for on k's behalf, under the
+// store's epoch given (see put), and over what spread (sliding_log).
+func (t *leaseTable) want(k leaseKey, now time.Time, epoch int64) (int64, time.Duration) {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -270,9 +270,14 @@ func (t *leaseTable) want(k leaseKey, now time.Time) (int64, time.Duration) {
 		return n, min(max(spread, logSpreadMin), store.MaxLease)
 	default:
 		// What the lease holds is used first and ends no later than the
-		// new grant would: ask for what the pace would use beyond it.
+		// new grant would: ask for what the pace would use beyond it. Held
+		// under an epoch since changed, it is not used: the grant replaces it.
+		var held int64
+		if l.epoch == epoch {
+			held = l.left(now)
+		}
 		horizon := min(untilWindowEnd(l.reset, k.policy.Window, now), store.MaxLease)
-		return t.fit(l.pace(now)*horizon.Seconds()-float64(l.left(now)), l), 0
+		return t.fit(l.pace(now)*horizon.Seconds()-float64(held), l), 0
 	}
 }
 

@@ -21,7 +21,7 @@ func TestLeaseTable(t *testing.T) {
 	}
 	want := func(tbl *leaseTable, at time.Time) int64 {
 		t.Helper()
-		n, spread := tbl.want(k, at)
+		n, spread := tbl.want(k, at, 0)
 		if spread != 0 {
 			t.Fatalf("a sliding window lease asked for a spread, %v", spread)
 		}
@@ -117,8 +117,24 @@ func TestLeaseTable(t *testing.T) {
 		for range 3 {
 			ended.take(perMinute, t0.Add(time.Second), 0, true)
 		}
-		if n, _ := ended.want(perMinute, t0.Add(c.at)); n != c.want {
+		if n, _ := ended.want(perMinute, t0.Add(c.at), 0); n != c.want {
 			t.Fatalf("%v after a lease that ended with its window, want %d; expected %d", c.at, n, c.want)
+		}
+	}
+	// A refill asks for what the pace (6 in 32s) would use until the window
+	// ends (28s: 5.25), less what the lease still holds (2 of 8): 4; unless
+	// a key changed since its grant: the new grant replaces what it holds.
+	for _, c := range []struct {
+		epoch, want int64
+	}{{7, 4}, {8, 6}} {
+		held := newLeaseTable(64, store.SlidingWindow)
+		window := store.Decision{Allowed: true, Limit: 100, Remaining: 50, Granted: 8, Lease: time.Minute, Reset: t0.Add(time.Minute)}
+		held.put(perMinute, window, 8, 0, t0, 7, t0)
+		for range 5 {
+			held.take(perMinute, t0.Add(time.Second), 7, true)
+		}
+		if n, _ := held.want(perMinute, t0.Add(32*time.Second), c.epoch); n != c.want {
+			t.Fatalf("refill under epoch %d of a lease granted under 7, holding 2: want %d, expected %d", c.epoch, n, c.want)
 		}
 	}
 	// Two concurrent grants are both kept, each until its own end, and the
@@ -251,7 +267,7 @@ func TestLogLeaseSizing(t *testing.T) {
 	} {
 		tbl := newLeaseTable(64, store.SlidingLog)
 		tbl.put(k, one, c.asked, 0, t0, 0, t0)
-		if n, spread := tbl.want(k, t0.Add(c.next)); n != c.n || spread != c.spread {
+		if n, spread := tbl.want(k, t0.Add(c.next), 0); n != c.n || spread != c.spread {
 			t.Errorf("%s: want %d over %v, expected %d over %v", c.name, n, spread, c.n, c.spread)
 		}
 	}
@@ -262,7 +278,7 @@ func TestLogLeaseSizing(t *testing.T) {
 	for i := range 4 {
 		tbl.take(k, t0.Add(time.Duration(i+1)*time.Second), 0, true)
 	}
-	if n, spread := tbl.want(k, t0.Add(time.Minute)); n != 3 || spread != time.Minute {
+	if n, spread := tbl.want(k, t0.Add(time.Minute), 0); n != 3 || spread != time.Minute {
 		t.Errorf("after a lease that ended: want %d over %v, expected 3 over 1m (5 in 60s)", n, spread)
 	}
 }
@@ -388,7 +404,7 @@ func TestRefillAhead(t *testing.T) {
 	if _, ok := tbl.take(k, now, 0, true); ok {
 		t.Fatal("took past the lease")
 	}
-	n, spread := tbl.want(k, now)
+	n, spread := tbl.want(k, now, 0)
 	if n != 32 {
 		t.Fatalf("refill: want %d, expected 32 (twice the last, the pace being far higher)", n)
 	}
@@ -494,7 +510,7 @@ func TestWindowLeasesEndWithTheirWindow(t *testing.T) {
 // most a minute, a sliding_log one staggered over the spread asked. It
 // returns how many requests it asked for.
 func refillFromInstantStore(tbl *leaseTable, k leaseKey, now time.Time) int64 {
-	n, spread := tbl.want(k, now)
+	n, spread := tbl.want(k, now, 0)
 	d := store.Decision{Allowed: true, Limit: k.policy.Limit, Remaining: k.policy.Limit - n, Granted: n}
 	if tbl.algorithm == store.SlidingLog {
 		d.Lease, d.Staggered = spread, n > 1
