@@ -8,11 +8,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/spf13/cobra"
 
@@ -31,6 +33,11 @@ func TestMain(m *testing.M) {
 	}
 	os.Setenv("XDG_CONFIG_HOME", dir+"/config")
 	os.Setenv("XDG_DATA_HOME", dir+"/data")
+	// Caddy works out its autosave file and default storage (locks) when
+	// its package loads, before this runs: point them here too.
+	caddy.ConfigAutosavePath = filepath.Join(caddy.AppConfigDir(), "autosave.json")
+	caddy.DefaultStorage.Path = caddy.AppDataDir()
+	testHome = dir
 	code := m.Run()
 	os.RemoveAll(dir)
 	builds.Remove()
@@ -38,6 +45,9 @@ func TestMain(m *testing.M) {
 }
 
 const adminAddr = "localhost:2999"
+
+// testHome holds what the in-process Caddy writes (see TestMain).
+var testHome string
 
 // upstream is a backend that answers with the headers it received.
 type upstream struct {

@@ -4,8 +4,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 func TestPlaceholders(t *testing.T) {
@@ -70,5 +74,26 @@ func TestReloadKeepsServing(t *testing.T) {
 	}
 	if out := mustCLI(t, "list"); !strings.Contains(out, "survivor") {
 		t.Fatalf("keys after reload:\n%s", out)
+	}
+}
+
+// The in-process Caddy writes its autosaved config, its storage's locks
+// and the embedded store's keys under the test's own directory, never
+// under $HOME.
+func TestNothingWrittenUnderHome(t *testing.T) {
+	startGateway(t, "", protectedSite)
+	generate(t, "--name", "home")
+	for what, path := range map[string]string{
+		"autosave":   caddy.ConfigAutosavePath,
+		"storage":    caddy.DefaultStorage.Path,
+		"embedded":   filepath.Join(caddy.AppDataDir(), "keygate", "keys.json"),
+		"config dir": caddy.AppConfigDir(),
+	} {
+		if !strings.HasPrefix(path, testHome+string(filepath.Separator)) {
+			t.Errorf("%s at %s, outside the test's %s", what, path, testHome)
+		}
+	}
+	if _, err := os.Stat(caddy.ConfigAutosavePath); err != nil {
+		t.Errorf("no autosave where the test put it: %v", err)
 	}
 }
