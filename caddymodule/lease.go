@@ -240,9 +240,10 @@ func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (s
 }
 
 // lastsToItsEnd says whether a sliding_window lease's left requests last,
-// at the pace since the last grant, until the lease ends. Its requests all
-// end with their window, as a refill's would: refilled then, it would only
-// lease requests to end unused with them.
+// at the pace since the last grant, until the lease ends. They all end
+// together, with their window (or store.MaxLease after the grant), so a
+// refill is not needed before then; one asked for anyway would end with
+// that window too, and its requests unused.
 func (t *leaseTable) lastsToItsEnd(l *lease, left int64, now time.Time) bool {
 	return t.algorithm == store.SlidingWindow && float64(left) >= l.pace(now)*l.ends.Sub(now).Seconds()
 }
