@@ -55,6 +55,7 @@ var (
 	flagWork     = flag.String("workdir", "", "directory for binaries, configs and logs (default: a temp dir, removed at exit)")
 	flagLease    = flag.Int("lease", 0, "keygate's lease option on every route (0: off, every request counted in Redis)")
 	flagLeaseUp  = flag.Duration("lease-warmup", 30*time.Second, "with -lease: unmeasured keygate run before a configuration's first round, so its leases have grown to the size the load keeps them at, as in service (a lease at most doubles per grant)")
+	flagControl  = flag.Bool("control", false, "a second plain Caddy takes keygate's place: the ratios then measure this machine's noise, the same proxy against itself")
 	flagAccuracy = flag.Bool("accuracy", false, "run the accuracy test instead of the load benchmark")
 	flagAccLimit = flag.Int64("accuracy-limit", 100, "accuracy: the rate limit (per minute)")
 	flagAccReqs  = flag.Int("accuracy-requests", 1000, "accuracy: requests sent per trial")
@@ -79,6 +80,9 @@ func main() {
 }
 
 func run(ctx context.Context) error {
+	if *flagControl && (*flagLease > 0 || *flagAccuracy) {
+		return errors.New("-control runs plain Caddy on both sides: -lease and -accuracy do not apply")
+	}
 	for _, tool := range []string{"redis-server", "go"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found in PATH (apt-get install redis-server; ./bench/run installs it)", tool)
@@ -648,7 +652,12 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	if err != nil {
 		return err
 	}
-	kg, err := startProxy(ctx, procs, dir, "keygate", "keygate", true, redisURL, upstream, "")
+	var kg *proxy
+	if *flagControl {
+		kg, err = startProxy(ctx, procs, dir, "control", "caddy", false, redisURL, upstream, "")
+	} else {
+		kg, err = startProxy(ctx, procs, dir, "keygate", "keygate", true, redisURL, upstream, "")
+	}
 	if err != nil {
 		return err
 	}
@@ -678,11 +687,17 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		n = *flagKeys
 	}
 	start := time.Now()
-	keys, err := createKeys(ctx, kg.admin, n, "bench-")
-	if err != nil {
+	var keys []string
+	if *flagControl {
+		// plain Caddy passes any key on: the requests only need to look alike
+		for i := range n {
+			keys = append(keys, fmt.Sprintf("sk_control%032d", i))
+		}
+	} else if keys, err = createKeys(ctx, kg.admin, n, "bench-"); err != nil {
 		return err
+	} else {
+		logf("created %d keys in %s", n, time.Since(start).Round(time.Millisecond))
 	}
-	logf("created %d keys in %s", n, time.Since(start).Round(time.Millisecond))
 
 	var configs []config
 	for _, a := range algorithms {
@@ -706,7 +721,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	if len(configs) == 0 {
 		return fmt.Errorf("-only %q matches no configuration", *flagOnly)
 	}
-	if needMany {
+	if needMany && !*flagControl {
 		start := time.Now()
 		for _, a := range algorithms {
 			if err := touchAll(ctx, "http://"+kg.addr+"/"+a+"/x", keys); err != nil {
@@ -803,17 +818,20 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		rw.plainCPU, rw.kgCPU, rw.redisCPU = medianDur(pcpu), medianDur(kcpu), medianDur(rcpu)
 		rw.storeCalls, rw.leasedUnused = median(calls), median(unused)
 		rows = append(rows, rw)
-		logf("%-26s c=%-3d plain %8.0f rps  keygate %8.0f rps  ratio %.3f  (rounds: %s)  p50 %s / %s",
-			c.name, c.conns, rw.plainRPS, rw.kgRPS, rw.ratio, fmtRatios(rw.ratios), fmtDur(rw.plainP50), fmtDur(rw.kgP50))
+		logf("%-26s c=%-3d plain %8.0f rps  %s %8.0f rps  ratio %.3f  (rounds: %s)  p50 %s / %s",
+			c.name, c.conns, rw.plainRPS, kg.name, rw.kgRPS, rw.ratio, fmtRatios(rw.ratios), fmtDur(rw.plainP50), fmtDur(rw.kgP50))
 		if rw.plainBad+rw.kgBad > 0 {
 			return fmt.Errorf("%s c=%d: non-2xx responses (plain %d, keygate %d): a limit was hit or a proxy failed; see %s", c.name, c.conns, rw.plainBad, rw.kgBad, dir)
 		}
 	}
 
-	fmt.Printf("\nkeygate vs plain Caddy reverse_proxy: wrk -t%d, %s x %d rounds (alternating), medians; %d CPUs\n\n",
-		*flagThreads, *flagDuration, *flagRounds, numCPU())
+	fmt.Printf("\n%s vs plain Caddy reverse_proxy: wrk -t%d, %s x %d rounds (alternating), medians; %d CPUs\n\n",
+		kg.name, *flagThreads, *flagDuration, *flagRounds, numCPU())
+	if *flagControl {
+		fmt.Print("control: plain Caddy in keygate's place; its ratios are this machine's noise\n\n")
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tCPU/req plain\tkeygate\tredis\tstore calls/req\tleased unused/req\tnon-2xx\t")
+	fmt.Fprintln(tw, strings.ReplaceAll("configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tCPU/req plain\tkeygate\tredis\tstore calls/req\tleased unused/req\tnon-2xx\t", "keygate", kg.name))
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%d\t\n", r.c.name, r.c.conns, r.plainRPS, r.kgRPS, r.ratio,
 			fmtDur(r.plainP50), fmtDur(r.kgP50), fmtDur(r.kgP50-r.plainP50), fmtDur(r.plainP99), fmtDur(r.kgP99),
