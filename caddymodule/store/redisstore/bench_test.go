@@ -49,24 +49,20 @@ func BenchmarkCheckKey(b *testing.B) {
 }
 
 func BenchmarkLimit(b *testing.B) {
-	srv := redistest.Start(b)
-	s := open(b, srv, time.Second)
-	ctx := context.Background()
-	p := store.Policy{Limit: 1 << 40, Window: time.Second}
-	for _, a := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
-		var n atomic.Int64
-		benchSerialAndParallel(b, srv, string(a), func() error {
-			// a thousand client addresses, as anonymous traffic has
-			_, err := s.Limit(ctx, "198.51.100."+strconv.FormatInt(n.Add(1)%1000, 10), p, a, 1, 0)
-			return err
-		})
-	}
+	benchLimit(b, 1, 0)
 }
 
 // BenchmarkLease is a gateway asking for a lease of 64 requests: under
 // sliding_log Redis logs each of them, so redis-µs/call grows with the
 // lease.
 func BenchmarkLease(b *testing.B) {
+	benchLimit(b, 64, time.Second)
+}
+
+// benchLimit takes take requests per call (a lease when more than one,
+// spread over spread) from the limits of a thousand client addresses, as
+// anonymous traffic has, under each algorithm.
+func benchLimit(b *testing.B, take int64, spread time.Duration) {
 	srv := redistest.Start(b)
 	s := open(b, srv, time.Second)
 	ctx := context.Background()
@@ -74,7 +70,7 @@ func BenchmarkLease(b *testing.B) {
 	for _, a := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
 		var n atomic.Int64
 		benchSerialAndParallel(b, srv, string(a), func() error {
-			_, err := s.Limit(ctx, "198.51.100."+strconv.FormatInt(n.Add(1)%1000, 10), p, a, 64, time.Second)
+			_, err := s.Limit(ctx, "198.51.100."+strconv.FormatInt(n.Add(1)%1000, 10), p, a, take, spread)
 			return err
 		})
 	}
