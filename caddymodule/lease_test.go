@@ -451,17 +451,7 @@ func TestRefilledLeasesDoNotLapse(t *testing.T) {
 	k := leaseKey{'s', "192.0.2.1", store.Policy{Limit: 1_000_000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	tbl := newLeaseTable(64, store.SlidingLog)
-	var granted, admitted, calls int64
-	now := t0
-	for range 20_000 { // 100 a second for 200s
-		if _, ok := tbl.take(k, now, 0, true); ok {
-			admitted++
-		} else {
-			granted += refillFromInstantStore(tbl, k, now) - 1
-			calls++
-		}
-		now = now.Add(10 * time.Millisecond)
-	}
+	calls, granted, admitted := steadyTraffic(tbl, k, t0, t0.Add(200*time.Second), 10*time.Millisecond) // 20,000
 	if unused := granted - admitted; unused > 64 || calls > 20_000/40 {
 		t.Fatalf("%d store calls, %d leased, %d admitted from leases: %d unused", calls, granted, admitted, unused)
 	}
@@ -488,20 +478,28 @@ func TestWindowLeasesEndWithTheirWindow(t *testing.T) {
 		k := leaseKey{'s', "192.0.2.1", store.Policy{Limit: 1_000_000, Window: time.Minute}}
 		tbl := newLeaseTable(64, store.SlidingWindow)
 		t0 := time.Unix(1_800_000_000, 0)
-		var granted, admitted, calls int64
-		for now := t0; now.Before(t0.Add(20 * time.Minute)); now = now.Add(c.every) {
-			if _, ok := tbl.take(k, now, 0, true); ok {
-				admitted++
-			} else {
-				granted += refillFromInstantStore(tbl, k, now) - 1
-				calls++
-			}
-		}
+		calls, granted, admitted := steadyTraffic(tbl, k, t0, t0.Add(20*time.Minute), c.every)
 		held := tbl.shard(k).leases[k].left(t0.Add(20 * time.Minute))
 		if unused := granted - admitted - held; calls > c.calls || unused > c.unused {
 			t.Errorf("%s: %d store calls, %d leased, %d admitted from leases, %d held: %d unused", c.name, calls, granted, admitted, held, unused)
 		}
 	}
+}
+
+// steadyTraffic sends k a request every interval from t0 until end
+// through tbl, refilling from an instant store when take says no. It
+// returns the store calls made, the requests leased beyond the asking
+// ones, and the requests admitted from leases.
+func steadyTraffic(tbl *leaseTable, k leaseKey, t0, end time.Time, every time.Duration) (calls, granted, admitted int64) {
+	for now := t0; now.Before(end); now = now.Add(every) {
+		if _, ok := tbl.take(k, now, 0, true); ok {
+			admitted++
+		} else {
+			granted += refillFromInstantStore(tbl, k, now) - 1
+			calls++
+		}
+	}
+	return calls, granted, admitted
 }
 
 // refillFromInstantStore does what a request that take turned away does,
