@@ -255,10 +255,12 @@ func (t *leaseTable) want(k leaseKey, now time.Time, epoch int64) (int64, time.D
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	l := sh.leases[k]
-	switch {
-	case l == nil:
+	if l == nil {
 		return 1, 0
-	case now.Before(l.ends) && !l.low(l.left(now)):
+	}
+	left := l.left(now)
+	switch {
+	case now.Before(l.ends) && !l.low(left):
 		// concurrent requests found this lease spent: it is not, by now
 		return l.size, l.spread
 	case t.algorithm == store.SlidingLog:
@@ -273,12 +275,11 @@ func (t *leaseTable) want(k leaseKey, now time.Time, epoch int64) (int64, time.D
 		// What the lease holds is used first and ends no later than the
 		// new grant would: ask for what the pace would use beyond it. Held
 		// under an epoch since changed, it is not used: the grant replaces it.
-		var held int64
-		if l.epoch == epoch {
-			held = l.left(now)
+		if l.epoch != epoch {
+			left = 0
 		}
 		horizon := min(untilWindowEnd(l.reset, k.policy.Window, now), store.MaxLease)
-		return t.fit(l.pace(now)*horizon.Seconds()-float64(held), l), 0
+		return t.fit(l.pace(now)*horizon.Seconds()-float64(left), l), 0
 	}
 }
 
