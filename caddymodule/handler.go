@@ -199,8 +199,12 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		// only while no key has changed since (epoch.go). Expiry is known
 		// here, so it is checked exactly.
 		if policy, policyHdr := h.policyFor(ident); !policy.IsZero() {
+			lk := leaseKey{'k', ident.key.ID, policy}
 			epoch, fresh := shared.epochs.current(now)
-			if d, ok := h.leases.take(leaseKey{'k', ident.key.ID, policy}, now, epoch, fresh); ok {
+			if d, ok, refill := h.leases.take(lk, now, epoch, fresh); ok {
+				if refill {
+					go h.refillKeyAhead(lk, entry, hash, ident.key.Revision)
+				}
 				h.app.metrics.leased(d)
 				return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, now)
 			}
@@ -211,18 +215,18 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 	var policy store.Policy
 	var policyHdr string
 	var lk leaseKey
-	var take, epoch int64
-	var spread time.Duration
+	var epoch int64
+	var ask store.Ask
 	var start time.Time
 	var err error
 	for attempt := 0; ; attempt++ {
 		policy, policyHdr = h.policyFor(ident)
 		start = time.Now()
-		take = 1
+		ask = store.Ask{}
 		if h.leases != nil && !policy.IsZero() {
 			lk = leaseKey{'k', ident.key.ID, policy}
 			epoch, _ = shared.epochs.current(start) // read before the grant
-			take, spread = h.leases.want(lk, start, epoch)
+			ask = h.leases.want(lk, start, epoch)
 		}
 		verdict, err = shared.CheckKey(ctx, store.Check{
 			KeyID:     ident.key.ID,
@@ -230,8 +234,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 			Revision:  ident.key.Revision,
 			Policy:    policy,
 			Algorithm: h.Algorithm,
-			Take:      take,
-			Spread:    spread,
+			Ask:       ask,
 		})
 		h.app.metrics.observeStore("check", start, err)
 		if err != nil || verdict.Fresh == nil {
@@ -270,7 +273,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 
 	d := verdict.Limit
 	if h.leases != nil && !policy.IsZero() {
-		d = h.leases.put(lk, d, take, spread, start, epoch, time.Now())
+		d = h.leases.put(lk, d, ask, start, epoch, time.Now())
 		h.app.metrics.leased(d)
 	}
 	return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, now)
@@ -324,18 +327,21 @@ func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *c
 // epoch to watch), else from the store.
 func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.Time) (store.Decision, error) {
 	lk := leaseKey{'s', subject, h.anonPolicy}
-	take, spread := int64(1), time.Duration(0)
+	var ask store.Ask
 	if h.leases != nil {
-		if d, ok := h.leases.take(lk, now, 0, true); ok {
+		if d, ok, refill := h.leases.take(lk, now, 0, true); ok {
+			if refill {
+				go h.refillAnonymousAhead(lk)
+			}
 			h.app.metrics.leased(d)
 			return d, nil
 		}
-		take, spread = h.leases.want(lk, now, 0)
+		ask = h.leases.want(lk, now, 0)
 	}
-	d, err := h.app.shared.Limit(ctx, subject, h.anonPolicy, h.Algorithm, take, spread)
+	d, err := h.app.shared.Limit(ctx, subject, h.anonPolicy, h.Algorithm, ask)
 	h.app.metrics.observeStore("limit", now, err)
 	if err == nil && h.leases != nil {
-		d = h.leases.put(lk, d, take, spread, now, 0, time.Now())
+		d = h.leases.put(lk, d, ask, now, 0, time.Now())
 		h.app.metrics.leased(d)
 	}
 	return d, err

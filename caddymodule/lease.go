@@ -32,17 +32,21 @@ import (
 // a second at worst; its expiry time is checked before every leased
 // request.
 //
-// A lease is refilled ahead of time: the request that finds a third of
-// the last grant left (refillAhead) asks the store for the next lease
-// while the others go on taking the rest, so that concurrent requests
-// seldom all find a lease spent and all ask the store at once (each lease
-// they bring back would be counted in full, used or not). A sliding_window
-// lease is refilled so only if what is left would not last, at the pace,
-// until the lease ends: its requests end with their window, as a refill's
-// would. Should the store refuse the refill, the request that asked takes
-// what this gateway still holds. Requests are admitted from the grant
-// whose next request must be admitted soonest, so a refill's early
-// deadlines (sliding_log) go first.
+// A lease is refilled ahead of time, in the background: the request that
+// finds a third of the last grant left (refillAhead) is admitted from it
+// like the others and has the handler ask the store for the next lease
+// (store.Ask.Ahead: none of it that request's own), while the requests
+// that follow go on taking the rest. So no request waits for the store
+// while a lease holds, and concurrent requests seldom all find a lease
+// spent and all ask the store at once (each lease they bring back would
+// be counted in full, used or not). A sliding_window lease is refilled so
+// only if what is left would not last, at the pace, until the lease ends:
+// its requests end with their window, as a refill's would. A refill of
+// fewer than two is not asked for ahead: the request that finds the lease
+// spent asks for its own. Should the store refuse a refill, or not answer,
+// the lease is used up and the request that finds it spent asks the
+// store. Requests are admitted from the grant whose next request must be
+// admitted soonest, so a refill's early deadlines (sliding_log) go first.
 //
 // The size of a lease follows the subject's traffic: its pace is the
 // requests admitted from the last grant to now (so an idle while slows it),
@@ -81,7 +85,7 @@ type lease struct {
 	size      int64     // what the last request to the store asked for
 	granted   int64     // what the store granted it, that request's own included
 	spread    time.Duration
-	refilling time.Time // when a request went to refill ahead; zero when none is on its way
+	refilling time.Time // when a refill ahead was asked for; zero when none is on its way
 }
 
 // grant is one lease the store granted: tokens requests beyond the asking
@@ -95,11 +99,12 @@ type grant struct {
 	due       time.Time // the latest moment the next token may be admitted
 }
 
-// newGrant is the grant of the store's decision d, asked for at start. A
-// lease shorter than a millisecond counts as not staggered: in whole
-// milliseconds, as the store works them out, its deadlines would all be 0.
-func newGrant(start time.Time, d store.Decision) grant {
-	g := grant{start: start, length: d.Lease, tokens: max(d.Granted-1, 0), staggered: d.Staggered && d.Lease >= time.Millisecond}
+// newGrant is the grant of the store's decision d, asked for at start
+// (ahead or not). A lease shorter than a millisecond counts as not
+// staggered: in whole milliseconds, as the store works them out, its
+// deadlines would all be 0.
+func newGrant(start time.Time, d store.Decision, ahead bool) grant {
+	g := grant{start: start, length: d.Lease, tokens: d.Leased(ahead), staggered: d.Staggered && d.Lease >= time.Millisecond}
 	g.setDue()
 	return g
 }
@@ -216,27 +221,37 @@ func (t *leaseTable) shard(k leaseKey) *leaseShard {
 	return &t.shards[maphash.String(t.seed, k.subject)&(leaseShards-1)]
 }
 
-// take admits one request from k's lease, if it has one left, unless the
-// request is to refill the lease ahead of time. A key's lease also needs
-// the store's epoch unchanged since the grant and freshly confirmed
-// (epoch.go). When take says no, the request asks the store (want, put).
-func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (store.Decision, bool) {
+// take admits one request from k's lease, if it has one left. A key's
+// lease also needs the store's epoch unchanged since the grant and freshly
+// confirmed (epoch.go). When take says no, the request asks the store
+// (want, put). When it says refill, the lease is to be refilled ahead of
+// time: the caller asks the store for the next lease in the background
+// (want, then put with Ask.Ahead).
+func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d store.Decision, ok, refill bool) {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	l := sh.leases[k]
 	if l == nil || k.kind == 'k' && (!fresh || l.epoch != epoch) {
-		return store.Decision{}, false
+		return store.Decision{}, false, false
 	}
 	left := l.left(now)
 	if left == 0 {
-		return store.Decision{}, false
+		return store.Decision{}, false, false
 	}
 	if l.low(left) && now.Sub(l.refilling) >= refillWait && !t.lastsToItsEnd(l, left, now) {
 		l.refilling = now
-		return store.Decision{}, false
+		refill = true
 	}
-	return l.admit(left), true
+	return l.admit(left), true, refill
+}
+
+// drop forgets k's lease: its key is no longer valid.
+func (t *leaseTable) drop(k leaseKey) {
+	sh := t.shard(k)
+	sh.mu.Lock()
+	delete(sh.leases, k)
+	sh.mu.Unlock()
 }
 
 // lastsToItsEnd says whether a sliding_window lease's left requests last,
@@ -245,32 +260,44 @@ func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (s
 // refill is not needed before then; one asked for anyway would end with
 // that window too, and its requests unused.
 func (t *leaseTable) lastsToItsEnd(l *lease, left int64, now time.Time) bool {
-	return t.algorithm == store.SlidingWindow && float64(left) >= l.pace(now)*l.ends.Sub(now).Seconds()
+	return t.algorithm == store.SlidingWindow && float64(left) >= l.pace(now, false)*l.ends.Sub(now).Seconds()
 }
 
 // want is how many requests to ask the store for on k's behalf, under the
 // store's epoch given (see put), and over what spread (sliding_log).
-func (t *leaseTable) want(k leaseKey, now time.Time, epoch int64) (int64, time.Duration) {
+func (t *leaseTable) want(k leaseKey, now time.Time, epoch int64) store.Ask {
+	return t.ask(k, now, epoch, false)
+}
+
+// wantAhead is want for a refill ahead of time (take said refill), and
+// whether it is worth a call: a lease of one is not (see above).
+func (t *leaseTable) wantAhead(k leaseKey, now time.Time, epoch int64) (store.Ask, bool) {
+	ask := t.ask(k, now, epoch, true)
+	ask.Ahead = true
+	return ask, ask.Take >= 2
+}
+
+func (t *leaseTable) ask(k leaseKey, now time.Time, epoch int64, ahead bool) store.Ask {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	l := sh.leases[k]
 	if l == nil {
-		return 1, 0
+		return store.Ask{Take: 1}
 	}
 	left := l.left(now)
 	switch {
 	case now.Before(l.ends) && !l.low(left):
 		// concurrent requests found this lease spent: it is not, by now
-		return l.size, l.spread
+		return store.Ask{Take: l.size, Spread: l.spread}
 	case t.algorithm == store.SlidingLog:
-		perSecond := l.pace(now)
+		perSecond := l.pace(now, ahead)
 		n := t.fit(perSecond*logHorizon.Seconds(), l)
 		if n < 2 {
-			return 1, 0
+			return store.Ask{Take: 1}
 		}
 		spread := time.Duration(logSlack * float64(n) / perSecond * float64(time.Second))
-		return n, min(max(spread, logSpreadMin), store.MaxLease)
+		return store.Ask{Take: n, Spread: min(max(spread, logSpreadMin), store.MaxLease)}
 	default:
 		// What the lease holds is used first and ends no later than the
 		// new grant would: ask for what the pace would use beyond it. Held
@@ -279,13 +306,21 @@ func (t *leaseTable) want(k leaseKey, now time.Time, epoch int64) (int64, time.D
 			left = 0
 		}
 		horizon := min(untilWindowEnd(l.reset, k.policy.Window, now), store.MaxLease)
-		return t.fit(l.pace(now)*horizon.Seconds()-float64(left), l), 0
+		return store.Ask{Take: t.fit(l.pace(now, ahead)*horizon.Seconds()-float64(left), l)}
 	}
 }
 
-// pace is l's subject's requests per second from the grant to now.
-func (l *lease) pace(now time.Time) float64 {
-	return float64(l.used) / max(now.Sub(l.since), time.Millisecond).Seconds()
+// pace is l's subject's requests per second from the grant to now: those
+// admitted at or after it, before now. A request that has a refill asked
+// ahead was admitted already; it is not counted here (ahead), but as the
+// refill's first, as a request that asks the store itself is counted as
+// its grant's.
+func (l *lease) pace(now time.Time, ahead bool) float64 {
+	used := l.used
+	if ahead {
+		used--
+	}
+	return float64(max(used, 0)) / max(now.Sub(l.since), time.Millisecond).Seconds()
 }
 
 // fit rounds up a lease size worked out in floating point and holds it to
@@ -309,10 +344,11 @@ func untilWindowEnd(end time.Time, window time.Duration, now time.Time) time.Dur
 // epoch was the one given; it answered by now) and returns the decision
 // for the request that asked, counting the rest of the lease as
 // remaining: they are this caller's to use. When the store refused, the
-// request still takes one from what this gateway holds, if anything: it
-// went to refill ahead, or a concurrent request's lease came back
-// meanwhile; those were counted already.
-func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, spread time.Duration, start time.Time, epoch int64, now time.Time) store.Decision {
+// request still takes one from what this gateway holds, if anything: a
+// concurrent request's lease came back meanwhile, counted already. A
+// refill asked ahead had no request of its own waiting: what the store
+// decided only changes the lease.
+func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time.Time, epoch int64, now time.Time) store.Decision {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -322,12 +358,12 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, spread time.
 			return d
 		}
 		l.remaining = 0 // nothing beyond what leases hold, the store says
-		if left := l.left(now); left > 0 {
+		if left := l.left(now); left > 0 && !ask.Ahead {
 			return l.admit(left)
 		}
 		return d
 	}
-	g := newGrant(start, d)
+	g := newGrant(start, d, ask.Ahead)
 	ends := start.Add(d.Lease)
 	if l == nil {
 		l = &lease{}
@@ -336,10 +372,9 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, spread time.
 	switch {
 	case l.epoch != epoch || l.left(start) == 0:
 		l.grants = append(l.grants[:0], g)
-		l.ends, l.remaining, l.epoch, l.size = ends, d.Remaining, epoch, max(asked, 1)
-	case !l.refilling.IsZero() && !start.Before(l.refilling):
-		// The refill ahead (or one asked at the same time): the store
-		// counted every earlier grant before this one.
+		l.ends, l.remaining, l.epoch, l.size = ends, d.Remaining, epoch, max(ask.Take, 1)
+	case ask.Ahead:
+		// The store counted every earlier grant before this one.
 		l.grants = append(l.grants, g)
 		l.ends, l.remaining = later(l.ends, ends), d.Remaining
 	default:
@@ -350,9 +385,9 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, asked int64, spread time.
 	}
 	// A grant joining what is held may top it up with a few: that does not
 	// lower the size the next lease may double.
-	l.size = max(l.size, asked)
+	l.size = max(l.size, ask.Take)
 	l.since, l.used, l.refilling = start, 1, time.Time{}
-	l.limit, l.reset, l.granted, l.spread = d.Limit, d.Reset, d.Granted, spread
+	l.limit, l.reset, l.granted, l.spread = d.Limit, d.Reset, d.Granted, ask.Spread
 	d.Remaining = l.remaining + l.left(start)
 
 	if sh.grants++; sh.grants >= sweepEvery {

@@ -21,20 +21,20 @@ func TestLeaseTable(t *testing.T) {
 	}
 	want := func(tbl *leaseTable, at time.Time) int64 {
 		t.Helper()
-		n, spread := tbl.want(k, at, 0)
-		if spread != 0 {
-			t.Fatalf("a sliding window lease asked for a spread, %v", spread)
+		ask := tbl.want(k, at, 0)
+		if ask.Spread != 0 || ask.Ahead {
+			t.Fatalf("a sliding window lease asked for %+v", ask)
 		}
-		return n
+		return ask.Take
 	}
 
 	if n := want(tbl, t0); n != 1 {
 		t.Fatalf("first want %d, want 1", n)
 	}
-	if _, ok := tbl.take(k, t0, 0, true); ok {
+	if _, ok, _ := tbl.take(k, t0, 0, true); ok {
 		t.Fatal("took from a lease nobody granted")
 	}
-	d := tbl.put(k, grant(1, 99, t0), 1, 0, t0, 0, t0)
+	d := tbl.put(k, grant(1, 99, t0), store.Ask{Take: 1}, t0, 0, t0)
 	if d.Remaining != 99 {
 		t.Fatalf("remaining %d", d.Remaining)
 	}
@@ -42,7 +42,7 @@ func TestLeaseTable(t *testing.T) {
 	// pace (5 a second) the minute a lease may last would use 300, but a
 	// lease at most doubles.
 	sizes := newLeaseTable(64, store.SlidingWindow)
-	sizes.put(k, grant(1, 99, t0), 1, 0, t0, 0, t0)
+	sizes.put(k, grant(1, 99, t0), store.Ask{Take: 1}, t0, 0, t0)
 	if n := want(sizes, t0.Add(200*time.Millisecond)); n != 2 {
 		t.Fatalf("want %d after 200ms, expected twice the last, 2", n)
 	}
@@ -53,41 +53,48 @@ func TestLeaseTable(t *testing.T) {
 	now := t0
 	var asked []int64
 	for range 400 {
-		if _, ok := ramp.take(k, now, 0, true); !ok {
-			n := want(ramp, now)
-			asked = append(asked, n)
-			windowLease := grant(n, 99, now)
-			windowLease.Lease = time.Minute
-			if len(asked) > 1 && asked[len(asked)-2] >= 4 && ramp.shard(k).leases[k].left(now) == 0 {
-				t.Fatalf("ramp at %v: the lease of %d ran out before its refill", now.Sub(t0), asked[len(asked)-2])
-			}
-			ramp.put(k, windowLease, n, 0, now, 0, now)
+		_, ok, refill := ramp.take(k, now, 0, true)
+		if ok && !refill {
+			now = now.Add(100 * time.Millisecond)
+			continue
 		}
+		ask := store.Ask{Take: want(ramp, now), Ahead: refill}
+		asked = append(asked, ask.Take)
+		if !ok && len(asked) > 1 && asked[len(asked)-2] >= 4 {
+			t.Fatalf("ramp at %v: the lease of %d ran out before its refill", now.Sub(t0), asked[len(asked)-2])
+		}
+		windowLease := grant(ask.Take, 99, now)
+		windowLease.Lease = time.Minute
+		ramp.put(k, windowLease, ask, now, 0, now)
 		now = now.Add(100 * time.Millisecond)
 	}
 	if want := []int64{1, 2, 4, 8, 16, 32, 64, 64, 64}; !slices.Equal(asked[:min(len(asked), len(want))], want) {
 		t.Fatalf("ramp asked for %v, want %v", asked, want)
 	}
 	// A lease of n admits exactly n requests, the asking one and n-1 from
-	// the lease. The request that finds a third of it left goes to refill
-	// (take says no) and the others go on taking.
+	// the lease. The request that finds a third of it left is admitted and
+	// has the lease refilled ahead.
 	n := int64(8)
-	tbl.put(k, grant(n, 50, t0), n, 0, t0, 0, t0)
-	var refused []int
+	tbl.put(k, grant(n, 50, t0), store.Ask{Take: n}, t0, 0, t0)
+	var refused, refills []int
 	for i := range 12 {
-		if _, ok := tbl.take(k, t0, 0, true); !ok {
+		_, ok, refill := tbl.take(k, t0, 0, true)
+		if !ok {
 			refused = append(refused, i+1)
 		}
+		if refill {
+			refills = append(refills, i+1)
+		}
 	}
-	if want := []int{6, 9, 10, 11, 12}; !slices.Equal(refused, want) {
-		t.Fatalf("takes refused: %v, want %v (6th: refill ahead; 9th on: spent)", refused, want)
+	if want := []int{8, 9, 10, 11, 12}; !slices.Equal(refused, want) || !slices.Equal(refills, []int{6}) {
+		t.Fatalf("takes refused: %v, want %v (8th on: spent); refills %v, want [6]", refused, want, refills)
 	}
 	// headers count the lease as the caller's: remaining falls by one a
 	// request, the refill notwithstanding
-	tbl.put(k, grant(4, 40, t0), 4, 0, t0, 0, t0)
+	tbl.put(k, grant(4, 40, t0), store.Ask{Take: 4}, t0, 0, t0)
 	var remaining []int64
 	for range 4 {
-		if d, ok := tbl.take(k, t0, 0, true); ok {
+		if d, ok, _ := tbl.take(k, t0, 0, true); ok {
 			remaining = append(remaining, d.Remaining)
 		}
 	}
@@ -95,11 +102,11 @@ func TestLeaseTable(t *testing.T) {
 		t.Fatalf("remaining %v, want %v", remaining, want)
 	}
 	// a lease ends after its TTL
-	tbl.put(k, grant(8, 30, t0), 8, 0, t0, 0, t0)
+	tbl.put(k, grant(8, 30, t0), store.Ask{Take: 8}, t0, 0, t0)
 	tbl.take(k, t0, 0, true)
 	tbl.take(k, t0, 0, true)
 	later := t0.Add(time.Second)
-	if _, ok := tbl.take(k, later, 0, true); ok {
+	if _, ok, _ := tbl.take(k, later, 0, true); ok {
 		t.Fatal("took from an ended lease")
 	}
 	// The next after one that ended with its window is what the pace since
@@ -113,12 +120,12 @@ func TestLeaseTable(t *testing.T) {
 	}{{15 * time.Second, 15}, {10*time.Second + 5*time.Minute, 1}} {
 		ended := newLeaseTable(64, store.SlidingWindow)
 		windowEnd := store.Decision{Allowed: true, Limit: 100, Remaining: 50, Granted: 8, Lease: 10 * time.Second, Reset: t0.Add(10 * time.Second)}
-		ended.put(perMinute, windowEnd, 8, 0, t0, 0, t0)
+		ended.put(perMinute, windowEnd, store.Ask{Take: 8}, t0, 0, t0)
 		for range 3 {
 			ended.take(perMinute, t0.Add(time.Second), 0, true)
 		}
-		if n, _ := ended.want(perMinute, t0.Add(c.at), 0); n != c.want {
-			t.Fatalf("%v after a lease that ended with its window, want %d; expected %d", c.at, n, c.want)
+		if ask := ended.want(perMinute, t0.Add(c.at), 0); ask.Take != c.want {
+			t.Fatalf("%v after a lease that ended with its window, want %d; expected %d", c.at, ask.Take, c.want)
 		}
 	}
 	// A refill asks for what the pace (6 in 32s) would use until the window
@@ -129,64 +136,64 @@ func TestLeaseTable(t *testing.T) {
 	}{{7, 4}, {8, 6}} {
 		held := newLeaseTable(64, store.SlidingWindow)
 		window := store.Decision{Allowed: true, Limit: 100, Remaining: 50, Granted: 8, Lease: time.Minute, Reset: t0.Add(time.Minute)}
-		held.put(perMinute, window, 8, 0, t0, 7, t0)
+		held.put(perMinute, window, store.Ask{Take: 8}, t0, 7, t0)
 		for range 5 {
 			held.take(perMinute, t0.Add(time.Second), 7, true)
 		}
-		if n, _ := held.want(perMinute, t0.Add(32*time.Second), c.epoch); n != c.want {
-			t.Fatalf("refill under epoch %d of a lease granted under 7, holding 2: want %d, expected %d", c.epoch, n, c.want)
+		if ask := held.want(perMinute, t0.Add(32*time.Second), c.epoch); ask.Take != c.want {
+			t.Fatalf("refill under epoch %d of a lease granted under 7, holding 2: want %d, expected %d", c.epoch, ask.Take, c.want)
 		}
 	}
 	// Two concurrent grants are both kept, each until its own end, and the
 	// lower remaining is reported.
-	tbl.put(k, grant(3, 20, later), 3, 0, later, 0, later)
+	tbl.put(k, grant(3, 20, later), store.Ask{Take: 3}, later, 0, later)
 	short := grant(3, 17, later)
 	short.Lease = 200 * time.Millisecond
-	if d := tbl.put(k, short, 3, 0, later, 0, later); d.Remaining != 17+2+2 {
+	if d := tbl.put(k, short, store.Ask{Take: 3}, later, 0, later); d.Remaining != 17+2+2 {
 		t.Fatalf("concurrent grants: remaining %d, want 21", d.Remaining)
 	}
 	// the first take is from the grant that ends first
-	if _, ok := tbl.take(k, later.Add(100*time.Millisecond), 0, true); !ok {
+	if _, ok, _ := tbl.take(k, later.Add(100*time.Millisecond), 0, true); !ok {
 		t.Fatal("concurrent grants: refused the first take")
 	}
 	// at 250ms the short grant's other one has lapsed; the long's two are left
 	for _, want := range []int64{18, 17} {
-		if d, ok := takeAfterRefill(tbl, k, later.Add(250*time.Millisecond)); !ok || d.Remaining != want {
+		if d, ok, _ := tbl.take(k, later.Add(250*time.Millisecond), 0, true); !ok || d.Remaining != want {
 			t.Fatalf("concurrent grants, after the shorter ended: %+v %v, want remaining %d", d, ok, want)
 		}
 	}
-	if _, ok := takeAfterRefill(tbl, k, later.Add(250*time.Millisecond)); ok {
+	if _, ok, _ := tbl.take(k, later.Add(250*time.Millisecond), 0, true); ok {
 		t.Fatal("concurrent grants admitted more than was left")
 	}
 	// a key's lease needs the epoch it was granted under, freshly confirmed
 	at := later.Add(2 * time.Second)
-	tbl.put(k, grant(4, 10, at), 4, 0, at, 7, at)
-	if _, ok := tbl.take(k, at, 7, false); ok {
+	tbl.put(k, grant(4, 10, at), store.Ask{Take: 4}, at, 7, at)
+	if _, ok, _ := tbl.take(k, at, 7, false); ok {
 		t.Fatal("took with an unconfirmed epoch")
 	}
-	if _, ok := tbl.take(k, at, 8, true); ok {
+	if _, ok, _ := tbl.take(k, at, 8, true); ok {
 		t.Fatal("took after a key changed")
 	}
-	if _, ok := tbl.take(k, at, 7, true); !ok {
+	if _, ok, _ := tbl.take(k, at, 7, true); !ok {
 		t.Fatal("lease refused under its own epoch")
 	}
 	// a grant under the new epoch replaces the stale lease, never joins it
-	tbl.put(k, grant(2, 5, at), 2, 0, at, 8, at)
+	tbl.put(k, grant(2, 5, at), store.Ask{Take: 2}, at, 8, at)
 	for i := range 2 {
-		_, ok := tbl.take(k, at, 8, true)
+		_, ok, _ := tbl.take(k, at, 8, true)
 		if ok != (i == 0) {
 			t.Fatalf("take %d under the new epoch: %v", i, ok)
 		}
 	}
 	// anonymous leases have no key to revoke
 	anon := leaseKey{'s', "203.0.113.9", k.policy}
-	tbl.put(anon, grant(2, 5, at), 2, 0, at, 0, at)
-	if _, ok := tbl.take(anon, at, 9, false); !ok {
+	tbl.put(anon, grant(2, 5, at), store.Ask{Take: 2}, at, 0, at)
+	if _, ok, _ := tbl.take(anon, at, 9, false); !ok {
 		t.Fatal("anonymous lease refused over the epoch")
 	}
 
 	// a refusal is passed on as it is
-	if d := tbl.put(k, store.Decision{Limit: 100, RetryAfter: time.Second}, 1, 0, later, 0, later); d.Allowed || d.RetryAfter != time.Second {
+	if d := tbl.put(k, store.Decision{Limit: 100, RetryAfter: time.Second}, store.Ask{Take: 1}, later, 0, later); d.Allowed || d.RetryAfter != time.Second {
 		t.Fatalf("refusal became %+v", d)
 	}
 }
@@ -194,7 +201,9 @@ func TestLeaseTable(t *testing.T) {
 // A sliding_log lease's i-th request may be admitted until the moment the
 // store logged it (store.StaggeredDeadline) and not after: one admitted
 // later would stay counted less than a full window. Those whose moment
-// passed unused lapse; the rest are still there.
+// passed unused lapse; the rest are still there. A lease asked ahead has
+// every request granted staggered so; otherwise the asking one is not the
+// lease's.
 func TestStaggeredLease(t *testing.T) {
 	k := leaseKey{'s', "198.51.100.7", store.Policy{Limit: 1000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
@@ -202,47 +211,41 @@ func TestStaggeredLease(t *testing.T) {
 		granted int64
 		lease   time.Duration
 	}{{2, time.Second}, {5, 2 * time.Second}, {8, 3 * time.Second}, {64, time.Minute}, {61, 7 * time.Second}} {
-		n := c.granted - 1
-		d := store.Decision{Allowed: true, Limit: 1000, Remaining: 500, Granted: c.granted, Lease: c.lease, Staggered: true}
-		for i := int64(1); i <= n; i++ {
-			deadline := t0.Add(store.StaggeredDeadline(i, n, c.lease))
-			// Admitting the i-th just before its moment: the ones before
-			// it have lapsed, it is admitted, the ones after it are left.
-			tbl := newLeaseTable(c.granted, store.SlidingLog)
-			tbl.put(k, d, c.granted, c.lease, t0, 0, t0)
-			got, ok := takeAfterRefill(tbl, k, deadline.Add(-time.Nanosecond))
-			if !ok || got.Remaining != 500+n-i {
-				t.Fatalf("%d over %v: the %d-th just before its moment: %+v %v, want remaining %d", n, c.lease, i, got, ok, 500+n-i)
-			}
-			// At its moment it is gone.
-			tbl = newLeaseTable(c.granted, store.SlidingLog)
-			tbl.put(k, d, c.granted, c.lease, t0, 0, t0)
-			got, ok = takeAfterRefill(tbl, k, deadline)
-			if i == n && ok || i < n && (!ok || got.Remaining != 500+n-i-1) {
-				t.Fatalf("%d over %v: the %d-th at its moment: %+v %v", n, c.lease, i, got, ok)
+		for _, ahead := range []bool{false, true} {
+			d := store.Decision{Allowed: true, Limit: 1000, Remaining: 500, Granted: c.granted, Lease: c.lease, Staggered: true}
+			n := d.Leased(ahead)
+			ask := store.Ask{Take: c.granted, Spread: c.lease, Ahead: ahead}
+			for i := int64(1); i <= n; i++ {
+				deadline := t0.Add(store.StaggeredDeadline(i, n, c.lease))
+				// Admitting the i-th just before its moment: the ones before
+				// it have lapsed, it is admitted, the ones after it are left.
+				tbl := newLeaseTable(c.granted, store.SlidingLog)
+				tbl.put(k, d, ask, t0, 0, t0)
+				got, ok, _ := tbl.take(k, deadline.Add(-time.Nanosecond), 0, true)
+				if !ok || got.Remaining != 500+n-i {
+					t.Fatalf("%d over %v (ahead %v): the %d-th just before its moment: %+v %v, want remaining %d", n, c.lease, ahead, i, got, ok, 500+n-i)
+				}
+				// At its moment it is gone.
+				tbl = newLeaseTable(c.granted, store.SlidingLog)
+				tbl.put(k, d, ask, t0, 0, t0)
+				got, ok, _ = tbl.take(k, deadline, 0, true)
+				if i == n && ok || i < n && (!ok || got.Remaining != 500+n-i-1) {
+					t.Fatalf("%d over %v (ahead %v): the %d-th at its moment: %+v %v", n, c.lease, ahead, i, got, ok)
+				}
 			}
 		}
 	}
 	// used ahead of time, every one is admitted
 	tbl := newLeaseTable(8, store.SlidingLog)
-	tbl.put(k, store.Decision{Allowed: true, Granted: 8, Lease: time.Second, Staggered: true}, 8, time.Second, t0, 0, t0)
+	tbl.put(k, store.Decision{Allowed: true, Granted: 8, Lease: time.Second, Staggered: true}, store.Ask{Take: 8, Spread: time.Second}, t0, 0, t0)
 	for i := range 7 {
-		if _, ok := takeAfterRefill(tbl, k, t0.Add(time.Millisecond)); !ok {
+		if _, ok, _ := tbl.take(k, t0.Add(time.Millisecond), 0, true); !ok {
 			t.Fatalf("take %d of 7 ahead of time refused", i+1)
 		}
 	}
-	if _, ok := takeAfterRefill(tbl, k, t0.Add(time.Millisecond)); ok {
+	if _, ok, _ := tbl.take(k, t0.Add(time.Millisecond), 0, true); ok {
 		t.Fatal("took past the lease")
 	}
-}
-
-// takeAfterRefill takes from k's lease at now as a request would that
-// comes after the one gone to refill it, if one has to go.
-func takeAfterRefill(tbl *leaseTable, k leaseKey, now time.Time) (store.Decision, bool) {
-	if d, ok := tbl.take(k, now, 0, true); ok {
-		return d, ok
-	}
-	return tbl.take(k, now, 0, true)
 }
 
 // A sliding_log lease is what the pace since the last grant would use in
@@ -266,20 +269,20 @@ func TestLogLeaseSizing(t *testing.T) {
 		{"seen once a minute: one at a time", 32, 61 * time.Second, 1, 0},
 	} {
 		tbl := newLeaseTable(64, store.SlidingLog)
-		tbl.put(k, one, c.asked, 0, t0, 0, t0)
-		if n, spread := tbl.want(k, t0.Add(c.next), 0); n != c.n || spread != c.spread {
-			t.Errorf("%s: want %d over %v, expected %d over %v", c.name, n, spread, c.n, c.spread)
+		tbl.put(k, one, store.Ask{Take: c.asked}, t0, 0, t0)
+		if ask := tbl.want(k, t0.Add(c.next), 0); ask != (store.Ask{Take: c.n, Spread: c.spread}) {
+			t.Errorf("%s: want %d over %v, expected %d over %v", c.name, ask.Take, ask.Spread, c.n, c.spread)
 		}
 	}
 	// A lease that ended with requests unused: the pace since its grant,
 	// 5 in a minute.
 	tbl := newLeaseTable(64, store.SlidingLog)
-	tbl.put(k, store.Decision{Allowed: true, Limit: 1000, Granted: 21, Lease: 10 * time.Second, Staggered: true}, 21, 10*time.Second, t0, 0, t0)
+	tbl.put(k, store.Decision{Allowed: true, Limit: 1000, Granted: 21, Lease: 10 * time.Second, Staggered: true}, store.Ask{Take: 21, Spread: 10 * time.Second}, t0, 0, t0)
 	for i := range 4 {
 		tbl.take(k, t0.Add(time.Duration(i+1)*time.Second), 0, true)
 	}
-	if n, spread := tbl.want(k, t0.Add(time.Minute), 0); n != 3 || spread != time.Minute {
-		t.Errorf("after a lease that ended: want %d over %v, expected 3 over 1m (5 in 60s)", n, spread)
+	if ask := tbl.want(k, t0.Add(time.Minute), 0); ask != (store.Ask{Take: 3, Spread: time.Minute}) {
+		t.Errorf("after a lease that ended: want %d over %v, expected 3 over 1m (5 in 60s)", ask.Take, ask.Spread)
 	}
 }
 
@@ -310,11 +313,12 @@ func TestLeasesThroughTheGateway(t *testing.T) {
 	if calls > requests/4 {
 		t.Fatalf("%d store round trips for %d requests", calls, requests)
 	}
-	// every request that made no store call came from a lease, and the
-	// gateway holds the rest of what it leased
+	// every request that made no store call of its own came from a lease
+	// (the other calls were refills ahead), and the gateway holds the rest
+	// of what it leased
 	granted := metricstest.Value(t, adminAddr, "keygate_lease_granted_requests_total")
 	admitted := metricstest.Value(t, adminAddr, "keygate_lease_admitted_requests_total")
-	if admitted != float64(requests-calls) || granted < admitted || granted > admitted+64 {
+	if admitted+float64(calls) < requests || admitted > requests || granted < admitted || granted > admitted+64 {
 		t.Fatalf("leases: %v granted, %v admitted, after %d requests and %d store calls", granted, admitted, requests, calls)
 	}
 
@@ -372,11 +376,55 @@ func TestLeasesStopWhenTheStoreStops(t *testing.T) {
 	t.Logf("leases stopped %v into the outage", time.Since(paused).Round(time.Millisecond))
 }
 
-// The request that finds a third of a lease left goes to refill it while
-// the others go on taking; no other goes until the refill is back or a
-// second has passed. The refill's grant joins what is left, reporting the
-// store's newer remaining, and the store's refusal still leaves the asking
-// request what the gateway holds.
+// A lease is refilled in the background: while it holds requests, none of
+// them waits for the store, not even when the store stalls. Refilled in
+// line instead, the request that found a third of the lease left would
+// wait for the store's timeout and be refused (503) with requests still
+// held.
+func TestRefillAheadDoesNotWait(t *testing.T) {
+	srv := redistest.Start(t)
+	g := startGatewayOn(t, srv, `
+	keygate {
+		anonymous 1000000 24h
+		lease 64
+	}
+	reverse_proxy {upstream}`, "")
+	for i := range 200 {
+		if r := g.get("/"); r.status != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i+1, r.status, r.body)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // a refill on its way comes back
+	granted := metricstest.Value(t, adminAddr, "keygate_lease_granted_requests_total")
+	admitted := metricstest.Value(t, adminAddr, "keygate_lease_admitted_requests_total")
+	held := int(granted - admitted) // none lapse: a sliding window's lease lasts a minute here
+	if held < 2 {
+		t.Fatalf("%v leased, %v admitted: too few held to test", granted, admitted)
+	}
+
+	srv.Pause()
+	defer srv.Resume()
+	served := 0
+	for g.get("/").status == http.StatusOK {
+		if served++; served > held {
+			t.Fatalf("more served than the %d held while the store stalls", held)
+		}
+	}
+	if served != held {
+		t.Fatalf("with the store stalled, %d served before one waited for it; %d were held", served, held)
+	}
+	srv.Resume()
+	if r := g.get("/"); r.status != http.StatusOK {
+		t.Fatalf("after the stall: %d %s", r.status, r.body)
+	}
+}
+
+// The request that finds a third of a lease left is admitted and has it
+// refilled ahead, while the others go on taking; no other refill goes
+// until that one is back or a second has passed. The refill's grant joins
+// what is left, all of it the lease's, reporting the store's newer
+// remaining; refused, it leaves what the gateway holds, and a request that
+// asked the store itself and was refused still takes one of those.
 func TestRefillAhead(t *testing.T) {
 	k := leaseKey{'k', "id", store.Policy{Limit: 1000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
@@ -384,60 +432,66 @@ func TestRefillAhead(t *testing.T) {
 	lease := func(granted, remaining int64) store.Decision {
 		return store.Decision{Allowed: true, Limit: 1000, Remaining: remaining, Granted: granted, Lease: 10 * time.Second, Staggered: true}
 	}
-	tbl.put(k, lease(16, 900), 16, 10*time.Second, t0, 0, t0)
+	// takes is how many of count takes at now were admitted and which
+	// (from 1) said refill.
+	takes := func(tbl *leaseTable, now time.Time, count int) (admitted int, refills []int) {
+		for i := range count {
+			_, ok, refill := tbl.take(k, now, 0, true)
+			if ok {
+				admitted++
+			}
+			if refill {
+				refills = append(refills, i+1)
+			}
+		}
+		return admitted, refills
+	}
+	tbl.put(k, lease(16, 900), store.Ask{Take: 16, Spread: 10 * time.Second}, t0, 0, t0)
 	now := t0.Add(time.Millisecond)
-	for i := range 10 {
-		if _, ok := tbl.take(k, now, 0, true); !ok {
-			t.Fatalf("take %d refused with %d of 15 left", i+1, 15-i)
-		}
+	// 15 held: the 11th take finds 5, a third of 16, left
+	if admitted, refills := takes(tbl, now, 12); admitted != 12 || !slices.Equal(refills, []int{11}) {
+		t.Fatalf("12 takes of 15: %d admitted, refills at %v; want all, a refill at the 11th", admitted, refills)
 	}
-	// 5 left of 16: this one refills
-	if _, ok := tbl.take(k, now, 0, true); ok {
-		t.Fatal("the take that found a third left did not go to refill")
+	ask, worth := tbl.wantAhead(k, now, 0)
+	if !worth || ask != (store.Ask{Take: 32, Spread: ask.Spread, Ahead: true}) {
+		t.Fatalf("refill: want %+v, expected 32 ahead (twice the last, the pace being far higher)", ask)
 	}
-	// the others take the rest while the refill is on its way
-	for i := range 5 {
-		if _, ok := tbl.take(k, now, 0, true); !ok {
-			t.Fatalf("take %d of the last 5, with a refill on its way, refused", i+1)
-		}
+	// The refill comes back with 32, all the lease's, and joins the 3
+	// left; its remaining is the store's latest.
+	if d := tbl.put(k, lease(32, 850), ask, now, 0, now); d.Remaining != 850+3+32 {
+		t.Fatalf("refill: remaining %d, want %d", d.Remaining, 850+3+32)
 	}
-	if _, ok := tbl.take(k, now, 0, true); ok {
-		t.Fatal("took past the lease")
-	}
-	n, spread := tbl.want(k, now, 0)
-	if n != 32 {
-		t.Fatalf("refill: want %d, expected 32 (twice the last, the pace being far higher)", n)
-	}
-	// The refill comes back: its remaining is the store's latest.
-	if d := tbl.put(k, lease(n, 850), n, spread, now, 0, now); d.Remaining != 850+31 {
-		t.Fatalf("refill: remaining %d, want %d", d.Remaining, 850+31)
+	if admitted, _ := takes(tbl, now, 40); admitted != 35 {
+		t.Fatalf("after the refill: %d admitted, want the 35 held", admitted)
 	}
 
 	// A refill that never comes back holds the others off for a second.
-	// (Asked for 64, granted 8, as near the limit: a third of the 8.)
+	// (Asked for 64, granted 12, as near the limit: 11 held, and the 8th
+	// take finds 4 left, a third of the 12.)
 	tbl = newLeaseTable(64, store.SlidingLog)
-	tbl.put(k, lease(8, 900), 64, 10*time.Second, t0, 0, t0)
-	for i := range 5 {
-		if _, ok := tbl.take(k, t0, 0, true); !ok {
-			t.Fatalf("take %d of a lease of 8 refused", i+1)
-		}
+	tbl.put(k, lease(12, 900), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
+	if admitted, refills := takes(tbl, t0, 8); admitted != 8 || !slices.Equal(refills, []int{8}) {
+		t.Fatalf("8 takes of 11: %d admitted, refills at %v; want all, a refill at the 8th", admitted, refills)
 	}
-	if _, ok := tbl.take(k, t0, 0, true); ok {
-		t.Fatal("the take that found a third left did not go to refill")
-	}
-	if _, ok := tbl.take(k, t0.Add(999*time.Millisecond), 0, true); !ok {
+	if _, refills := takes(tbl, t0.Add(999*time.Millisecond), 1); refills != nil {
 		t.Fatal("a second refill went within the second")
 	}
-	if _, ok := tbl.take(k, t0.Add(time.Second), 0, true); ok {
+	if _, refills := takes(tbl, t0.Add(time.Second), 1); refills == nil {
 		t.Fatal("no refill went after the first was gone a second")
 	}
-	// Refused, that request takes the last one held: counted already.
+	// Refused, the refill leaves what is held: counted already, and
+	// nothing beyond it remains.
 	refused := store.Decision{Limit: 1000, RetryAfter: time.Second}
-	d := tbl.put(k, refused, 16, time.Second, t0.Add(time.Second), 0, t0.Add(time.Second))
-	if !d.Allowed || d.Granted != 0 || d.Remaining != 0 {
-		t.Fatalf("refused refill with one left: %+v, want allowed from the lease, 0 remaining", d)
+	if d := tbl.put(k, refused, store.Ask{Take: 16, Spread: time.Second, Ahead: true}, t0.Add(time.Second), 0, t0.Add(time.Second)); d.Allowed {
+		t.Fatalf("refused refill ahead: %+v", d)
 	}
-	if d := tbl.put(k, refused, 16, time.Second, t0.Add(time.Second), 0, t0.Add(time.Second)); d.Allowed {
+	// A request that asked the store itself (a concurrent grant holds one)
+	// takes that one when refused.
+	d := tbl.put(k, refused, store.Ask{Take: 16, Spread: time.Second}, t0.Add(time.Second), 0, t0.Add(time.Second))
+	if !d.Allowed || d.Granted != 0 || d.Remaining != 0 {
+		t.Fatalf("refused with one left: %+v, want allowed from the lease, 0 remaining", d)
+	}
+	if d := tbl.put(k, refused, store.Ask{Take: 16, Spread: time.Second}, t0.Add(time.Second), 0, t0.Add(time.Second)); d.Allowed {
 		t.Fatalf("refused with the lease spent: %+v", d)
 	}
 }
@@ -487,35 +541,53 @@ func TestWindowLeasesEndWithTheirWindow(t *testing.T) {
 }
 
 // steadyTraffic sends k a request every interval from t0 until end
-// through tbl, refilling from an instant store when take says no. It
-// returns the store calls made, the requests leased beyond the asking
-// ones, and the requests admitted from leases.
+// through tbl (oneRequest). It returns the store calls made, the requests
+// leased beyond the asking ones, and the requests admitted from leases.
 func steadyTraffic(tbl *leaseTable, k leaseKey, t0, end time.Time, every time.Duration) (calls, granted, admitted int64) {
 	for now := t0; now.Before(end); now = now.Add(every) {
-		if _, ok := tbl.take(k, now, 0, true); ok {
+		fromLease, called, leased := oneRequest(tbl, k, now)
+		if fromLease {
 			admitted++
-		} else {
-			granted += refillFromInstantStore(tbl, k, now) - 1
+		}
+		if called {
 			calls++
 		}
+		granted += leased
 	}
 	return calls, granted, admitted
 }
 
-// refillFromInstantStore does what a request that take turned away does,
-// with a store that grants at once all it is asked for: a sliding_window
-// lease to the end of its window (windows aligned to the zero time), at
-// most a minute, a sliding_log one staggered over the spread asked. It
-// returns how many requests it asked for.
-func refillFromInstantStore(tbl *leaseTable, k leaseKey, now time.Time) int64 {
-	n, spread := tbl.want(k, now, 0)
+// oneRequest is a request's work in tbl at now, with a store that answers
+// at once: a refill ahead comes back before the next request, and a
+// request that take turns away asks the store itself. It reports whether
+// the request was admitted from a lease, whether a store call was made,
+// and how many requests it leased beyond the asking one.
+func oneRequest(tbl *leaseTable, k leaseKey, now time.Time) (fromLease, called bool, leased int64) {
+	_, ok, refill := tbl.take(k, now, 0, true)
+	switch {
+	case !ok:
+		return false, true, grantFromInstantStore(tbl, k, tbl.want(k, now, 0), now) - 1
+	case refill:
+		if ask, worth := tbl.wantAhead(k, now, 0); worth {
+			return true, true, grantFromInstantStore(tbl, k, ask, now)
+		}
+	}
+	return true, false, 0
+}
+
+// grantFromInstantStore grants at once all that ask asks for k at now: a
+// sliding_window lease to the end of its window (windows aligned to the
+// zero time), at most a minute, a sliding_log one staggered over the
+// spread asked. It returns how many requests it granted.
+func grantFromInstantStore(tbl *leaseTable, k leaseKey, ask store.Ask, now time.Time) int64 {
+	n := ask.Take
 	d := store.Decision{Allowed: true, Limit: k.policy.Limit, Remaining: k.policy.Limit - n, Granted: n}
 	if tbl.algorithm == store.SlidingLog {
-		d.Lease, d.Staggered = spread, n > 1
+		d.Lease, d.Staggered = ask.Spread, d.Leased(ask.Ahead) > 0
 	} else {
 		d.Reset = now.Truncate(k.policy.Window).Add(k.policy.Window)
 		d.Lease = min(d.Reset.Sub(now), store.MaxLease)
 	}
-	tbl.put(k, d, n, spread, now, 0, now)
+	tbl.put(k, d, ask, now, 0, now)
 	return n
 }

@@ -38,9 +38,10 @@ type metrics struct {
 	decisions     [numOutcomes]prometheus.Counter
 	storeDuration *prometheus.HistogramVec
 	storeErrors   *prometheus.CounterVec
-	// Requests leased beyond the asking ones, and those admitted from
-	// leases: what a gateway leased and did not admit was counted against
-	// limits unused (lapsed, or still held), the precision leasing costs.
+	// Requests leased beyond the asking ones (all of a refill ahead), and
+	// those admitted from leases: what a gateway leased and did not admit
+	// was counted against limits unused (lapsed, or still held), the
+	// precision leasing costs.
 	leaseGranted, leaseAdmitted prometheus.Counter
 }
 
@@ -68,7 +69,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.leaseGranted = promauto.With(reg).NewCounter(prometheus.CounterOpts{
 		Namespace: "keygate",
 		Name:      "lease_granted_requests_total",
-		Help:      "Requests the store leased to this gateway beyond the ones that asked (option lease).",
+		Help:      "Requests the store leased to this gateway beyond the ones that asked (option lease; all of a refill ahead).",
 	})
 	m.leaseAdmitted = promauto.With(reg).NewCounter(prometheus.CounterOpts{
 		Namespace: "keygate",
@@ -86,7 +87,15 @@ func (m *metrics) leased(d store.Decision) {
 	case d.Granted == 0:
 		m.leaseAdmitted.Inc()
 	case d.Granted > 1:
-		m.leaseGranted.Add(float64(d.Granted - 1))
+		m.leaseGranted.Add(float64(d.Leased(false)))
+	}
+}
+
+// refilled records what the store granted to a refill ahead: all of it
+// leased.
+func (m *metrics) refilled(d store.Decision) {
+	if d.Allowed {
+		m.leaseGranted.Add(float64(d.Leased(true)))
 	}
 }
 

@@ -115,6 +115,12 @@ type Check struct {
 	Revision  int64 // the caller's cached revision; a different stored one comes back in Verdict.Fresh
 	Policy    Policy
 	Algorithm Algorithm
+	Ask
+}
+
+// Ask is how much a caller takes from a limit at once: its own request,
+// or a lease of several for it to admit itself. The zero Ask takes one.
+type Ask struct {
 	// Take asks for a lease: up to Take requests counted at once, for the
 	// caller to admit itself (0 or 1: just this request).
 	Take int64
@@ -124,6 +130,13 @@ type Check struct {
 	// zero: MaxLease. A sliding_window lease lasts to its window's end
 	// whatever Spread says.
 	Spread time.Duration
+	// Ahead asks for a lease taken ahead of time, with no request of the
+	// caller's own in it: every request Granted is the lease's, and a
+	// sliding_log lease logs them all across it, none at the call's moment
+	// (which would have lapsed unused). A store that grants one request at
+	// a time (the local store) grants that one at the call's moment, so a
+	// caller asks ahead only for a lease it already holds from the store.
+	Ahead bool
 }
 
 // MaxLease is the longest a gateway may admit a lease's requests. Whatever
@@ -156,16 +169,27 @@ type Decision struct {
 	// with the lease.
 	Granted int64
 	// Lease is how long, from before the call, the caller may admit the
-	// Granted-1 requests beyond its own (at most MaxLease). A sliding_window
-	// lease counts them in the current window and lasts to its end.
+	// lease's requests: the Granted-1 beyond its own, or all Granted when
+	// asked Ahead (at most MaxLease). A sliding_window lease counts them in
+	// the current window and lasts to its end.
 	Lease time.Duration
 	// Staggered says the lease's requests have deadlines of their own
-	// (sliding_log): the i-th of the n = Granted-1 was logged at
+	// (sliding_log): the i-th of the n (Leased) was logged at
 	// StaggeredDeadline(i, n, Lease) after the call, the latest moment it
 	// may be admitted, so that it stays counted a full window after it is.
 	// Spread over the lease rather than all at its end, a request admitted
 	// on time stays counted little longer than its window.
 	Staggered bool
+}
+
+// Leased is how many of the requests d granted are a lease's, for the
+// caller to admit later: all of them when asked Ahead, else all but the
+// caller's own.
+func (d Decision) Leased(ahead bool) int64 {
+	if ahead {
+		return d.Granted
+	}
+	return max(d.Granted-1, 0)
 }
 
 // StaggeredDeadline is when the i-th (from 1) of n staggered requests of a
@@ -181,10 +205,9 @@ type Store interface {
 	// CheckKey validates the record of Check.KeyID against Check.Hash and
 	// takes one request from its limit, atomically, in one round trip.
 	CheckKey(ctx context.Context, c Check) (Verdict, error)
-	// Limit takes one request (or a lease of up to take spread over spread,
-	// as Check.Take and Check.Spread) from the limit of an arbitrary
-	// subject (a client IP for anonymous callers).
-	Limit(ctx context.Context, subject string, p Policy, a Algorithm, take int64, spread time.Duration) (Decision, error)
+	// Limit takes one request (or a lease, as Check.Ask) from the limit of
+	// an arbitrary subject (a client IP for anonymous callers).
+	Limit(ctx context.Context, subject string, p Policy, a Algorithm, ask Ask) (Decision, error)
 	// KeyIDByHash finds the id of the key with that hash: the cold path,
 	// taken only when a gateway sees a key for the first time.
 	KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error)

@@ -255,8 +255,8 @@ func (s *Store) CheckKey(_ context.Context, c store.Check) (store.Verdict, error
 }
 
 // Limit implements store.Store. The limits are in this process, so a lease
-// would save nothing: it grants one request at a time whatever take asks.
-func (s *Store) Limit(_ context.Context, subject string, p store.Policy, a store.Algorithm, _ int64, _ time.Duration) (store.Decision, error) {
+// would save nothing: it grants one request at a time whatever ask says.
+func (s *Store) Limit(_ context.Context, subject string, p store.Policy, a store.Algorithm, _ store.Ask) (store.Decision, error) {
 	ck := counterKey{'s', subject, a, p.Limit, p.Window.Milliseconds()}
 	return s.limits.take(ck, time.Now().UnixMilli()), nil
 }

@@ -70,7 +70,7 @@ func benchLimit(b *testing.B, take int64, spread time.Duration) {
 	for _, a := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
 		var n atomic.Int64
 		benchSerialAndParallel(b, srv, string(a), func() error {
-			_, err := s.Limit(ctx, "198.51.100."+strconv.FormatInt(n.Add(1)%1000, 10), p, a, take, spread)
+			_, err := s.Limit(ctx, "198.51.100."+strconv.FormatInt(n.Add(1)%1000, 10), p, a, store.Ask{Take: take, Spread: spread})
 			return err
 		})
 	}

@@ -33,7 +33,7 @@ func TestPipelinedCallsGetTheirOwnReplies(t *testing.T) {
 	for i := range 300 {
 		wg.Go(func() {
 			p := store.Policy{Limit: int64(i + 2), Window: time.Minute}
-			d, err := s.Limit(context.Background(), "caller", p, store.SlidingWindow, 1, 0)
+			d, err := s.Limit(context.Background(), "caller", p, store.SlidingWindow, store.Ask{})
 			if err != nil {
 				t.Error(err)
 				return
@@ -62,7 +62,7 @@ func TestScriptsSurviveScriptFlush(t *testing.T) {
 		if err != nil || v.Status != store.KeyValid || !v.Limit.Allowed {
 			t.Fatalf("check: %+v, %v", v, err)
 		}
-		if _, err := s.Limit(ctx, "anon", store.Policy{Limit: 10, Window: time.Minute}, store.SlidingLog, 1, 0); err != nil {
+		if _, err := s.Limit(ctx, "anon", store.Policy{Limit: 10, Window: time.Minute}, store.SlidingLog, store.Ask{}); err != nil {
 			t.Fatalf("limit: %v", err)
 		}
 	}
@@ -84,7 +84,7 @@ func TestHungRedisTimesOut(t *testing.T) {
 	s := open(t, srv, timeout)
 	ctx := context.Background()
 	p := store.Policy{Limit: 1000, Window: time.Minute}
-	if _, err := s.Limit(ctx, "warm", p, store.SlidingWindow, 1, 0); err != nil {
+	if _, err := s.Limit(ctx, "warm", p, store.SlidingWindow, store.Ask{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -100,7 +100,7 @@ func TestHungRedisTimesOut(t *testing.T) {
 	// enough calls for eight rounds of full pipelines
 	for range 8 * maxBatch * pipelineSenders {
 		wg.Go(func() {
-			if _, err := s.Limit(ctx, "hung", p, store.SlidingWindow, 1, 0); err == nil {
+			if _, err := s.Limit(ctx, "hung", p, store.SlidingWindow, store.Ask{}); err == nil {
 				t.Error("a call succeeded against a stopped Redis")
 			}
 		})
@@ -139,7 +139,7 @@ func TestIdleLinesAreCheckedBeforeUse(t *testing.T) {
 	calls := func(when string) {
 		t.Helper()
 		for i := range directCalls { // one after another: each direct line once
-			if _, err := s.Limit(ctx, "quiet", p, store.SlidingWindow, 1, 0); err != nil {
+			if _, err := s.Limit(ctx, "quiet", p, store.SlidingWindow, store.Ask{}); err != nil {
 				t.Fatalf("call %d %s: %v", i+1, when, err)
 			}
 		}
@@ -165,7 +165,7 @@ func waitRecovered(t *testing.T, s *Store) {
 		var wg sync.WaitGroup
 		for range 4 * maxBatch {
 			wg.Go(func() {
-				if _, err := s.Limit(context.Background(), "burst", p, store.SlidingWindow, 1, 0); err != nil {
+				if _, err := s.Limit(context.Background(), "burst", p, store.SlidingWindow, store.Ask{}); err != nil {
 					failed.Add(1)
 				}
 			})

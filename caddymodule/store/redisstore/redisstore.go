@@ -126,6 +126,7 @@ func counterKey(kind byte, name string, p store.Policy, a store.Algorithm) strin
 var (
 	lastUsedEveryArg any = lastUsedEvery.Milliseconds()
 	zeroArg          any = int64(0)
+	oneArg           any = int64(1)
 	algorithmArgs        = map[store.Algorithm]any{
 		store.SlidingWindow: string(store.SlidingWindow),
 		store.SlidingLog:    string(store.SlidingLog),
@@ -138,6 +139,14 @@ var (
 		return a
 	}()
 )
+
+// aheadArg is store.Ask.Ahead as the scripts take it.
+func aheadArg(ahead bool) any {
+	if ahead {
+		return oneArg
+	}
+	return zeroArg
+}
 
 func algorithmArg(a store.Algorithm) any {
 	if v, ok := algorithmArgs[a]; ok {
@@ -180,7 +189,7 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 	res, err := s.hot.run(ctx, checkKeyScript, keys,
 		c.Hash.String(), c.Revision, c.Policy.Limit, c.Policy.Window.Milliseconds(),
 		algorithmArg(c.Algorithm), lastUsedEveryArg, max(c.Take, 1), leaseArg(c.Algorithm, c.Spread),
-		windowOffsetArg(c.Algorithm, 'k', c.KeyID, c.Policy.Window))
+		windowOffsetArg(c.Algorithm, 'k', c.KeyID, c.Policy.Window), aheadArg(c.Ahead))
 	if err != nil {
 		return store.Verdict{}, err
 	}
@@ -197,35 +206,35 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 		v.Fresh = &k
 	}
 	if len(res) == 8 {
-		v.Limit = parseDecision(res[2:], c.Policy.Limit, c.Algorithm)
+		v.Limit = parseDecision(res[2:], c.Policy.Limit, c.Algorithm, c.Ahead)
 	}
 	return v, nil
 }
 
 // Limit implements store.Store.
-func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm, take int64, spread time.Duration) (store.Decision, error) {
+func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm, ask store.Ask) (store.Decision, error) {
 	key := counterKey('s', subject, p, a)
-	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a), max(take, 1), leaseArg(a, spread),
-		windowOffsetArg(a, 's', subject, p.Window))
+	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a), max(ask.Take, 1), leaseArg(a, ask.Spread),
+		windowOffsetArg(a, 's', subject, p.Window), aheadArg(ask.Ahead))
 	if err != nil {
 		return store.Decision{}, err
 	}
 	if len(res) != 6 {
 		return store.Decision{}, fmt.Errorf("limit script returned %d values", len(res))
 	}
-	return parseDecision(res, p.Limit, a), nil
+	return parseDecision(res, p.Limit, a, ask.Ahead), nil
 }
 
 // parseDecision reads {allowed, remaining, reset ms, retry ms, granted,
-// lease ms}, the answer of algorithm a.
-func parseDecision(v []any, limit int64, a store.Algorithm) store.Decision {
+// lease ms}, the answer of algorithm a to a lease asked ahead or not.
+func parseDecision(v []any, limit int64, a store.Algorithm, ahead bool) store.Decision {
 	allowed, _ := v[0].(int64)
 	remaining, _ := v[1].(int64)
 	reset, _ := v[2].(int64)
 	retry, _ := v[3].(int64)
 	granted, _ := v[4].(int64)
 	lease, _ := v[5].(int64)
-	return store.Decision{
+	d := store.Decision{
 		Allowed:    allowed == 1,
 		Limit:      limit,
 		Remaining:  remaining,
@@ -233,8 +242,9 @@ func parseDecision(v []any, limit int64, a store.Algorithm) store.Decision {
 		RetryAfter: time.Duration(retry) * time.Millisecond,
 		Granted:    granted,
 		Lease:      time.Duration(lease) * time.Millisecond,
-		Staggered:  a == store.SlidingLog && granted > 1,
 	}
+	d.Staggered = a == store.SlidingLog && d.Leased(ahead) > 0
+	return d
 }
 
 // KeyIDByHash implements store.Store.

@@ -74,7 +74,7 @@ func TestStaggeredLogMembers(t *testing.T) {
 	s := open(t, srv, time.Second)
 	ctx := context.Background()
 	p := store.Policy{Limit: 100, Window: time.Minute}
-	d, err := s.Limit(ctx, "stagger", p, store.SlidingLog, 5, 2*time.Second)
+	d, err := s.Limit(ctx, "stagger", p, store.SlidingLog, store.Ask{Take: 5, Spread: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,16 +105,39 @@ func TestStaggeredLogMembers(t *testing.T) {
 	if ttl := lives(); ttl < p.Window+d.Lease-time.Second || ttl > p.Window+d.Lease {
 		t.Fatalf("log lives %v, want the window and the lease, %v", ttl, p.Window+d.Lease)
 	}
-	if _, err := s.Limit(ctx, "stagger", p, store.SlidingLog, 1, 0); err != nil {
+	if _, err := s.Limit(ctx, "stagger", p, store.SlidingLog, store.Ask{}); err != nil {
 		t.Fatal(err)
 	}
 	if ttl := lives(); ttl < p.Window+d.Lease-time.Second {
 		t.Fatalf("a single request cut the log's life to %v, under the lease's %v", ttl, p.Window+d.Lease)
 	}
 
+	// A lease asked ahead logs every request it grants across the lease,
+	// none at the call's moment: that one would lapse unused.
+	before := redisTime(t, rdb)
+	d, err = s.Limit(ctx, "ahead", p, store.SlidingLog, store.Ask{Take: 4, Spread: 2 * time.Second, Ahead: true})
+	if err != nil || !d.Staggered || d.Granted != 4 || d.Lease != 2*time.Second {
+		t.Fatalf("lease ahead %+v %v, want 4 staggered over 2s", d, err)
+	}
+	after := redisTime(t, rdb)
+	members, err = rdb.ZRangeWithScores(ctx, counterKey('s', "ahead", p, store.SlidingLog), 0, -1).Result()
+	if err != nil || len(members) != 4 {
+		t.Fatalf("log %v %v, want the 4 of the lease", members, err)
+	}
+	called := time.UnixMilli(int64(members[0].Score)).Add(-store.StaggeredDeadline(1, 4, d.Lease))
+	if called.Before(before) || called.After(after) {
+		t.Fatalf("lease ahead called at %v, between %v and %v", called, before, after)
+	}
+	for i, m := range members {
+		at := called.Add(store.StaggeredDeadline(int64(i+1), 4, d.Lease))
+		if got := time.UnixMilli(int64(m.Score)); !got.Equal(at) {
+			t.Fatalf("request %d of the lease ahead logged at +%v, want +%v", i+1, got.Sub(called), at.Sub(called))
+		}
+	}
+
 	// A lease far larger than Lua's unpack takes at once is logged whole.
 	big := store.Policy{Limit: 100_000, Window: time.Minute}
-	d, err = s.Limit(ctx, "big lease", big, store.SlidingLog, 20_000, time.Minute)
+	d, err = s.Limit(ctx, "big lease", big, store.SlidingLog, store.Ask{Take: 20_000, Spread: time.Minute})
 	if err != nil || d.Granted != 20_000 {
 		t.Fatalf("lease of 20,000: %+v %v", d, err)
 	}
@@ -135,7 +158,7 @@ func TestWindowCounterLivesThroughTheNextWindow(t *testing.T) {
 	defer rdb.Close()
 	p := store.Policy{Limit: 100, Window: time.Minute}
 	key := counterKey('s', "counter", p, store.SlidingWindow)
-	first, err := s.Limit(ctx, "counter", p, store.SlidingWindow, 1, 0)
+	first, err := s.Limit(ctx, "counter", p, store.SlidingWindow, store.Ask{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +170,7 @@ func TestWindowCounterLivesThroughTheNextWindow(t *testing.T) {
 	if want := time.Until(first.Reset) + p.Window; ttl < want-time.Second || ttl > want+time.Second {
 		t.Fatalf("counter lives %v, want to the end of the next window, %v", ttl, want)
 	}
-	next, err := s.Limit(ctx, "counter", p, store.SlidingWindow, 3, time.Second)
+	next, err := s.Limit(ctx, "counter", p, store.SlidingWindow, store.Ask{Take: 3, Spread: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,4 +187,14 @@ func TestWindowCounterLivesThroughTheNextWindow(t *testing.T) {
 	if c, err := rdb.HGet(ctx, key, "c").Int64(); err != nil || c != 4 {
 		t.Fatalf("count %d %v, want 4", c, err)
 	}
+}
+
+// redisTime is the Redis server's clock, in whole milliseconds as the
+// scripts read it.
+func redisTime(t *testing.T, rdb *redis.Client) time.Time {
+	now, err := rdb.Time(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return now.Truncate(time.Millisecond)
 }

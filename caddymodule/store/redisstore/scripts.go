@@ -3,8 +3,8 @@ package redisstore
 import "github.com/redis/go-redis/v9"
 
 // The limiter functions are shared by both scripts. Each works on one
-// counter key, takes one request or a lease of up to n (see store.Check)
-// lasting at most ttl ms, and returns {allowed (1/0), remaining, reset ms,
+// counter key, takes one request or a lease of up to n (see store.Ask;
+// ahead: none of them the caller's own) lasting at most ttl ms, and returns {allowed (1/0), remaining, reset ms,
 // retry ms, granted, lease ms}: how many requests were counted and for how
 // long the caller may admit the ones beyond its own. Time comes from the Redis server (TIME), so every
 // gateway replica agrees on it whatever their clocks say.
@@ -66,8 +66,9 @@ end
 
 -- Sliding log: one sorted-set member per admitted request. Exact. Members
 -- are "<ms>-<count>", unique because the count only grows within one ms.
--- A lease's requests beyond the caller's own are logged one after another
--- across the lease: the i-th of m at now + floor(i * ttl / m), the latest
+-- A lease's requests beyond the caller's own (all of them, asked ahead)
+-- are logged one after another across the lease: the i-th of m at
+-- now + floor(i * ttl / m), the latest
 -- moment the caller may admit it (store.StaggeredDeadline), so that each
 -- stays counted a full window after it is admitted: leasing never lets more
 -- than the limit through in any window. Their members, "<now>-<count>-<i>",
@@ -75,7 +76,7 @@ end
 -- form "<at>-<count+i>-<now>": its last part is a time). Their common prefix
 -- is built once: turning numbers into strings was a third of a lease's
 -- time in Redis. The log lives as long as its newest member counts.
-local function sliding_log(key, now, limit, window, n, ttl)
+local function sliding_log(key, now, limit, window, n, ttl, ahead)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local count = redis.call('ZCARD', key)
   if count >= limit then
@@ -88,6 +89,7 @@ local function sliding_log(key, now, limit, window, n, ttl)
   -- the caller's own and the lease's in one ZADD, in batches: unpack
   -- takes at most a few thousand values
   local m, members, prefix = g - 1, {now, now .. '-' .. count}, now .. '-' .. count .. '-'
+  if ahead then m, members = g, {} end
   for i = 1, m do
     members[#members + 1] = now + math.floor(i * ttl / m)
     members[#members + 1] = prefix .. i
@@ -105,9 +107,9 @@ local function sliding_log(key, now, limit, window, n, ttl)
   return {1, limit - count - g, tonumber(oldest[2]) + window, 0, g, ttl}
 end
 
-local function take(key, now, limit, window, algorithm, n, ttl, offset)
+local function take(key, now, limit, window, algorithm, n, ttl, offset, ahead)
   if algorithm == 'sliding_log' then
-    return sliding_log(key, now, limit, window, n, ttl)
+    return sliding_log(key, now, limit, window, n, ttl, ahead == '1')
   end
   return sliding_window(key, now, limit, window, n, ttl, offset)
 end
@@ -121,7 +123,8 @@ end
 // ms, ARGV[5] algorithm, ARGV[6] how old last-used may get before it is
 // rewritten (ms), so that last-used costs one write per key per interval,
 // not one per request, ARGV[7] requests to take (a lease when > 1), ARGV[8]
-// how long a lease may last (ms), ARGV[9] the subject's window offset (ms).
+// how long a lease may last (ms), ARGV[9] the subject's window offset (ms),
+// ARGV[10] 1 when the lease is asked ahead (store.Ask.Ahead), else 0.
 //
 // Returns {status, record-or-empty, allowed, remaining, reset, retry,
 // granted, lease ms}; the record (HGETALL) is sent only when its revision
@@ -141,16 +144,16 @@ if now - (tonumber(rec[5]) or 0) >= tonumber(ARGV[6]) then
   redis.call('HSET', KEYS[1], 'u', now)
 end
 if #KEYS < 2 then return {0, full} end
-local d = take(KEYS[2], now, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]))
+local d = take(KEYS[2], now, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10])
 return {0, full, d[1], d[2], d[3], d[4], d[5], d[6]}
 `)
 
 // limitScript takes one request (or a lease) from a subject's limit.
 // KEYS[1] counter; ARGV[1] limit, ARGV[2] window ms, ARGV[3] algorithm,
 // ARGV[4] requests to take, ARGV[5] how long a lease may last (ms), ARGV[6]
-// the subject's window offset (ms).
+// the subject's window offset (ms), ARGV[7] 1 when asked ahead, else 0.
 var limitScript = redis.NewScript(limiterLua + `
-return take(KEYS[1], now_ms(), tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+return take(KEYS[1], now_ms(), tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
 `)
 
 // updateScript writes a changed record if nobody changed it meanwhile.

@@ -255,7 +255,7 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 	p := store.Policy{Limit: 5, Window: time.Hour}
 	subject := "198.51.100.7-" + string(a)
 	for i := range 5 {
-		d, err := s.Limit(ctx, subject, p, a, 1, 0)
+		d, err := s.Limit(ctx, subject, p, a, store.Ask{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -266,7 +266,7 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 			t.Fatalf("request %d: reset %v not within the window", i+1, d.Reset)
 		}
 	}
-	d, err := s.Limit(ctx, subject, p, a, 1, 0)
+	d, err := s.Limit(ctx, subject, p, a, store.Ask{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,22 +280,22 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 	if d.Allowed || d.Remaining != 0 || d.RetryAfter <= 0 || d.RetryAfter > maxWait+time.Second {
 		t.Fatalf("6th request: %+v, want denied with a retry within %v", d, maxWait)
 	}
-	if other, _ := s.Limit(ctx, subject+"-other", p, a, 1, 0); !other.Allowed {
+	if other, _ := s.Limit(ctx, subject+"-other", p, a, store.Ask{}); !other.Allowed {
 		t.Fatal("another subject was limited too")
 	}
 	// a short window frees up again
 	short := store.Policy{Limit: 2, Window: 300 * time.Millisecond}
 	for range 2 {
-		if d, _ := s.Limit(ctx, "short-"+string(a), short, a, 1, 0); !d.Allowed {
+		if d, _ := s.Limit(ctx, "short-"+string(a), short, a, store.Ask{}); !d.Allowed {
 			t.Fatal("within limit but denied")
 		}
 	}
-	d, _ = s.Limit(ctx, "short-"+string(a), short, a, 1, 0)
+	d, _ = s.Limit(ctx, "short-"+string(a), short, a, store.Ask{})
 	if d.Allowed {
 		t.Fatal("over limit but allowed")
 	}
 	time.Sleep(d.RetryAfter + 50*time.Millisecond)
-	if d, _ := s.Limit(ctx, "short-"+string(a), short, a, 1, 0); !d.Allowed {
+	if d, _ := s.Limit(ctx, "short-"+string(a), short, a, store.Ask{}); !d.Allowed {
 		t.Fatalf("after Retry-After (%v) still denied", d.RetryAfter)
 	}
 }
@@ -346,31 +346,33 @@ func testEpoch(t *testing.T, s store.Store) {
 
 // testLeases asks for leases larger than what is left: a store grants at
 // least one request and at most the lease, never past the limit, both
-// through Limit and through CheckKey, and counts what it grants. A lease
-// lasts as long as the algorithm allows: a sliding log's for the spread
-// asked for, its requests staggered across it, a sliding window's to the
-// window's end, at most MaxLease.
+// through Limit and through CheckKey, asked ahead or not, and counts what
+// it grants. A lease lasts as long as the algorithm allows: a sliding
+// log's for the spread asked for, its requests staggered across it, a
+// sliding window's to the window's end, at most MaxLease.
 func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 	ctx := context.Background()
 	p := store.Policy{Limit: 10, Window: time.Hour}
 	const spread = 1500 * time.Millisecond // asked for in whole seconds: 2s
-	k, _ := mustCreate(t, s, "leased-"+string(a))
-	// a sliding window ends where the subject's windows start
-	offsets := map[string]time.Duration{
-		"Limit":    store.WindowOffset('s', "leases-"+string(a), p.Window),
-		"CheckKey": store.WindowOffset('k', k.ID, p.Window),
-	}
-	takes := map[string]func() store.Decision{
-		"Limit": func() store.Decision {
-			d, err := s.Limit(ctx, "leases-"+string(a), p, a, 4, spread)
+	offsets := map[string]time.Duration{}  // a sliding window ends where the subject's windows start
+	takes := map[string]func() store.Decision{}
+	for _, ahead := range []bool{false, true} {
+		ask := store.Ask{Take: 4, Spread: spread, Ahead: ahead}
+		name := fmt.Sprintf("ahead=%v", ahead)
+		subject := "leases-" + name + "-" + string(a)
+		offsets["Limit/"+name] = store.WindowOffset('s', subject, p.Window)
+		takes["Limit/"+name] = func() store.Decision {
+			d, err := s.Limit(ctx, subject, p, a, ask)
 			if err != nil {
 				t.Fatal(err)
 			}
 			return d
-		},
-		"CheckKey": func() store.Decision {
-			return check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash, Revision: k.Revision, Policy: p, Algorithm: a, Take: 4, Spread: spread}).Limit
-		},
+		}
+		k, _ := mustCreate(t, s, "leased-"+name+"-"+string(a))
+		offsets["CheckKey/"+name] = store.WindowOffset('k', k.ID, p.Window)
+		takes["CheckKey/"+name] = func() store.Decision {
+			return check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash, Revision: k.Revision, Policy: p, Algorithm: a, Ask: ask}).Limit
+		}
 	}
 	for name, take := range takes {
 		granted := int64(0)
@@ -425,7 +427,7 @@ func testSlidingLogConcurrent(t *testing.T, s store.Store) {
 	for range 8 {
 		wg.Go(func() {
 			for range 25 {
-				d, err := s.Limit(context.Background(), "crowd", p, store.SlidingLog, 1, 0)
+				d, err := s.Limit(context.Background(), "crowd", p, store.SlidingLog, store.Ask{})
 				if err != nil {
 					t.Error(err)
 					return
