@@ -72,8 +72,9 @@ type leaseKey struct {
 
 // lease is what this gateway holds of one subject's limit.
 type lease struct {
-	// grants still to admit from, oldest first: usually one, more when
-	// concurrent requests all found the last one spent
+	// grants still to admit from, oldest first: a refill ahead joins what
+	// is left, as do the leases of concurrent requests that all found the
+	// last one spent
 	grants    []grant
 	epoch     int64 // the store's epoch when granted (keys only)
 	remaining int64 // the store's remaining after granting (the lowest of concurrent grants)
@@ -83,13 +84,13 @@ type lease struct {
 	ends      time.Time // when the last of them ends
 	used      int64     // requests admitted since, counting the one that asked
 	size      int64     // what the last request to the store asked for
-	granted   int64     // what the store granted it, that request's own included
+	granted   int64     // what the store granted it, that request's own included (if not asked ahead)
 	spread    time.Duration
 	refilling time.Time // when a refill ahead was asked for; zero when none is on its way
 }
 
-// grant is one lease the store granted: tokens requests beyond the asking
-// one's, to admit within length of start.
+// grant is one lease the store granted: tokens requests (beyond the asking
+// one's, unless asked ahead) to admit within length of start.
 type grant struct {
 	start     time.Time // before the call
 	length    time.Duration
@@ -277,6 +278,10 @@ func (t *leaseTable) wantAhead(k leaseKey, now time.Time, epoch int64) (store.As
 	return ask, ask.Take >= 2
 }
 
+// ask is want's answer; ahead, for a refill whose asking request was
+// admitted from the lease already. It asks for what a request that asks
+// the store itself would: the lease, and the pace (see pace), as they were
+// before that request, which such a request takes from its own grant.
 func (t *leaseTable) ask(k leaseKey, now time.Time, epoch int64, ahead bool) store.Ask {
 	sh := t.shard(k)
 	sh.mu.Lock()
@@ -286,6 +291,9 @@ func (t *leaseTable) ask(k leaseKey, now time.Time, epoch int64, ahead bool) sto
 		return store.Ask{Take: 1}
 	}
 	left := l.left(now)
+	if ahead {
+		left++
+	}
 	switch {
 	case now.Before(l.ends) && !l.low(left):
 		// concurrent requests found this lease spent: it is not, by now
