@@ -62,14 +62,14 @@ type Handler struct {
 	// Lease lets this gateway take up to this many requests of a limit
 	// from the store in one round trip and admit them itself for at most a
 	// minute: until the window ends (sliding_window), or each until the
-	// moment the store logged it, staggered across the lease (sliding_log);
-	// see lease.go. Limits still hold across every gateway; the costs are
-	// that requests leased but unused in time were counted, that
-	// X-RateLimit-Remaining reflects other gateways only at each lease, and
-	// that a disabled, deleted or rotated key may keep working for about a
-	// quarter of a second (a second at worst: epoch.go). Only worth it on
-	// Redis. Default: 0, every request is validated and counted in the
-	// store.
+	// moment the store logged it, staggered across the lease (sliding_log),
+	// and refills it in the background before it runs out; see lease.go.
+	// Limits still hold across every gateway; the costs are that requests
+	// leased but unused in time were counted, that X-RateLimit-Remaining
+	// reflects other gateways only at each lease, and that a disabled,
+	// deleted or rotated key may keep working for about a quarter of a
+	// second (a second at worst: epoch.go). Only worth it on Redis.
+	// Default: 0, every request is validated and counted in the store.
 	Lease int64 `json:"lease,omitempty"`
 
 	app           *App

@@ -4,9 +4,10 @@ import "github.com/redis/go-redis/v9"
 
 // The limiter functions are shared by both scripts. Each works on one
 // counter key, takes one request or a lease of up to n (see store.Ask;
-// ahead: none of them the caller's own) lasting at most ttl ms, and returns {allowed (1/0), remaining, reset ms,
-// retry ms, granted, lease ms}: how many requests were counted and for how
-// long the caller may admit the ones beyond its own. Time comes from the Redis server (TIME), so every
+// ahead: none of them the caller's own) lasting at most ttl ms, and
+// returns {allowed (1/0), remaining, reset ms, retry ms, granted, lease
+// ms}: how many requests were counted and for how long the caller may
+// admit the lease's. Time comes from the Redis server (TIME), so every
 // gateway replica agrees on it whatever their clocks say.
 const limiterLua = `
 local function now_ms()
@@ -67,15 +68,15 @@ end
 -- Sliding log: one sorted-set member per admitted request. Exact. Members
 -- are "<ms>-<count>", unique because the count only grows within one ms.
 -- A lease's requests beyond the caller's own (all of them, asked ahead)
--- are logged one after another across the lease: the i-th of m at
--- now + floor(i * ttl / m), the latest
--- moment the caller may admit it (store.StaggeredDeadline), so that each
--- stays counted a full window after it is admitted: leasing never lets more
--- than the limit through in any window. Their members, "<now>-<count>-<i>",
--- are unique for the same reason (and never equal a member of the earlier
--- form "<at>-<count+i>-<now>": its last part is a time). Their common prefix
--- is built once: turning numbers into strings was a third of a lease's
--- time in Redis. The log lives as long as its newest member counts.
+-- are logged one after another across the lease: the i-th of m at now +
+-- floor(i * ttl / m), the latest moment the caller may admit it
+-- (store.StaggeredDeadline), so that each stays counted a full window
+-- after it is admitted: leasing never lets more than the limit through in
+-- any window. Their members, "<now>-<count>-<i>", are unique for the same
+-- reason (and never equal a member of the earlier form
+-- "<at>-<count+i>-<now>": its last part is a time). Their common prefix is
+-- built once: turning numbers into strings was a third of a lease's time
+-- in Redis. The log lives as long as its newest member counts.
 local function sliding_log(key, now, limit, window, n, ttl, ahead)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local count = redis.call('ZCARD', key)
@@ -86,8 +87,8 @@ local function sliding_log(key, now, limit, window, n, ttl, ahead)
     return {0, 0, now + wait, wait, 0, 0}
   end
   local g = math.max(math.min(n, limit - count), 1)
-  -- the caller's own and the lease's in one ZADD, in batches: unpack
-  -- takes at most a few thousand values
+  -- the caller's own (none, asked ahead) and the lease's in one ZADD, in
+  -- batches: unpack takes at most a few thousand values
   local m, members, prefix = g - 1, {now, now .. '-' .. count}, now .. '-' .. count .. '-'
   if ahead then m, members = g, {} end
   for i = 1, m do
