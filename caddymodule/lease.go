@@ -377,10 +377,20 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 		l = &lease{}
 		sh.leases[k] = l
 	}
+	overtaken := false
 	switch {
 	case l.epoch != epoch || l.left(start) == 0:
 		l.grants = append(l.grants[:0], g)
 		l.ends, l.remaining, l.epoch, l.size = ends, d.Remaining, epoch, max(ask.Take, 1)
+	case start.Before(l.since):
+		// Asked before the grant last recorded, back after it (a refill
+		// ahead overtaken by a request that found the lease spent, or one
+		// of several concurrent requests' leases): it adds its requests
+		// and may lower what remains; the pace and sizes stay the later
+		// grant's.
+		l.grants = append(l.grants, g)
+		l.ends, l.remaining = later(l.ends, ends), min(l.remaining, d.Remaining)
+		overtaken = true
 	case ask.Ahead:
 		// The store counted every earlier grant before this one.
 		l.grants = append(l.grants, g)
@@ -391,11 +401,13 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 		l.grants = append(l.grants, g)
 		l.ends, l.remaining = later(l.ends, ends), min(l.remaining, d.Remaining)
 	}
-	// A grant joining what is held may top it up with a few: that does not
-	// lower the size the next lease may double.
-	l.size = max(l.size, ask.Take)
-	l.since, l.used, l.refilling = start, 1, time.Time{}
-	l.limit, l.reset, l.granted, l.spread = d.Limit, d.Reset, d.Granted, ask.Spread
+	if !overtaken {
+		// A grant joining what is held may top it up with a few: that does
+		// not lower the size the next lease may double.
+		l.size = max(l.size, ask.Take)
+		l.since, l.used, l.refilling = start, 1, time.Time{}
+		l.limit, l.reset, l.granted, l.spread = d.Limit, d.Reset, d.Granted, ask.Spread
+	}
 	d.Remaining = l.remaining + l.left(start)
 
 	if sh.grants++; sh.grants >= sweepEvery {

@@ -462,6 +462,27 @@ func TestRefillAhead(t *testing.T) {
 		t.Fatalf("after the refill: %d admitted, want the 35 held", admitted)
 	}
 
+	// A refill ahead overtaken by a request that found the lease spent (it
+	// took longer than the rest of the lease lasted) adds its requests, but
+	// what remains and the pace stay the later grant's.
+	tbl = newLeaseTable(64, store.SlidingLog)
+	tbl.put(k, lease(4, 900), store.Ask{Take: 4, Spread: 10 * time.Second}, t0, 0, t0)
+	if _, refills := takes(tbl, t0, 3); !slices.Equal(refills, []int{3}) {
+		t.Fatalf("3 takes of 3: refills at %v, want the 3rd", refills)
+	}
+	ahead, _ := tbl.wantAhead(k, t0, 0)
+	overtaking := t0.Add(10 * time.Millisecond)
+	if _, ok, _ := tbl.take(k, overtaking, 0, true); ok {
+		t.Fatal("took past the lease")
+	}
+	tbl.put(k, lease(8, 700), store.Ask{Take: 8, Spread: 10 * time.Second}, overtaking, 0, overtaking)
+	if d := tbl.put(k, lease(8, 800), ahead, t0, 0, overtaking); d.Remaining != 700+7+8 {
+		t.Fatalf("overtaken refill: remaining %d, want the later grant's 700 and the 15 held", d.Remaining)
+	}
+	if l := tbl.shard(k).leases[k]; !l.since.Equal(overtaking) || l.granted != 8 {
+		t.Fatalf("overtaken refill: pace since %v, granted %d; want the later grant's", l.since.Sub(t0), l.granted)
+	}
+
 	// A refill that never comes back holds the others off for a second.
 	// (Asked for 64, granted 12, as near the limit: 11 held, and the 8th
 	// take finds 4 left, a third of the 12.)
