@@ -10,8 +10,9 @@ import (
 
 // A lease is refilled ahead of time off the request path (lease.go): the
 // request that finds it low is admitted from it at once, and a goroutine
-// asks the store for the next lease. At most one is on its way per lease
-// (lease.refilling), each bounded by the app's timeout. A refill that
+// asks the store for the next lease: one at a time per lease
+// (lease.refilling) until a grant comes back or a second has passed, each
+// bounded by the app's timeout. A refill that
 // fails changes nothing: the lease is used up, and the request that finds
 // it spent asks the store itself, as without leases.
 
