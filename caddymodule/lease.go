@@ -227,7 +227,7 @@ func (t *leaseTable) shard(k leaseKey) *leaseShard {
 // confirmed (epoch.go). When take says no, the request asks the store
 // (want, put). When it says refill, the lease is to be refilled ahead of
 // time: the caller asks the store for the next lease in the background
-// (want, then put with Ask.Ahead).
+// (wantAhead, then put).
 func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d store.Decision, ok, refill bool) {
 	sh := t.shard(k)
 	sh.mu.Lock()
