@@ -1,11 +1,14 @@
 package keygate
 
 import (
+	"context"
 	"net/http"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/internal/metricstest"
@@ -610,4 +613,45 @@ func grantFromInstantStore(tbl *leaseTable, k leaseKey, ask store.Ask, now time.
 	}
 	tbl.put(k, d, ask, now, 0, now)
 	return n
+}
+
+// A refill ahead validates the key as every store call does: one that
+// finds the key no longer valid drops the lease, so the key's next request
+// asks the store and is refused, rather than using up what is held. (The
+// key is disabled here behind the gateways' back, without the epoch that
+// normally stops its leases first.)
+func TestRefillDropsTheLeaseOfAnInvalidKey(t *testing.T) {
+	srv := redistest.Start(t)
+	g := startGatewayOn(t, srv, `
+	keygate {
+		rate_limit 1000000 24h
+		lease 64
+	}
+	reverse_proxy {upstream}`, "")
+	k := generate(t, "--name", "dropped")
+	for i := range 200 {
+		if r := g.get("/", bearer(k.Key)...); r.status != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i+1, r.status, r.body)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // a refill on its way comes back
+	granted := metricstest.Value(t, adminAddr, "keygate_lease_granted_requests_total")
+	admitted := metricstest.Value(t, adminAddr, "keygate_lease_admitted_requests_total")
+	held := int(granted - admitted)
+
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	if err := rdb.HSet(context.Background(), "keygate:{k:"+k.ID+"}", "e", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	served := 0
+	for g.get("/", bearer(k.Key)...).status == http.StatusOK {
+		served++
+		time.Sleep(5 * time.Millisecond) // time for a refill to come back
+	}
+	// The refill goes when a third of the last grant is left.
+	if served >= held {
+		t.Fatalf("the disabled key was served all %d held; its refill should have dropped the lease", held)
+	}
+	t.Logf("disabled behind the epoch's back: %d of %d held served", served, held)
 }
