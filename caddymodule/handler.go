@@ -228,15 +228,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 			epoch, _ = shared.epochs.current(start) // read before the grant
 			ask = h.leases.want(lk, start, epoch)
 		}
-		verdict, err = shared.CheckKey(ctx, store.Check{
-			KeyID:     ident.key.ID,
-			Hash:      hash,
-			Revision:  ident.key.Revision,
-			Policy:    policy,
-			Algorithm: h.Algorithm,
-			Ask:       ask,
-		})
-		h.app.metrics.observeStore("check", start, err)
+		verdict, err = h.checkKey(ctx, start, ident.key.ID, hash, ident.key.Revision, policy, ask)
 		if err != nil || verdict.Fresh == nil {
 			break
 		}
@@ -338,12 +330,35 @@ func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.T
 		}
 		ask = h.leases.want(lk, now, 0)
 	}
-	d, err := h.app.shared.Limit(ctx, subject, h.anonPolicy, h.Algorithm, ask)
-	h.app.metrics.observeStore("limit", now, err)
+	d, err := h.limitSubject(ctx, now, subject, ask)
 	if err == nil && h.leases != nil {
 		d = h.leases.put(lk, d, ask, now, 0, time.Now())
 		h.app.metrics.leased(d)
 	}
+	return d, err
+}
+
+// checkKey is a keyed request's store call (or its lease's refill,
+// refill.go): validate the key and take ask from policy, in one round trip.
+// It began at start, for the store-call metrics.
+func (h *Handler) checkKey(ctx context.Context, start time.Time, keyID string, hash apikey.Hash, revision int64, policy store.Policy, ask store.Ask) (store.Verdict, error) {
+	v, err := h.app.shared.CheckKey(ctx, store.Check{
+		KeyID:     keyID,
+		Hash:      hash,
+		Revision:  revision,
+		Policy:    policy,
+		Algorithm: h.Algorithm,
+		Ask:       ask,
+	})
+	h.app.metrics.observeStore("check", start, err)
+	return v, err
+}
+
+// limitSubject is an anonymous request's store call (or its lease's
+// refill): take ask from subject's limit. It began at start.
+func (h *Handler) limitSubject(ctx context.Context, start time.Time, subject string, ask store.Ask) (store.Decision, error) {
+	d, err := h.app.shared.Limit(ctx, subject, h.anonPolicy, h.Algorithm, ask)
+	h.app.metrics.observeStore("limit", start, err)
 	return d, err
 }
 

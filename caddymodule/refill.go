@@ -21,19 +21,9 @@ import (
 // cache; a key no longer valid loses its lease, so that its next request
 // asks the store and is refused.
 func (h *Handler) refillKeyAhead(lk leaseKey, entry *cachedKey, hash apikey.Hash, revision int64) {
-	shared := h.app.shared
-	epoch, _ := shared.epochs.current(time.Now()) // read before the grant
-	h.refillAhead(lk, epoch, func(ctx context.Context, ask store.Ask) (store.Decision, bool) {
-		start := time.Now()
-		verdict, err := shared.CheckKey(ctx, store.Check{
-			KeyID:     lk.subject,
-			Hash:      hash,
-			Revision:  revision,
-			Policy:    lk.policy,
-			Algorithm: h.Algorithm,
-			Ask:       ask,
-		})
-		h.app.metrics.observeStore("check", start, err)
+	epoch, _ := h.app.shared.epochs.current(time.Now()) // read before the grant
+	h.refillAhead(lk, epoch, func(ctx context.Context, start time.Time, ask store.Ask) (store.Decision, bool) {
+		verdict, err := h.checkKey(ctx, start, lk.subject, hash, revision, lk.policy, ask)
 		if err != nil {
 			return store.Decision{}, false
 		}
@@ -51,17 +41,16 @@ func (h *Handler) refillKeyAhead(lk leaseKey, entry *cachedKey, hash apikey.Hash
 
 // refillAnonymousAhead refills an anonymous subject's lease.
 func (h *Handler) refillAnonymousAhead(lk leaseKey) {
-	h.refillAhead(lk, 0, func(ctx context.Context, ask store.Ask) (store.Decision, bool) {
-		start := time.Now()
-		d, err := h.app.shared.Limit(ctx, lk.subject, lk.policy, h.Algorithm, ask)
-		h.app.metrics.observeStore("limit", start, err)
+	h.refillAhead(lk, 0, func(ctx context.Context, start time.Time, ask store.Ask) (store.Decision, bool) {
+		d, err := h.limitSubject(ctx, start, lk.subject, ask)
 		return d, err == nil
 	})
 }
 
-// refillAhead asks the store, through call, for the lease lk wants next
-// under the store's epoch given, and adds what it grants to the lease.
-func (h *Handler) refillAhead(lk leaseKey, epoch int64, call func(context.Context, store.Ask) (store.Decision, bool)) {
+// refillAhead asks the store, through call (given when it began), for the
+// lease lk wants next under the store's epoch given, and adds what it
+// grants to the lease.
+func (h *Handler) refillAhead(lk leaseKey, epoch int64, call func(context.Context, time.Time, store.Ask) (store.Decision, bool)) {
 	start := time.Now()
 	ask, worth := h.leases.wantAhead(lk, start, epoch)
 	if !worth {
@@ -69,7 +58,7 @@ func (h *Handler) refillAhead(lk leaseKey, epoch int64, call func(context.Contex
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.app.Timeout))
 	defer cancel()
-	if d, ok := call(ctx, ask); ok {
+	if d, ok := call(ctx, start, ask); ok {
 		h.leases.put(lk, d, ask, start, epoch, time.Now())
 		h.app.metrics.refilled(d)
 	}
