@@ -49,20 +49,20 @@ func BenchmarkCheckKey(b *testing.B) {
 }
 
 func BenchmarkLimit(b *testing.B) {
-	benchLimit(b, 1, 0)
+	benchLimit(b, store.Ask{})
 }
 
 // BenchmarkLease is a gateway asking for a lease of 64 requests: under
 // sliding_log Redis logs each of them, so redis-µs/call grows with the
 // lease.
 func BenchmarkLease(b *testing.B) {
-	benchLimit(b, 64, time.Second)
+	benchLimit(b, store.Ask{Take: 64, Spread: time.Second})
 }
 
-// benchLimit takes take requests per call (a lease when more than one,
-// spread over spread) from the limits of a thousand client addresses, as
-// anonymous traffic has, under each algorithm.
-func benchLimit(b *testing.B, take int64, spread time.Duration) {
+// benchLimit takes what ask says per call (one request, or a lease) from
+// the limits of a thousand client addresses, as anonymous traffic has,
+// under each algorithm.
+func benchLimit(b *testing.B, ask store.Ask) {
 	srv := redistest.Start(b)
 	s := open(b, srv, time.Second)
 	ctx := context.Background()
@@ -70,7 +70,7 @@ func benchLimit(b *testing.B, take int64, spread time.Duration) {
 	for _, a := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
 		var n atomic.Int64
 		benchSerialAndParallel(b, srv, string(a), func() error {
-			_, err := s.Limit(ctx, "198.51.100."+strconv.FormatInt(n.Add(1)%1000, 10), p, a, store.Ask{Take: take, Spread: spread})
+			_, err := s.Limit(ctx, "198.51.100."+strconv.FormatInt(n.Add(1)%1000, 10), p, a, ask)
 			return err
 		})
 	}
