@@ -86,7 +86,11 @@ type lease struct {
 	size      int64     // what the last request to the store asked for
 	granted   int64     // what the store granted it, that request's own included (if not asked ahead)
 	spread    time.Duration
-	refilling time.Time // when a refill ahead was asked for; zero when none is on its way
+	// when a refill ahead was asked for; zero once it is back with a
+	// grant. One that fails or is refused holds the next off as one on
+	// its way does, until refillWait has passed; a grant that requests
+	// found the lease spent for does not end it.
+	refilling time.Time
 }
 
 // grant is one lease the store granted: tokens requests (beyond the asking
@@ -401,11 +405,14 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 		l.grants = append(l.grants, g)
 		l.ends, l.remaining = later(l.ends, ends), min(l.remaining, d.Remaining)
 	}
+	if ask.Ahead {
+		l.refilling = time.Time{}
+	}
 	if !overtaken {
 		// A grant joining what is held may top it up with a few: that does
 		// not lower the size the next lease may double.
 		l.size = max(l.size, ask.Take)
-		l.since, l.used, l.refilling = start, 1, time.Time{}
+		l.since, l.used = start, 1
 		l.limit, l.reset, l.granted, l.spread = d.Limit, d.Reset, d.Granted, ask.Spread
 	}
 	d.Remaining = l.remaining + l.left(start)

@@ -410,9 +410,10 @@ func TestRefillAheadDoesNotWait(t *testing.T) {
 
 // The request that finds a third of a lease left is admitted and has it
 // refilled ahead, while the others go on taking; no other refill goes
-// until that one is back or a second has passed. The refill's grant joins
-// what is left, all of it the lease's, reporting the store's newer
-// remaining; refused, it leaves what the gateway holds, and a request that
+// until that one is back or a second has passed, not even once requests
+// that found the lease spent meanwhile brought one back. The refill's
+// grant joins what is left, all of it the lease's, reporting the store's
+// newer remaining; refused, it leaves what the gateway holds, and a request that
 // asked the store itself and was refused still takes one of those.
 func TestRefillAhead(t *testing.T) {
 	k := leaseKey{'k', "id", store.Policy{Limit: 1000, Window: time.Hour}}
@@ -468,11 +469,20 @@ func TestRefillAhead(t *testing.T) {
 		t.Fatal("took past the lease")
 	}
 	tbl.put(k, lease(8, 700), store.Ask{Take: 8, Spread: 10 * time.Second}, overtaking, 0, overtaking)
-	if d := tbl.put(k, lease(8, 800), ahead, t0, 0, overtaking); d.Remaining != 700+7+8 {
-		t.Fatalf("overtaken refill: remaining %d, want the later grant's 700 and the 15 held", d.Remaining)
+	// That grant does not end the refill on its way: the 6th take finds a
+	// third of its 8 left (2 of its 7), and no second refill goes.
+	if admitted, refills := takes(tbl, overtaking, 6); admitted != 6 || refills != nil {
+		t.Fatalf("6 takes of 7 while a refill is on its way: %d admitted, refills at %v; want all, none", admitted, refills)
+	}
+	if d := tbl.put(k, lease(8, 800), ahead, t0, 0, overtaking); d.Remaining != 700+1+8 {
+		t.Fatalf("overtaken refill: remaining %d, want the later grant's 700 and the 9 held", d.Remaining)
 	}
 	if l := tbl.shard(k).leases[k]; !l.since.Equal(overtaking) || l.granted != 8 {
 		t.Fatalf("overtaken refill: pace since %v, granted %d; want the later grant's", l.since.Sub(t0), l.granted)
+	}
+	// Back, it lets the next refill go: at a third of 8 left again.
+	if _, refills := takes(tbl, overtaking, 8); !slices.Equal(refills, []int{8}) {
+		t.Fatalf("8 takes of 9 after the refill came back: refills at %v, want the 8th", refills)
 	}
 
 	// A refill that never comes back holds the others off for a second.

@@ -11,10 +11,11 @@ import (
 // A lease is refilled ahead of time off the request path (lease.go): the
 // request that finds it low is admitted from it at once, and a goroutine
 // asks the store for the next lease: one at a time per lease
-// (lease.refilling) until a grant comes back or a second has passed, each
-// bounded by the app's timeout. A refill that
-// fails changes nothing: the lease is used up, and the request that finds
-// it spent asks the store itself, as without leases.
+// (lease.refilling), the next only once this one is back with a grant (a
+// grant that requests finding the lease spent asked for meanwhile does
+// not count) or a second has passed, each bounded by the app's timeout.
+// A refill that fails changes nothing: the lease is used up, and the
+// request that finds it spent asks the store itself, as without leases.
 
 // refillKeyAhead refills a key's lease, validating the key with it as
 // every store call on a key does. A changed record goes into the key
