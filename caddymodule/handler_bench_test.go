@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/internal/redistest"
 )
@@ -141,9 +142,10 @@ func BenchmarkCredentialAndIdentity(b *testing.B) {
 		stripIdentityHeaders(h)
 		c := credentialFrom(h)
 		c.strip(h)
-		if !c.present() {
-			b.Fatal("no credential")
+		if !c.present() || !apikey.WellFormed(c.key) {
+			b.Fatal("no well-formed credential")
 		}
+		_ = apikey.Sum(c.key)
 		ident.inject(h, repl)
 	}
 }

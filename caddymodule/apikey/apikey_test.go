@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"crypto/sha256"
 	"strings"
 	"testing"
 )
@@ -45,6 +46,25 @@ func TestWellFormed(t *testing.T) {
 		if got := WellFormed(tc.in); got != tc.want {
 			t.Errorf("WellFormed(%q) = %v, want %v", tc.in, got, tc.want)
 		}
+	}
+}
+
+// Sum is SHA-256 whatever the length, and hashing a well-formed key, as
+// every request with one does, allocates nothing.
+func TestSum(t *testing.T) {
+	for _, n := range []int{0, 1, 32, 33, Length - 1, Length, Length + 1, 4096} {
+		s := Prefix + strings.Repeat("a", max(n-len(Prefix), 0))
+		s = s[:n]
+		if Sum(s) != sha256.Sum256([]byte(s)) {
+			t.Errorf("Sum of %d bytes is not their SHA-256", n)
+		}
+	}
+	g, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if allocs := testing.AllocsPerRun(100, func() { _ = Sum(g.Secret) }); allocs != 0 {
+		t.Errorf("Sum of a well-formed key: %v allocations, want 0", allocs)
 	}
 }
 
