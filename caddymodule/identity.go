@@ -40,6 +40,9 @@ type identity struct {
 	// ownPolicyHdr is the RateLimit-Policy value of the key's own limit,
 	// empty when it has none.
 	ownPolicyHdr string
+	// placeholders is i.placeholder, bound once: a method value made per
+	// request would be an allocation.
+	placeholders caddy.ReplacerFunc
 }
 
 func newIdentity(k *store.Key) *identity {
@@ -48,7 +51,7 @@ func newIdentity(k *store.Key) *identity {
 	if !k.RateLimit.IsZero() {
 		ownPolicyHdr = policyHeader(policyNameKey, k.RateLimit)
 	}
-	return &identity{
+	i := &identity{
 		ownPolicyHdr: ownPolicyHdr,
 		key:          k,
 		id:           one(k.ID),
@@ -56,6 +59,8 @@ func newIdentity(k *store.Key) *identity {
 		roles:        one(strings.Join(k.Roles, ",")),
 		owner:        one(k.Owner),
 	}
+	i.placeholders = i.placeholder
+	return i
 }
 
 // hasAnyRole reports whether the key holds at least one of roles (true when
@@ -80,7 +85,7 @@ func (i *identity) inject(h http.Header, repl *caddy.Replacer) {
 	h[headerKeyName] = i.name
 	h[headerKeyRoles] = i.roles
 	h[headerKeyOwner] = i.owner
-	repl.Map(i.placeholder)
+	repl.Map(i.placeholders)
 }
 
 // placeholder resolves {keygate.key.id}, {keygate.key.name},
