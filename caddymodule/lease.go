@@ -359,7 +359,8 @@ func untilWindowEnd(end time.Time, window time.Duration, now time.Time) time.Dur
 // request still takes one from what this gateway holds, if anything: a
 // concurrent request's lease came back meanwhile, counted already. A
 // refill asked ahead had no request of its own waiting: what the store
-// decided only changes the lease.
+// decided only changes the lease. A grant asked under another epoch than
+// one asked after it is not kept: the later has the store's newer word.
 func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time.Time, epoch int64, now time.Time) store.Decision {
 	sh := t.shard(k)
 	sh.mu.Lock()
@@ -375,12 +376,22 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 		}
 		return d
 	}
-	g := newGrant(start, d, ask.Ahead)
-	ends := start.Add(d.Lease)
 	if l == nil {
 		l = &lease{}
 		sh.leases[k] = l
 	}
+	if ask.Ahead {
+		l.refilling = time.Time{} // back
+	}
+	if l.epoch != epoch && start.Before(l.since) {
+		// Asked under another epoch than a grant asked after it, which
+		// replaced what was held: a key changed in between, and the later
+		// grant has the store's newer word. This one would replace it, to
+		// go unused under an epoch no longer current.
+		return d
+	}
+	g := newGrant(start, d, ask.Ahead)
+	ends := start.Add(d.Lease)
 	overtaken := false
 	switch {
 	case l.epoch != epoch || l.left(start) == 0:
@@ -404,9 +415,6 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 		// with its own deadlines, with the lowest remaining.
 		l.grants = append(l.grants, g)
 		l.ends, l.remaining = later(l.ends, ends), min(l.remaining, d.Remaining)
-	}
-	if ask.Ahead {
-		l.refilling = time.Time{}
 	}
 	if !overtaken {
 		// A grant joining what is held may top it up with a few: that does

@@ -185,6 +185,17 @@ func TestLeaseTable(t *testing.T) {
 			t.Fatalf("take %d under the new epoch: %v", i, ok)
 		}
 	}
+	// nor does a grant asked under the old epoch before one under the new
+	// (a refill ahead overtaken by a request that found the key changed),
+	// back after it, replace it again
+	renewed := at.Add(10 * time.Millisecond)
+	tbl.put(k, grant(4, 5, renewed), store.Ask{Take: 4}, renewed, 8, renewed)
+	tbl.put(k, grant(4, 5, at), store.Ask{Take: 4, Ahead: true}, at, 7, renewed)
+	for i := range 4 {
+		if _, ok, _ := tbl.take(k, renewed, 8, true); ok != (i < 3) {
+			t.Fatalf("take %d of the 3 held under the new epoch, after an older grant came back: %v", i, ok)
+		}
+	}
 	// anonymous leases have no key to revoke
 	anon := leaseKey{'s', "203.0.113.9", k.policy}
 	tbl.put(anon, grant(2, 5, at), store.Ask{Take: 2}, at, 0, at)
