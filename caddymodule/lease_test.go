@@ -424,8 +424,9 @@ func TestRefillAheadDoesNotWait(t *testing.T) {
 // until that one is back or a second has passed, not even once requests
 // that found the lease spent meanwhile brought one back. The refill's
 // grant joins what is left, all of it the lease's, reporting the store's
-// newer remaining; refused, it leaves what the gateway holds, and a request that
-// asked the store itself and was refused still takes one of those.
+// newer remaining; refused, it leaves what the gateway holds, and a
+// request that asked the store itself and was refused still takes one of
+// those.
 func TestRefillAhead(t *testing.T) {
 	k := leaseKey{'k', "id", store.Policy{Limit: 1000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
