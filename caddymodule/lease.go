@@ -91,6 +91,13 @@ type lease struct {
 	// its way does, until refillWait has passed; a grant that requests
 	// found the lease spent for does not end it.
 	refilling time.Time
+	// used when that refill was asked for: the requests admitted while it
+	// is on its way count towards the pace from its grant on
+	usedAtRefill int64
+	// how long refills ahead take: the latest, or more while slower ones
+	// before it decay (by an eighth a refill), so the lease is refilled
+	// early enough that the refill is back before it is spent (low)
+	refillTook time.Duration
 }
 
 // grant is one lease the store granted: tokens requests (beyond the asking
@@ -162,10 +169,15 @@ func (l *lease) left(now time.Time) (n int64) {
 	return n
 }
 
-// low says whether a lease with left requests left is to be refilled: a
-// third or less of the last grant is left.
-func (l *lease) low(left int64) bool {
-	return left*refillAhead <= l.granted
+// low says whether a lease with left requests left at now is to be
+// refilled: a third or less of the last grant is left, or no more than
+// the pace would use in refillRunway times what refills have been taking.
+// A third of a lease of 64 lasts 3 ms at 6,400 requests a second, less
+// than a refill can take on a busy host; once the lease is spent, every
+// request in flight asks the store for a lease of its own.
+func (l *lease) low(left int64, now time.Time) bool {
+	return left*refillAhead <= l.granted ||
+		float64(left) <= l.pace(now, false)*refillRunway*l.refillTook.Seconds()
 }
 
 // admit admits one request from l, which has left > 0 (lapsed ones
@@ -196,6 +208,7 @@ const sweepEvery = 1024
 const (
 	refillAhead  = 3           // refill when a third of the last grant is left
 	refillWait   = time.Second // after which a refill that never came back no longer holds others off
+	refillRunway = 2           // refill when what is left lasts less than twice what refills take
 	logHorizon   = store.MaxLease / 2
 	logSlack     = 2
 	logSpreadMin = time.Second
@@ -244,8 +257,8 @@ func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d
 	if left == 0 {
 		return store.Decision{}, false, false
 	}
-	if l.low(left) && now.Sub(l.refilling) >= refillWait && !t.lastsToItsEnd(l, left, now) {
-		l.refilling = now
+	if l.low(left, now) && now.Sub(l.refilling) >= refillWait && !t.lastsToItsEnd(l, left, now) {
+		l.refilling, l.usedAtRefill = now, l.used
 		refill = true
 	}
 	return l.admit(left), true, refill
@@ -299,7 +312,7 @@ func (t *leaseTable) ask(k leaseKey, now time.Time, epoch int64, ahead bool) sto
 		left++
 	}
 	switch {
-	case now.Before(l.ends) && !l.low(left):
+	case now.Before(l.ends) && !l.low(left, now):
 		// concurrent requests found this lease spent: it is not, by now
 		return store.Ask{Take: l.size, Spread: l.spread}
 	case t.algorithm == store.SlidingLog:
@@ -381,7 +394,8 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 		sh.leases[k] = l
 	}
 	if ask.Ahead {
-		l.refilling = time.Time{} // back
+		took := now.Sub(start)
+		l.refilling, l.refillTook = time.Time{}, max(took, l.refillTook-l.refillTook/8+took/8)
 	}
 	if l.epoch != epoch && start.Before(l.since) {
 		// Asked under another epoch than a grant asked after it, which
@@ -420,7 +434,12 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 		// A grant joining what is held may top it up with a few: that does
 		// not lower the size the next lease may double.
 		l.size = max(l.size, ask.Take)
-		l.since, l.used = start, 1
+		used := int64(1)
+		if ask.Ahead {
+			// the request that had it asked for, and those since
+			used = max(l.used-l.usedAtRefill, 1)
+		}
+		l.since, l.used = start, used
 		l.limit, l.reset, l.granted, l.spread = d.Limit, d.Reset, d.Granted, ask.Spread
 	}
 	d.Remaining = l.remaining + l.left(start)

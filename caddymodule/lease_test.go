@@ -492,9 +492,10 @@ func TestRefillAhead(t *testing.T) {
 	if l := tbl.shard(k).leases[k]; !l.since.Equal(overtaking) || l.granted != 8 {
 		t.Fatalf("overtaken refill: pace since %v, granted %d; want the later grant's", l.since.Sub(t0), l.granted)
 	}
-	// Back, it lets the next refill go: at a third of 8 left again.
-	if _, refills := takes(tbl, overtaking, 8); !slices.Equal(refills, []int{8}) {
-		t.Fatalf("8 takes of 9 after the refill came back: refills at %v, want the 8th", refills)
+	// Back, it lets the next refill go, at once: it took 10 ms, in which
+	// the pace (7 a millisecond) would use all 9 held.
+	if _, refills := takes(tbl, overtaking, 2); !slices.Equal(refills, []int{1}) {
+		t.Fatalf("2 takes of 9 after a 10 ms refill came back: refills at %v, want the 1st", refills)
 	}
 
 	// A refill that never comes back holds the others off for a second.
@@ -533,6 +534,63 @@ func TestRefillAhead(t *testing.T) {
 // are used first, while the rest of the old lease waits (its deadlines are
 // later); taken in order of grant instead, the refill's first requests
 // would lapse each time.
+// A lease is refilled early enough for the refill to be back before it is
+// spent, however long refills take: once what is left lasts less, at the
+// pace, than twice what they have been taking, not only at a third left.
+// The requests admitted while a refill is on its way count towards the
+// pace from its grant on.
+func TestRefillRunway(t *testing.T) {
+	k := leaseKey{'k', "id", store.Policy{Limit: 100000, Window: time.Hour}}
+	t0 := time.Unix(1_800_000_000, 0)
+	lease := func(granted int64) store.Decision {
+		return store.Decision{Allowed: true, Limit: 100000, Remaining: 90000, Granted: granted, Lease: 10 * time.Second, Staggered: true}
+	}
+	for _, c := range []struct {
+		took      time.Duration
+		refillsAt int // the take, from the grant's, that has the next refill go
+	}{
+		// 19 left when it is back, 83 with it: at 21, a third of 64
+		{took: time.Millisecond, refillsAt: 63},
+		// none left, 64 with it: at 40, what 1 a millisecond uses in
+		// twice 20 ms (the 44th, at a third, were it not for the runway;
+		// the 39th, were the 20 admitted meanwhile not in the pace)
+		{took: 20 * time.Millisecond, refillsAt: 25},
+	} {
+		tbl := newLeaseTable(64, store.SlidingLog)
+		tbl.put(k, lease(64), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
+		now := t0
+		// nextRefill takes one request a millisecond until one has a
+		// refill go, and says which.
+		nextRefill := func() int {
+			for i := 1; i <= 64; i++ {
+				now = now.Add(time.Millisecond)
+				if _, ok, refill := tbl.take(k, now, 0, true); !ok {
+					t.Fatalf("refill after %v: take %d found the lease spent", c.took, i)
+				} else if refill {
+					return i
+				}
+			}
+			t.Fatalf("refill after %v: none went", c.took)
+			return 0
+		}
+		if i := nextRefill(); i != 43 {
+			t.Fatalf("first refill at take %d, want 43 (21 of 63 left)", i)
+		}
+		asked := now
+		ask, _ := tbl.wantAhead(k, asked, 0)
+		for now.Before(asked.Add(c.took)) {
+			now = now.Add(time.Millisecond)
+			if _, ok, _ := tbl.take(k, now, 0, true); !ok {
+				t.Fatalf("took past the lease while the refill was on its way")
+			}
+		}
+		tbl.put(k, lease(64), ask, asked, 0, now)
+		if i := nextRefill(); i != c.refillsAt {
+			t.Fatalf("after a refill that took %v, the next at take %d, want %d", c.took, i, c.refillsAt)
+		}
+	}
+}
+
 func TestRefilledLeasesDoNotLapse(t *testing.T) {
 	k := leaseKey{'s', "192.0.2.1", store.Policy{Limit: 1_000_000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
