@@ -510,6 +510,9 @@ type result struct {
 	// requests keygate leased during the run but did not admit in it
 	// (lapsed, or still held), per request served
 	leasedUnused float64
+	// requests keygate admitted only after a store call of their own (no
+	// lease held, or it was spent), per request served
+	waited float64
 }
 
 var (
@@ -585,31 +588,39 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 	wctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
 	proxyBefore, redisBefore, callsBefore := cpuTime(p.pid), cpuTime(redisPID), scriptCalls(ctx)
-	grantedBefore, admittedBefore := leaseCounters(ctx, p)
+	before := readGatewayCounters(ctx, p)
 	out, err := exec.CommandContext(wctx, "wrk", args...).CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
 	proxyCPU, redisCPU, calls := cpuTime(p.pid)-proxyBefore, cpuTime(redisPID)-redisBefore, scriptCalls(ctx)-callsBefore
-	granted, admitted := leaseCounters(ctx, p)
+	after := readGatewayCounters(ctx, p)
 	r, err := parseWrk(string(out))
 	if err == nil && r.requests > 0 {
 		r.proxyCPU = proxyCPU / time.Duration(r.requests)
 		r.redisCPU = redisCPU / time.Duration(r.requests)
 		r.storeCalls = float64(calls) / float64(r.requests)
-		r.leasedUnused = ((granted - grantedBefore) - (admitted - admittedBefore)) / float64(r.requests)
+		leased, admitted := after.leased-before.leased, after.leaseAdmitted-before.leaseAdmitted
+		r.leasedUnused = (leased - admitted) / float64(r.requests)
+		r.waited = (after.admitted - before.admitted - admitted) / float64(r.requests)
 	}
 	return r, err
 }
 
-// leaseCounters reads keygate's lease metrics from p's admin /metrics:
-// requests leased beyond the asking ones, and requests admitted from
-// leases (zero for plain Caddy, or when unreadable).
-func leaseCounters(ctx context.Context, p *proxy) (granted, admitted float64) {
+// gatewayCounters are keygate's metrics that the table reports on (zero
+// for plain Caddy, or when unreadable).
+type gatewayCounters struct {
+	leased        float64 // requests leased beyond the asking ones
+	leaseAdmitted float64 // requests admitted from leases
+	admitted      float64 // requests admitted, with a key or anonymous
+}
+
+// readGatewayCounters reads them from p's admin /metrics.
+func readGatewayCounters(ctx context.Context, p *proxy) (c gatewayCounters) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.admin+"/metrics", nil)
 	resp, err := parallelClient.Do(req)
 	if err != nil {
-		return 0, 0
+		return c
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
@@ -618,12 +629,14 @@ func leaseCounters(ctx context.Context, p *proxy) (granted, admitted float64) {
 		v, _ := strconv.ParseFloat(value, 64)
 		switch name {
 		case "keygate_lease_granted_requests_total":
-			granted = v
+			c.leased = v
 		case "keygate_lease_admitted_requests_total":
-			admitted = v
+			c.leaseAdmitted = v
+		case `keygate_decisions_total{outcome="allowed"}`, `keygate_decisions_total{outcome="anonymous"}`:
+			c.admitted += v
 		}
 	}
-	return granted, admitted
+	return c
 }
 
 func median(xs []float64) float64 {
@@ -753,6 +766,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		plainCPU, kgCPU, redisCPU time.Duration
 		storeCalls                float64 // per request, keygate's runs
 		leasedUnused              float64 // per request, keygate's runs
+		waited                    float64 // per request, keygate's runs
 	}
 	var rows []row
 	for _, c := range configs {
@@ -800,10 +814,11 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		rw := row{c: c}
 		var prps, krps []float64
 		var p50s, k50s, p99s, k99s, pcpu, kcpu, rcpu []time.Duration
-		var calls, unused []float64
+		var calls, unused, waited []float64
 		for i := range pr {
 			calls = append(calls, kr[i].storeCalls)
 			unused = append(unused, kr[i].leasedUnused)
+			waited = append(waited, kr[i].waited)
 			pcpu, kcpu, rcpu = append(pcpu, pr[i].proxyCPU), append(kcpu, kr[i].proxyCPU), append(rcpu, kr[i].redisCPU)
 			prps, krps = append(prps, pr[i].rps), append(krps, kr[i].rps)
 			p50s, k50s = append(p50s, pr[i].p50), append(k50s, kr[i].p50)
@@ -816,7 +831,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		rw.plainRPS, rw.kgRPS, rw.ratio = median(prps), median(krps), median(rw.ratios)
 		rw.plainP50, rw.kgP50, rw.plainP99, rw.kgP99 = medianDur(p50s), medianDur(k50s), medianDur(p99s), medianDur(k99s)
 		rw.plainCPU, rw.kgCPU, rw.redisCPU = medianDur(pcpu), medianDur(kcpu), medianDur(rcpu)
-		rw.storeCalls, rw.leasedUnused = median(calls), median(unused)
+		rw.storeCalls, rw.leasedUnused, rw.waited = median(calls), median(unused), median(waited)
 		rows = append(rows, rw)
 		logf("%-26s c=%-3d plain %8.0f rps  %s %8.0f rps  ratio %.3f  (rounds: %s)  p50 %s / %s",
 			c.name, c.conns, rw.plainRPS, kg.name, rw.kgRPS, rw.ratio, fmtRatios(rw.ratios), fmtDur(rw.plainP50), fmtDur(rw.kgP50))
@@ -831,17 +846,19 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		fmt.Print("control: plain Caddy in keygate's place; its ratios are this machine's noise\n\n")
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, strings.ReplaceAll("configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tCPU/req plain\tkeygate\tredis\tstore calls/req\tleased unused/req\tnon-2xx\t", "keygate", kg.name))
+	fmt.Fprintln(tw, strings.ReplaceAll("configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tCPU/req plain\tkeygate\tredis\tstore calls/req\twaited/req\tleased unused/req\tnon-2xx\t", "keygate", kg.name))
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%d\t\n", r.c.name, r.c.conns, r.plainRPS, r.kgRPS, r.ratio,
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%.3f\t%d\t\n", r.c.name, r.c.conns, r.plainRPS, r.kgRPS, r.ratio,
 			fmtDur(r.plainP50), fmtDur(r.kgP50), fmtDur(r.kgP50-r.plainP50), fmtDur(r.plainP99), fmtDur(r.kgP99),
-			fmtMicros(r.plainCPU), fmtMicros(r.kgCPU), fmtMicros(r.redisCPU), r.storeCalls, r.leasedUnused, r.plainBad+r.kgBad)
+			fmtMicros(r.plainCPU), fmtMicros(r.kgCPU), fmtMicros(r.redisCPU), r.storeCalls, r.waited, r.leasedUnused, r.plainBad+r.kgBad)
 	}
 	tw.Flush()
 	fmt.Println("\nratio = keygate rps / plain rps per round, median over rounds; CPU/req = CPU time of the proxy")
 	fmt.Println("(and of redis-server during keygate's runs) over the requests served; store calls/req = scripts")
-	fmt.Println("Redis ran per request keygate served; leased unused/req = requests keygate leased in a run and")
-	fmt.Println("did not admit in it (lapsed, or still held), per request served; socket errors:", sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
+	fmt.Println("Redis ran per request keygate served; waited/req = requests keygate admitted only after a store")
+	fmt.Println("call of their own (no lease held, or it was spent), per request served; leased unused/req =")
+	fmt.Println("requests keygate leased in a run and did not admit in it (lapsed, or still held), per request")
+	fmt.Println("served; socket errors:", sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
 	return nil
 }
 
