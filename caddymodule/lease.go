@@ -174,10 +174,15 @@ func (l *lease) left(now time.Time) (n int64) {
 // the pace would use in refillRunway times what refills have been taking.
 // A third of a lease of 64 lasts 3 ms at 6,400 requests a second, less
 // than a refill can take on a busy host; once the lease is spent, every
-// request in flight asks the store for a lease of its own.
+// request in flight asks the store for a lease of its own. The pace is
+// measured over that runway at least: a few requests just after a grant
+// are no pace to refill for.
 func (l *lease) low(left int64, now time.Time) bool {
-	return left*refillAhead <= l.granted ||
-		float64(left) <= l.pace(now, false)*refillRunway*l.refillTook.Seconds()
+	if left*refillAhead <= l.granted {
+		return true
+	}
+	runway := refillRunway * l.refillTook
+	return runway > 0 && float64(left)*max(now.Sub(l.since), runway).Seconds() <= float64(l.used)*runway.Seconds()
 }
 
 // admit admits one request from l, which has left > 0 (lapsed ones

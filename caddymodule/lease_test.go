@@ -492,10 +492,11 @@ func TestRefillAhead(t *testing.T) {
 	if l := tbl.shard(k).leases[k]; !l.since.Equal(overtaking) || l.granted != 8 {
 		t.Fatalf("overtaken refill: pace since %v, granted %d; want the later grant's", l.since.Sub(t0), l.granted)
 	}
-	// Back, it lets the next refill go, at once: it took 10 ms, in which
-	// the pace (7 a millisecond) would use all 9 held.
-	if _, refills := takes(tbl, overtaking, 2); !slices.Equal(refills, []int{1}) {
-		t.Fatalf("2 takes of 9 after a 10 ms refill came back: refills at %v, want the 1st", refills)
+	// Back, it lets the next refill go, early: it took 10 ms, and the 8
+	// left at the 2nd take are no more than the 8 admitted since the
+	// grant, all within twice that.
+	if _, refills := takes(tbl, overtaking, 2); !slices.Equal(refills, []int{2}) {
+		t.Fatalf("2 takes of 9 after a 10 ms refill came back: refills at %v, want the 2nd", refills)
 	}
 
 	// A refill that never comes back holds the others off for a second.
@@ -587,6 +588,17 @@ func TestRefillRunway(t *testing.T) {
 		tbl.put(k, lease(64), ask, asked, 0, now)
 		if i := nextRefill(); i != c.refillsAt {
 			t.Fatalf("after a refill that took %v, the next at take %d, want %d", c.took, i, c.refillsAt)
+		}
+	}
+
+	// Two requests a millisecond after a grant are no pace: with refills
+	// taking 20 ms, the lease of 64 is not refilled for them.
+	tbl := newLeaseTable(64, store.SlidingLog)
+	tbl.put(k, lease(64), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
+	tbl.shard(k).leases[k].refillTook = 20 * time.Millisecond
+	for i := range 2 {
+		if _, _, refill := tbl.take(k, t0.Add(time.Millisecond), 0, true); refill {
+			t.Fatalf("take %d of 63, a millisecond after the grant: a refill went", i+1)
 		}
 	}
 }
