@@ -33,8 +33,9 @@ import (
 // request.
 //
 // A lease is refilled ahead of time, in the background: the request that
-// finds a third of the last grant left (refillAhead) is admitted from it
-// like the others and has the handler ask the store for the next lease
+// finds a third of the last grant left (refillAhead), or less than the
+// pace uses in twice what refills have been taking (refillRunway, low), is
+// admitted from it like the others and has the handler ask the store for the next lease
 // (store.Ask.Ahead: none of it that request's own), while the requests
 // that follow go on taking the rest. So no request waits for the store
 // while a lease holds, and concurrent requests seldom all find a lease
