@@ -600,9 +600,9 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 		r.proxyCPU = proxyCPU / time.Duration(r.requests)
 		r.redisCPU = redisCPU / time.Duration(r.requests)
 		r.storeCalls = float64(calls) / float64(r.requests)
-		leased, admitted := after.leased-before.leased, after.leaseAdmitted-before.leaseAdmitted
-		r.leasedUnused = (leased - admitted) / float64(r.requests)
-		r.waited = (after.admitted - before.admitted - admitted) / float64(r.requests)
+		leased, fromLeases := after.leased-before.leased, after.leaseAdmitted-before.leaseAdmitted
+		r.leasedUnused = (leased - fromLeases) / float64(r.requests)
+		r.waited = (after.admitted - before.admitted - fromLeases) / float64(r.requests)
 	}
 	return r, err
 }
