@@ -35,9 +35,9 @@ import (
 // A lease is refilled ahead of time, in the background: the request that
 // finds a third of the last grant left (refillAhead), or less than the
 // pace uses in twice what refills have been taking (refillRunway, low), is
-// admitted from it like the others and has the handler ask the store for the next lease
-// (store.Ask.Ahead: none of it that request's own), while the requests
-// that follow go on taking the rest. So no request waits for the store
+// admitted from it like the others and has the handler ask the store for
+// the next lease (store.Ask.Ahead: none of it that request's own), while
+// the requests that follow go on taking the rest. So no request waits for the store
 // while a lease holds, and concurrent requests seldom all find a lease
 // spent and all ask the store at once (each lease they bring back would
 // be counted in full, used or not). A sliding_window lease is refilled so
