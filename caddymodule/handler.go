@@ -200,13 +200,23 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		// here, so it is checked exactly.
 		if policy, policyHdr := h.policyFor(ident); !policy.IsZero() {
 			lk := leaseKey{'k', ident.key.ID, policy}
-			epoch, fresh := shared.epochs.current(now)
-			if d, ok, refill := h.leases.take(lk, now, epoch, fresh); ok {
-				if refill {
-					go h.refillKeyAhead(lk, entry, hash, ident.key.Revision)
+			for waited := false; ; waited = true {
+				epoch, fresh := shared.epochs.current(now)
+				d, ok, pending := h.leases.take(lk, now, epoch, fresh)
+				if ok {
+					if pending != nil {
+						go h.refillKeyAhead(lk, pending, entry, hash, ident.key.Revision)
+					}
+					h.app.metrics.leased(d)
+					return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, now)
 				}
-				h.app.metrics.leased(d)
-				return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, now)
+				if pending == nil || waited {
+					break
+				}
+				if err := h.awaitRefill(ctx, pending); err != nil {
+					return h.storeFailed(w, r, repl, next, err, entry, ident, now)
+				}
+				now = time.Now()
 			}
 		}
 	}
@@ -241,14 +251,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		// key, or its limit changed): count the request against that one.
 	}
 	if err != nil {
-		if !h.failOpen(err, entry, now) {
-			return h.storeUnavailable(w, err)
-		}
-		// on_store_error open: a key this gateway validated recently passes,
-		// unlimited, until the store is back.
-		ident.inject(r.Header, repl)
-		h.app.metrics.decision(outcomeFailOpen).Inc()
-		return next.ServeHTTP(w, r)
+		return h.storeFailed(w, r, repl, next, err, entry, ident, now)
 	}
 	switch verdict.Status {
 	case store.KeyValid:
@@ -287,6 +290,19 @@ func (h *Handler) admitKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 	return next.ServeHTTP(w, r)
 }
 
+// storeFailed finishes a keyed request whose store call failed with err:
+// 503, or with on_store_error open, a key this gateway validated recently
+// passes, unlimited, until the store is back.
+func (h *Handler) storeFailed(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler,
+	err error, entry *cachedKey, ident *identity, now time.Time) error {
+	if !h.failOpen(err, entry, now) {
+		return h.storeUnavailable(w, err)
+	}
+	ident.inject(r.Header, repl)
+	h.app.metrics.decision(outcomeFailOpen).Inc()
+	return next.ServeHTTP(w, r)
+}
+
 // policyFor is the limit a key is held to on this route: its own, else the
 // route's. The second result is its RateLimit-Policy header value.
 func (h *Handler) policyFor(ident *identity) (store.Policy, string) {
@@ -321,12 +337,22 @@ func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.T
 	lk := leaseKey{'s', subject, h.anonPolicy}
 	var ask store.Ask
 	if h.leases != nil {
-		if d, ok, refill := h.leases.take(lk, now, 0, true); ok {
-			if refill {
-				go h.refillAnonymousAhead(lk)
+		for waited := false; ; waited = true {
+			d, ok, pending := h.leases.take(lk, now, 0, true)
+			if ok {
+				if pending != nil {
+					go h.refillAnonymousAhead(lk, pending)
+				}
+				h.app.metrics.leased(d)
+				return d, nil
 			}
-			h.app.metrics.leased(d)
-			return d, nil
+			if pending == nil || waited {
+				break
+			}
+			if err := h.awaitRefill(ctx, pending); err != nil {
+				return store.Decision{}, err
+			}
+			now = time.Now()
 		}
 		ask = h.leases.want(lk, now, 0)
 	}

@@ -44,10 +44,12 @@ import (
 // only if what is left would not last, at the pace, until the lease ends:
 // its requests end with their window, as a refill's would. A refill of
 // fewer than two is not asked for ahead: the request that finds the lease
-// spent asks for its own. Should the store refuse a refill, or not answer,
-// the lease is used up and the request that finds it spent asks the
-// store. Requests are admitted from the grant whose next request must be
-// admitted soonest, so a refill's early deadlines (sliding_log) go first.
+// spent asks for its own. Requests that find the lease spent while a
+// refill is on its way wait for it (lease.pending) and take from its
+// grant. Should the store refuse a refill, the lease is used up and they
+// ask the store; should it not answer, they have its error. Requests are
+// admitted from the grant whose next request must be admitted soonest, so
+// a refill's early deadlines (sliding_log) go first.
 //
 // The size of a lease follows the subject's traffic: its pace is the
 // requests admitted from the last grant to now (so an idle while slows it),
@@ -99,6 +101,19 @@ type lease struct {
 	// before it decay (by an eighth a refill), so the lease is refilled
 	// early enough that the refill is back before it is spent (low)
 	refillTook time.Duration
+	// the refill ahead on its way, if any, for requests that find the
+	// lease spent to wait for
+	pending *refill
+}
+
+// refill is one refill ahead of a lease. Requests that find the lease
+// spent while it is on its way wait for it and take from its grant, rather
+// than each ask the store for a lease of its own: the store would count
+// every one of those in full, and run them one after another behind the
+// refill.
+type refill struct {
+	done chan struct{} // closed once the refill is back, its grant recorded
+	err  error         // why the store call failed, if it did; set before done is closed
 }
 
 // grant is one lease the store granted: tokens requests (beyond the asking
@@ -247,27 +262,46 @@ func (t *leaseTable) shard(k leaseKey) *leaseShard {
 
 // take admits one request from k's lease, if it has one left. A key's
 // lease also needs the store's epoch unchanged since the grant and freshly
-// confirmed (epoch.go). When take says no, the request asks the store
-// (want, put). When it says refill, the lease is to be refilled ahead of
-// time: the caller asks the store for the next lease in the background
-// (wantAhead, then put).
-func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d store.Decision, ok, refill bool) {
+// confirmed (epoch.go).
+//
+// Admitted (ok) with a refill, the caller is to refill the lease ahead of
+// time: ask the store for the next lease in the background (wantAhead,
+// then put, then refilled). Not admitted, the request asks the store
+// (want, put); unless take gives it a refill on its way, which it may wait
+// for (refill.done) and take again.
+func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d store.Decision, ok bool, r *refill) {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	l := sh.leases[k]
 	if l == nil || k.kind == 'k' && (!fresh || l.epoch != epoch) {
-		return store.Decision{}, false, false
+		return store.Decision{}, false, nil
 	}
 	left := l.left(now)
 	if left == 0 {
-		return store.Decision{}, false, false
+		return store.Decision{}, false, l.pending
 	}
 	if l.low(left, now) && now.Sub(l.refilling) >= refillWait && !t.lastsToItsEnd(l, left, now) {
 		l.refilling, l.usedAtRefill = now, l.used
-		refill = true
+		// A refill that never came back stopped holding the next off
+		// after refillWait; its own waiters still wait for it.
+		l.pending = &refill{done: make(chan struct{})}
+		r = l.pending
 	}
-	return l.admit(left), true, refill
+	return l.admit(left), true, r
+}
+
+// refilled ends the refill r of k's lease, its grant recorded (put) or
+// its store call failed with err: its waiters take again.
+func (t *leaseTable) refilled(k leaseKey, r *refill, err error) {
+	sh := t.shard(k)
+	sh.mu.Lock()
+	if l := sh.leases[k]; l != nil && l.pending == r {
+		l.pending = nil
+	}
+	sh.mu.Unlock()
+	r.err = err
+	close(r.done)
 }
 
 // drop forgets k's lease: its key is no longer valid.

@@ -1,6 +1,7 @@
 package keygate
 
 import (
+	"cmp"
 	"context"
 	"net/http"
 	"slices"
@@ -82,7 +83,7 @@ func TestLeaseTable(t *testing.T) {
 		if !ok {
 			refused = append(refused, i+1)
 		}
-		if refill {
+		if ok && refill != nil {
 			refills = append(refills, i+1)
 		}
 	}
@@ -419,6 +420,76 @@ func TestRefillAheadDoesNotWait(t *testing.T) {
 	}
 }
 
+// Requests that find a lease spent while its refill is on its way wait for
+// it and are admitted from its grant: one store call for all of them,
+// where each would otherwise ask the store for a lease of its own. Should
+// the refill fail, its waiter has its error, 503 here, without a store
+// call of its own after it (which would double the wait in an outage).
+func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
+	srv := redistest.Start(t)
+	g := startGatewayOn(t, srv, `
+	keygate {
+		rate_limit 1000000 24h
+		lease 64
+	}
+	reverse_proxy {upstream}`, "timeout 2s")
+	k := generate(t, "--name", "waited-for")
+	auth := bearer(k.Key)
+	held := heldAfterBusyTraffic(t, g, auth...)
+	calls := metricstest.StoreCalls(t, adminAddr, "check")
+	waits := func() int { return int(metricstest.Value(t, adminAddr, "keygate_lease_refill_waits_total")) }
+	waitsBefore := waits()
+
+	// The store stalls; the held requests are served, one of them having
+	// the lease refilled, and the refill waits for the store.
+	srv.Pause()
+	defer srv.Resume()
+	for i := range held {
+		if r := g.get("/", auth...); r.status != http.StatusOK {
+			t.Fatalf("held request %d of %d: %d %s", i+1, held, r.status, r.body)
+		}
+	}
+	const waiters = 4
+	statuses := make(chan int, waiters)
+	for range waiters {
+		go func() { statuses <- g.get("/", auth...).status }()
+	}
+	for deadline := time.Now().Add(time.Second); waits() < waitsBefore+waiters; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d requests that found the lease spent wait for its refill", waits()-waitsBefore, waiters)
+		}
+	}
+	srv.Resume()
+	for range waiters {
+		if status := <-statuses; status != http.StatusOK {
+			t.Fatalf("a request that waited for the refill: %d", status)
+		}
+	}
+	if got := metricstest.StoreCalls(t, adminAddr, "check") - calls; got != 1 {
+		t.Fatalf("%d store calls for %d held requests and %d waiters, want 1 (the refill)", got, held, waiters)
+	}
+
+	// The store stalls again, past the timeout: the request that waits
+	// for the refill has its error.
+	errors := metricstest.Counter(t, adminAddr, `keygate_store_errors_total{op="check"}`)
+	waitsBefore = waits()
+	srv.Pause()
+	status := http.StatusOK
+	for served := 0; status == http.StatusOK; served++ {
+		if served > 64 {
+			t.Fatal("more served than a lease of 64 holds with the store stalled")
+		}
+		status = g.get("/", auth...).status
+	}
+	srv.Resume()
+	if status != http.StatusServiceUnavailable {
+		t.Fatalf("the request that waited for a failed refill: %d, want 503", status)
+	}
+	if got := metricstest.Counter(t, adminAddr, `keygate_store_errors_total{op="check"}`) - errors; got != 1 || waits() != waitsBefore+1 {
+		t.Fatalf("%v store errors and %d waits, want 1 (the refill) and 1", got, waits()-waitsBefore)
+	}
+}
+
 // The request that finds a third of a lease left is admitted and has it
 // refilled ahead, while the others go on taking; no other refill goes
 // until that one is back or a second has passed, not even once requests
@@ -442,7 +513,7 @@ func TestRefillAhead(t *testing.T) {
 			if ok {
 				admitted++
 			}
-			if refill {
+			if ok && refill != nil {
 				refills = append(refills, i+1)
 			}
 		}
@@ -530,6 +601,51 @@ func TestRefillAhead(t *testing.T) {
 	}
 }
 
+// take gives a request that finds the lease spent the refill on its way,
+// to wait for, and only while it is on its way: refilled ends it (its
+// waiters then take from its grant), and a key changed since the grant
+// has its requests ask the store.
+func TestRefillOnItsWay(t *testing.T) {
+	k := leaseKey{'k', "id", store.Policy{Limit: 1000, Window: time.Hour}}
+	t0 := time.Unix(1_800_000_000, 0)
+	tbl := newLeaseTable(64, store.SlidingWindow)
+	lease := store.Decision{Allowed: true, Limit: 1000, Remaining: 900, Granted: 3, Lease: 10 * time.Second, Reset: t0.Add(time.Hour)}
+	tbl.put(k, lease, store.Ask{Take: 3}, t0, 7, t0)
+	var pending *refill
+	for i := range 2 {
+		_, ok, refill := tbl.take(k, t0, 7, true)
+		if !ok || (refill != nil) != (i == 1) {
+			t.Fatalf("take %d of 2 held: admitted %v, refill %v; want admitted, a refill with the 2nd (a third left)", i+1, ok, refill)
+		}
+		pending = cmp.Or(pending, refill)
+	}
+	if _, ok, refill := tbl.take(k, t0, 7, true); ok || refill != pending {
+		t.Fatalf("lease spent: admitted %v, refill %p; want the one on its way, %p", ok, refill, pending)
+	}
+	if _, ok, refill := tbl.take(k, t0, 8, true); ok || refill != nil {
+		t.Fatalf("lease spent, key changed: admitted %v, refill %p; want none to wait for", ok, refill)
+	}
+	ask, _ := tbl.wantAhead(k, t0, 7)
+	refillGrant := lease
+	refillGrant.Granted = ask.Take
+	tbl.put(k, refillGrant, ask, t0, 7, t0.Add(time.Millisecond))
+	tbl.refilled(k, pending, nil)
+	select {
+	case <-pending.done:
+	default:
+		t.Fatal("the refill is back, its waiters still wait")
+	}
+	for range ask.Take {
+		if _, ok, _ := tbl.take(k, t0.Add(time.Millisecond), 7, true); !ok {
+			t.Fatalf("a waiter found the refill's grant of %d spent", ask.Take)
+		}
+	}
+	// (its last takes had the next refill go)
+	if _, ok, refill := tbl.take(k, t0.Add(time.Millisecond), 7, true); ok || refill == pending {
+		t.Fatalf("spent after the refill: admitted %v, given the refill that came back: %v", ok, refill == pending)
+	}
+}
+
 // Steady traffic under sliding_log uses every request it leases but the
 // last lease's rest: refilled ahead of time, the refill's early deadlines
 // are used first, while the rest of the old lease waits (its deadlines are
@@ -567,7 +683,7 @@ func TestRefillRunway(t *testing.T) {
 				now = now.Add(time.Millisecond)
 				if _, ok, refill := tbl.take(k, now, 0, true); !ok {
 					t.Fatalf("refill after %v: take %d found the lease spent", c.took, i)
-				} else if refill {
+				} else if refill != nil {
 					return i
 				}
 			}
@@ -597,7 +713,7 @@ func TestRefillRunway(t *testing.T) {
 	tbl.put(k, lease(64), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
 	tbl.shard(k).leases[k].refillTook = 20 * time.Millisecond
 	for i := range 2 {
-		if _, _, refill := tbl.take(k, t0.Add(time.Millisecond), 0, true); refill {
+		if _, _, refill := tbl.take(k, t0.Add(time.Millisecond), 0, true); refill != nil {
 			t.Fatalf("take %d of 63, a millisecond after the grant: a refill went", i+1)
 		}
 	}
@@ -671,7 +787,8 @@ func oneRequest(tbl *leaseTable, k leaseKey, now time.Time) (fromLease, called b
 	switch {
 	case !ok:
 		return false, true, grantFromInstantStore(tbl, k, tbl.want(k, now, 0), now) - 1
-	case refill:
+	case refill != nil:
+		defer tbl.refilled(k, refill, nil)
 		if ask, worth := tbl.wantAhead(k, now, 0); worth {
 			return true, true, grantFromInstantStore(tbl, k, ask, now)
 		}

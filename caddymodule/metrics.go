@@ -43,6 +43,9 @@ type metrics struct {
 	// was counted against limits unused (lapsed, or still held), the
 	// precision leasing costs.
 	leaseGranted, leaseAdmitted prometheus.Counter
+	// Requests that found their lease spent and waited for its refill on
+	// its way: a refill that came later than the lease lasted.
+	refillWaits prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -75,6 +78,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Namespace: "keygate",
 		Name:      "lease_admitted_requests_total",
 		Help:      "Requests admitted from a lease, without a store call; granted minus admitted were counted against limits unused.",
+	})
+	m.refillWaits = promauto.With(reg).NewCounter(prometheus.CounterOpts{
+		Namespace: "keygate",
+		Name:      "lease_refill_waits_total",
+		Help:      "Requests that found their lease spent and waited for its refill on its way (then counted as admitted from the lease, or as asking the store).",
 	})
 	return m
 }

@@ -14,44 +14,49 @@ import (
 // (lease.refilling), the next only once this one is back with a grant (a
 // grant that requests finding the lease spent asked for meanwhile does
 // not count) or a second has passed, each bounded by the app's timeout.
-// A refill that fails changes nothing: the lease is used up, and the
-// request that finds it spent asks the store itself, as without leases.
+// Requests that find the lease spent while the refill is on its way wait
+// for it (awaitRefill) and take from its grant. A refill that is refused,
+// or finds the key no longer valid, changes nothing: the lease is used up,
+// and those requests ask the store themselves, as without leases. One
+// that fails gives them its error, as their own store call would have:
+// the store did not answer in time.
 
 // refillKeyAhead refills a key's lease, validating the key with it as
 // every store call on a key does. A changed record goes into the key
 // cache; a key no longer valid loses its lease, so that its next request
 // asks the store and is refused.
-func (h *Handler) refillKeyAhead(lk leaseKey, entry *cachedKey, hash apikey.Hash, revision int64) {
+func (h *Handler) refillKeyAhead(lk leaseKey, pending *refill, entry *cachedKey, hash apikey.Hash, revision int64) {
 	epoch, _ := h.app.shared.epochs.current(time.Now()) // read before the grant
-	h.refillAhead(lk, epoch, func(ctx context.Context, start time.Time, ask store.Ask) (store.Decision, bool) {
+	h.refillAhead(lk, pending, epoch, func(ctx context.Context, start time.Time, ask store.Ask) (store.Decision, error) {
 		verdict, err := h.checkKey(ctx, start, lk.subject, hash, revision, lk.policy, ask)
 		if err != nil {
-			return store.Decision{}, false
+			return store.Decision{}, err
 		}
 		if verdict.Fresh != nil {
 			entry.record.Store(newIdentity(verdict.Fresh))
 		}
 		if verdict.Status != store.KeyValid {
 			h.leases.drop(lk)
-			return store.Decision{}, false
+			return store.Decision{}, nil // nothing granted
 		}
 		entry.validatedAt.Store(start.UnixNano())
-		return verdict.Limit, true
+		return verdict.Limit, nil
 	})
 }
 
 // refillAnonymousAhead refills an anonymous subject's lease.
-func (h *Handler) refillAnonymousAhead(lk leaseKey) {
-	h.refillAhead(lk, 0, func(ctx context.Context, start time.Time, ask store.Ask) (store.Decision, bool) {
-		d, err := h.limitSubject(ctx, start, lk.subject, ask)
-		return d, err == nil
+func (h *Handler) refillAnonymousAhead(lk leaseKey, pending *refill) {
+	h.refillAhead(lk, pending, 0, func(ctx context.Context, start time.Time, ask store.Ask) (store.Decision, error) {
+		return h.limitSubject(ctx, start, lk.subject, ask)
 	})
 }
 
 // refillAhead asks the store, through call (given when it began), for the
-// lease lk wants next under the store's epoch given, and adds what it
-// grants to the lease.
-func (h *Handler) refillAhead(lk leaseKey, epoch int64, call func(context.Context, time.Time, store.Ask) (store.Decision, bool)) {
+// lease lk wants next under the store's epoch given, adds what it grants
+// to the lease, and ends pending.
+func (h *Handler) refillAhead(lk leaseKey, pending *refill, epoch int64, call func(context.Context, time.Time, store.Ask) (store.Decision, error)) {
+	var err error
+	defer func() { h.leases.refilled(lk, pending, err) }()
 	start := time.Now()
 	ask, worth := h.leases.wantAhead(lk, start, epoch)
 	if !worth {
@@ -59,8 +64,22 @@ func (h *Handler) refillAhead(lk leaseKey, epoch int64, call func(context.Contex
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.app.Timeout))
 	defer cancel()
-	if d, ok := call(ctx, start, ask); ok {
+	var d store.Decision
+	if d, err = call(ctx, start, ask); err == nil {
 		h.leases.put(lk, d, ask, start, epoch, time.Now())
 		h.app.metrics.refilled(d)
+	}
+}
+
+// awaitRefill waits for pending, a refill of the lease a request found
+// spent, or for the request's end. The error is the refill's (its store
+// call failed: this request's would have too) or the request's context's.
+func (h *Handler) awaitRefill(ctx context.Context, pending *refill) error {
+	h.app.metrics.refillWaits.Inc()
+	select {
+	case <-pending.done:
+		return pending.err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

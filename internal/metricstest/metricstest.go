@@ -25,6 +25,23 @@ func StoreCalls(tb testing.TB, adminAddr, op string) int {
 // the test when the series is missing.
 func Value(tb testing.TB, adminAddr, series string) float64 {
 	tb.Helper()
+	v, ok := find(tb, adminAddr, series)
+	if !ok {
+		tb.Fatalf("/metrics has no %s", series)
+	}
+	return v
+}
+
+// Counter is Value for a counter with labels, which /metrics lists only
+// from its first increment: 0 until then.
+func Counter(tb testing.TB, adminAddr, series string) float64 {
+	tb.Helper()
+	v, _ := find(tb, adminAddr, series)
+	return v
+}
+
+func find(tb testing.TB, adminAddr, series string) (float64, bool) {
+	tb.Helper()
 	resp, err := client.Get("http://" + adminAddr + "/metrics")
 	if err != nil {
 		tb.Fatal(err)
@@ -37,9 +54,8 @@ func Value(tb testing.TB, adminAddr, series string) float64 {
 			if err != nil {
 				tb.Fatalf("metric %q", sc.Text())
 			}
-			return n
+			return n, true
 		}
 	}
-	tb.Fatalf("/metrics has no %s", series)
-	return 0
+	return 0, false
 }

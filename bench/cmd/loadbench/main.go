@@ -602,7 +602,8 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 		r.storeCalls = float64(calls) / float64(r.requests)
 		leased, fromLeases := after.leased-before.leased, after.leaseAdmitted-before.leaseAdmitted
 		r.leasedUnused = (leased - fromLeases) / float64(r.requests)
-		r.waited = (after.admitted - before.admitted - fromLeases) / float64(r.requests)
+		ownCalls := after.admitted - before.admitted - fromLeases
+		r.waited = (ownCalls + after.refillWaits - before.refillWaits) / float64(r.requests)
 	}
 	return r, err
 }
@@ -613,6 +614,7 @@ type gatewayCounters struct {
 	leased        float64 // requests leased beyond the asking ones
 	leaseAdmitted float64 // requests admitted from leases
 	admitted      float64 // requests admitted, with a key or anonymous
+	refillWaits   float64 // requests that found their lease spent and waited for its refill
 }
 
 // readGatewayCounters reads them from p's admin /metrics.
@@ -634,6 +636,8 @@ func readGatewayCounters(ctx context.Context, p *proxy) (c gatewayCounters) {
 			c.leaseAdmitted = v
 		case `keygate_decisions_total{outcome="allowed"}`, `keygate_decisions_total{outcome="anonymous"}`:
 			c.admitted += v
+		case "keygate_lease_refill_waits_total":
+			c.refillWaits = v
 		}
 	}
 	return c
@@ -856,7 +860,8 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	fmt.Println("\nratio = keygate rps / plain rps per round, median over rounds; CPU/req = CPU time of the proxy")
 	fmt.Println("(and of redis-server during keygate's runs) over the requests served; store calls/req = scripts")
 	fmt.Println("Redis ran per request keygate served; waited/req = requests keygate admitted only after a store")
-	fmt.Println("call of their own (no lease held, or it was spent), per request served; leased unused/req =")
+	fmt.Println("call of their own (no lease held, or it was spent) or after waiting for their lease's refill, per")
+	fmt.Println("request served; leased unused/req =")
 	fmt.Println("requests keygate leased in a run and did not admit in it (lapsed, or still held), per request")
 	fmt.Println("served; socket errors:", sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
 	return nil
