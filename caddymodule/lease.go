@@ -3,6 +3,7 @@ package keygate
 import (
 	"hash/maphash"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,20 +35,23 @@ import (
 //
 // A lease is refilled ahead of time, in the background: the request that
 // finds a third of the last grant left (refillAhead), or less than the
-// pace uses in twice what refills have been taking (refillRunway, low), is
-// admitted from it like the others and has the handler ask the store for
-// the next lease (store.Ask.Ahead: none of it that request's own), while
-// the requests that follow go on taking the rest. So no request waits for the store
-// while a lease holds, and concurrent requests seldom all find a lease
-// spent and all ask the store at once (each lease they bring back would
-// be counted in full, used or not). A sliding_window lease is refilled so
-// only if what is left would not last, at the pace, until the lease ends:
-// its requests end with their window, as a refill's would. A refill of
-// fewer than two is not asked for ahead: the request that finds the lease
-// spent asks for its own. Requests that find the lease spent while a
-// refill is on its way wait for it (lease.pending) and take from its
-// grant. Should the store refuse a refill, the lease is used up and they
-// ask the store; should it not answer, they have its error. Requests are
+// recent pace uses in twice what refills have been taking (refillRunway,
+// low), is admitted from it like the others and has the handler ask the
+// store for the next lease (store.Ask.Ahead: none of it that request's
+// own), while the requests that follow go on taking the rest. What
+// refills on their way ask for counts as held: another goes only when
+// that would not last either, as on a busy host, where a refill can take
+// longer than a whole lease lasts (at most refillsOnTheWay at once). So no
+// request waits for the store while a lease holds, and concurrent
+// requests seldom find a lease spent. Those that do while a refill is on
+// its way wait for the oldest and take from its grant, rather than each
+// ask the store for a lease of its own (counted in full, used or not).
+// Should the store refuse a refill, the lease is used up and they ask the
+// store; should it not answer, they have its error. A sliding_window
+// lease is refilled so only if what is left would not last, at the pace,
+// until the lease ends: its requests end with their window, as a
+// refill's would. A refill of fewer than two is not asked for ahead: the
+// request that finds the lease spent asks for its own. Requests are
 // admitted from the grant whose next request must be admitted soonest, so
 // a refill's early deadlines (sliding_log) go first.
 //
@@ -89,31 +93,79 @@ type lease struct {
 	size      int64     // what the last request to the store asked for
 	granted   int64     // what the store granted it, that request's own included (if not asked ahead)
 	spread    time.Duration
-	// when a refill ahead was asked for; zero once it is back with a
-	// grant. One that fails or is refused holds the next off as one on
-	// its way does, until refillWait has passed; a grant that requests
-	// found the lease spent for does not end it.
-	refilling time.Time
-	// used when that refill was asked for: the requests admitted while it
-	// is on its way count towards the pace from its grant on
-	usedAtRefill int64
+	// refills ahead on their way, oldest first (at most refillsOnTheWay).
+	// What they ask for counts as held when take decides whether to ask
+	// for another: a refill can take longer than a lease lasts.
+	refills []*refill
+	// when a refill ahead last failed, was refused or was not worth a
+	// call: the next waits refillWait, so that a store that is down or a
+	// limit that is reached is not asked again for every request
+	refillRefused time.Time
+	// requests admitted from this lease ever, and when the latest
+	// multiples of paceMarkEvery were (at admitted/paceMarkEvery modulo 4)
+	admitted  int64
+	paceMarks [4]time.Time
 	// how long refills ahead take: the latest, or more while slower ones
 	// before it decay (by an eighth a refill), so the lease is refilled
 	// early enough that the refill is back before it is spent (low)
 	refillTook time.Duration
-	// the refill ahead on its way, if any, for requests that find the
-	// lease spent to wait for
-	pending *refill
 }
 
-// refill is one refill ahead of a lease. Requests that find the lease
-// spent while it is on its way wait for it and take from its grant, rather
-// than each ask the store for a lease of its own: the store would count
-// every one of those in full, and run them one after another behind the
-// refill.
+// refill is one refill ahead of a lease, from take, which starts it, to
+// refilled, which records its grant and ends it. Requests that find the
+// lease spent while it is on its way wait for it and take from its grant,
+// rather than each ask the store for a lease of its own: the store would
+// count every one of those in full, and run them one after another behind
+// the refill.
 type refill struct {
 	done chan struct{} // closed once the refill is back, its grant recorded
 	err  error         // why the store call failed, if it did; set before done is closed
+	// what it asks the store for (till wantAhead works it out, the size
+	// the lease last asked for), when, and under which epoch
+	ask   store.Ask
+	start time.Time
+	epoch int64
+	// the lease's used when it was asked for (rebased as the pace
+	// restarts): the requests admitted while it is on its way count
+	// towards the pace from its grant on
+	usedAt int64
+}
+
+// end wakes r's waiters, with the error of its store call if it failed.
+func (r *refill) end(err error) {
+	r.err = err
+	close(r.done)
+}
+
+// onTheWay is what l's refills on their way ask for, but skip's.
+func (l *lease) onTheWay(skip *refill) (n int64) {
+	for _, r := range l.refills {
+		if r != skip {
+			n += r.ask.Take
+		}
+	}
+	return n
+}
+
+// refillOver takes r off l's refills on their way, back at now; refused
+// (or failed, or not worth a call), it holds the next off for refillWait.
+func (l *lease) refillOver(r *refill, refused bool, now time.Time) {
+	if i := slices.Index(l.refills, r); i >= 0 {
+		l.refills = slices.Delete(l.refills, i, i+1)
+	}
+	if refused {
+		l.refillRefused = now
+	}
+}
+
+// restartPace restarts l's pace at since with used requests, rebasing its
+// refills on their way.
+func (l *lease) restartPace(since time.Time, used int64) {
+	shift := l.used - used
+	for _, r := range l.refills {
+		r.usedAt = max(r.usedAt-shift, 0)
+	}
+	l.since, l.used = since, used
 }
 
 // grant is one lease the store granted: tokens requests (beyond the asking
@@ -185,25 +237,38 @@ func (l *lease) left(now time.Time) (n int64) {
 	return n
 }
 
-// low says whether a lease with left requests left at now is to be
-// refilled: a third or less of the last grant is left, or no more than
-// the pace would use in refillRunway times what refills have been taking.
-// A third of a lease of 64 lasts 3 ms at 6,400 requests a second, less
-// than a refill can take on a busy host; once the lease is spent, every
-// request in flight asks the store for a lease of its own. The pace is
-// measured over that runway at least: a few requests just after a grant
-// are no pace to refill for.
+// low says whether a lease with left requests left at now (counting
+// those refills on their way ask for) is to be refilled: a third or less
+// of the last grant is left, or no more than the recent pace would use in
+// refillRunway times what refills have been taking. A third of a lease of
+// 64 lasts 3 ms at 6,400 requests a second, less than a refill can take on
+// a busy host; once the lease is spent, every request in flight waits.
 func (l *lease) low(left int64, now time.Time) bool {
 	if left*refillAhead <= l.granted {
 		return true
 	}
-	runway := refillRunway * l.refillTook
-	return runway > 0 && float64(left)*max(now.Sub(l.since), runway).Seconds() <= float64(l.used)*runway.Seconds()
+	return float64(left) <= l.recentPace(now)*(refillRunway*l.refillTook).Seconds()
 }
 
-// admit admits one request from l, which has left > 0 (lapsed ones
+// recentPace is l's requests per second over the last 48 to 63 it
+// admitted (paceMarks), whichever grants they came from: 0 until it has
+// admitted 64. The pace since the last grant (pace) is no measure here: a
+// few requests just after a grant would read as a rush, and right after a
+// slow refill the grant is older than the requests it is to serve.
+func (l *lease) recentPace(now time.Time) float64 {
+	marks := int64(len(l.paceMarks))
+	m := l.admitted / paceMarkEvery
+	if m < marks {
+		return 0
+	}
+	oldest := m - marks + 1
+	elapsed := max(now.Sub(l.paceMarks[oldest%marks]), time.Millisecond)
+	return float64(l.admitted-oldest*paceMarkEvery) / elapsed.Seconds()
+}
+
+// admit admits one request from l at now, which has left > 0 (lapsed ones
 // dropped), from the grant whose next token must be admitted soonest.
-func (l *lease) admit(left int64) store.Decision {
+func (l *lease) admit(left int64, now time.Time) store.Decision {
 	soonest := 0
 	for i := 1; i < len(l.grants); i++ {
 		if l.grants[i].due.Before(l.grants[soonest].due) {
@@ -215,6 +280,9 @@ func (l *lease) admit(left int64) store.Decision {
 		g.setDue()
 	}
 	l.used++
+	if l.admitted++; l.admitted%paceMarkEvery == 0 {
+		l.paceMarks[l.admitted/paceMarkEvery%int64(len(l.paceMarks))] = now
+	}
 	return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + left - 1, Reset: l.reset}
 }
 
@@ -227,12 +295,14 @@ const sweepEvery = 1024
 
 // Sizing and refilling (see above).
 const (
-	refillAhead  = 3           // refill when a third of the last grant is left
-	refillWait   = time.Second // after which a refill that never came back no longer holds others off
-	refillRunway = 2           // refill when what is left lasts less than twice what refills take
-	logHorizon   = store.MaxLease / 2
-	logSlack     = 2
-	logSpreadMin = time.Second
+	refillAhead     = 3           // refill when a third of the last grant is left
+	refillWait      = time.Second // after a refill failed or was refused, before the next
+	refillRunway    = 2           // refill when what is left lasts less than twice what refills take
+	refillsOnTheWay = 4           // at most, per lease
+	paceMarkEvery   = 16          // admitted requests between recentPace's marks
+	logHorizon      = store.MaxLease / 2
+	logSlack        = 2
+	logSpreadMin    = time.Second
 )
 
 type leaseTable struct {
@@ -266,9 +336,13 @@ func (t *leaseTable) shard(k leaseKey) *leaseShard {
 //
 // Admitted (ok) with a refill, the caller is to refill the lease ahead of
 // time: ask the store for the next lease in the background (wantAhead,
-// then put, then refilled). Not admitted, the request asks the store
-// (want, put); unless take gives it a refill on its way, which it may wait
-// for (refill.done) and take again.
+// then refilled). Not admitted, the request asks the store (want, put);
+// unless take gives it the oldest refill on its way, which it may wait for
+// (refill.done) and take again.
+//
+// What refills on their way ask for counts as held, so that another goes
+// only when that would not last either: on a busy host a refill can take
+// longer than a whole lease lasts.
 func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d store.Decision, ok bool, r *refill) {
 	sh := t.shard(k)
 	sh.mu.Lock()
@@ -279,29 +353,34 @@ func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d
 	}
 	left := l.left(now)
 	if left == 0 {
-		return store.Decision{}, false, l.pending
+		if len(l.refills) == 0 {
+			return store.Decision{}, false, nil
+		}
+		return store.Decision{}, false, l.refills[0]
 	}
-	if l.low(left, now) && now.Sub(l.refilling) >= refillWait && !t.lastsToItsEnd(l, left, now) {
-		l.refilling, l.usedAtRefill = now, l.used
-		// A refill that never came back stopped holding the next off
-		// after refillWait; its own waiters still wait for it.
-		l.pending = &refill{done: make(chan struct{})}
-		r = l.pending
+	coming := left + l.onTheWay(nil)
+	if len(l.refills) < refillsOnTheWay && l.low(coming, now) &&
+		now.Sub(l.refillRefused) >= refillWait && !t.lastsToItsEnd(l, coming, now) {
+		r = &refill{done: make(chan struct{}), ask: store.Ask{Take: l.size}, usedAt: l.used}
+		l.refills = append(l.refills, r)
 	}
-	return l.admit(left), true, r
+	return l.admit(left, now), true, r
 }
 
-// refilled ends the refill r of k's lease, its grant recorded (put) or
-// its store call failed with err: its waiters take again.
-func (t *leaseTable) refilled(k leaseKey, r *refill, err error) {
+// refilled records what the store decided for k's refill r (back by now),
+// or that its store call failed with err, and ends r: its waiters take
+// again. One refused or failed holds the next off for refillWait.
+func (t *leaseTable) refilled(k leaseKey, r *refill, d store.Decision, now time.Time, err error) {
 	sh := t.shard(k)
 	sh.mu.Lock()
-	if l := sh.leases[k]; l != nil && l.pending == r {
-		l.pending = nil
+	if l := sh.leases[k]; l != nil {
+		l.refillOver(r, err != nil || !d.Allowed, now)
+	}
+	if err == nil {
+		t.record(sh, k, d, r.ask, r.start, r.epoch, now, r)
 	}
 	sh.mu.Unlock()
-	r.err = err
-	close(r.done)
+	r.end(err)
 }
 
 // drop forgets k's lease: its key is no longer valid.
@@ -324,31 +403,45 @@ func (t *leaseTable) lastsToItsEnd(l *lease, left int64, now time.Time) bool {
 // want is how many requests to ask the store for on k's behalf, under the
 // store's epoch given (see put), and over what spread (sliding_log).
 func (t *leaseTable) want(k leaseKey, now time.Time, epoch int64) store.Ask {
-	return t.ask(k, now, epoch, false)
+	sh := t.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return t.ask(sh.leases[k], k, now, epoch, nil)
 }
 
-// wantAhead is want for a refill ahead of time (take said refill), and
-// whether it is worth a call: a lease of one is not (see above).
-func (t *leaseTable) wantAhead(k leaseKey, now time.Time, epoch int64) (store.Ask, bool) {
-	ask := t.ask(k, now, epoch, true)
-	ask.Ahead = true
-	return ask, ask.Take >= 2
-}
-
-// ask is want's answer; ahead, for a refill whose asking request was
-// admitted from the lease already. It asks for what a request that asks
-// the store itself would: the lease, and the pace (see pace), as they were
-// before that request, which such a request takes from its own grant.
-func (t *leaseTable) ask(k leaseKey, now time.Time, epoch int64, ahead bool) store.Ask {
+// wantAhead is want for the refill r that take started, which it records
+// in r (asked at now, under the store's epoch given), and whether it is
+// worth a call: a lease of one is not (see above), and r is then over,
+// holding the next off as a refused one does (refillWait).
+func (t *leaseTable) wantAhead(k leaseKey, r *refill, now time.Time, epoch int64) (store.Ask, bool) {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	l := sh.leases[k]
+	ask := t.ask(l, k, now, epoch, r)
+	ask.Ahead = true
+	r.ask, r.start, r.epoch = ask, now, epoch
+	if ask.Take >= 2 {
+		return ask, true
+	}
+	if l != nil {
+		l.refillOver(r, true, now)
+	}
+	return ask, false
+}
+
+// ask is want's answer for l (nil if there is none yet), shard locked;
+// for the refill ahead (non-nil), for one whose asking request was
+// admitted from the lease already. It asks for what a request that asks
+// the store itself would: the lease, and the pace (see pace), as they were
+// before that request, which such a request takes from its own grant.
+// Other refills on their way count as held.
+func (t *leaseTable) ask(l *lease, k leaseKey, now time.Time, epoch int64, ahead *refill) store.Ask {
 	if l == nil {
 		return store.Ask{Take: 1}
 	}
-	left := l.left(now)
-	if ahead {
+	left := l.left(now) + l.onTheWay(ahead)
+	if ahead != nil {
 		left++
 	}
 	switch {
@@ -356,7 +449,7 @@ func (t *leaseTable) ask(k leaseKey, now time.Time, epoch int64, ahead bool) sto
 		// concurrent requests found this lease spent: it is not, by now
 		return store.Ask{Take: l.size, Spread: l.spread}
 	case t.algorithm == store.SlidingLog:
-		perSecond := l.pace(now, ahead)
+		perSecond := l.pace(now, ahead != nil)
 		n := t.fit(perSecond*logHorizon.Seconds(), l)
 		if n < 2 {
 			return store.Ask{Take: 1}
@@ -371,7 +464,7 @@ func (t *leaseTable) ask(k leaseKey, now time.Time, epoch int64, ahead bool) sto
 			left = 0
 		}
 		horizon := min(untilWindowEnd(l.reset, k.policy.Window, now), store.MaxLease)
-		return store.Ask{Take: t.fit(l.pace(now, ahead)*horizon.Seconds()-float64(left), l)}
+		return store.Ask{Take: t.fit(l.pace(now, ahead != nil)*horizon.Seconds()-float64(left), l)}
 	}
 }
 
@@ -411,13 +504,20 @@ func untilWindowEnd(end time.Time, window time.Duration, now time.Time) time.Dur
 // remaining: they are this caller's to use. When the store refused, the
 // request still takes one from what this gateway holds, if anything: a
 // concurrent request's lease came back meanwhile, counted already. A
-// refill asked ahead had no request of its own waiting: what the store
-// decided only changes the lease. A grant asked under another epoch than
-// one asked after it is not kept: the later has the store's newer word.
+// refill asked ahead (refilled) had no request of its own waiting: what
+// the store decided only changes the lease. A grant asked under another
+// epoch than one asked after it is not kept: the later has the store's
+// newer word.
 func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time.Time, epoch int64, now time.Time) store.Decision {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	return t.record(sh, k, d, ask, start, epoch, now, nil)
+}
+
+// record is put's work, shard sh locked; ahead is the refill the store
+// decided for, if it was one.
+func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask store.Ask, start time.Time, epoch int64, now time.Time, ahead *refill) store.Decision {
 	l := sh.leases[k]
 	if !d.Allowed {
 		if l == nil || l.epoch != epoch {
@@ -425,7 +525,7 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 		}
 		l.remaining = 0 // nothing beyond what leases hold, the store says
 		if left := l.left(now); left > 0 && !ask.Ahead {
-			return l.admit(left)
+			return l.admit(left, now)
 		}
 		return d
 	}
@@ -435,7 +535,7 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 	}
 	if ask.Ahead {
 		took := now.Sub(start)
-		l.refilling, l.refillTook = time.Time{}, max(took, l.refillTook-l.refillTook/8+took/8)
+		l.refillTook = max(took, l.refillTook-l.refillTook/8+took/8)
 	}
 	if l.epoch != epoch && start.Before(l.since) {
 		// Asked under another epoch than a grant asked after it, which
@@ -475,11 +575,11 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 		// not lower the size the next lease may double.
 		l.size = max(l.size, ask.Take)
 		used := int64(1)
-		if ask.Ahead {
+		if ahead != nil {
 			// the request that had it asked for, and those since
-			used = max(l.used-l.usedAtRefill, 1)
+			used = max(l.used-ahead.usedAt, 1)
 		}
-		l.since, l.used = start, used
+		l.restartPace(start, used)
 		l.limit, l.reset, l.granted, l.spread = d.Limit, d.Reset, d.Granted, ask.Spread
 	}
 	d.Remaining = l.remaining + l.left(start)

@@ -470,7 +470,15 @@ func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
 	}
 
 	// The store stalls again, past the timeout: the request that waits
-	// for the refill has its error.
+	// for the refill has its error. (Another key: this one's refills have
+	// been slow, and several would go at once.)
+	auth = bearer(generate(t, "--name", "failed-refill").Key)
+	for i := range 200 {
+		if r := g.get("/", auth...); r.status != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i+1, r.status, r.body)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // for a refill on its way
 	errors := metricstest.Counter(t, adminAddr, `keygate_store_errors_total{op="check"}`)
 	waitsBefore = waits()
 	srv.Pause()
@@ -506,7 +514,8 @@ func TestRefillAhead(t *testing.T) {
 		return store.Decision{Allowed: true, Limit: 1000, Remaining: remaining, Granted: granted, Lease: 10 * time.Second, Staggered: true}
 	}
 	// takes is how many of count takes at now were admitted and which
-	// (from 1) said refill.
+	// (from 1) started a refill, the last of them in started.
+	var started *refill
 	takes := func(tbl *leaseTable, now time.Time, count int) (admitted int, refills []int) {
 		for i := range count {
 			_, ok, refill := tbl.take(k, now, 0, true)
@@ -515,9 +524,15 @@ func TestRefillAhead(t *testing.T) {
 			}
 			if ok && refill != nil {
 				refills = append(refills, i+1)
+				started = refill
 			}
 		}
 		return admitted, refills
+	}
+	// remaining is what a take at now reports remaining once it is taken.
+	remaining := func(tbl *leaseTable, now time.Time) int64 {
+		d, _, _ := tbl.take(k, now, 0, true)
+		return d.Remaining
 	}
 	tbl.put(k, lease(16, 900), store.Ask{Take: 16, Spread: 10 * time.Second}, t0, 0, t0)
 	now := t0.Add(time.Millisecond)
@@ -525,17 +540,18 @@ func TestRefillAhead(t *testing.T) {
 	if admitted, refills := takes(tbl, now, 12); admitted != 12 || !slices.Equal(refills, []int{11}) {
 		t.Fatalf("12 takes of 15: %d admitted, refills at %v; want all, a refill at the 11th", admitted, refills)
 	}
-	ask, worth := tbl.wantAhead(k, now, 0)
+	ask, worth := tbl.wantAhead(k, started, now, 0)
 	if !worth || ask != (store.Ask{Take: 32, Spread: ask.Spread, Ahead: true}) {
 		t.Fatalf("refill: want %+v, expected 32 ahead (twice the last, the pace being far higher)", ask)
 	}
 	// The refill comes back with 32, all the lease's, and joins the 3
 	// left; its remaining is the store's latest.
-	if d := tbl.put(k, lease(32, 850), ask, now, 0, now); d.Remaining != 850+3+32 {
-		t.Fatalf("refill: remaining %d, want %d", d.Remaining, 850+3+32)
+	tbl.refilled(k, started, lease(32, 850), now, nil)
+	if r := remaining(tbl, now); r != 850+3+32-1 {
+		t.Fatalf("refill: remaining %d after a take, want %d", r, 850+3+32-1)
 	}
-	if admitted, _ := takes(tbl, now, 40); admitted != 35 {
-		t.Fatalf("after the refill: %d admitted, want the 35 held", admitted)
+	if admitted, _ := takes(tbl, now, 40); admitted != 34 {
+		t.Fatalf("after the refill: %d admitted, want the 34 held", admitted)
 	}
 
 	// A refill ahead overtaken by a request that found the lease spent (it
@@ -546,7 +562,8 @@ func TestRefillAhead(t *testing.T) {
 	if _, refills := takes(tbl, t0, 3); !slices.Equal(refills, []int{3}) {
 		t.Fatalf("3 takes of 3: refills at %v, want the 3rd", refills)
 	}
-	ahead, _ := tbl.wantAhead(k, t0, 0)
+	overtaken := started
+	tbl.wantAhead(k, overtaken, t0, 0)
 	overtaking := t0.Add(10 * time.Millisecond)
 	if _, ok, _ := tbl.take(k, overtaking, 0, true); ok {
 		t.Fatal("took past the lease")
@@ -557,32 +574,39 @@ func TestRefillAhead(t *testing.T) {
 	if admitted, refills := takes(tbl, overtaking, 6); admitted != 6 || refills != nil {
 		t.Fatalf("6 takes of 7 while a refill is on its way: %d admitted, refills at %v; want all, none", admitted, refills)
 	}
-	if d := tbl.put(k, lease(8, 800), ahead, t0, 0, overtaking); d.Remaining != 700+1+8 {
-		t.Fatalf("overtaken refill: remaining %d, want the later grant's 700 and the 9 held", d.Remaining)
+	tbl.refilled(k, overtaken, lease(8, 800), overtaking, nil)
+	if r := remaining(tbl, overtaking); r != 700+1+8-1 {
+		t.Fatalf("overtaken refill: remaining %d after a take, want the later grant's 700 and the 8 left", r)
 	}
 	if l := tbl.shard(k).leases[k]; !l.since.Equal(overtaking) || l.granted != 8 {
 		t.Fatalf("overtaken refill: pace since %v, granted %d; want the later grant's", l.since.Sub(t0), l.granted)
 	}
-	// Back, it lets the next refill go, early: it took 10 ms, and the 8
-	// left at the 2nd take are no more than the 8 admitted since the
-	// grant, all within twice that.
-	if _, refills := takes(tbl, overtaking, 2); !slices.Equal(refills, []int{2}) {
-		t.Fatalf("2 takes of 9 after a 10 ms refill came back: refills at %v, want the 2nd", refills)
+	// Back, it no longer counts as held: the next refill goes at a third
+	// of the later grant left (2 of 8, at the 7th take).
+	if _, refills := takes(tbl, overtaking, 7); !slices.Equal(refills, []int{7}) {
+		t.Fatalf("7 takes of 8 after the refill came back: refills at %v, want the 7th", refills)
 	}
 
-	// A refill that never comes back holds the others off for a second.
-	// (Asked for 64, granted 12, as near the limit: 11 held, and the 8th
-	// take finds 4 left, a third of the 12.)
+	// A refill on its way counts as held: no second goes while the lease
+	// would last with it. One that fails holds the next off for a second.
+	// (Asked for 64, granted 15, as near the limit: 14 held, and the 10th
+	// take finds 5 left, a third of the 15.)
 	tbl = newLeaseTable(64, store.SlidingLog)
-	tbl.put(k, lease(12, 900), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
-	if admitted, refills := takes(tbl, t0, 8); admitted != 8 || !slices.Equal(refills, []int{8}) {
-		t.Fatalf("8 takes of 11: %d admitted, refills at %v; want all, a refill at the 8th", admitted, refills)
+	tbl.put(k, lease(15, 900), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
+	if admitted, refills := takes(tbl, t0, 10); admitted != 10 || !slices.Equal(refills, []int{10}) {
+		t.Fatalf("10 takes of 14: %d admitted, refills at %v; want all, a refill at the 10th", admitted, refills)
 	}
-	if _, refills := takes(tbl, t0.Add(999*time.Millisecond), 1); refills != nil {
-		t.Fatal("a second refill went within the second")
+	failed := started
+	tbl.wantAhead(k, failed, t0, 0)
+	if _, refills := takes(tbl, t0.Add(time.Second), 1); refills != nil {
+		t.Fatal("a second refill went while the first was on its way")
 	}
-	if _, refills := takes(tbl, t0.Add(time.Second), 1); refills == nil {
-		t.Fatal("no refill went after the first was gone a second")
+	tbl.refilled(k, failed, store.Decision{}, t0.Add(time.Second), context.DeadlineExceeded)
+	if _, refills := takes(tbl, t0.Add(1999*time.Millisecond), 1); refills != nil {
+		t.Fatal("a refill went within a second of one that failed")
+	}
+	if _, refills := takes(tbl, t0.Add(2*time.Second), 1); refills == nil {
+		t.Fatal("no refill went a second after one failed")
 	}
 	// Refused, the refill leaves what is held: counted already, and
 	// nothing beyond it remains.
@@ -625,11 +649,10 @@ func TestRefillOnItsWay(t *testing.T) {
 	if _, ok, refill := tbl.take(k, t0, 8, true); ok || refill != nil {
 		t.Fatalf("lease spent, key changed: admitted %v, refill %p; want none to wait for", ok, refill)
 	}
-	ask, _ := tbl.wantAhead(k, t0, 7)
+	ask, _ := tbl.wantAhead(k, pending, t0, 7)
 	refillGrant := lease
 	refillGrant.Granted = ask.Take
-	tbl.put(k, refillGrant, ask, t0, 7, t0.Add(time.Millisecond))
-	tbl.refilled(k, pending, nil)
+	tbl.refilled(k, pending, refillGrant, t0.Add(time.Millisecond), nil)
 	select {
 	case <-pending.done:
 	default:
@@ -646,16 +669,10 @@ func TestRefillOnItsWay(t *testing.T) {
 	}
 }
 
-// Steady traffic under sliding_log uses every request it leases but the
-// last lease's rest: refilled ahead of time, the refill's early deadlines
-// are used first, while the rest of the old lease waits (its deadlines are
-// later); taken in order of grant instead, the refill's first requests
-// would lapse each time.
 // A lease is refilled early enough for the refill to be back before it is
 // spent, however long refills take: once what is left lasts less, at the
-// pace, than twice what they have been taking, not only at a third left.
-// The requests admitted while a refill is on its way count towards the
-// pace from its grant on.
+// recent pace, than twice what they have been taking, not only at a third
+// left.
 func TestRefillRunway(t *testing.T) {
 	k := leaseKey{'k', "id", store.Policy{Limit: 100000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
@@ -668,22 +685,24 @@ func TestRefillRunway(t *testing.T) {
 	}{
 		// 19 left when it is back, 83 with it: at 21, a third of 64
 		{took: time.Millisecond, refillsAt: 63},
-		// none left, 64 with it: at 40, what 1 a millisecond uses in
-		// twice 20 ms (the 44th, at a third, were it not for the runway;
-		// the 39th, were the 20 admitted meanwhile not in the pace)
-		{took: 20 * time.Millisecond, refillsAt: 25},
+		// none left, 64 with it: at 39, what 1 a millisecond (over the
+		// last 56 requests) uses in twice 20 ms (the 44th, at a third,
+		// were it not for the runway)
+		{took: 20 * time.Millisecond, refillsAt: 26},
 	} {
 		tbl := newLeaseTable(64, store.SlidingLog)
 		tbl.put(k, lease(64), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
 		now := t0
 		// nextRefill takes one request a millisecond until one has a
-		// refill go, and says which.
+		// refill go (started), and says which.
+		var started *refill
 		nextRefill := func() int {
 			for i := 1; i <= 64; i++ {
 				now = now.Add(time.Millisecond)
 				if _, ok, refill := tbl.take(k, now, 0, true); !ok {
 					t.Fatalf("refill after %v: take %d found the lease spent", c.took, i)
 				} else if refill != nil {
+					started = refill
 					return i
 				}
 			}
@@ -694,14 +713,14 @@ func TestRefillRunway(t *testing.T) {
 			t.Fatalf("first refill at take %d, want 43 (21 of 63 left)", i)
 		}
 		asked := now
-		ask, _ := tbl.wantAhead(k, asked, 0)
+		tbl.wantAhead(k, started, asked, 0)
 		for now.Before(asked.Add(c.took)) {
 			now = now.Add(time.Millisecond)
 			if _, ok, _ := tbl.take(k, now, 0, true); !ok {
 				t.Fatalf("took past the lease while the refill was on its way")
 			}
 		}
-		tbl.put(k, lease(64), ask, asked, 0, now)
+		tbl.refilled(k, started, lease(64), now, nil)
 		if i := nextRefill(); i != c.refillsAt {
 			t.Fatalf("after a refill that took %v, the next at take %d, want %d", c.took, i, c.refillsAt)
 		}
@@ -716,6 +735,63 @@ func TestRefillRunway(t *testing.T) {
 		if _, _, refill := tbl.take(k, t0.Add(time.Millisecond), 0, true); refill != nil {
 			t.Fatalf("take %d of 63, a millisecond after the grant: a refill went", i+1)
 		}
+	}
+}
+
+// Steady traffic under sliding_log uses every request it leases but the
+// last lease's rest: refilled ahead of time, the refill's early deadlines
+// are used first, while the rest of the old lease waits (its deadlines are
+// later); taken in order of grant instead, the refill's first requests
+// would lapse each time.
+// When refills take longer than a lease lasts, several go at once: those
+// on their way count as held, and another goes while what is left with
+// them would not last twice what refills take, at most refillsOnTheWay.
+func TestSeveralRefillsOnTheWay(t *testing.T) {
+	k := leaseKey{'k', "id", store.Policy{Limit: 100000, Window: time.Hour}}
+	t0 := time.Unix(1_800_000_000, 0)
+	lease := func(granted int64) store.Decision {
+		return store.Decision{Allowed: true, Limit: 100000, Remaining: 90000, Granted: granted, Lease: 10 * time.Second, Staggered: true}
+	}
+	tbl := newLeaseTable(64, store.SlidingLog)
+	tbl.put(k, lease(64), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
+	now := t0
+	// takes takes count requests a millisecond apart, each refill they
+	// start asked for at once and left on its way; it says how many went.
+	takes := func(count int) (refills int) {
+		for range count {
+			now = now.Add(time.Millisecond)
+			_, ok, refill := tbl.take(k, now, 0, true)
+			if !ok {
+				break
+			}
+			if refill != nil {
+				tbl.wantAhead(k, refill, now, 0)
+				refills++
+			}
+		}
+		return refills
+	}
+	// 1 a millisecond, and a refill at a third left (the 43rd) that comes
+	// back at once: 84 held.
+	if n := takes(43); n != 1 {
+		t.Fatalf("%d refills in 43 takes of 63, want 1", n)
+	}
+	first := tbl.shard(k).leases[k].refills[0]
+	tbl.refilled(k, first, lease(64), now, nil)
+	// Refills now take 100 ms: what 1 a millisecond uses in 200 ms is
+	// about 200, and the recent pace is known from the 64th request on.
+	tbl.shard(k).leases[k].refillTook = 100 * time.Millisecond
+	if n := takes(20); n != 0 {
+		t.Fatalf("%d refills before a recent pace is known, want none", n)
+	}
+	// 63, 62+64 and 61+128 would not last 200 ms; 60+192 would.
+	if n := takes(10); n != 3 {
+		t.Fatalf("%d refills in 10 takes with refills taking 100 ms, want 3", n)
+	}
+	// However slow refills get, no more than 4 go at once.
+	tbl.shard(k).leases[k].refillTook = time.Second
+	if n := takes(10); n != 1 {
+		t.Fatalf("%d more refills with refills taking a second, want 1 (%d on their way)", n, refillsOnTheWay)
 	}
 }
 
@@ -788,19 +864,28 @@ func oneRequest(tbl *leaseTable, k leaseKey, now time.Time) (fromLease, called b
 	case !ok:
 		return false, true, grantFromInstantStore(tbl, k, tbl.want(k, now, 0), now) - 1
 	case refill != nil:
-		defer tbl.refilled(k, refill, nil)
-		if ask, worth := tbl.wantAhead(k, now, 0); worth {
-			return true, true, grantFromInstantStore(tbl, k, ask, now)
+		ask, worth := tbl.wantAhead(k, refill, now, 0)
+		if !worth {
+			refill.end(nil)
+			break
 		}
+		tbl.refilled(k, refill, instantDecision(tbl, k, ask, now), now, nil)
+		return true, true, ask.Take
 	}
 	return true, false, 0
 }
 
-// grantFromInstantStore grants at once all that ask asks for k at now: a
-// sliding_window lease to the end of its window (windows aligned to the
-// zero time), at most a minute, a sliding_log one staggered over the
-// spread asked. It returns how many requests it granted.
+// grantFromInstantStore grants at once all that ask asks for k at now
+// (instantDecision) and returns how many requests it granted.
 func grantFromInstantStore(tbl *leaseTable, k leaseKey, ask store.Ask, now time.Time) int64 {
+	tbl.put(k, instantDecision(tbl, k, ask, now), ask, now, 0, now)
+	return ask.Take
+}
+
+// instantDecision grants all that ask asks for k at now: a sliding_window
+// lease to the end of its window (windows aligned to the zero time), at
+// most a minute, a sliding_log one staggered over the spread asked.
+func instantDecision(tbl *leaseTable, k leaseKey, ask store.Ask, now time.Time) store.Decision {
 	n := ask.Take
 	d := store.Decision{Allowed: true, Limit: k.policy.Limit, Remaining: k.policy.Limit - n, Granted: n}
 	if tbl.algorithm == store.SlidingLog {
@@ -809,8 +894,7 @@ func grantFromInstantStore(tbl *leaseTable, k leaseKey, ask store.Ask, now time.
 		d.Reset = now.Truncate(k.policy.Window).Add(k.policy.Window)
 		d.Lease = min(d.Reset.Sub(now), store.MaxLease)
 	}
-	tbl.put(k, d, ask, now, 0, now)
-	return n
+	return d
 }
 
 // heldAfterBusyTraffic sends 200 requests (with headers) to a gateway

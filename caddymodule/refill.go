@@ -10,16 +10,15 @@ import (
 
 // A lease is refilled ahead of time off the request path (lease.go): the
 // request that finds it low is admitted from it at once, and a goroutine
-// asks the store for the next lease: one at a time per lease
-// (lease.refilling), the next only once this one is back with a grant (a
-// grant that requests finding the lease spent asked for meanwhile does
-// not count) or a second has passed, each bounded by the app's timeout.
-// Requests that find the lease spent while the refill is on its way wait
-// for it (awaitRefill) and take from its grant. A refill that is refused,
-// or finds the key no longer valid, changes nothing: the lease is used up,
-// and those requests ask the store themselves, as without leases. One
-// that fails gives them its error, as their own store call would have:
-// the store did not answer in time.
+// asks the store for the next lease, bounded by the app's timeout. What
+// refills on their way ask for counts as held (lease.refills), so another
+// goes only when that would not last either. Requests that find the lease
+// spent while a refill is on its way wait for the oldest (awaitRefill)
+// and take from its grant. A refill that is refused, or finds the key no
+// longer valid, changes nothing: the lease is used up, and those requests
+// ask the store themselves, as without leases. One that fails gives them
+// its error, as their own store call would have: the store did not answer
+// in time. Either holds the next refill off for a second (refillWait).
 
 // refillKeyAhead refills a key's lease, validating the key with it as
 // every store call on a key does. A changed record goes into the key
@@ -55,18 +54,17 @@ func (h *Handler) refillAnonymousAhead(lk leaseKey, pending *refill) {
 // lease lk wants next under the store's epoch given, adds what it grants
 // to the lease, and ends pending.
 func (h *Handler) refillAhead(lk leaseKey, pending *refill, epoch int64, call func(context.Context, time.Time, store.Ask) (store.Decision, error)) {
-	var err error
-	defer func() { h.leases.refilled(lk, pending, err) }()
 	start := time.Now()
-	ask, worth := h.leases.wantAhead(lk, start, epoch)
+	ask, worth := h.leases.wantAhead(lk, pending, start, epoch)
 	if !worth {
+		pending.end(nil)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.app.Timeout))
-	defer cancel()
-	var d store.Decision
-	if d, err = call(ctx, start, ask); err == nil {
-		h.leases.put(lk, d, ask, start, epoch, time.Now())
+	d, err := call(ctx, start, ask)
+	cancel()
+	h.leases.refilled(lk, pending, d, time.Now(), err)
+	if err == nil {
 		h.app.metrics.refilled(d)
 	}
 }
