@@ -473,12 +473,7 @@ func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
 	// for the refill has its error. (Another key: this one's refills have
 	// been slow, and several would go at once.)
 	auth = bearer(generate(t, "--name", "failed-refill").Key)
-	for i := range 200 {
-		if r := g.get("/", auth...); r.status != http.StatusOK {
-			t.Fatalf("request %d: %d %s", i+1, r.status, r.body)
-		}
-	}
-	time.Sleep(100 * time.Millisecond) // for a refill on its way
+	busyTraffic(t, g, auth...)
 	errors := metricstest.Counter(t, adminAddr, `keygate_store_errors_total{op="check"}`)
 	waitsBefore = waits()
 	srv.Pause()
@@ -903,12 +898,7 @@ func instantDecision(tbl *leaseTable, k leaseKey, ask store.Ask, now time.Time) 
 // less admitted, none lapsing in a sliding window's lease of a minute.
 func heldAfterBusyTraffic(t *testing.T, g *gateway, headers ...string) int {
 	t.Helper()
-	for i := range 200 {
-		if r := g.get("/", headers...); r.status != http.StatusOK {
-			t.Fatalf("request %d: %d %s", i+1, r.status, r.body)
-		}
-	}
-	time.Sleep(100 * time.Millisecond)
+	busyTraffic(t, g, headers...)
 	granted := metricstest.Value(t, adminAddr, "keygate_lease_granted_requests_total")
 	admitted := metricstest.Value(t, adminAddr, "keygate_lease_admitted_requests_total")
 	if held := int(granted - admitted); held >= 2 {
@@ -916,6 +906,18 @@ func heldAfterBusyTraffic(t *testing.T, g *gateway, headers ...string) int {
 	}
 	t.Fatalf("%v leased, %v admitted: too few held to test", granted, admitted)
 	return 0
+}
+
+// busyTraffic sends 200 requests (with headers) to a gateway with leases,
+// each to be admitted, and lets a refill on its way come back.
+func busyTraffic(t *testing.T, g *gateway, headers ...string) {
+	t.Helper()
+	for i := range 200 {
+		if r := g.get("/", headers...); r.status != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i+1, r.status, r.body)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
 }
 
 // A refill ahead validates the key as every store call does: one that

@@ -860,10 +860,10 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	fmt.Println("\nratio = keygate rps / plain rps per round, median over rounds; CPU/req = CPU time of the proxy")
 	fmt.Println("(and of redis-server during keygate's runs) over the requests served; store calls/req = scripts")
 	fmt.Println("Redis ran per request keygate served; waited/req = requests keygate admitted only after a store")
-	fmt.Println("call of their own (no lease held, or it was spent) or after waiting for their lease's refill, per")
-	fmt.Println("request served; leased unused/req =")
-	fmt.Println("requests keygate leased in a run and did not admit in it (lapsed, or still held), per request")
-	fmt.Println("served; socket errors:", sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
+	fmt.Println("call of their own (no lease held, or it was spent) or after waiting for their lease's refill,")
+	fmt.Println("per request served; leased unused/req = requests keygate leased in a run and did not admit in")
+	fmt.Println("it (lapsed, or still held), per request served; socket errors:",
+		sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
 	return nil
 }
 
