@@ -125,10 +125,9 @@ type refill struct {
 	ask   store.Ask
 	start time.Time
 	epoch int64
-	// the lease's used when it was asked for (rebased as the pace
-	// restarts): the requests admitted while it is on its way count
-	// towards the pace from its grant on
-	usedAt int64
+	// the lease's admitted when it was asked for: the requests admitted
+	// while it is on its way count towards the pace from its grant on
+	admittedAt int64
 }
 
 // end wakes r's waiters, with the error of its store call if it failed.
@@ -156,16 +155,6 @@ func (l *lease) refillOver(r *refill, refused bool, now time.Time) {
 	if refused {
 		l.refillRefused = now
 	}
-}
-
-// restartPace restarts l's pace at since with used requests, rebasing its
-// refills on their way.
-func (l *lease) restartPace(since time.Time, used int64) {
-	shift := l.used - used
-	for _, r := range l.refills {
-		r.usedAt = max(r.usedAt-shift, 0)
-	}
-	l.since, l.used = since, used
 }
 
 // grant is one lease the store granted: tokens requests (beyond the asking
@@ -361,7 +350,7 @@ func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d
 	coming := left + l.onTheWay(nil)
 	if len(l.refills) < refillsOnTheWay && l.low(coming, now) &&
 		now.Sub(l.refillRefused) >= refillWait && !t.lastsToItsEnd(l, coming, now) {
-		r = &refill{done: make(chan struct{}), ask: store.Ask{Take: l.size}, usedAt: l.used}
+		r = &refill{done: make(chan struct{}), ask: store.Ask{Take: l.size}, admittedAt: l.admitted}
 		l.refills = append(l.refills, r)
 	}
 	return l.admit(left, now), true, r
@@ -577,9 +566,9 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		used := int64(1)
 		if ahead != nil {
 			// the request that had it asked for, and those since
-			used = max(l.used-ahead.usedAt, 1)
+			used = max(l.admitted-ahead.admittedAt, 1)
 		}
-		l.restartPace(start, used)
+		l.since, l.used = start, used
 		l.limit, l.reset, l.granted, l.spread = d.Limit, d.Reset, d.Granted, ask.Spread
 	}
 	d.Remaining = l.remaining + l.left(start)

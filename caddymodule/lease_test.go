@@ -716,6 +716,11 @@ func TestRefillRunway(t *testing.T) {
 			}
 		}
 		tbl.refilled(k, started, lease(64), now, nil)
+		// The pace from its grant on counts its asking request and those
+		// admitted while it was on its way.
+		if used, want := tbl.shard(k).leases[k].used, int64(c.took/time.Millisecond)+1; used != want {
+			t.Fatalf("after a refill that took %v: %d requests in the pace since its grant, want %d", c.took, used, want)
+		}
 		if i := nextRefill(); i != c.refillsAt {
 			t.Fatalf("after a refill that took %v, the next at take %d, want %d", c.took, i, c.refillsAt)
 		}
