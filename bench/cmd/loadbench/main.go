@@ -511,7 +511,8 @@ type result struct {
 	// (lapsed, or still held), per request served
 	leasedUnused float64
 	// requests keygate admitted only after a store call of their own (no
-	// lease held, or it was spent), per request served
+	// lease held, or it was spent) or after waiting for their lease's
+	// refill, per request served
 	waited float64
 }
 
