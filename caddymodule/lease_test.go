@@ -474,7 +474,7 @@ func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
 	// been slow, and several would go at once.)
 	auth = bearer(generate(t, "--name", "failed-refill").Key)
 	busyTraffic(t, g, auth...)
-	errors := metricstest.Counter(t, adminAddr, `keygate_store_errors_total{op="check"}`)
+	storeErrors := metricstest.Counter(t, adminAddr, `keygate_store_errors_total{op="check"}`)
 	waitsBefore = waits()
 	srv.Pause()
 	status := http.StatusOK
@@ -488,7 +488,7 @@ func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
 	if status != http.StatusServiceUnavailable {
 		t.Fatalf("the request that waited for a failed refill: %d, want 503", status)
 	}
-	if got := metricstest.Counter(t, adminAddr, `keygate_store_errors_total{op="check"}`) - errors; got != 1 || waits() != waitsBefore+1 {
+	if got := metricstest.Counter(t, adminAddr, `keygate_store_errors_total{op="check"}`) - storeErrors; got != 1 || waits() != waitsBefore+1 {
 		t.Fatalf("%v store errors and %d waits, want 1 (the refill) and 1", got, waits()-waitsBefore)
 	}
 }
