@@ -46,6 +46,37 @@ func TestPipelinedCallsGetTheirOwnReplies(t *testing.T) {
 	wg.Wait()
 }
 
+// However many calls are in flight, the hot path holds two connections to
+// Redis: the sender's, which carries each batch of the calls that queued
+// while the one before it was on the wire, and the direct call's. More
+// senders would each send smaller batches (see pipeline.go).
+func TestConcurrentCallsShareOnePipeline(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	// loaded beforehand, so that no call falls back to EVAL on a pooled
+	// connection
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	if err := limitScript.Load(context.Background(), rdb).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p := store.Policy{Limit: 1 << 20, Window: time.Minute}
+	for range 5 {
+		var wg sync.WaitGroup
+		for range 4 * maxBatch {
+			wg.Go(func() {
+				if _, err := s.Limit(context.Background(), "busy", p, store.SlidingWindow, store.Ask{}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	if n := s.client.PoolStats().TotalConns; n > 2 {
+		t.Errorf("the hot path opened %d connections to Redis, want at most 2", n)
+	}
+}
+
 // After a Redis restart or SCRIPT FLUSH the scripts are gone; the hot path
 // loads them again instead of failing.
 func TestScriptsSurviveScriptFlush(t *testing.T) {
@@ -76,7 +107,7 @@ func TestScriptsSurviveScriptFlush(t *testing.T) {
 }
 
 // A hung Redis must not hold calls much longer than the store timeout,
-// however many are queued behind the stuck pipelines, and the store must
+// however many are queued behind the stuck pipeline, and the store must
 // work again once Redis answers.
 func TestHungRedisTimesOut(t *testing.T) {
 	srv := redistest.Start(t)
@@ -97,8 +128,8 @@ func TestHungRedisTimesOut(t *testing.T) {
 	}()
 	start := time.Now()
 	var wg sync.WaitGroup
-	// enough calls for eight rounds of full pipelines
-	for range 8 * maxBatch * pipelineSenders {
+	// enough calls for eight full pipelines
+	for range 8 * maxBatch {
 		wg.Go(func() {
 			if _, err := s.Limit(ctx, "hung", p, store.SlidingWindow, store.Ask{}); err == nil {
 				t.Error("a call succeeded against a stopped Redis")
@@ -117,8 +148,8 @@ func TestHungRedisTimesOut(t *testing.T) {
 	waitRecovered(t, s)
 }
 
-// After Redis restarts, the senders' connections are dead; they must
-// reconnect by themselves.
+// After Redis restarts, the sender's and the direct call's connections are
+// dead; they must reconnect by themselves.
 func TestPipelinesRecoverAfterRedisRestart(t *testing.T) {
 	srv := redistest.Start(t)
 	s := open(t, srv, time.Second)
@@ -127,21 +158,33 @@ func TestPipelinesRecoverAfterRedisRestart(t *testing.T) {
 	waitRecovered(t, s)
 }
 
-// A direct call does not pay the pool's health check on every call, but a
-// line idle for more than lineIdle goes back to the pool: a connection that
-// Redis (or the network) closed meanwhile is never used, and the calls
-// after the quiet spell succeed.
+// The direct call and the sender do not pay the pool's health check on
+// every call, but a line idle for more than lineIdle goes back to the pool:
+// a connection that Redis (or the network) closed meanwhile is never used,
+// and the calls after the quiet spell succeed.
 func TestIdleLinesAreCheckedBeforeUse(t *testing.T) {
 	srv := redistest.Start(t)
 	s := open(t, srv, time.Second)
 	ctx := context.Background()
-	p := store.Policy{Limit: 1000, Window: time.Minute}
+	p := store.Policy{Limit: 1 << 20, Window: time.Minute}
 	calls := func(when string) {
 		t.Helper()
-		for i := range directCalls { // one after another: each direct line once
-			if _, err := s.Limit(ctx, "quiet", p, store.SlidingWindow, store.Ask{}); err != nil {
-				t.Fatalf("call %d %s: %v", i+1, when, err)
-			}
+		// one alone (direct), then a burst (the sender's pipeline)
+		if _, err := s.Limit(ctx, "quiet", p, store.SlidingWindow, store.Ask{}); err != nil {
+			t.Fatalf("direct call %s: %v", when, err)
+		}
+		var failed atomic.Int32
+		var wg sync.WaitGroup
+		for range 64 {
+			wg.Go(func() {
+				if _, err := s.Limit(ctx, "quiet", p, store.SlidingWindow, store.Ask{}); err != nil {
+					failed.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if n := failed.Load(); n > 0 {
+			t.Fatalf("%d of 64 concurrent calls %s failed", n, when)
 		}
 	}
 	calls("before")
@@ -154,8 +197,8 @@ func TestIdleLinesAreCheckedBeforeUse(t *testing.T) {
 	calls("after Redis closed the idle connections")
 }
 
-// waitRecovered waits until a burst of concurrent calls, enough to go
-// through every sender, all succeed.
+// waitRecovered waits until a burst of concurrent calls, enough for several
+// pipelines, all succeed.
 func waitRecovered(t *testing.T, s *Store) {
 	t.Helper()
 	p := store.Policy{Limit: 1 << 40, Window: time.Minute}
