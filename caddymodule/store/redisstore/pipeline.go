@@ -146,7 +146,7 @@ func (p *pipeliner) run(ctx context.Context, script *redis.Script, keys []string
 		case l := <-p.direct:
 			defer func() { p.direct <- l }() // before inFlight drops
 			return p.runDirect(ctx, l, script, keys, args, cmdArgs)
-		default: // a direct call that has not given its line back yet
+		default: // closed: close took the line
 		}
 	}
 	c := &scriptCall{
