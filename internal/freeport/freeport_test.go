@@ -1,0 +1,20 @@
+package freeport
+
+import "testing"
+
+// The kernel may hand the same free port to listeners opened and closed
+// one after another, and tests start several servers on ports found
+// together: a port is never given twice in one process.
+func TestFindNeverGivesAPortTwice(t *testing.T) {
+	seen := make(map[int]bool)
+	for i := range 2000 {
+		port, err := Find()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[port] {
+			t.Fatalf("port %d given twice (call %d)", port, i+1)
+		}
+		seen[port] = true
+	}
+}
