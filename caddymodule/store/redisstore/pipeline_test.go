@@ -60,17 +60,10 @@ func TestConcurrentCallsShareOnePipeline(t *testing.T) {
 	if err := limitScript.Load(context.Background(), rdb).Err(); err != nil {
 		t.Fatal(err)
 	}
-	p := store.Policy{Limit: 1 << 20, Window: time.Minute}
 	for range 5 {
-		var wg sync.WaitGroup
-		for range 4 * maxBatch {
-			wg.Go(func() {
-				if _, err := s.Limit(context.Background(), "busy", p, store.SlidingWindow, store.Ask{}); err != nil {
-					t.Error(err)
-				}
-			})
+		if failed, err := concurrentCalls(s, 4*maxBatch); failed > 0 {
+			t.Fatalf("%d of %d concurrent calls failed: %v", failed, 4*maxBatch, err)
 		}
-		wg.Wait()
 	}
 	if n := s.client.PoolStats().TotalConns; n > 2 {
 		t.Errorf("the hot path opened %d connections to Redis, want at most 2", n)
@@ -173,18 +166,8 @@ func TestIdleLinesAreCheckedBeforeUse(t *testing.T) {
 		if _, err := s.Limit(ctx, "quiet", p, store.SlidingWindow, store.Ask{}); err != nil {
 			t.Fatalf("direct call %s: %v", when, err)
 		}
-		var failed atomic.Int32
-		var wg sync.WaitGroup
-		for range 64 {
-			wg.Go(func() {
-				if _, err := s.Limit(ctx, "quiet", p, store.SlidingWindow, store.Ask{}); err != nil {
-					failed.Add(1)
-				}
-			})
-		}
-		wg.Wait()
-		if n := failed.Load(); n > 0 {
-			t.Fatalf("%d of 64 concurrent calls %s failed", n, when)
+		if failed, err := concurrentCalls(s, 64); failed > 0 {
+			t.Fatalf("%d of 64 concurrent calls %s failed: %v", failed, when, err)
 		}
 	}
 	calls("before")
@@ -201,25 +184,37 @@ func TestIdleLinesAreCheckedBeforeUse(t *testing.T) {
 // pipelines, all succeed.
 func waitRecovered(t *testing.T, s *Store) {
 	t.Helper()
-	p := store.Policy{Limit: 1 << 40, Window: time.Minute}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		var failed atomic.Int32
-		var wg sync.WaitGroup
-		for range 4 * maxBatch {
-			wg.Go(func() {
-				if _, err := s.Limit(context.Background(), "burst", p, store.SlidingWindow, store.Ask{}); err != nil {
-					failed.Add(1)
-				}
-			})
-		}
-		wg.Wait()
-		if failed.Load() == 0 {
+		failed, err := concurrentCalls(s, 4*maxBatch)
+		if failed == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d calls still fail", failed.Load(), 4*maxBatch)
+			t.Fatalf("%d of %d calls still fail: %v", failed, 4*maxBatch, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// concurrentCalls makes n calls at once, under a limit none reaches, and
+// says how many failed, and with what error (one of them).
+func concurrentCalls(s *Store, n int) (failed int32, err error) {
+	p := store.Policy{Limit: 1 << 40, Window: time.Minute}
+	var count atomic.Int32
+	var last atomic.Pointer[error]
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			if _, err := s.Limit(context.Background(), "burst", p, store.SlidingWindow, store.Ask{}); err != nil {
+				count.Add(1)
+				last.Store(&err)
+			}
+		})
+	}
+	wg.Wait()
+	if e := last.Load(); e != nil {
+		err = *e
+	}
+	return count.Load(), err
 }
