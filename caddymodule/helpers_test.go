@@ -97,6 +97,11 @@ http://127.0.0.1:%d {
 	if t.Failed() {
 		t.FailNow()
 	}
+	// The next test's config stops this server, which waits for open
+	// connections; one the client dialed for a request that then found
+	// an idle connection holds that for 5 s (net/http counts a new
+	// connection as idle only after 5 s), and the load times out.
+	t.Cleanup(client.CloseIdleConnections)
 	return &gateway{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
 }
 
