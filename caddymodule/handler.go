@@ -63,7 +63,9 @@ type Handler struct {
 	// from the store in one round trip and admit them itself for at most a
 	// minute: until the window ends (sliding_window), or each until the
 	// moment the store logged it, staggered across the lease (sliding_log),
-	// and refills it in the background before it runs out; see lease.go.
+	// and refills it in the background before it runs out, holding at most
+	// twice this many with what its refills ask for (or a hundredth of the
+	// limit, if more); see lease.go.
 	// Limits still hold across every gateway; the costs are that requests
 	// leased but unused in time were counted, that X-RateLimit-Remaining
 	// reflects other gateways only at each lease, and that a disabled,

@@ -35,13 +35,20 @@ import (
 //
 // A lease is refilled ahead of time, in the background: the request that
 // finds a third of the last grant left (refillAhead), or less than the
-// recent pace uses in twice what refills have been taking (refillRunway,
-// low), is admitted from it like the others and has the handler ask the
-// store for the next lease (store.Ask.Ahead: none of it that request's
-// own), while the requests that follow go on taking the rest. What
-// refills on their way ask for counts as held: another goes only when
-// that would not last either, as on a busy host, where a refill can take
-// longer than a whole lease lasts (at most refillsOnTheWay at once). So no
+// recent pace uses in four times what refills have been taking
+// (refillRunway, low), is admitted from it like the others and has the
+// handler ask the store for the next lease (store.Ask.Ahead: none of it
+// that request's own), while the requests that follow go on taking the
+// rest. What refills on their way ask for counts as held: another goes
+// only when that would not last either, as on a busy host, where a
+// refill can take longer than a whole lease lasts (at most
+// refillsOnTheWay at once). Refills ahead never take what a gateway holds,
+// with what is on its way, beyond twice the configured lease or a
+// hundredth of the limit, whichever is more (holdMost): what it holds was
+// counted against the limit, so that bounds what a key near its limit
+// loses to a gateway that stops seeing it; a lease too small for the pace
+// and the store's speed shows as requests waiting for refills
+// (keygate_lease_refill_waits_total). So no
 // request waits for the store while a lease holds, and concurrent
 // requests seldom find a lease spent. Those that do while a refill is on
 // its way wait for the oldest and take from its grant, rather than each
@@ -232,6 +239,9 @@ func (l *lease) left(now time.Time) (n int64) {
 // refillRunway times what refills have been taking. A third of a lease of
 // 64 lasts 3 ms at 6,400 requests a second, less than a refill can take on
 // a busy host; once the lease is spent, every request in flight waits.
+// Four times, not twice: the latest refill's time is no bound on the
+// next's, and at 64 connections twice still left 1–3 % of requests
+// waiting in the load benchmark.
 func (l *lease) low(left int64, now time.Time) bool {
 	if left*refillAhead <= l.granted {
 		return true
@@ -286,8 +296,10 @@ const sweepEvery = 1024
 const (
 	refillAhead     = 3           // refill when a third of the last grant is left
 	refillWait      = time.Second // after a refill failed or was refused, before the next
-	refillRunway    = 2           // refill when what is left lasts less than twice what refills take
+	refillRunway    = 4           // refill when what is left lasts less than four times what refills take
 	refillsOnTheWay = 4           // at most, per lease
+	holdLeases      = 2           // refills ahead hold at most twice the configured lease, with what is left,
+	holdShare       = 100         // or a hundredth of the limit if more
 	paceMarkEvery   = 16          // admitted requests between recentPace's marks
 	logHorizon      = store.MaxLease / 2
 	logSlack        = 2
@@ -330,8 +342,10 @@ func (t *leaseTable) shard(k leaseKey) *leaseShard {
 // (refill.done) and take again.
 //
 // What refills on their way ask for counts as held, so that another goes
-// only when that would not last either: on a busy host a refill can take
-// longer than a whole lease lasts.
+// only when that would not last either (on a busy host a refill can take
+// longer than a whole lease lasts), and only while what is held and on
+// its way leaves room within holdMost for one more lease of the size last
+// asked for.
 func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d store.Decision, ok bool, r *refill) {
 	sh := t.shard(k)
 	sh.mu.Lock()
@@ -348,7 +362,7 @@ func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d
 		return store.Decision{}, false, l.refills[0]
 	}
 	coming := left + l.onTheWay(nil)
-	if len(l.refills) < refillsOnTheWay && l.low(coming, now) &&
+	if len(l.refills) < refillsOnTheWay && coming+l.size <= t.holdMost(k.policy) && l.low(coming, now) &&
 		now.Sub(l.refillRefused) >= refillWait && !t.lastsToItsEnd(l, coming, now) {
 		r = &refill{done: make(chan struct{}), ask: store.Ask{Take: l.size}, admittedAt: l.admitted}
 		l.refills = append(l.refills, r)
@@ -424,22 +438,25 @@ func (t *leaseTable) wantAhead(k leaseKey, r *refill, now time.Time, epoch int64
 // admitted from the lease already. It asks for what a request that asks
 // the store itself would: the lease, and the pace (see pace), as they were
 // before that request, which such a request takes from its own grant.
-// Other refills on their way count as held.
+// Other refills on their way count as held, and a refill ahead asks for no
+// more than leaves what is held and on its way within holdMost.
 func (t *leaseTable) ask(l *lease, k leaseKey, now time.Time, epoch int64, ahead *refill) store.Ask {
 	if l == nil {
 		return store.Ask{Take: 1}
 	}
 	left := l.left(now) + l.onTheWay(ahead)
+	most := min(2*l.size, t.max) // a lease grows by doubling, to the configured maximum
 	if ahead != nil {
+		most = min(most, t.holdMost(k.policy)-left)
 		left++
 	}
 	switch {
 	case now.Before(l.ends) && !l.low(left, now):
 		// concurrent requests found this lease spent: it is not, by now
-		return store.Ask{Take: l.size, Spread: l.spread}
+		return store.Ask{Take: max(min(l.size, most), 1), Spread: l.spread}
 	case t.algorithm == store.SlidingLog:
 		perSecond := l.pace(now, ahead != nil)
-		n := t.fit(perSecond*logHorizon.Seconds(), l)
+		n := fit(perSecond*logHorizon.Seconds(), most)
 		if n < 2 {
 			return store.Ask{Take: 1}
 		}
@@ -453,7 +470,7 @@ func (t *leaseTable) ask(l *lease, k leaseKey, now time.Time, epoch int64, ahead
 			left = 0
 		}
 		horizon := min(untilWindowEnd(l.reset, k.policy.Window, now), store.MaxLease)
-		return store.Ask{Take: t.fit(l.pace(now, ahead != nil)*horizon.Seconds()-float64(left), l)}
+		return store.Ask{Take: fit(l.pace(now, ahead != nil)*horizon.Seconds()-float64(left), most)}
 	}
 }
 
@@ -471,11 +488,18 @@ func (l *lease) pace(now time.Time, ahead bool) float64 {
 }
 
 // fit rounds up a lease size worked out in floating point and holds it to
-// at least one, at most twice the size l last asked for, and at most the
-// configured maximum.
-func (t *leaseTable) fit(n float64, l *lease) int64 {
-	most := min(2*l.size, t.max)
+// at least one and at most most.
+func fit(n float64, most int64) int64 {
 	return max(int64(min(math.Ceil(n), float64(most))), 1)
+}
+
+// holdMost is the most a gateway holds of policy's limit with the refills
+// it asks ahead for, what is left and what they ask for: twice the
+// configured lease, or a hundredth of the limit if more. Beyond a lease,
+// what is held buys only fewer waits for refills; a key near its limit
+// pays for it, a key far from it hardly.
+func (t *leaseTable) holdMost(policy store.Policy) int64 {
+	return max(holdLeases*t.max, policy.Limit/holdShare)
 }
 
 // untilWindowEnd is how long from now the sliding window running at now

@@ -327,10 +327,11 @@ func TestLeasesThroughTheGateway(t *testing.T) {
 	}
 	// every request that made no store call of its own came from a lease
 	// (the other calls were refills ahead), and the gateway holds the rest
-	// of what it leased
+	// of what it leased: at most twice the lease (more than a hundredth of
+	// the limit), however long refills took (holdMost)
 	granted := metricstest.Value(t, adminAddr, "keygate_lease_granted_requests_total")
 	admitted := metricstest.Value(t, adminAddr, "keygate_lease_admitted_requests_total")
-	if admitted+float64(calls) < requests || admitted > requests || granted < admitted || granted > admitted+64 {
+	if admitted+float64(calls) < requests || admitted > requests || granted < admitted || granted > admitted+holdLeases*64 {
 		t.Fatalf("leases: %v granted, %v admitted, after %d requests and %d store calls", granted, admitted, requests, calls)
 	}
 
@@ -421,8 +422,9 @@ func TestRefillAheadDoesNotWait(t *testing.T) {
 }
 
 // Requests that find a lease spent while its refill is on its way wait for
-// it and are admitted from its grant: one store call for all of them,
-// where each would otherwise ask the store for a lease of its own. Should
+// it and are admitted from its grant, where each would otherwise ask the
+// store for a lease of its own: no store call but refills' (several go at
+// once when refills are that slow). Should
 // the refill fail, its waiter has its error, 503 here, without a store
 // call of its own after it (which would double the wait in an outage).
 func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
@@ -437,6 +439,8 @@ func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
 	auth := bearer(k.Key)
 	held := heldAfterBusyTraffic(t, g, auth...)
 	calls := metricstest.StoreCalls(t, adminAddr, "check")
+	admitted := func() int { return int(metricstest.Value(t, adminAddr, "keygate_lease_admitted_requests_total")) }
+	admittedBefore := admitted()
 	waits := func() int { return int(metricstest.Value(t, adminAddr, "keygate_lease_refill_waits_total")) }
 	waitsBefore := waits()
 
@@ -465,8 +469,11 @@ func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
 			t.Fatalf("a request that waited for the refill: %d", status)
 		}
 	}
-	if got := metricstest.StoreCalls(t, adminAddr, "check") - calls; got != 1 {
-		t.Fatalf("%d store calls for %d held requests and %d waiters, want 1 (the refill)", got, held, waiters)
+	if got := admitted() - admittedBefore; got != held+waiters {
+		t.Fatalf("%d admitted from the lease of %d held requests and %d waiters", got, held, waiters)
+	}
+	if got := metricstest.StoreCalls(t, adminAddr, "check") - calls; got < 1 || got > refillsOnTheWay+1 {
+		t.Fatalf("%d store calls for %d held requests and %d waiters, want refills only", got, held, waiters)
 	}
 
 	// The store stalls again, past the timeout: the request that waits
@@ -666,8 +673,8 @@ func TestRefillOnItsWay(t *testing.T) {
 
 // A lease is refilled early enough for the refill to be back before it is
 // spent, however long refills take: once what is left lasts less, at the
-// recent pace, than twice what they have been taking, not only at a third
-// left.
+// recent pace, than four times what they have been taking, not only at a
+// third left (within what it may hold: TestSeveralRefillsOnTheWay).
 func TestRefillRunway(t *testing.T) {
 	k := leaseKey{'k', "id", store.Policy{Limit: 100000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
@@ -680,10 +687,14 @@ func TestRefillRunway(t *testing.T) {
 	}{
 		// 19 left when it is back, 83 with it: at 21, a third of 64
 		{took: time.Millisecond, refillsAt: 63},
-		// none left, 64 with it: at 39, what 1 a millisecond (over the
-		// last 56 requests) uses in twice 20 ms (the 44th, at a third,
-		// were it not for the runway)
-		{took: 20 * time.Millisecond, refillsAt: 26},
+		// 10 left when it is back, 74 with it: at 39, what 1 a
+		// millisecond (over the last 48–63 requests) uses in four times
+		// 10 ms (the 54th, at a third, were it not for the runway)
+		{took: 10 * time.Millisecond, refillsAt: 36},
+		// none left, 64 with it: what 1 a millisecond uses in four times
+		// 20 ms is 80, so at the second take, the first once the recent
+		// pace is known (the 64th request)
+		{took: 20 * time.Millisecond, refillsAt: 2},
 	} {
 		tbl := newLeaseTable(64, store.SlidingLog)
 		tbl.put(k, lease(64), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
@@ -745,53 +756,80 @@ func TestRefillRunway(t *testing.T) {
 // would lapse each time.
 // When refills take longer than a lease lasts, several go at once: those
 // on their way count as held, and another goes while what is left with
-// them would not last twice what refills take, at most refillsOnTheWay.
+// them would not last refillRunway times what refills take, as long as
+// the gateway then holds no more than holdMost (twice the configured
+// lease, or a hundredth of the limit if more), and never more than
+// refillsOnTheWay at once.
 func TestSeveralRefillsOnTheWay(t *testing.T) {
-	k := leaseKey{'k', "id", store.Policy{Limit: 100000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	lease := func(granted int64) store.Decision {
 		return store.Decision{Allowed: true, Limit: 100000, Remaining: 90000, Granted: granted, Lease: 10 * time.Second, Staggered: true}
 	}
-	tbl := newLeaseTable(64, store.SlidingLog)
-	tbl.put(k, lease(64), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
-	now := t0
-	// takes takes count requests a millisecond apart, each refill they
-	// start asked for at once and left on its way; it says how many went.
-	takes := func(count int) (refills int) {
-		for range count {
-			now = now.Add(time.Millisecond)
-			_, ok, refill := tbl.take(k, now, 0, true)
-			if !ok {
-				break
-			}
-			if refill != nil {
-				tbl.wantAhead(k, refill, now, 0)
-				refills++
-			}
+	// leasedAtAMillisecond is a table of at most max a lease, holding a
+	// grant of 64 of limit's taken a request a millisecond until its
+	// refill at a third left came back at once (84 held), with a recent
+	// pace known (the 64th request) and refills then taking took. The
+	// refills that takes starts are asked for at once and left on their
+	// way; it says how many went.
+	leasedAtAMillisecond := func(max, limit int64, took time.Duration) (held func() int64, takes func(count int) (refills int)) {
+		k := leaseKey{'k', "id", store.Policy{Limit: limit, Window: time.Hour}}
+		tbl := newLeaseTable(max, store.SlidingLog)
+		tbl.put(k, lease(64), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
+		now := t0
+		held = func() int64 {
+			l := tbl.shard(k).leases[k]
+			return l.left(now) + l.onTheWay(nil)
 		}
-		return refills
+		takes = func(count int) (refills int) {
+			for range count {
+				now = now.Add(time.Millisecond)
+				_, ok, refill := tbl.take(k, now, 0, true)
+				if !ok {
+					break
+				}
+				if refill != nil {
+					tbl.wantAhead(k, refill, now, 0)
+					refills++
+				}
+			}
+			return refills
+		}
+		if n := takes(43); n != 1 {
+			t.Fatalf("%d refills in 43 takes of 63, want 1", n)
+		}
+		tbl.refilled(k, tbl.shard(k).leases[k].refills[0], lease(64), now, nil)
+		tbl.shard(k).leases[k].refillTook = took
+		if n := takes(20); n != 0 {
+			t.Fatalf("%d refills before a recent pace is known, want none", n)
+		}
+		return held, takes
 	}
-	// 1 a millisecond, and a refill at a third left (the 43rd) that comes
-	// back at once: 84 held.
-	if n := takes(43); n != 1 {
-		t.Fatalf("%d refills in 43 takes of 63, want 1", n)
-	}
-	first := tbl.shard(k).leases[k].refills[0]
-	tbl.refilled(k, first, lease(64), now, nil)
-	// Refills now take 100 ms: what 1 a millisecond uses in 200 ms is
-	// about 200, and the recent pace is known from the 64th request on.
-	tbl.shard(k).leases[k].refillTook = 100 * time.Millisecond
-	if n := takes(20); n != 0 {
-		t.Fatalf("%d refills before a recent pace is known, want none", n)
-	}
-	// 63, 62+64 and 61+128 would not last 200 ms; 60+192 would.
-	if n := takes(10); n != 3 {
-		t.Fatalf("%d refills in 10 takes with refills taking 100 ms, want 3", n)
-	}
-	// However slow refills get, no more than 4 go at once.
-	tbl.shard(k).leases[k].refillTook = time.Second
+
+	// What 1 a millisecond uses in four times 100 ms is about 400, but a
+	// lease of at most 64 of a limit of 10,000 holds at most 128: one
+	// refill goes with 63 left, and a second would hold 62 + 64 + 64.
+	// However slow refills get.
+	held, takes := leasedAtAMillisecond(64, 10_000, 100*time.Millisecond)
 	if n := takes(10); n != 1 {
-		t.Fatalf("%d more refills with refills taking a second, want 1 (%d on their way)", n, refillsOnTheWay)
+		t.Fatalf("%d refills in 10 takes with refills taking 100 ms, want 1", n)
+	}
+	if n := takes(100); n != 0 || held() > 2*64 {
+		t.Fatalf("%d more refills, %d held with what is on its way; want none, at most 128", n, held())
+	}
+
+	// Of a limit of 100,000, a hundredth is more: 63, 62+64, 61+128 and
+	// 60+192 would not last 400 ms, nor would 59+256, but no more than
+	// four go at once.
+	_, takes = leasedAtAMillisecond(64, 100_000, 100*time.Millisecond)
+	if n := takes(10); n != refillsOnTheWay {
+		t.Fatalf("%d refills in 10 takes with refills taking 100 ms, want %d", n, refillsOnTheWay)
+	}
+
+	// With room for larger leases (the first refill asked for 128, so the
+	// next ask for 256): 63 and 62+256 would not last 400 ms, 61+512 would.
+	_, takes = leasedAtAMillisecond(1024, 100_000, 100*time.Millisecond)
+	if n := takes(10); n != 2 {
+		t.Fatalf("%d refills in 10 takes with refills taking 100 ms, want 2", n)
 	}
 }
 
