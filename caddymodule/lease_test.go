@@ -749,11 +749,6 @@ func TestRefillRunway(t *testing.T) {
 	}
 }
 
-// Steady traffic under sliding_log uses every request it leases but the
-// last lease's rest: refilled ahead of time, the refill's early deadlines
-// are used first, while the rest of the old lease waits (its deadlines are
-// later); taken in order of grant instead, the refill's first requests
-// would lapse each time.
 // When refills take longer than a lease lasts, several go at once: those
 // on their way count as held, and another goes while what is left with
 // them would not last refillRunway times what refills take, as long as
@@ -833,6 +828,11 @@ func TestSeveralRefillsOnTheWay(t *testing.T) {
 	}
 }
 
+// Steady traffic under sliding_log uses every request it leases but the
+// last lease's rest: refilled ahead of time, the refill's early deadlines
+// are used first, while the rest of the old lease waits (its deadlines are
+// later); taken in order of grant instead, the refill's first requests
+// would lapse each time.
 func TestRefilledLeasesDoNotLapse(t *testing.T) {
 	k := leaseKey{'s', "192.0.2.1", store.Policy{Limit: 1_000_000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
