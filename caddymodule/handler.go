@@ -317,8 +317,7 @@ func (h *Handler) policyFor(ident *identity) (store.Policy, string) {
 // serveAnonymous handles a request without a key on a route that allows
 // that, limiting it per client IP.
 func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler) error {
-	now := time.Now()
-	d, err := h.limitAnonymous(r.Context(), clientSubject(r), now)
+	d, now, err := h.limitAnonymous(r.Context(), clientSubject(r), time.Now())
 	if err != nil {
 		// Unknown callers have nothing to fail open on.
 		return h.storeUnavailable(w, err)
@@ -334,8 +333,10 @@ func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *c
 
 // limitAnonymous takes one request from subject's limit: from this
 // gateway's lease when it holds one (there is no key to revoke, so no
-// epoch to watch), else from the store.
-func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.Time) (store.Decision, error) {
+// epoch to watch), else from the store. It returns when the decision was
+// taken (now, or later after a wait for a refill), for the headers'
+// seconds to the reset.
+func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.Time) (store.Decision, time.Time, error) {
 	lk := leaseKey{'s', subject, h.anonPolicy}
 	var ask store.Ask
 	if h.leases != nil {
@@ -346,13 +347,13 @@ func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.T
 					go h.refillAnonymousAhead(lk, pending)
 				}
 				h.app.metrics.leased(d)
-				return d, nil
+				return d, now, nil
 			}
 			if pending == nil || waited {
 				break
 			}
 			if err := h.awaitRefill(ctx, pending); err != nil {
-				return store.Decision{}, err
+				return store.Decision{}, now, err
 			}
 			now = time.Now()
 		}
@@ -363,7 +364,7 @@ func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.T
 		d = h.leases.put(lk, d, ask, now, 0, time.Now())
 		h.app.metrics.leased(d)
 	}
-	return d, err
+	return d, now, err
 }
 
 // checkKey is a keyed request's store call (or its lease's refill,

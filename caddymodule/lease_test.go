@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -418,6 +419,57 @@ func TestRefillAheadDoesNotWait(t *testing.T) {
 	srv.Resume()
 	if r := g.get("/"); r.status != http.StatusOK {
 		t.Fatalf("after the stall: %d %s", r.status, r.body)
+	}
+}
+
+// A request that waited for a refill reports the seconds to the reset
+// (RateLimit's t) from when it was admitted, not from when it arrived: an
+// anonymous one here, which waits for the store 1.5 s.
+func TestHeadersAfterWaitingForARefill(t *testing.T) {
+	srv := redistest.Start(t)
+	g := startGatewayOn(t, srv, `
+	keygate {
+		anonymous 1000000 24h
+		lease 64
+	}
+	reverse_proxy {upstream}`, "timeout 3s")
+	held := heldAfterBusyTraffic(t, g)
+	waits := func() int { return int(metricstest.Value(t, adminAddr, "keygate_lease_refill_waits_total")) }
+	waitsBefore := waits()
+
+	srv.Pause()
+	defer srv.Resume()
+	for i := range held {
+		if r := g.get("/"); r.status != http.StatusOK {
+			t.Fatalf("held request %d of %d: %d %s", i+1, held, r.status, r.body)
+		}
+	}
+	waited := make(chan response, 1)
+	go func() { waited <- g.get("/") }()
+	for deadline := time.Now().Add(time.Second); waits() == waitsBefore; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request that found the lease spent does not wait for its refill")
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	resumed := time.Now()
+	srv.Resume()
+	r := <-waited
+	if r.status != http.StatusOK {
+		t.Fatalf("the request that waited: %d %s", r.status, r.body)
+	}
+	resetMs, err := strconv.ParseInt(r.header.Get("X-RateLimit-Reset"), 10, 64)
+	if err != nil {
+		t.Fatalf("X-RateLimit-Reset %q", r.header.Get("X-RateLimit-Reset"))
+	}
+	_, after, _ := strings.Cut(r.header.Get("RateLimit"), ";t=")
+	seconds, err := strconv.ParseInt(after, 10, 64)
+	if err != nil {
+		t.Fatalf("RateLimit %q", r.header.Get("RateLimit"))
+	}
+	// admitted after the store resumed: no more seconds than from then
+	if most := (resetMs - resumed.UnixMilli() + 999) / 1000; seconds > most {
+		t.Fatalf("RateLimit t=%d after the wait, want at most %d (X-RateLimit-Reset %d)", seconds, most, resetMs)
 	}
 }
 
