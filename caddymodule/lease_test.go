@@ -433,24 +433,7 @@ func TestHeadersAfterWaitingForARefill(t *testing.T) {
 		lease 64
 	}
 	reverse_proxy {upstream}`, "timeout 3s")
-	held := heldAfterBusyTraffic(t, g)
-	waits := func() int { return int(metricstest.Value(t, adminAddr, "keygate_lease_refill_waits_total")) }
-	waitsBefore := waits()
-
-	srv.Pause()
-	defer srv.Resume()
-	for i := range held {
-		if r := g.get("/"); r.status != http.StatusOK {
-			t.Fatalf("held request %d of %d: %d %s", i+1, held, r.status, r.body)
-		}
-	}
-	waited := make(chan response, 1)
-	go func() { waited <- g.get("/") }()
-	for deadline := time.Now().Add(time.Second); waits() == waitsBefore; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the request that found the lease spent does not wait for its refill")
-		}
-	}
+	waited := waitForTheRefill(t, g, srv, heldAfterBusyTraffic(t, g), 1)
 	time.Sleep(1500 * time.Millisecond)
 	resumed := time.Now()
 	srv.Resume()
@@ -493,32 +476,15 @@ func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
 	calls := metricstest.StoreCalls(t, adminAddr, "check")
 	admitted := func() int { return int(metricstest.Value(t, adminAddr, "keygate_lease_admitted_requests_total")) }
 	admittedBefore := admitted()
-	waits := func() int { return int(metricstest.Value(t, adminAddr, "keygate_lease_refill_waits_total")) }
-	waitsBefore := waits()
 
 	// The store stalls; the held requests are served, one of them having
 	// the lease refilled, and the refill waits for the store.
-	srv.Pause()
-	defer srv.Resume()
-	for i := range held {
-		if r := g.get("/", auth...); r.status != http.StatusOK {
-			t.Fatalf("held request %d of %d: %d %s", i+1, held, r.status, r.body)
-		}
-	}
 	const waiters = 4
-	statuses := make(chan int, waiters)
-	for range waiters {
-		go func() { statuses <- g.get("/", auth...).status }()
-	}
-	for deadline := time.Now().Add(time.Second); waits() < waitsBefore+waiters; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d requests that found the lease spent wait for its refill", waits()-waitsBefore, waiters)
-		}
-	}
+	responses := waitForTheRefill(t, g, srv, held, waiters, auth...)
 	srv.Resume()
 	for range waiters {
-		if status := <-statuses; status != http.StatusOK {
-			t.Fatalf("a request that waited for the refill: %d", status)
+		if r := <-responses; r.status != http.StatusOK {
+			t.Fatalf("a request that waited for the refill: %d", r.status)
 		}
 	}
 	if got := admitted() - admittedBefore; got != held+waiters {
@@ -534,7 +500,7 @@ func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
 	auth = bearer(generate(t, "--name", "failed-refill").Key)
 	busyTraffic(t, g, auth...)
 	storeErrors := metricstest.Counter(t, adminAddr, `keygate_store_errors_total{op="check"}`)
-	waitsBefore = waits()
+	waitsBefore := refillWaits(t)
 	srv.Pause()
 	status := http.StatusOK
 	for served := 0; status == http.StatusOK; served++ {
@@ -547,8 +513,8 @@ func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
 	if status != http.StatusServiceUnavailable {
 		t.Fatalf("the request that waited for a failed refill: %d, want 503", status)
 	}
-	if got := metricstest.Counter(t, adminAddr, `keygate_store_errors_total{op="check"}`) - storeErrors; got != 1 || waits() != waitsBefore+1 {
-		t.Fatalf("%v store errors and %d waits, want 1 (the refill) and 1", got, waits()-waitsBefore)
+	if got := metricstest.Counter(t, adminAddr, `keygate_store_errors_total{op="check"}`) - storeErrors; got != 1 || refillWaits(t) != waitsBefore+1 {
+		t.Fatalf("%v store errors and %d waits, want 1 (the refill) and 1", got, refillWaits(t)-waitsBefore)
 	}
 }
 
@@ -1001,6 +967,37 @@ func heldAfterBusyTraffic(t *testing.T, g *gateway, headers ...string) int {
 	}
 	t.Fatalf("%v leased, %v admitted: too few held to test", granted, admitted)
 	return 0
+}
+
+// waitForTheRefill pauses srv (resumed when the test ends), has the held
+// requests that g's lease holds served (with headers), each admitted, then
+// sends waiters more, which find the lease spent, and returns once all of
+// them wait for its refill; their responses come once srv resumes.
+func waitForTheRefill(t *testing.T, g *gateway, srv *redistest.Server, held, waiters int, headers ...string) <-chan response {
+	t.Helper()
+	waitsBefore := refillWaits(t)
+	srv.Pause()
+	t.Cleanup(srv.Resume)
+	for i := range held {
+		if r := g.get("/", headers...); r.status != http.StatusOK {
+			t.Fatalf("held request %d of %d: %d %s", i+1, held, r.status, r.body)
+		}
+	}
+	responses := make(chan response, waiters)
+	for range waiters {
+		go func() { responses <- g.get("/", headers...) }()
+	}
+	for deadline := time.Now().Add(time.Second); refillWaits(t) < waitsBefore+waiters; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d requests that found the lease spent wait for its refill", refillWaits(t)-waitsBefore, waiters)
+		}
+	}
+	return responses
+}
+
+// refillWaits is how many requests waited for their lease's refill.
+func refillWaits(t *testing.T) int {
+	return int(metricstest.Value(t, adminAddr, "keygate_lease_refill_waits_total"))
 }
 
 // busyTraffic sends 200 requests (with headers) to a gateway with leases,
