@@ -29,8 +29,13 @@ const (
 // Hash is the SHA-256 of a key, the only form in which keys are stored.
 type Hash [sha256.Size]byte
 
-// String returns the hash as lowercase hex.
-func (h Hash) String() string { return hex.EncodeToString(h[:]) }
+// String returns the hash as lowercase hex. It is encoded on the stack and
+// converted once: the hot path sends it to the store with every call.
+func (h Hash) String() string {
+	var buf [2 * sha256.Size]byte
+	hex.Encode(buf[:], h[:])
+	return string(buf[:])
+}
 
 // Generated is a freshly made key. Secret must be shown to the caller once
 // and then forgotten.

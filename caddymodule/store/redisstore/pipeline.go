@@ -47,7 +47,6 @@ type scriptCall struct {
 	cmd      *redis.Cmd
 	script   *redis.Script // to fall back to EVAL after NOSCRIPT
 	keys     []string
-	args     []any
 	enqueued time.Time
 	done     chan struct{}
 }
@@ -70,6 +69,10 @@ type pipeliner struct {
 // *redis.Client.
 type line struct {
 	conn *redis.Conn
+	// the sender's pipeline on conn (on the client while conn is nil),
+	// kept while conn is: Exec leaves it empty, and a new one costs four
+	// allocations a batch
+	pipe redis.Pipeliner
 	used time.Time
 }
 
@@ -90,13 +93,25 @@ func (l *line) take(client redis.UniversalClient) *redis.Conn {
 	return l.conn
 }
 
+// pipeline returns a pipeline on the line's connection, taken as take
+// does, or on the client when it cannot give one.
+func (l *line) pipeline(client redis.UniversalClient) redis.Pipeliner {
+	if conn := l.take(client); l.pipe == nil {
+		if conn != nil {
+			l.pipe = conn.Pipeline()
+		} else {
+			l.pipe = client.Pipeline()
+		}
+	}
+	return l.pipe
+}
+
 // done records a use that ended with err, and drops the line's connection
 // after an error other than Redis's own answer (after which the connection
 // is in order).
 func (l *line) done(err error) {
 	if l.conn != nil && leavesInDoubt(err) {
-		_ = l.conn.Close()
-		l.conn = nil
+		l.close()
 	}
 	l.used = time.Now()
 }
@@ -104,8 +119,11 @@ func (l *line) done(err error) {
 // leavesInDoubt says whether a call that ended with err leaves its
 // connection in doubt: any error but Redis's own answer does.
 func leavesInDoubt(err error) bool {
+	if err == nil {
+		return false // before answer, which escapes: no allocation per call
+	}
 	var answer redis.Error
-	return err != nil && !errors.As(err, &answer)
+	return !errors.As(err, &answer)
 }
 
 func (l *line) close() {
@@ -113,6 +131,7 @@ func (l *line) close() {
 		_ = l.conn.Close()
 		l.conn = nil
 	}
+	l.pipe = nil
 }
 
 func newPipeliner(client redis.UniversalClient, timeout time.Duration) *pipeliner {
@@ -133,9 +152,9 @@ func newPipeliner(client redis.UniversalClient, timeout time.Duration) *pipeline
 // in flight, else as part of the sender's next pipeline, and returns its
 // reply. A pipelined call gives up when ctx ends; it is then still sent (it
 // may already be on the wire) but nobody reads its reply.
-func (p *pipeliner) run(ctx context.Context, script *redis.Script, keys []string, args ...any) ([]any, error) {
+func (p *pipeliner) run(ctx context.Context, script hotScript, keys []string, args ...any) ([]any, error) {
 	cmdArgs := make([]any, 0, 3+len(keys)+len(args))
-	cmdArgs = append(cmdArgs, "evalsha", script.Hash(), len(keys))
+	cmdArgs = append(cmdArgs, "evalsha", script.sha, len(keys))
 	for _, k := range keys {
 		cmdArgs = append(cmdArgs, k)
 	}
@@ -145,15 +164,14 @@ func (p *pipeliner) run(ctx context.Context, script *redis.Script, keys []string
 		select {
 		case l := <-p.direct:
 			defer func() { p.direct <- l }() // before inFlight drops
-			return p.runDirect(ctx, l, script, keys, args, cmdArgs)
+			return p.runDirect(ctx, l, script.Script, keys, cmdArgs)
 		default: // closed: close took the line
 		}
 	}
 	c := &scriptCall{
 		cmd:      redis.NewCmd(ctx, cmdArgs...),
-		script:   script,
+		script:   script.Script,
 		keys:     keys,
-		args:     args,
 		enqueued: time.Now(),
 		done:     make(chan struct{}),
 	}
@@ -176,7 +194,7 @@ func (p *pipeliner) run(ctx context.Context, script *redis.Script, keys []string
 
 // runDirect sends one call on l, bounded by the client's dial, read and
 // write timeouts.
-func (p *pipeliner) runDirect(ctx context.Context, l *line, script *redis.Script, keys []string, args, cmdArgs []any) ([]any, error) {
+func (p *pipeliner) runDirect(ctx context.Context, l *line, script *redis.Script, keys []string, cmdArgs []any) ([]any, error) {
 	cmd := redis.NewCmd(ctx, cmdArgs...)
 	if conn := l.take(p.client); conn != nil {
 		_ = conn.Process(ctx, cmd)
@@ -185,7 +203,7 @@ func (p *pipeliner) runDirect(ctx context.Context, l *line, script *redis.Script
 	}
 	l.done(cmd.Err())
 	if isNoScript(cmd.Err()) {
-		return script.Eval(ctx, p.client, keys, args...).Slice()
+		return script.Eval(ctx, p.client, keys, scriptArgs(cmdArgs, keys)...).Slice()
 	}
 	return cmd.Slice()
 }
@@ -197,6 +215,7 @@ func (p *pipeliner) send() {
 	var l line
 	defer l.close()
 	batch := make([]*scriptCall, 0, maxBatch)
+	cmds := make([]redis.Cmder, 0, maxBatch)
 	for {
 		select {
 		case <-p.stop:
@@ -213,24 +232,25 @@ func (p *pipeliner) send() {
 				break collect
 			}
 		}
-		p.exec(&l, batch)
+		p.exec(&l, batch, cmds)
 		clear(batch) // let the finished calls go
+		clear(cmds)
 	}
 }
 
-// exec sends one batch on l and wakes its callers. Its deadline is the
-// oldest call's enqueue time plus the store timeout, so a call never waits
-// for Redis much longer than the timeout, however long it queued.
-func (p *pipeliner) exec(l *line, batch []*scriptCall) {
+// exec sends one batch on l and wakes its callers; cmds has room for the
+// batch's commands. Its deadline is the oldest call's enqueue time plus the
+// store timeout, so a call never waits for Redis much longer than the
+// timeout, however long it queued.
+func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 	ctx, cancel := context.WithDeadline(context.Background(), batch[0].enqueued.Add(p.timeout))
 	defer cancel()
-	pipe := p.client.Pipeline()
-	if conn := l.take(p.client); conn != nil {
-		pipe = conn.Pipeline()
-	}
+	cmds = cmds[:0]
 	for _, c := range batch {
-		_ = pipe.Process(ctx, c.cmd)
+		cmds = append(cmds, c.cmd)
 	}
+	pipe := l.pipeline(p.client)
+	_ = pipe.BatchProcess(ctx, cmds...) // one allocation, not one per doubling
 	// Every command carries its own error: Exec's one could be a NOSCRIPT
 	// answer with a network error behind it.
 	_, _ = pipe.Exec(ctx)
@@ -247,12 +267,18 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall) {
 	// with EVAL, one call at a time (rare, and Redis caches them again).
 	for _, c := range batch {
 		if isNoScript(c.cmd.Err()) {
-			res, err := c.script.Eval(ctx, p.client, c.keys, c.args...).Result()
+			res, err := c.script.Eval(ctx, p.client, c.keys, scriptArgs(c.cmd.Args(), c.keys)...).Result()
 			c.cmd.SetVal(res)
 			c.cmd.SetErr(err)
 		}
 		close(c.done)
 	}
+}
+
+// scriptArgs is the ARGV part of an EVALSHA's arguments with keys: run
+// keeps no copy of its own, so that its variadic args need not escape.
+func scriptArgs(cmdArgs []any, keys []string) []any {
+	return cmdArgs[3+len(keys):]
 }
 
 func isNoScript(err error) bool {

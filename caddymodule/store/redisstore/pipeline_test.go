@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -80,23 +81,50 @@ func TestScriptsSurviveScriptFlush(t *testing.T) {
 	if err := s.CreateKey(ctx, k); err != nil {
 		t.Fatal(err)
 	}
-	check := func() {
-		t.Helper()
-		v, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: store.Policy{Limit: 10, Window: time.Minute}})
+	policy := store.Policy{Limit: 1000, Window: time.Minute}
+	check := func() error {
+		v, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: policy})
 		if err != nil || v.Status != store.KeyValid || !v.Limit.Allowed {
-			t.Fatalf("check: %+v, %v", v, err)
+			return fmt.Errorf("check: %+v, %v", v, err)
 		}
-		if _, err := s.Limit(ctx, "anon", store.Policy{Limit: 10, Window: time.Minute}, store.SlidingLog, store.Ask{}); err != nil {
-			t.Fatalf("limit: %v", err)
+		if _, err := s.Limit(ctx, "anon", policy, store.SlidingLog, store.Ask{}); err != nil {
+			return fmt.Errorf("limit: %v", err)
 		}
+		return nil
 	}
-	check()
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer rdb.Close()
-	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+	flush := func() {
+		t.Helper()
+		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := check(); err != nil {
 		t.Fatal(err)
 	}
-	check()
+	flush()
+	if err := check(); err != nil {
+		t.Fatal(err)
+	}
+
+	// concurrent calls, most of them in the sender's pipeline, which loads
+	// the script again call by call from each call's own arguments
+	flush()
+	errs := make(chan error, 64)
+	start := make(chan struct{})
+	for range cap(errs) {
+		go func() {
+			<-start
+			errs <- check()
+		}()
+	}
+	close(start)
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // A hung Redis must not hold calls much longer than the store timeout,

@@ -130,7 +130,7 @@ end
 // Returns {status, record-or-empty, allowed, remaining, reset, retry,
 // granted, lease ms}; the record (HGETALL) is sent only when its revision
 // differs from ARGV[2].
-var checkKeyScript = redis.NewScript(limiterLua + `
+var checkKeyScript = newHotScript(limiterLua + `
 local rec = redis.call('HMGET', KEYS[1], 'h', 'e', 'x', 'v', 'u')
 if not rec[1] or rec[1] ~= ARGV[1] then
   return {1, {}}
@@ -153,9 +153,21 @@ return {0, full, d[1], d[2], d[3], d[4], d[5], d[6]}
 // KEYS[1] counter; ARGV[1] limit, ARGV[2] window ms, ARGV[3] algorithm,
 // ARGV[4] requests to take, ARGV[5] how long a lease may last (ms), ARGV[6]
 // the subject's window offset (ms), ARGV[7] 1 when asked ahead, else 0.
-var limitScript = redis.NewScript(limiterLua + `
+var limitScript = newHotScript(limiterLua + `
 return take(KEYS[1], now_ms(), tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
 `)
+
+// hotScript is a script of the hot path, its SHA boxed once for EVALSHA's
+// arguments: converting it to an interface value per call would allocate.
+type hotScript struct {
+	*redis.Script
+	sha any
+}
+
+func newHotScript(src string) hotScript {
+	s := redis.NewScript(src)
+	return hotScript{Script: s, sha: s.Hash()}
+}
 
 // updateScript writes a changed record if nobody changed it meanwhile.
 // KEYS[1] record; ARGV[1] expected revision; ARGV[2..] field/value pairs.
