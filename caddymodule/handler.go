@@ -202,24 +202,17 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		// here, so it is checked exactly.
 		if policy, policyHdr := h.policyFor(ident); !policy.IsZero() {
 			lk := leaseKey{'k', ident.key.ID, policy}
-			for waited := false; ; waited = true {
-				epoch, fresh := shared.epochs.current(now)
-				d, ok, pending := h.leases.take(lk, now, epoch, fresh)
-				if ok {
-					if pending != nil {
-						go h.refillKeyAhead(lk, pending, entry, hash, ident.key.Revision)
-					}
-					h.app.metrics.leased(d)
-					return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, now)
+			d, at, ahead, ok, err := h.fromLease(ctx, lk, now)
+			switch {
+			case err != nil:
+				return h.storeFailed(w, r, repl, next, err, entry, ident, now)
+			case ok:
+				if ahead != nil {
+					go h.refillKeyAhead(lk, ahead, entry, hash, ident.key.Revision)
 				}
-				if pending == nil || waited {
-					break
-				}
-				if err := h.awaitRefill(ctx, pending); err != nil {
-					return h.storeFailed(w, r, repl, next, err, entry, ident, now)
-				}
-				now = time.Now()
+				return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, at)
 			}
+			now = at
 		}
 	}
 
@@ -332,31 +325,24 @@ func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *c
 }
 
 // limitAnonymous takes one request from subject's limit: from this
-// gateway's lease when it holds one (there is no key to revoke, so no
-// epoch to watch), else from the store. It returns when the decision was
-// taken (now, or later after a wait for a refill), for the headers'
-// seconds to the reset.
+// gateway's lease when it holds one (fromLease), else from the store. It
+// returns when the decision was taken (now, or later after a wait for a
+// refill), for the headers' seconds to the reset.
 func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.Time) (store.Decision, time.Time, error) {
 	lk := leaseKey{'s', subject, h.anonPolicy}
 	var ask store.Ask
 	if h.leases != nil {
-		for waited := false; ; waited = true {
-			d, ok, pending := h.leases.take(lk, now, 0, true)
-			if ok {
-				if pending != nil {
-					go h.refillAnonymousAhead(lk, pending)
-				}
-				h.app.metrics.leased(d)
-				return d, now, nil
+		d, at, ahead, ok, err := h.fromLease(ctx, lk, now)
+		switch {
+		case err != nil:
+			return store.Decision{}, now, err
+		case ok:
+			if ahead != nil {
+				go h.refillAnonymousAhead(lk, ahead)
 			}
-			if pending == nil || waited {
-				break
-			}
-			if err := h.awaitRefill(ctx, pending); err != nil {
-				return store.Decision{}, now, err
-			}
-			now = time.Now()
+			return d, at, nil
 		}
+		now = at
 		ask = h.leases.want(lk, now, 0)
 	}
 	d, err := h.limitSubject(ctx, now, subject, ask)
@@ -365,6 +351,34 @@ func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.T
 		h.app.metrics.leased(d)
 	}
 	return d, now, err
+}
+
+// fromLease admits a request from this gateway's lease lk at now, if it
+// holds one (ok), with the decision and when it was taken: later than now
+// when the request found the lease spent and waited for the refill on its
+// way, once (err: that refill's store call failed, or the request ended).
+// ahead is a refill ahead that the caller is to start. A key's lease is
+// used only under the store's current epoch (epoch.go); an anonymous
+// subject has no key to revoke.
+func (h *Handler) fromLease(ctx context.Context, lk leaseKey, now time.Time) (d store.Decision, at time.Time, ahead *refill, ok bool, err error) {
+	for waited := false; ; waited = true {
+		epoch, fresh := int64(0), true
+		if lk.kind == 'k' {
+			epoch, fresh = h.app.shared.epochs.current(now)
+		}
+		d, ok, pending := h.leases.take(lk, now, epoch, fresh)
+		if ok {
+			h.app.metrics.leased(d)
+			return d, now, pending, true, nil
+		}
+		if pending == nil || waited {
+			return store.Decision{}, now, nil, false, nil
+		}
+		if err := h.awaitRefill(ctx, pending); err != nil {
+			return store.Decision{}, now, nil, false, err
+		}
+		now = time.Now()
+	}
 }
 
 // checkKey is a keyed request's store call (or its lease's refill,
