@@ -390,6 +390,15 @@ func TestLeasesStopWhenTheStoreStops(t *testing.T) {
 	t.Logf("leases stopped %v into the outage", time.Since(paused).Round(time.Millisecond))
 }
 
+// anonymousLeasing is a site whose anonymous callers lease 64 requests at
+// a time of a limit no test reaches.
+const anonymousLeasing = `
+	keygate {
+		anonymous 1000000 24h
+		lease 64
+	}
+	reverse_proxy {upstream}`
+
 // A lease is refilled in the background: while it holds requests, none of
 // them waits for the store, not even when the store stalls. Refilled in
 // line instead, the request that found a third of the lease left would
@@ -397,12 +406,7 @@ func TestLeasesStopWhenTheStoreStops(t *testing.T) {
 // held.
 func TestRefillAheadDoesNotWait(t *testing.T) {
 	srv := redistest.Start(t)
-	g := startGatewayOn(t, srv, `
-	keygate {
-		anonymous 1000000 24h
-		lease 64
-	}
-	reverse_proxy {upstream}`, "")
+	g := startGatewayOn(t, srv, anonymousLeasing)
 	held := heldAfterBusyTraffic(t, g)
 
 	srv.Pause()
@@ -427,12 +431,7 @@ func TestRefillAheadDoesNotWait(t *testing.T) {
 // anonymous one here, which waits for the store 1.5 s.
 func TestHeadersAfterWaitingForARefill(t *testing.T) {
 	srv := redistest.Start(t)
-	g := startGatewayOn(t, srv, `
-	keygate {
-		anonymous 1000000 24h
-		lease 64
-	}
-	reverse_proxy {upstream}`, "timeout 3s")
+	g := startGatewayOn(t, srv, anonymousLeasing, "timeout 3s")
 	waited := waitForTheRefill(t, g, srv, heldAfterBusyTraffic(t, g), 1)
 	time.Sleep(1500 * time.Millisecond)
 	resumed := time.Now()
