@@ -35,8 +35,11 @@ type identity struct {
 	key *store.Key
 	// Header values, each a one-element slice with len == cap: they are
 	// shared by concurrent requests, and an append by a later handler
-	// copies instead of writing into them.
+	// copies instead of writing into them. They point into values, so an
+	// identity is two objects on the heap (with placeholders), not six: a
+	// gateway keeps one per key it has seen, which the GC scans.
 	id, name, roles, owner []string
+	values                 [4]string
 	// ownPolicyHdr is the RateLimit-Policy value of the key's own limit,
 	// empty when it has none.
 	ownPolicyHdr string
@@ -46,18 +49,10 @@ type identity struct {
 }
 
 func newIdentity(k *store.Key) *identity {
-	one := func(s string) []string { return []string{s} } // len == cap == 1
-	var ownPolicyHdr string
+	i := &identity{key: k, values: [4]string{k.ID, k.Name, strings.Join(k.Roles, ","), k.Owner}}
+	i.id, i.name, i.roles, i.owner = i.values[0:1:1], i.values[1:2:2], i.values[2:3:3], i.values[3:4:4]
 	if !k.RateLimit.IsZero() {
-		ownPolicyHdr = policyHeader(policyNameKey, k.RateLimit)
-	}
-	i := &identity{
-		ownPolicyHdr: ownPolicyHdr,
-		key:          k,
-		id:           one(k.ID),
-		name:         one(k.Name),
-		roles:        one(strings.Join(k.Roles, ",")),
-		owner:        one(k.Owner),
+		i.ownPolicyHdr = policyHeader(policyNameKey, k.RateLimit)
 	}
 	i.placeholders = i.placeholder
 	return i

@@ -30,3 +30,23 @@ func TestInjectAllocatesNothing(t *testing.T) {
 		t.Errorf("inject: %v allocations per request, want 0", allocs)
 	}
 }
+
+var identitySink *identity
+
+// A gateway keeps an identity for every key it has seen, which the GC
+// scans: it is two heap objects (itself and its bound placeholders), its
+// header values pointing into it, and a later handler's append to one of
+// them copies rather than writes into it.
+func TestIdentityIsTwoObjects(t *testing.T) {
+	k := &store.Key{ID: "0123456789abcdef", Name: "bench", Owner: "ops", Roles: []string{"upload"}}
+	if allocs := testing.AllocsPerRun(100, func() { identitySink = newIdentity(k) }); allocs != 2 {
+		t.Errorf("newIdentity: %v allocations, want 2", allocs)
+	}
+	ident := newIdentity(k)
+	h := http.Header{}
+	ident.inject(h, caddy.NewReplacer())
+	h.Add(headerKeyRoles, "admin")
+	if len(ident.roles) != 1 || ident.roles[0] != "upload" || ident.values[2] != "upload" {
+		t.Errorf("an append to the header changed the identity: %q, %q", ident.roles, ident.values)
+	}
+}
