@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,18 +26,29 @@ import (
 // measures the handler and its one store call and nothing else.
 func benchHandler(b *testing.B, app *App, h *Handler) *Handler {
 	b.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	b.Cleanup(cancel)
-	if err := app.Provision(ctx); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = app.Cleanup() })
+	b.Cleanup(provisionApp(b, app))
 	h.logger = zap.NewNop()
 	h.attach(app)
 	if err := h.Validate(); err != nil {
 		b.Fatal(err)
 	}
 	return h
+}
+
+// provisionApp provisions app until done is called. The last App on a
+// store ends the state they share (key cache, epochs), so an App
+// provisioned after starts cold.
+func provisionApp(b *testing.B, app *App) (done func()) {
+	b.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	if err := app.Provision(ctx); err != nil {
+		cancel()
+		b.Fatal(err)
+	}
+	return func() {
+		_ = app.Cleanup()
+		cancel()
+	}
 }
 
 // benchRequest builds a request as Caddy's server hands it to a handler.
@@ -108,6 +121,55 @@ func BenchmarkHandlerRedis(b *testing.B) {
 				serveBench(b, h, benchKeys(b, app, 100))
 			})
 		}
+	}
+}
+
+// BenchmarkMemoryPerKey is what a gateway keeps in memory for each key it
+// has seen (its key cache entry, identity and record) and, with leases, for
+// each key's lease: the live heap after one request of each of memoryKeys
+// keys through a cold handler, less before, per key. ns/op is the
+// requests' time.
+func BenchmarkMemoryPerKey(b *testing.B) {
+	const memoryKeys = 2000
+	srv := redistest.Start(b)
+	newApp := func() *App { return &App{Redis: srv.URL(), Timeout: caddy.Duration(time.Second)} }
+	app := newApp()
+	done := provisionApp(b, app)
+	secrets := benchKeys(b, app, memoryKeys)
+	done()
+	for _, lease := range []int64{0, 64} {
+		b.Run(fmt.Sprintf("lease%d", lease), func(b *testing.B) {
+			var bytes, objects int64
+			for range b.N {
+				b.StopTimer()
+				app := newApp()
+				done := provisionApp(b, app)
+				h := &Handler{RateLimit: &Rate{Requests: 1 << 40, Window: caddy.Duration(time.Hour)}, Lease: lease, logger: zap.NewNop()}
+				h.attach(app)
+				// a made-up key first: the store's connection is then open
+				// before the count starts
+				_ = h.ServeHTTP(httptest.NewRecorder(), benchRequest("X-API-Key", "sk_"+strings.Repeat("0", 48)), okNext)
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				b.StartTimer()
+				for _, s := range secrets {
+					if err := h.ServeHTTP(httptest.NewRecorder(), benchRequest("Authorization", "Bearer "+s), okNext); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StopTimer()
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				runtime.KeepAlive(h)
+				bytes += int64(after.HeapAlloc) - int64(before.HeapAlloc)
+				objects += int64(after.HeapObjects) - int64(before.HeapObjects)
+				done()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(bytes)/float64(b.N*memoryKeys), "B/key")
+			b.ReportMetric(float64(objects)/float64(b.N*memoryKeys), "objects/key")
+		})
 	}
 }
 
