@@ -35,9 +35,9 @@ type identity struct {
 	key *store.Key
 	// Header values, each a one-element slice with len == cap: they are
 	// shared by concurrent requests, and an append by a later handler
-	// copies instead of writing into them. They point into values, so an
-	// identity is two objects on the heap (with placeholders), not six: a
-	// gateway keeps one per key it has seen, which the GC scans.
+	// copies instead of writing into them. They point into values, so that
+	// an identity is two heap objects (itself and placeholders): a gateway
+	// keeps one per key it has seen, and the GC scans them all.
 	id, name, roles, owner []string
 	values                 [4]string
 	// ownPolicyHdr is the RateLimit-Policy value of the key's own limit,
