@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/redistest"
 )
 
 const protectedSite = `
@@ -258,6 +260,56 @@ func wantRateHeaders(t *testing.T, r response, policy string, limit, windowSecon
 	}
 	if !strings.HasPrefix(h.Get("RateLimit"), `"`+policy+`";r=`+strconv.FormatInt(remaining, 10)+";t=") {
 		t.Fatalf("RateLimit = %q", h.Get("RateLimit"))
+	}
+}
+
+// wantSecondsToResetFrom checks that r's RateLimit t (seconds to the reset)
+// counts from no earlier than since: at most the seconds from since to
+// X-RateLimit-Reset, rounded up.
+func wantSecondsToResetFrom(t *testing.T, r response, since time.Time) {
+	t.Helper()
+	resetMs, err := strconv.ParseInt(r.header.Get("X-RateLimit-Reset"), 10, 64)
+	if err != nil {
+		t.Fatalf("X-RateLimit-Reset %q", r.header.Get("X-RateLimit-Reset"))
+	}
+	_, after, _ := strings.Cut(r.header.Get("RateLimit"), ";t=")
+	seconds, err := strconv.ParseInt(after, 10, 64)
+	if err != nil {
+		t.Fatalf("RateLimit %q", r.header.Get("RateLimit"))
+	}
+	if most := (resetMs - since.UnixMilli() + 999) / 1000; seconds > most {
+		t.Fatalf("RateLimit t=%d, want at most %d (X-RateLimit-Reset %d)", seconds, most, resetMs)
+	}
+}
+
+// The seconds to the reset count from the store's answer, not from the
+// request's arrival: with the store stalled 1.5 s, neither a keyed nor an
+// anonymous request reports more seconds than from when it answered.
+func TestHeadersCountFromTheStoresAnswer(t *testing.T) {
+	srv := redistest.Start(t)
+	g := startGatewayOn(t, srv, `
+	keygate {
+		rate_limit 1000000 24h
+		anonymous 1000000 24h
+	}
+	reverse_proxy {upstream}`, "timeout 3s")
+	key := generate(t, "--name", "slow-store").Key
+	for _, headers := range [][]string{bearer(key), nil} {
+		// the key cached and the store's connection open, before the stall
+		if r := g.get("/", headers...); r.status != http.StatusOK {
+			t.Fatalf("before the stall: %d %s", r.status, r.body)
+		}
+		srv.Pause()
+		answered := make(chan response, 1)
+		go func() { answered <- g.get("/", headers...) }()
+		time.Sleep(1500 * time.Millisecond)
+		resumed := time.Now()
+		srv.Resume()
+		r := <-answered
+		if r.status != http.StatusOK {
+			t.Fatalf("after the stall: %d %s", r.status, r.body)
+		}
+		wantSecondsToResetFrom(t, r, resumed)
 	}
 }
 

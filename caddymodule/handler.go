@@ -261,12 +261,15 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 	}
 	entry.validatedAt.Store(now.UnixNano())
 
+	// the headers' seconds to the reset count from the store's answer,
+	// which a slow store may have given well after the request arrived
+	decided := time.Now()
 	d := verdict.Limit
 	if h.leases != nil && !policy.IsZero() {
-		d = h.leases.put(lk, d, ask, start, epoch, time.Now())
+		d = h.leases.put(lk, d, ask, start, epoch, decided)
 		h.app.metrics.leased(d)
 	}
-	return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, now)
+	return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, decided)
 }
 
 // admitKey finishes a request whose key is valid, with the rate-limit
@@ -327,7 +330,7 @@ func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *c
 // limitAnonymous takes one request from subject's limit: from this
 // gateway's lease when it holds one (fromLease), else from the store. It
 // returns when the decision was taken (now, or later after a wait for a
-// refill), for the headers' seconds to the reset.
+// refill or the store's answer), for the headers' seconds to the reset.
 func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.Time) (store.Decision, time.Time, error) {
 	lk := leaseKey{'s', subject, h.anonPolicy}
 	var ask store.Ask
@@ -346,11 +349,12 @@ func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.T
 		ask = h.leases.want(lk, now, 0)
 	}
 	d, err := h.limitSubject(ctx, now, subject, ask)
+	decided := time.Now()
 	if err == nil && h.leases != nil {
-		d = h.leases.put(lk, d, ask, now, 0, time.Now())
+		d = h.leases.put(lk, d, ask, now, 0, decided)
 		h.app.metrics.leased(d)
 	}
-	return d, now, err
+	return d, decided, err
 }
 
 // fromLease admits a request from this gateway's lease lk at now, if it

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -440,19 +439,7 @@ func TestHeadersAfterWaitingForARefill(t *testing.T) {
 	if r.status != http.StatusOK {
 		t.Fatalf("the request that waited: %d %s", r.status, r.body)
 	}
-	resetMs, err := strconv.ParseInt(r.header.Get("X-RateLimit-Reset"), 10, 64)
-	if err != nil {
-		t.Fatalf("X-RateLimit-Reset %q", r.header.Get("X-RateLimit-Reset"))
-	}
-	_, after, _ := strings.Cut(r.header.Get("RateLimit"), ";t=")
-	seconds, err := strconv.ParseInt(after, 10, 64)
-	if err != nil {
-		t.Fatalf("RateLimit %q", r.header.Get("RateLimit"))
-	}
-	// admitted after the store resumed: no more seconds than from then
-	if most := (resetMs - resumed.UnixMilli() + 999) / 1000; seconds > most {
-		t.Fatalf("RateLimit t=%d after the wait, want at most %d (X-RateLimit-Reset %d)", seconds, most, resetMs)
-	}
+	wantSecondsToResetFrom(t, r, resumed) // admitted after the store resumed
 }
 
 // Requests that find a lease spent while its refill is on its way wait for
