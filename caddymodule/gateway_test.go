@@ -263,11 +263,19 @@ func wantRateHeaders(t *testing.T, r response, policy string, limit, windowSecon
 	}
 }
 
-// wantSecondsToResetFrom checks that r's RateLimit t (seconds to the reset)
-// counts from no earlier than since: at most the seconds from since to
-// X-RateLimit-Reset, rounded up.
-func wantSecondsToResetFrom(t *testing.T, r response, since time.Time) {
+// wantCountedFromTheResume keeps srv, paused while a request waits on
+// waiting, paused 1.5 s more, resumes it, and checks the request: admitted,
+// and RateLimit's t (seconds to the reset) counted from no earlier than the
+// resume, at most the seconds from then to X-RateLimit-Reset, rounded up.
+func wantCountedFromTheResume(t *testing.T, srv *redistest.Server, waiting <-chan response) {
 	t.Helper()
+	time.Sleep(1500 * time.Millisecond)
+	resumed := time.Now()
+	srv.Resume()
+	r := <-waiting
+	if r.status != http.StatusOK {
+		t.Fatalf("the request that waited for the store: %d %s", r.status, r.body)
+	}
 	resetMs, err := strconv.ParseInt(r.header.Get("X-RateLimit-Reset"), 10, 64)
 	if err != nil {
 		t.Fatalf("X-RateLimit-Reset %q", r.header.Get("X-RateLimit-Reset"))
@@ -277,7 +285,7 @@ func wantSecondsToResetFrom(t *testing.T, r response, since time.Time) {
 	if err != nil {
 		t.Fatalf("RateLimit %q", r.header.Get("RateLimit"))
 	}
-	if most := (resetMs - since.UnixMilli() + 999) / 1000; seconds > most {
+	if most := (resetMs - resumed.UnixMilli() + 999) / 1000; seconds > most {
 		t.Fatalf("RateLimit t=%d, want at most %d (X-RateLimit-Reset %d)", seconds, most, resetMs)
 	}
 }
@@ -300,16 +308,9 @@ func TestHeadersCountFromTheStoresAnswer(t *testing.T) {
 			t.Fatalf("before the stall: %d %s", r.status, r.body)
 		}
 		srv.Pause()
-		answered := make(chan response, 1)
-		go func() { answered <- g.get("/", headers...) }()
-		time.Sleep(1500 * time.Millisecond)
-		resumed := time.Now()
-		srv.Resume()
-		r := <-answered
-		if r.status != http.StatusOK {
-			t.Fatalf("after the stall: %d %s", r.status, r.body)
-		}
-		wantSecondsToResetFrom(t, r, resumed)
+		waiting := make(chan response, 1)
+		go func() { waiting <- g.get("/", headers...) }()
+		wantCountedFromTheResume(t, srv, waiting)
 	}
 }
 
