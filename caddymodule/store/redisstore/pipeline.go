@@ -234,7 +234,6 @@ func (p *pipeliner) send() {
 		}
 		p.exec(&l, batch, cmds)
 		clear(batch) // let the finished calls go
-		clear(cmds)
 	}
 }
 
@@ -251,6 +250,7 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 	}
 	pipe := l.pipeline(p.client)
 	_ = pipe.BatchProcess(ctx, cmds...) // one allocation, not one per doubling
+	clear(cmds)                         // the pipeline has them; let them go with their calls
 	// Every command carries its own error: Exec's one could be a NOSCRIPT
 	// answer with a network error behind it.
 	_, _ = pipe.Exec(ctx)
