@@ -56,6 +56,7 @@ var (
 	flagLease    = flag.Int("lease", 0, "keygate's lease option on every route (0: off, every request counted in Redis)")
 	flagLeaseUp  = flag.Duration("lease-warmup", 30*time.Second, "with -lease: unmeasured keygate run before a configuration's first round, so its leases have grown to the size the load keeps them at, as in service (a lease at most doubles per grant)")
 	flagControl  = flag.Bool("control", false, "a second plain Caddy takes keygate's place: the ratios then measure this machine's noise, the same proxy against itself")
+	flagSameHdrs = flag.Bool("same-headers", false, "plain Caddy also sends the headers keygate adds (rate-limit headers to the client, identity headers to the upstream, values of the same length) and drops the key: the ratios then measure keygate's work beyond what its headers cost")
 	flagAccuracy = flag.Bool("accuracy", false, "run the accuracy test instead of the load benchmark")
 	flagAccLimit = flag.Int64("accuracy-limit", 100, "accuracy: the rate limit (per minute)")
 	flagAccReqs  = flag.Int("accuracy-requests", 1000, "accuracy: requests sent per trial")
@@ -343,6 +344,11 @@ func caddyfile(withKeygate bool, site, admin, redisURL, upstream string, rateLim
 			}
 			fmt.Fprintf(&b, "\t\tkeygate {\n\t\t\t%s\n\t\t}\n", kg)
 		}
+		if !withKeygate && *flagSameHdrs {
+			b.WriteString(sameHeaders(strings.HasPrefix(r.path, "/anon/")))
+			fmt.Fprintf(&b, "\t\treverse_proxy %s {\n%s\t\t}\n\t}\n", upstream, sameRequestHeaders(strings.HasPrefix(r.path, "/anon/")))
+			continue
+		}
 		fmt.Fprintf(&b, "\t\treverse_proxy %s\n\t}\n", upstream)
 	}
 	if withKeygate {
@@ -350,6 +356,39 @@ func caddyfile(withKeygate bool, site, admin, redisURL, upstream string, rateLim
 	}
 	b.WriteString("}\n")
 	return b.String()
+}
+
+// sameHeaders is the header directive that has plain Caddy (-same-headers)
+// send the rate-limit headers keygate sends on a route, with values as long
+// as those the benchmark's requests get: the same bytes for the client to
+// read, set before reverse_proxy as keygate sets them.
+func sameHeaders(anonymous bool) string {
+	name := "key"
+	if anonymous {
+		name = "ip"
+	}
+	return "\t\theader {\n" +
+		"\t\t\tX-Ratelimit-Limit 1000000000\n" +
+		"\t\t\tX-Ratelimit-Remaining 999999999\n" +
+		"\t\t\tX-Ratelimit-Reset 1764650000000\n" +
+		"\t\t\tRatelimit-Policy `\"" + name + "\";q=1000000000;w=60`\n" +
+		"\t\t\tRatelimit `\"" + name + "\";r=999999999;t=60`\n" +
+		"\t\t}\n"
+}
+
+// sameRequestHeaders is what plain Caddy's reverse_proxy (-same-headers)
+// changes in the request it sends on, as keygate does: the key removed, the
+// identity headers (a 16-character key id, a name like the benchmark's
+// keys', no roles, no owner) or the anonymous marker added.
+func sameRequestHeaders(anonymous bool) string {
+	if anonymous {
+		return "\t\t\theader_up X-Keygate-Anonymous true\n"
+	}
+	return "\t\t\theader_up -Authorization\n" +
+		"\t\t\theader_up X-Keygate-Key-Id 0123456789abcdef\n" +
+		"\t\t\theader_up X-Keygate-Key-Name bench-1234\n" +
+		"\t\t\theader_up X-Keygate-Roles \"\"\n" +
+		"\t\t\theader_up X-Keygate-Owner \"\"\n"
 }
 
 func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, withKeygate bool, redisURL, upstream, rateLimit string) (*proxy, error) {
@@ -849,6 +888,9 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		kg.name, *flagThreads, *flagDuration, *flagRounds, numCPU())
 	if *flagControl {
 		fmt.Print("control: plain Caddy in keygate's place; its ratios are this machine's noise\n\n")
+	}
+	if *flagSameHdrs {
+		fmt.Print("same headers: plain Caddy sends the headers keygate adds and drops the key; the ratios are\nkeygate's work beyond what its headers cost\n\n")
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, strings.ReplaceAll("configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tCPU/req plain\tkeygate\tredis\tstore calls/req\twaited/req\tleased unused/req\tnon-2xx\t", "keygate", kg.name))
