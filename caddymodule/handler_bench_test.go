@@ -83,9 +83,18 @@ func benchKeys(b *testing.B, app *App, n int) []string {
 // serveBench runs the handler b.N times over the given secrets, in
 // parallel, and fails on any refusal.
 func serveBench(b *testing.B, h *Handler, secrets []string) {
-	// warm the key cache, as a gateway in steady state has it
-	for _, s := range secrets {
-		if err := h.ServeHTTP(httptest.NewRecorder(), benchRequest("Authorization", "Bearer "+s), okNext); err != nil {
+	serveRequests(b, h, len(secrets), func(i int) *http.Request {
+		return benchRequest("Authorization", "Bearer "+secrets[i%len(secrets)])
+	})
+}
+
+// serveRequests runs the handler b.N times, in parallel, on request(i) for
+// i counting from 0 in each goroutine, after warm requests unmeasured (the
+// key cache and leases warm, as a gateway in steady state has them), and
+// fails on any refusal.
+func serveRequests(b *testing.B, h *Handler, warm int, request func(i int) *http.Request) {
+	for i := range warm {
+		if err := h.ServeHTTP(httptest.NewRecorder(), request(i), okNext); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -95,7 +104,7 @@ func serveBench(b *testing.B, h *Handler, secrets []string) {
 		i := 0
 		w := httptest.NewRecorder()
 		for pb.Next() {
-			r := benchRequest("Authorization", "Bearer "+secrets[i%len(secrets)])
+			r := request(i)
 			i++
 			clear(w.Header())
 			if err := h.ServeHTTP(w, r, okNext); err != nil {
@@ -108,17 +117,33 @@ func serveBench(b *testing.B, h *Handler, secrets []string) {
 // BenchmarkHandlerRedis is the hot path: a request with a known key, one
 // Redis round trip (validate + rate limit), headers in and out.
 func BenchmarkHandlerRedis(b *testing.B) {
+	eachHotPath(b, func(b *testing.B, app *App, lease int64, alg store.Algorithm) {
+		h := benchHandler(b, app, &Handler{RateLimit: benchRate(), Algorithm: alg, Lease: lease})
+		serveBench(b, h, benchKeys(b, app, 100))
+	})
+}
+
+// BenchmarkHandlerAnonymousRedis is the hot path of a request without a
+// key on a route with an anonymous limit: every request from one client IP,
+// as in the load benchmark's anonymous rows.
+func BenchmarkHandlerAnonymousRedis(b *testing.B) {
+	eachHotPath(b, func(b *testing.B, app *App, lease int64, alg store.Algorithm) {
+		h := benchHandler(b, app, &Handler{Anonymous: benchRate(), Algorithm: alg, Lease: lease})
+		serveRequests(b, h, 1, func(int) *http.Request { return benchRequest() })
+	})
+}
+
+// benchRate is a limit no benchmark reaches.
+func benchRate() *Rate { return &Rate{Requests: 1 << 40, Window: caddy.Duration(time.Hour)} }
+
+// eachHotPath runs bench once per algorithm, without leases and with
+// lease 64, each on an App of its own on one real Redis.
+func eachHotPath(b *testing.B, bench func(b *testing.B, app *App, lease int64, alg store.Algorithm)) {
 	srv := redistest.Start(b)
 	for _, lease := range []int64{0, 64} {
 		for _, alg := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
 			b.Run(fmt.Sprintf("%s/lease%d", alg, lease), func(b *testing.B) {
-				app := &App{Redis: srv.URL(), Timeout: caddy.Duration(time.Second)}
-				h := benchHandler(b, app, &Handler{
-					RateLimit: &Rate{Requests: 1 << 40, Window: caddy.Duration(time.Hour)},
-					Algorithm: alg,
-					Lease:     lease,
-				})
-				serveBench(b, h, benchKeys(b, app, 100))
+				bench(b, &App{Redis: srv.URL(), Timeout: caddy.Duration(time.Second)}, lease, alg)
 			})
 		}
 	}
@@ -144,7 +169,7 @@ func BenchmarkMemoryPerKey(b *testing.B) {
 				b.StopTimer()
 				app := newApp()
 				done := provisionApp(b, app)
-				h := &Handler{RateLimit: &Rate{Requests: 1 << 40, Window: caddy.Duration(time.Hour)}, Lease: lease, logger: zap.NewNop()}
+				h := &Handler{RateLimit: benchRate(), Lease: lease, logger: zap.NewNop()}
 				h.attach(app)
 				// a made-up key first: the store's connection is then open
 				// before the count starts
