@@ -345,8 +345,9 @@ func caddyfile(withKeygate bool, site, admin, redisURL, upstream string, rateLim
 			fmt.Fprintf(&b, "\t\tkeygate {\n\t\t\t%s\n\t\t}\n", kg)
 		}
 		if !withKeygate && *flagSameHdrs {
-			b.WriteString(sameHeaders(strings.HasPrefix(r.path, "/anon/")))
-			fmt.Fprintf(&b, "\t\treverse_proxy %s {\n%s\t\t}\n\t}\n", upstream, sameRequestHeaders(strings.HasPrefix(r.path, "/anon/")))
+			anonymous := strings.HasPrefix(r.path, "/anon/")
+			b.WriteString(sameHeaders(anonymous))
+			fmt.Fprintf(&b, "\t\treverse_proxy %s {\n%s\t\t}\n\t}\n", upstream, sameRequestHeaders(anonymous))
 			continue
 		}
 		fmt.Fprintf(&b, "\t\treverse_proxy %s\n\t}\n", upstream)
