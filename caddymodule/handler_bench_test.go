@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	runtimemetrics "runtime/metrics"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -152,7 +153,8 @@ func eachHotPath(b *testing.B, bench func(b *testing.B, app *App, lease int64, a
 // BenchmarkMemoryPerKey is what a gateway keeps in memory for each key it
 // has seen (its key cache entry, identity and record) and, with leases, for
 // each key's lease: the live heap after one request of each of memoryKeys
-// keys through a cold handler, less before, per key. ns/op is the
+// keys through a cold handler, less before, per key; and of it, what every
+// GC cycle scans (scan-B/key: objects that hold pointers). ns/op is the
 // requests' time.
 func BenchmarkMemoryPerKey(b *testing.B) {
 	const memoryKeys = 2000
@@ -164,7 +166,7 @@ func BenchmarkMemoryPerKey(b *testing.B) {
 	done()
 	for _, lease := range []int64{0, 64} {
 		b.Run(fmt.Sprintf("lease%d", lease), func(b *testing.B) {
-			var bytes, objects int64
+			var bytes, objects, scanned int64
 			for range b.N {
 				b.StopTimer()
 				app := newApp()
@@ -177,6 +179,7 @@ func BenchmarkMemoryPerKey(b *testing.B) {
 				var before, after runtime.MemStats
 				runtime.GC()
 				runtime.ReadMemStats(&before)
+				scanBefore := scannableHeap()
 				b.StartTimer()
 				for _, s := range secrets {
 					if err := h.ServeHTTP(httptest.NewRecorder(), benchRequest("Authorization", "Bearer "+s), okNext); err != nil {
@@ -189,13 +192,23 @@ func BenchmarkMemoryPerKey(b *testing.B) {
 				runtime.KeepAlive(h)
 				bytes += int64(after.HeapAlloc) - int64(before.HeapAlloc)
 				objects += int64(after.HeapObjects) - int64(before.HeapObjects)
+				scanned += scannableHeap() - scanBefore
 				done()
 				b.StartTimer()
 			}
 			b.ReportMetric(float64(bytes)/float64(b.N*memoryKeys), "B/key")
 			b.ReportMetric(float64(objects)/float64(b.N*memoryKeys), "objects/key")
+			b.ReportMetric(float64(scanned)/float64(b.N*memoryKeys), "scan-B/key")
 		})
 	}
+}
+
+// scannableHeap is the heap the last GC cycle found holding pointers: what
+// each cycle scans.
+func scannableHeap() int64 {
+	sample := []runtimemetrics.Sample{{Name: "/gc/scan/heap:bytes"}}
+	runtimemetrics.Read(sample)
+	return int64(sample[0].Value.Uint64())
 }
 
 // BenchmarkHandlerRejectUnknownKey measures what a flood of made-up keys
