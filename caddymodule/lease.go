@@ -167,20 +167,32 @@ func (l *lease) refillOver(r *refill, refused bool, now time.Time) {
 // grant is one lease the store granted: tokens requests (beyond the asking
 // one's, unless asked ahead) to admit within length of start.
 type grant struct {
-	start     time.Time // before the call
+	start     instant // before the call
 	length    time.Duration
 	tokens    int64
-	next      int64     // tokens admitted or lapsed so far
-	staggered bool      // the i-th token (from 1) only until StaggeredDeadline(i, tokens, length)
-	due       time.Time // the latest moment the next token may be admitted
+	next      int64   // tokens admitted or lapsed so far
+	staggered bool    // the i-th token (from 1) only until StaggeredDeadline(i, tokens, length)
+	due       instant // the latest moment the next token may be admitted
 }
+
+// instant is a moment as the time since instantBase, on the monotonic
+// clock when the time.Time it came from has a reading. A grant keeps its
+// moments so rather than as time.Time, whose location pointer would have
+// the GC scan every grant a gateway holds: a busy gateway holds many.
+type instant time.Duration
+
+var instantBase = time.Now()
+
+func instantOf(t time.Time) instant { return instant(t.Sub(instantBase)) }
+
+func (i instant) add(d time.Duration) instant { return i + instant(d) }
 
 // newGrant is the grant of the store's decision d, asked for at start
 // (ahead or not). A lease shorter than a millisecond counts as not
 // staggered: in whole milliseconds, as the store works them out, its
 // deadlines would all be 0.
 func newGrant(start time.Time, d store.Decision, ahead bool) grant {
-	g := grant{start: start, length: d.Lease, tokens: d.Leased(ahead), staggered: d.Staggered && d.Lease >= time.Millisecond}
+	g := grant{start: instantOf(start), length: d.Lease, tokens: d.Leased(ahead), staggered: d.Staggered && d.Lease >= time.Millisecond}
 	g.setDue()
 	return g
 }
@@ -189,19 +201,19 @@ func newGrant(start time.Time, d store.Decision, ahead bool) grant {
 // lapses before, so only then need the tokens' deadlines be worked out.
 func (g *grant) setDue() {
 	if g.staggered && g.next < g.tokens {
-		g.due = g.start.Add(store.StaggeredDeadline(g.next+1, g.tokens, g.length))
+		g.due = g.start.add(store.StaggeredDeadline(g.next+1, g.tokens, g.length))
 	} else {
-		g.due = g.start.Add(g.length)
+		g.due = g.start.add(g.length)
 	}
 }
 
 // left is how many tokens of g may still be admitted at now, counting as
 // gone those that may no longer be.
-func (g *grant) left(now time.Time) int64 {
-	if now.Before(g.due) {
+func (g *grant) left(now instant) int64 {
+	if now < g.due {
 		return g.tokens - g.next
 	}
-	switch elapsed := now.Sub(g.start); {
+	switch elapsed := time.Duration(now - g.start); {
 	case elapsed >= g.length:
 		g.next = g.tokens
 	case g.staggered: // elapsed ≥ 0: now is not before due, nor due before start
@@ -218,9 +230,9 @@ func (g *grant) left(now time.Time) int64 {
 // left is how many requests of l may still be admitted. It drops the
 // grants that have none left.
 func (l *lease) left(now time.Time) (n int64) {
-	live := 0
+	live, at := 0, instantOf(now)
 	for i := range l.grants {
-		if left := l.grants[i].left(now); left > 0 {
+		if left := l.grants[i].left(at); left > 0 {
 			n += left
 			if live != i {
 				l.grants[live] = l.grants[i]
@@ -270,7 +282,7 @@ func (l *lease) recentPace(now time.Time) float64 {
 func (l *lease) admit(left int64, now time.Time) store.Decision {
 	soonest := 0
 	for i := 1; i < len(l.grants); i++ {
-		if l.grants[i].due.Before(l.grants[soonest].due) {
+		if l.grants[i].due < l.grants[soonest].due {
 			soonest = i
 		}
 	}

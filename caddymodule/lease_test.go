@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"net/http"
+	"reflect"
 	"slices"
 	"strconv"
 	"testing"
@@ -1021,4 +1022,35 @@ func TestRefillDropsTheLeaseOfAnInvalidKey(t *testing.T) {
 		t.Fatalf("the disabled key was served all %d held; its refill should have dropped the lease", held)
 	}
 	t.Logf("disabled behind the epoch's back: %d of %d held served", served, held)
+}
+
+// TestGrantsHoldNoPointers: a gateway holds many grants, and an array of
+// them that holds no pointer is one the GC never scans (instant, not
+// time.Time, whose location is a pointer).
+func TestGrantsHoldNoPointers(t *testing.T) {
+	grantType := reflect.TypeFor[grant]()
+	for i := range grantType.NumField() {
+		if f := grantType.Field(i); holdsPointers(f.Type) {
+			t.Errorf("grant.%s (%s) holds a pointer", f.Name, f.Type)
+		}
+	}
+}
+
+func holdsPointers(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Struct:
+		for i := range t.NumField() {
+			if holdsPointers(t.Field(i).Type) {
+				return true
+			}
+		}
+		return false
+	case reflect.Array:
+		return holdsPointers(t.Elem())
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128:
+		return false
+	}
+	return true // pointers, strings, slices, maps, channels, funcs, interfaces
 }
