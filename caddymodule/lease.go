@@ -94,11 +94,11 @@ type lease struct {
 	remaining int64 // the store's remaining after granting (the lowest of concurrent grants)
 	limit     int64
 	reset     time.Time
-	since     time.Time // when the last grant was asked for
-	ends      time.Time // when the last of them ends
-	used      int64     // requests admitted since, counting the one that asked
-	size      int64     // what the last request to the store asked for
-	granted   int64     // what the store granted it, that request's own included (if not asked ahead)
+	since     instant // when the last grant was asked for
+	ends      instant // when the last of them ends
+	used      int64   // requests admitted since, counting the one that asked
+	size      int64   // what the last request to the store asked for
+	granted   int64   // what the store granted it, that request's own included (if not asked ahead)
 	spread    time.Duration
 	// refills ahead on their way, oldest first (at most refillsOnTheWay).
 	// What they ask for counts as held when take decides whether to ask
@@ -111,7 +111,7 @@ type lease struct {
 	// requests admitted from this lease ever, and when the latest
 	// multiples of paceMarkEvery were (at admitted/paceMarkEvery modulo 4)
 	admitted  int64
-	paceMarks [4]time.Time
+	paceMarks [4]instant
 	// how long refills ahead take: the latest, or more while slower ones
 	// before it decay (by an eighth a refill), so the lease is refilled
 	// early enough that the refill is back before it is spent (low)
@@ -176,9 +176,10 @@ type grant struct {
 }
 
 // instant is a moment as the time since instantBase, on the monotonic
-// clock when the time.Time it came from has a reading. A grant keeps its
-// moments so rather than as time.Time, whose location pointer would have
-// the GC scan every grant a gateway holds: a busy gateway holds many.
+// clock when the time.Time it came from has a reading. Grants and leases
+// keep their moments so rather than as time.Time, whose location pointer
+// would have the GC scan every grant a gateway holds (a grant then holds
+// no pointer) and more of every lease: a busy gateway holds many.
 type instant time.Duration
 
 var instantBase = time.Now()
@@ -186,6 +187,9 @@ var instantBase = time.Now()
 func instantOf(t time.Time) instant { return instant(t.Sub(instantBase)) }
 
 func (i instant) add(d time.Duration) instant { return i + instant(d) }
+
+// sub is how long after j i is.
+func (i instant) sub(j instant) time.Duration { return time.Duration(i - j) }
 
 // newGrant is the grant of the store's decision d, asked for at start
 // (ahead or not). A lease shorter than a millisecond counts as not
@@ -273,7 +277,7 @@ func (l *lease) recentPace(now time.Time) float64 {
 		return 0
 	}
 	oldest := m - marks + 1
-	elapsed := max(now.Sub(l.paceMarks[oldest%marks]), time.Millisecond)
+	elapsed := max(instantOf(now).sub(l.paceMarks[oldest%marks]), time.Millisecond)
 	return float64(l.admitted-oldest*paceMarkEvery) / elapsed.Seconds()
 }
 
@@ -292,7 +296,7 @@ func (l *lease) admit(left int64, now time.Time) store.Decision {
 	}
 	l.used++
 	if l.admitted++; l.admitted%paceMarkEvery == 0 {
-		l.paceMarks[l.admitted/paceMarkEvery%int64(len(l.paceMarks))] = now
+		l.paceMarks[l.admitted/paceMarkEvery%int64(len(l.paceMarks))] = instantOf(now)
 	}
 	return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + left - 1, Reset: l.reset}
 }
@@ -412,7 +416,7 @@ func (t *leaseTable) drop(k leaseKey) {
 // refill is not needed before then; one asked for anyway would end with
 // that window too, and its requests unused.
 func (t *leaseTable) lastsToItsEnd(l *lease, left int64, now time.Time) bool {
-	return t.algorithm == store.SlidingWindow && float64(left) >= l.pace(now, false)*l.ends.Sub(now).Seconds()
+	return t.algorithm == store.SlidingWindow && float64(left) >= l.pace(now, false)*l.ends.sub(instantOf(now)).Seconds()
 }
 
 // want is how many requests to ask the store for on k's behalf, under the
@@ -463,7 +467,7 @@ func (t *leaseTable) ask(l *lease, k leaseKey, now time.Time, epoch int64, ahead
 		left++
 	}
 	switch {
-	case now.Before(l.ends) && !l.low(left, now):
+	case instantOf(now) < l.ends && !l.low(left, now):
 		// concurrent requests found this lease spent: it is not, by now
 		return store.Ask{Take: max(min(l.size, most), 1), Spread: l.spread}
 	case t.algorithm == store.SlidingLog:
@@ -496,7 +500,7 @@ func (l *lease) pace(now time.Time, ahead bool) float64 {
 	if ahead {
 		used--
 	}
-	return float64(max(used, 0)) / max(now.Sub(l.since), time.Millisecond).Seconds()
+	return float64(max(used, 0)) / max(instantOf(now).sub(l.since), time.Millisecond).Seconds()
 }
 
 // fit rounds up a lease size worked out in floating point and holds it to
@@ -562,7 +566,7 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		took := now.Sub(start)
 		l.refillTook = max(took, l.refillTook-l.refillTook/8+took/8)
 	}
-	if l.epoch != epoch && start.Before(l.since) {
+	if l.epoch != epoch && instantOf(start) < l.since {
 		// Asked under another epoch than a grant asked after it, which
 		// replaced what was held: a key changed in between, and the later
 		// grant has the store's newer word. This one would replace it, to
@@ -570,30 +574,30 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		return d
 	}
 	g := newGrant(start, d, ask.Ahead)
-	ends := start.Add(d.Lease)
+	ends := instantOf(start).add(d.Lease)
 	overtaken := false
 	switch {
 	case l.epoch != epoch || l.left(start) == 0:
 		l.grants = append(l.grants[:0], g)
 		l.ends, l.remaining, l.epoch, l.size = ends, d.Remaining, epoch, max(ask.Take, 1)
-	case start.Before(l.since):
+	case instantOf(start) < l.since:
 		// Asked before the grant last recorded, back after it (a refill
 		// ahead overtaken by a request that found the lease spent, or one
 		// of several concurrent requests' leases): it adds its requests
 		// and may lower what remains; the pace and sizes stay the later
 		// grant's.
 		l.grants = append(l.grants, g)
-		l.ends, l.remaining = later(l.ends, ends), min(l.remaining, d.Remaining)
+		l.ends, l.remaining = max(l.ends, ends), min(l.remaining, d.Remaining)
 		overtaken = true
 	case ask.Ahead:
 		// The store counted every earlier grant before this one.
 		l.grants = append(l.grants, g)
-		l.ends, l.remaining = later(l.ends, ends), d.Remaining
+		l.ends, l.remaining = max(l.ends, ends), d.Remaining
 	default:
 		// Concurrent requests brought several leases: keep them all, each
 		// with its own deadlines, with the lowest remaining.
 		l.grants = append(l.grants, g)
-		l.ends, l.remaining = later(l.ends, ends), min(l.remaining, d.Remaining)
+		l.ends, l.remaining = max(l.ends, ends), min(l.remaining, d.Remaining)
 	}
 	if !overtaken {
 		// A grant joining what is held may top it up with a few: that does
@@ -604,26 +608,19 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 			// the request that had it asked for, and those since
 			used = max(l.admitted-ahead.admittedAt, 1)
 		}
-		l.since, l.used = start, used
+		l.since, l.used = instantOf(start), used
 		l.limit, l.reset, l.granted, l.spread = d.Limit, d.Reset, d.Granted, ask.Spread
 	}
 	d.Remaining = l.remaining + l.left(start)
 
 	if sh.grants++; sh.grants >= sweepEvery {
 		sh.grants = 0
-		old := start.Add(-time.Minute)
+		old := instantOf(start).add(-time.Minute)
 		for k, l := range sh.leases {
-			if l.ends.Before(old) {
+			if l.ends < old {
 				delete(sh.leases, k)
 			}
 		}
 	}
 	return d
-}
-
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }

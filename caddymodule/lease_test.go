@@ -577,8 +577,8 @@ func TestRefillAhead(t *testing.T) {
 	if r := remaining(tbl, overtaking); r != 700+1+8-1 {
 		t.Fatalf("overtaken refill: remaining %d after a take, want the later grant's 700 and the 8 left", r)
 	}
-	if l := tbl.shard(k).leases[k]; !l.since.Equal(overtaking) || l.granted != 8 {
-		t.Fatalf("overtaken refill: pace since %v, granted %d; want the later grant's", l.since.Sub(t0), l.granted)
+	if l := tbl.shard(k).leases[k]; l.since != instantOf(overtaking) || l.granted != 8 {
+		t.Fatalf("overtaken refill: pace since %v, granted %d; want the later grant's", l.since.sub(instantOf(t0)), l.granted)
 	}
 	// Back, it no longer counts as held: the next refill goes at a third
 	// of the later grant left (2 of 8, at the 7th take).
