@@ -134,6 +134,11 @@ func BenchmarkHandlerAnonymousRedis(b *testing.B) {
 	})
 }
 
+// benchApp is an App on srv, not yet provisioned.
+func benchApp(srv *redistest.Server) *App {
+	return &App{Redis: srv.URL(), Timeout: caddy.Duration(time.Second)}
+}
+
 // benchRate is a limit no benchmark reaches.
 func benchRate() *Rate { return &Rate{Requests: 1 << 40, Window: caddy.Duration(time.Hour)} }
 
@@ -144,7 +149,7 @@ func eachHotPath(b *testing.B, bench func(b *testing.B, app *App, lease int64, a
 	for _, lease := range []int64{0, 64} {
 		for _, alg := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
 			b.Run(fmt.Sprintf("%s/lease%d", alg, lease), func(b *testing.B) {
-				bench(b, &App{Redis: srv.URL(), Timeout: caddy.Duration(time.Second)}, lease, alg)
+				bench(b, benchApp(srv), lease, alg)
 			})
 		}
 	}
@@ -159,8 +164,7 @@ func eachHotPath(b *testing.B, bench func(b *testing.B, app *App, lease int64, a
 func BenchmarkMemoryPerKey(b *testing.B) {
 	const memoryKeys = 2000
 	srv := redistest.Start(b)
-	newApp := func() *App { return &App{Redis: srv.URL(), Timeout: caddy.Duration(time.Second)} }
-	app := newApp()
+	app := benchApp(srv)
 	done := provisionApp(b, app)
 	secrets := benchKeys(b, app, memoryKeys)
 	done()
@@ -169,7 +173,7 @@ func BenchmarkMemoryPerKey(b *testing.B) {
 			var bytes, objects, scanned int64
 			for range b.N {
 				b.StopTimer()
-				app := newApp()
+				app := benchApp(srv)
 				done := provisionApp(b, app)
 				h := &Handler{RateLimit: benchRate(), Lease: lease, logger: zap.NewNop()}
 				h.attach(app)
@@ -215,7 +219,7 @@ func scannableHeap() int64 {
 // costs: after the first lookup, the negative cache answers.
 func BenchmarkHandlerRejectUnknownKey(b *testing.B) {
 	srv := redistest.Start(b)
-	app := &App{Redis: srv.URL(), Timeout: caddy.Duration(time.Second)}
+	app := benchApp(srv)
 	h := benchHandler(b, app, &Handler{})
 	r := benchRequest("X-API-Key", "sk_"+"0123456789abcdef0123456789abcdef0123456789abcdef")
 	_ = h.ServeHTTP(httptest.NewRecorder(), r, okNext)
