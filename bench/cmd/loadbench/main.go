@@ -21,6 +21,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -54,7 +55,7 @@ var (
 	flagPprof    = flag.String("pprof", "", "directory: save a CPU profile and an allocs profile of each proxy during the first round of each configuration (<config>-c<conns>-<proxy>.cpu.pprof; compare with go tool pprof -diff_base)")
 	flagWork     = flag.String("workdir", "", "directory for binaries, configs and logs (default: a temp dir, removed at exit)")
 	flagLease    = flag.Int("lease", 0, "keygate's lease option on every route (0: off, every request counted in Redis)")
-	flagLeaseUp  = flag.Duration("lease-warmup", 30*time.Second, "with -lease: unmeasured keygate run before a configuration's first round, so its leases have grown to the size the load keeps them at, as in service (a lease at most doubles per grant)")
+	flagLeaseUp  = flag.Duration("lease-warmup", 3*time.Minute, "with -lease: at most this long of unmeasured keygate runs before a configuration's first round, in slices of 30 s until its store calls per request stop falling, so its leases have grown to the size the load keeps them at, as in service (a lease at most doubles per grant)")
 	flagControl  = flag.Bool("control", false, "a second plain Caddy takes keygate's place: the ratios then measure this machine's noise, the same proxy against itself")
 	flagSameHdrs = flag.Bool("same-headers", false, "plain Caddy also sends the headers keygate adds (rate-limit headers to the client, identity headers to the upstream, values of the same length) and drops the key: the ratios then measure keygate's work beyond what its headers cost")
 	flagAccuracy = flag.Bool("accuracy", false, "run the accuracy test instead of the load benchmark")
@@ -649,6 +650,36 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 	return r, err
 }
 
+// leaseWarmupSlice is how long each of warmLeases' runs lasts: long enough
+// for a key of the 10,000 to be seen about twenty times.
+const leaseWarmupSlice = 30 * time.Second
+
+// warmLeases runs keygate alone under c's load, in slices, until its leases
+// have grown to the size the load keeps them at, as they would have in
+// service: until a slice makes no more than 1.25 store calls per lease-full
+// of requests (the least a lease allows), or no more than nine tenths of the
+// slice before it (they stopped falling), or -lease-warmup is spent. A busy
+// key gets there in the first slice; 10,000 keys, each seen every second or
+// two and each lease at most twice the one before, take minutes.
+func warmLeases(ctx context.Context, dir string, kg *proxy, c config) error {
+	start := time.Now()
+	var trace []string
+	for prev := math.Inf(1); ; {
+		r, err := runWrk(ctx, dir, kg, c, min(leaseWarmupSlice, *flagLeaseUp-time.Since(start)))
+		if err != nil {
+			return err
+		}
+		trace = append(trace, fmt.Sprintf("%.3f", r.storeCalls))
+		if r.storeCalls <= 1.25/float64(*flagLease) || r.storeCalls > 0.9*prev || time.Since(start)+time.Second > *flagLeaseUp {
+			break
+		}
+		prev = r.storeCalls
+	}
+	logf("%s c=%d: lease warm-up %s, store calls/req by slice %s", c.name, c.conns,
+		time.Since(start).Round(time.Second), strings.Join(trace, " "))
+	return nil
+}
+
 // gatewayCounters are keygate's metrics that the table reports on (zero
 // for plain Caddy, or when unreadable).
 type gatewayCounters struct {
@@ -795,7 +826,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	}
 	perRun := time.Duration(2**flagRounds) * (*flagWarmup + *flagDuration)
 	if *flagLease > 0 {
-		perRun += *flagLeaseUp
+		perRun += min(leaseWarmupSlice, *flagLeaseUp) // more for the 10,000 keys (warmLeases)
 	}
 	logf("%d configurations x %d rounds x 2 proxies x (%s warm-up + %s): about %s",
 		len(configs), *flagRounds, *flagWarmup, *flagDuration, (time.Duration(len(configs)) * perRun).Round(time.Second))
@@ -817,7 +848,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	for _, c := range configs {
 		var pr, kr []result
 		if *flagLease > 0 && *flagLeaseUp > 0 {
-			if _, err := runWrk(ctx, dir, kg, c, *flagLeaseUp); err != nil {
+			if err := warmLeases(ctx, dir, kg, c); err != nil {
 				return err
 			}
 		}
