@@ -84,30 +84,33 @@ type leaseKey struct {
 	policy  store.Policy
 }
 
-// lease is what this gateway holds of one subject's limit.
+// lease is what this gateway holds of one subject's limit. Its only
+// pointers are its two slices, first, so that the GC scans no more of it
+// (it scans an object up to its last pointer); its moments are instants
+// and Unix milliseconds, not time.Time, whose location is a pointer.
 type lease struct {
 	// grants still to admit from, oldest first: a refill ahead joins what
 	// is left, as do the leases of concurrent requests that all found the
 	// last one spent
-	grants    []grant
+	grants []grant
+	// refills ahead on their way, oldest first (at most refillsOnTheWay).
+	// What they ask for counts as held when take decides whether to ask
+	// for another: a refill can take longer than a lease lasts.
+	refills   []*refill
 	epoch     int64 // the store's epoch when granted (keys only)
 	remaining int64 // the store's remaining after granting (the lowest of concurrent grants)
 	limit     int64
-	reset     time.Time
+	resetMs   int64   // the store's Reset (store.Decision), in Unix ms as the stores work it out
 	since     instant // when the last grant was asked for
 	ends      instant // when the last of them ends
 	used      int64   // requests admitted since, counting the one that asked
 	size      int64   // what the last request to the store asked for
 	granted   int64   // what the store granted it, that request's own included (if not asked ahead)
 	spread    time.Duration
-	// refills ahead on their way, oldest first (at most refillsOnTheWay).
-	// What they ask for counts as held when take decides whether to ask
-	// for another: a refill can take longer than a lease lasts.
-	refills []*refill
 	// when a refill ahead last failed, was refused or was not worth a
-	// call: the next waits refillWait, so that a store that is down or a
-	// limit that is reached is not asked again for every request
-	refillRefused time.Time
+	// call (0: never): the next waits refillWait, so that a store that is
+	// down or a limit that is reached is not asked again for every request
+	refillRefused instant
 	// requests admitted from this lease ever, and when the latest
 	// multiples of paceMarkEvery were (at admitted/paceMarkEvery modulo 4)
 	admitted  int64
@@ -160,7 +163,7 @@ func (l *lease) refillOver(r *refill, refused bool, now time.Time) {
 		l.refills = slices.Delete(l.refills, i, i+1)
 	}
 	if refused {
-		l.refillRefused = now
+		l.refillRefused = instantOf(now)
 	}
 }
 
@@ -298,7 +301,7 @@ func (l *lease) admit(left int64, now time.Time) store.Decision {
 	if l.admitted++; l.admitted%paceMarkEvery == 0 {
 		l.paceMarks[l.admitted/paceMarkEvery%int64(len(l.paceMarks))] = instantOf(now)
 	}
-	return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + left - 1, Reset: l.reset}
+	return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + left - 1, Reset: time.UnixMilli(l.resetMs)}
 }
 
 // leaseShards spreads leases over independently locked maps. A power of two.
@@ -379,7 +382,7 @@ func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d
 	}
 	coming := left + l.onTheWay(nil)
 	if len(l.refills) < refillsOnTheWay && coming+l.size <= t.holdMost(k.policy) && l.low(coming, now) &&
-		now.Sub(l.refillRefused) >= refillWait && !t.lastsToItsEnd(l, coming, now) {
+		(l.refillRefused == 0 || instantOf(now).sub(l.refillRefused) >= refillWait) && !t.lastsToItsEnd(l, coming, now) {
 		r = &refill{done: make(chan struct{}), ask: store.Ask{Take: l.size}, admittedAt: l.admitted}
 		l.refills = append(l.refills, r)
 	}
@@ -485,7 +488,7 @@ func (t *leaseTable) ask(l *lease, k leaseKey, now time.Time, epoch int64, ahead
 		if l.epoch != epoch {
 			left = 0
 		}
-		horizon := min(untilWindowEnd(l.reset, k.policy.Window, now), store.MaxLease)
+		horizon := min(untilWindowEnd(time.UnixMilli(l.resetMs), k.policy.Window, now), store.MaxLease)
 		return store.Ask{Take: fit(l.pace(now, ahead != nil)*horizon.Seconds()-float64(left), most)}
 	}
 }
@@ -609,7 +612,7 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 			used = max(l.admitted-ahead.admittedAt, 1)
 		}
 		l.since, l.used = instantOf(start), used
-		l.limit, l.reset, l.granted, l.spread = d.Limit, d.Reset, d.Granted, ask.Spread
+		l.limit, l.resetMs, l.granted, l.spread = d.Limit, d.Reset.UnixMilli(), d.Granted, ask.Spread
 	}
 	d.Remaining = l.remaining + l.left(start)
 

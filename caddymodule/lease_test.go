@@ -1036,6 +1036,18 @@ func TestGrantsHoldNoPointers(t *testing.T) {
 	}
 }
 
+// TestLeasePointersComeFirst: the GC scans an object up to its last
+// pointer, so a lease's pointers (its two slices) come first and nothing
+// after them holds one; a time.Time would, by its location.
+func TestLeasePointersComeFirst(t *testing.T) {
+	leaseType := reflect.TypeFor[lease]()
+	for i := range leaseType.NumField() {
+		if f := leaseType.Field(i); i >= 2 && holdsPointers(f.Type) {
+			t.Errorf("lease.%s (%s) holds a pointer after the slices", f.Name, f.Type)
+		}
+	}
+}
+
 func holdsPointers(t reflect.Type) bool {
 	switch t.Kind() {
 	case reflect.Struct:
