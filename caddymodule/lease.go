@@ -158,12 +158,12 @@ func (l *lease) onTheWay(skip *refill) (n int64) {
 
 // refillOver takes r off l's refills on their way, back at now; refused
 // (or failed, or not worth a call), it holds the next off for refillWait.
-func (l *lease) refillOver(r *refill, refused bool, now time.Time) {
+func (l *lease) refillOver(r *refill, refused bool, now instant) {
 	if i := slices.Index(l.refills, r); i >= 0 {
 		l.refills = slices.Delete(l.refills, i, i+1)
 	}
 	if refused {
-		l.refillRefused = instantOf(now)
+		l.refillRefused = now
 	}
 }
 
@@ -198,8 +198,8 @@ func (i instant) sub(j instant) time.Duration { return time.Duration(i - j) }
 // (ahead or not). A lease shorter than a millisecond counts as not
 // staggered: in whole milliseconds, as the store works them out, its
 // deadlines would all be 0.
-func newGrant(start time.Time, d store.Decision, ahead bool) grant {
-	g := grant{start: instantOf(start), length: d.Lease, tokens: d.Leased(ahead), staggered: d.Staggered && d.Lease >= time.Millisecond}
+func newGrant(start instant, d store.Decision, ahead bool) grant {
+	g := grant{start: start, length: d.Lease, tokens: d.Leased(ahead), staggered: d.Staggered && d.Lease >= time.Millisecond}
 	g.setDue()
 	return g
 }
@@ -220,7 +220,7 @@ func (g *grant) left(now instant) int64 {
 	if now < g.due {
 		return g.tokens - g.next
 	}
-	switch elapsed := time.Duration(now - g.start); {
+	switch elapsed := now.sub(g.start); {
 	case elapsed >= g.length:
 		g.next = g.tokens
 	case g.staggered: // elapsed ≥ 0: now is not before due, nor due before start
@@ -236,10 +236,10 @@ func (g *grant) left(now instant) int64 {
 
 // left is how many requests of l may still be admitted. It drops the
 // grants that have none left.
-func (l *lease) left(now time.Time) (n int64) {
-	live, at := 0, instantOf(now)
+func (l *lease) left(now instant) (n int64) {
+	live := 0
 	for i := range l.grants {
-		if left := l.grants[i].left(at); left > 0 {
+		if left := l.grants[i].left(now); left > 0 {
 			n += left
 			if live != i {
 				l.grants[live] = l.grants[i]
@@ -261,7 +261,7 @@ func (l *lease) left(now time.Time) (n int64) {
 // Four times, not twice: the latest refill's time is no bound on the
 // next's, and at 64 connections twice still left 1–3 % of requests
 // waiting in the load benchmark.
-func (l *lease) low(left int64, now time.Time) bool {
+func (l *lease) low(left int64, now instant) bool {
 	if left*refillAhead <= l.granted {
 		return true
 	}
@@ -273,20 +273,20 @@ func (l *lease) low(left int64, now time.Time) bool {
 // admitted 64. The pace since the last grant (pace) is no measure here: a
 // few requests just after a grant would read as a rush, and right after a
 // slow refill the grant is older than the requests it is to serve.
-func (l *lease) recentPace(now time.Time) float64 {
+func (l *lease) recentPace(now instant) float64 {
 	marks := int64(len(l.paceMarks))
 	m := l.admitted / paceMarkEvery
 	if m < marks {
 		return 0
 	}
 	oldest := m - marks + 1
-	elapsed := max(instantOf(now).sub(l.paceMarks[oldest%marks]), time.Millisecond)
+	elapsed := max(now.sub(l.paceMarks[oldest%marks]), time.Millisecond)
 	return float64(l.admitted-oldest*paceMarkEvery) / elapsed.Seconds()
 }
 
 // admit admits one request from l at now, which has left > 0 (lapsed ones
 // dropped), from the grant whose next token must be admitted soonest.
-func (l *lease) admit(left int64, now time.Time) store.Decision {
+func (l *lease) admit(left int64, now instant) store.Decision {
 	soonest := 0
 	for i := 1; i < len(l.grants); i++ {
 		if l.grants[i].due < l.grants[soonest].due {
@@ -299,7 +299,7 @@ func (l *lease) admit(left int64, now time.Time) store.Decision {
 	}
 	l.used++
 	if l.admitted++; l.admitted%paceMarkEvery == 0 {
-		l.paceMarks[l.admitted/paceMarkEvery%int64(len(l.paceMarks))] = instantOf(now)
+		l.paceMarks[l.admitted/paceMarkEvery%int64(len(l.paceMarks))] = now
 	}
 	return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + left - 1, Reset: time.UnixMilli(l.resetMs)}
 }
@@ -365,7 +365,8 @@ func (t *leaseTable) shard(k leaseKey) *leaseShard {
 // longer than a whole lease lasts), and only while what is held and on
 // its way leaves room within holdMost for one more lease of the size last
 // asked for.
-func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d store.Decision, ok bool, r *refill) {
+func (t *leaseTable) take(k leaseKey, at time.Time, epoch int64, fresh bool) (d store.Decision, ok bool, r *refill) {
+	now := instantOf(at)
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -382,7 +383,7 @@ func (t *leaseTable) take(k leaseKey, now time.Time, epoch int64, fresh bool) (d
 	}
 	coming := left + l.onTheWay(nil)
 	if len(l.refills) < refillsOnTheWay && coming+l.size <= t.holdMost(k.policy) && l.low(coming, now) &&
-		(l.refillRefused == 0 || instantOf(now).sub(l.refillRefused) >= refillWait) && !t.lastsToItsEnd(l, coming, now) {
+		(l.refillRefused == 0 || now.sub(l.refillRefused) >= refillWait) && !t.lastsToItsEnd(l, coming, now) {
 		r = &refill{done: make(chan struct{}), ask: store.Ask{Take: l.size}, admittedAt: l.admitted}
 		l.refills = append(l.refills, r)
 	}
@@ -396,7 +397,7 @@ func (t *leaseTable) refilled(k leaseKey, r *refill, d store.Decision, now time.
 	sh := t.shard(k)
 	sh.mu.Lock()
 	if l := sh.leases[k]; l != nil {
-		l.refillOver(r, err != nil || !d.Allowed, now)
+		l.refillOver(r, err != nil || !d.Allowed, instantOf(now))
 	}
 	if err == nil {
 		t.record(sh, k, d, r.ask, r.start, r.epoch, now, r)
@@ -418,8 +419,8 @@ func (t *leaseTable) drop(k leaseKey) {
 // together, with their window (or store.MaxLease after the grant), so a
 // refill is not needed before then; one asked for anyway would end with
 // that window too, and its requests unused.
-func (t *leaseTable) lastsToItsEnd(l *lease, left int64, now time.Time) bool {
-	return t.algorithm == store.SlidingWindow && float64(left) >= l.pace(now, false)*l.ends.sub(instantOf(now)).Seconds()
+func (t *leaseTable) lastsToItsEnd(l *lease, left int64, now instant) bool {
+	return t.algorithm == store.SlidingWindow && float64(left) >= l.pace(now, false)*l.ends.sub(now).Seconds()
 }
 
 // want is how many requests to ask the store for on k's behalf, under the
@@ -447,7 +448,7 @@ func (t *leaseTable) wantAhead(k leaseKey, r *refill, now time.Time, epoch int64
 		return ask, true
 	}
 	if l != nil {
-		l.refillOver(r, true, now)
+		l.refillOver(r, true, instantOf(now))
 	}
 	return ask, false
 }
@@ -459,10 +460,11 @@ func (t *leaseTable) wantAhead(k leaseKey, r *refill, now time.Time, epoch int64
 // before that request, which such a request takes from its own grant.
 // Other refills on their way count as held, and a refill ahead asks for no
 // more than leaves what is held and on its way within holdMost.
-func (t *leaseTable) ask(l *lease, k leaseKey, now time.Time, epoch int64, ahead *refill) store.Ask {
+func (t *leaseTable) ask(l *lease, k leaseKey, at time.Time, epoch int64, ahead *refill) store.Ask {
 	if l == nil {
 		return store.Ask{Take: 1}
 	}
+	now := instantOf(at)
 	left := l.left(now) + l.onTheWay(ahead)
 	most := min(2*l.size, t.max) // a lease grows by doubling, to the configured maximum
 	if ahead != nil {
@@ -470,7 +472,7 @@ func (t *leaseTable) ask(l *lease, k leaseKey, now time.Time, epoch int64, ahead
 		left++
 	}
 	switch {
-	case instantOf(now) < l.ends && !l.low(left, now):
+	case now < l.ends && !l.low(left, now):
 		// concurrent requests found this lease spent: it is not, by now
 		return store.Ask{Take: max(min(l.size, most), 1), Spread: l.spread}
 	case t.algorithm == store.SlidingLog:
@@ -488,7 +490,7 @@ func (t *leaseTable) ask(l *lease, k leaseKey, now time.Time, epoch int64, ahead
 		if l.epoch != epoch {
 			left = 0
 		}
-		horizon := min(untilWindowEnd(time.UnixMilli(l.resetMs), k.policy.Window, now), store.MaxLease)
+		horizon := min(untilWindowEnd(time.UnixMilli(l.resetMs), k.policy.Window, at), store.MaxLease)
 		return store.Ask{Take: fit(l.pace(now, ahead != nil)*horizon.Seconds()-float64(left), most)}
 	}
 }
@@ -498,12 +500,12 @@ func (t *leaseTable) ask(l *lease, k leaseKey, now time.Time, epoch int64, ahead
 // ahead was admitted already; it is not counted here (ahead), but as the
 // refill's first, as a request that asks the store itself is counted as
 // its grant's.
-func (l *lease) pace(now time.Time, ahead bool) float64 {
+func (l *lease) pace(now instant, ahead bool) float64 {
 	used := l.used
 	if ahead {
 		used--
 	}
-	return float64(max(used, 0)) / max(instantOf(now).sub(l.since), time.Millisecond).Seconds()
+	return float64(max(used, 0)) / max(now.sub(l.since), time.Millisecond).Seconds()
 }
 
 // fit rounds up a lease size worked out in floating point and holds it to
@@ -547,9 +549,10 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 	return t.record(sh, k, d, ask, start, epoch, now, nil)
 }
 
-// record is put's work, shard sh locked; ahead is the refill the store
-// decided for, if it was one.
-func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask store.Ask, start time.Time, epoch int64, now time.Time, ahead *refill) store.Decision {
+// record is put's work (asked and at are put's start and now), shard sh
+// locked; ahead is the refill the store decided for, if it was one.
+func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask store.Ask, asked time.Time, epoch int64, at time.Time, ahead *refill) store.Decision {
+	start, now := instantOf(asked), instantOf(at)
 	l := sh.leases[k]
 	if !d.Allowed {
 		if l == nil || l.epoch != epoch {
@@ -566,10 +569,10 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		sh.leases[k] = l
 	}
 	if ask.Ahead {
-		took := now.Sub(start)
+		took := now.sub(start)
 		l.refillTook = max(took, l.refillTook-l.refillTook/8+took/8)
 	}
-	if l.epoch != epoch && instantOf(start) < l.since {
+	if l.epoch != epoch && start < l.since {
 		// Asked under another epoch than a grant asked after it, which
 		// replaced what was held: a key changed in between, and the later
 		// grant has the store's newer word. This one would replace it, to
@@ -577,13 +580,13 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		return d
 	}
 	g := newGrant(start, d, ask.Ahead)
-	ends := instantOf(start).add(d.Lease)
+	ends := start.add(d.Lease)
 	overtaken := false
 	switch {
 	case l.epoch != epoch || l.left(start) == 0:
 		l.grants = append(l.grants[:0], g)
 		l.ends, l.remaining, l.epoch, l.size = ends, d.Remaining, epoch, max(ask.Take, 1)
-	case instantOf(start) < l.since:
+	case start < l.since:
 		// Asked before the grant last recorded, back after it (a refill
 		// ahead overtaken by a request that found the lease spent, or one
 		// of several concurrent requests' leases): it adds its requests
@@ -611,14 +614,14 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 			// the request that had it asked for, and those since
 			used = max(l.admitted-ahead.admittedAt, 1)
 		}
-		l.since, l.used = instantOf(start), used
+		l.since, l.used = start, used
 		l.limit, l.resetMs, l.granted, l.spread = d.Limit, d.Reset.UnixMilli(), d.Granted, ask.Spread
 	}
 	d.Remaining = l.remaining + l.left(start)
 
 	if sh.grants++; sh.grants >= sweepEvery {
 		sh.grants = 0
-		old := instantOf(start).add(-time.Minute)
+		old := start.add(-time.Minute)
 		for k, l := range sh.leases {
 			if l.ends < old {
 				delete(sh.leases, k)

@@ -770,7 +770,7 @@ func TestSeveralRefillsOnTheWay(t *testing.T) {
 		now := t0
 		held = func() int64 {
 			l := tbl.shard(k).leases[k]
-			return l.left(now) + l.onTheWay(nil)
+			return l.left(instantOf(now)) + l.onTheWay(nil)
 		}
 		takes = func(count int) (refills int) {
 			for range count {
@@ -864,7 +864,7 @@ func TestWindowLeasesEndWithTheirWindow(t *testing.T) {
 		tbl := newLeaseTable(64, store.SlidingWindow)
 		t0 := time.Unix(1_800_000_000, 0)
 		calls, granted, admitted := steadyTraffic(tbl, k, t0, t0.Add(20*time.Minute), c.every)
-		held := tbl.shard(k).leases[k].left(t0.Add(20 * time.Minute))
+		held := tbl.shard(k).leases[k].left(instantOf(t0.Add(20 * time.Minute)))
 		if unused := granted - admitted - held; calls > c.calls || unused > c.unused {
 			t.Errorf("%s: %d store calls, %d leased, %d admitted from leases, %d held: %d unused", c.name, calls, granted, admitted, held, unused)
 		}
