@@ -76,10 +76,13 @@ type sharedStore struct {
 	epochs epochWatch // polled only once a handler uses leases
 }
 
-// Destruct closes the store when the last config using it is gone.
+// Destruct closes the store when the last config using it is gone: the
+// store first, which ends the calls on their way to it, so that the reload
+// does not wait for a hung store (TestReloadDoesNotWaitForAHungStore).
 func (s *sharedStore) Destruct() error {
+	err := s.Close()
 	s.epochs.close()
-	return s.Close()
+	return err
 }
 
 // Provision opens (or reuses) the store.

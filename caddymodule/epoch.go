@@ -26,7 +26,7 @@ const (
 type epochWatch struct {
 	startOnce sync.Once
 	started   atomic.Bool
-	stop      chan struct{}
+	stop      context.CancelFunc // ends the polling, and a poll's dial or wait for a connection
 	done      chan struct{}
 	epoch     atomic.Int64
 	confirmed atomic.Int64 // unix ns when the last successful read was asked
@@ -35,29 +35,31 @@ type epochWatch struct {
 // start begins polling s, once, with timeout bounding each read.
 func (w *epochWatch) start(s store.Store, timeout time.Duration) {
 	w.startOnce.Do(func() {
-		w.stop, w.done = make(chan struct{}), make(chan struct{})
+		var ctx context.Context
+		ctx, w.stop = context.WithCancel(context.Background())
+		w.done = make(chan struct{})
 		w.started.Store(true)
-		go w.run(s, timeout)
+		go w.run(ctx, s, timeout)
 	})
 }
 
-func (w *epochWatch) run(s store.Store, timeout time.Duration) {
+func (w *epochWatch) run(ctx context.Context, s store.Store, timeout time.Duration) {
 	defer close(w.done)
 	tick := time.NewTicker(epochPollEvery)
 	defer tick.Stop()
 	for {
-		w.poll(s, timeout)
+		w.poll(ctx, s, timeout)
 		select {
-		case <-w.stop:
+		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
 	}
 }
 
-func (w *epochWatch) poll(s store.Store, timeout time.Duration) {
+func (w *epochWatch) poll(ctx context.Context, s store.Store, timeout time.Duration) {
 	asked := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	e, err := s.Epoch(ctx)
 	if err != nil {
@@ -73,10 +75,14 @@ func (w *epochWatch) current(now time.Time) (epoch int64, fresh bool) {
 	return w.epoch.Load(), now.UnixNano()-w.confirmed.Load() < int64(epochFresh)
 }
 
-// close stops polling, if it ever started.
+// close stops polling, if it ever started, and waits for a poll on its
+// way: call it after closing the store, which ends that poll at once (a
+// poll of a hung store would otherwise hold the config reload that lets go
+// of it for the whole timeout; cancelling its context only ends its waits
+// for a connection or a dial, not a read).
 func (w *epochWatch) close() {
 	if w.started.Load() {
-		close(w.stop)
+		w.stop()
 		<-w.done
 	}
 }

@@ -8,8 +8,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/keygate/keygate/internal/redistest"
 )
 
 func TestPlaceholders(t *testing.T) {
@@ -74,6 +77,23 @@ func TestReloadKeepsServing(t *testing.T) {
 	}
 	if out := mustCLI(t, "list"); !strings.Contains(out, "survivor") {
 		t.Fatalf("keys after reload:\n%s", out)
+	}
+}
+
+// A reload that lets go of a store does not wait for it to answer: with
+// leases, the store's epoch is polled in the background, and a poll that a
+// hung Redis holds for the whole store timeout (10 s here) is cancelled,
+// not waited for. caddytest gives a load 5 s, so a reload that waited
+// fails here.
+func TestReloadDoesNotWaitForAHungStore(t *testing.T) {
+	hung := redistest.Start(t)
+	startGatewayOn(t, hung, anonymousLeasing, "timeout 10s")
+	hung.Pause()
+	t.Cleanup(hung.Resume)
+	time.Sleep(2 * epochPollEvery) // a poll is on its way to the hung store
+	g := startRedisGateway(t, "", anonymousLeasing)
+	if r := g.get("/"); r.status != http.StatusOK {
+		t.Fatalf("after the reload: %d %s", r.status, r.body)
 	}
 }
 

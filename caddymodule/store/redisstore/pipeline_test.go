@@ -169,6 +169,43 @@ func TestHungRedisTimesOut(t *testing.T) {
 	waitRecovered(t, s)
 }
 
+// Closing the store (a config reload that lets go of it) does not wait for
+// a hung Redis: the direct call and the sender's pipeline on their way end
+// at once with an error, not after the store timeout.
+func TestCloseDoesNotWaitForAHungRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	const timeout = 10 * time.Second
+	s, err := Open(srv.URL(), timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRecovered(t, s) // the direct call and the sender hold a connection
+	srv.Pause()
+	t.Cleanup(srv.Resume)
+	failed := make(chan int32, 1)
+	go func() {
+		n, _ := concurrentCalls(s, 4*maxBatch)
+		failed <- n
+	}()
+	time.Sleep(200 * time.Millisecond) // the calls are on their way
+	start := time.Now()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Generous for a loaded machine, and far from the timeout.
+	if took := time.Since(start); took > timeout/4 {
+		t.Errorf("Close took %s with calls on their way to a hung Redis (timeout %s)", took, timeout)
+	}
+	select {
+	case n := <-failed:
+		if n != 4*maxBatch {
+			t.Errorf("%d of %d calls to a hung Redis failed after Close, want all", n, 4*maxBatch)
+		}
+	case <-time.After(timeout / 4):
+		t.Error("calls to a hung Redis still wait after Close")
+	}
+}
+
 // After Redis restarts, the sender's and the direct call's connections are
 // dead; they must reconnect by themselves.
 func TestPipelinesRecoverAfterRedisRestart(t *testing.T) {

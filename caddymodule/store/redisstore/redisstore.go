@@ -92,10 +92,14 @@ func New(client redis.UniversalClient, timeout time.Duration) *Store {
 // Ping checks that Redis answers.
 func (s *Store) Ping(ctx context.Context) error { return s.client.Ping(ctx).Err() }
 
-// Close stops the pipeline and closes the client.
+// Close closes the client and stops the pipeline.
 func (s *Store) Close() error {
+	// The client first: closing it closes every connection, which ends a
+	// pipeline on its way to a hung Redis, so the sender stops at once
+	// rather than after the timeout.
+	err := s.client.Close()
 	s.hot.close()
-	return s.client.Close()
+	return err
 }
 
 func recordKey(id string) string { return "keygate:{k:" + id + "}" }
