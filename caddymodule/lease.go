@@ -550,7 +550,8 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 }
 
 // record is put's work (asked and at are put's start and now), shard sh
-// locked; ahead is the refill the store decided for, if it was one.
+// locked; ahead is the refill the store decided for, if it was one (ask
+// is then its ask, asked ahead: no request of its own).
 func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask store.Ask, asked time.Time, epoch int64, at time.Time, ahead *refill) store.Decision {
 	start, now := instantOf(asked), instantOf(at)
 	l := sh.leases[k]
@@ -559,7 +560,7 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 			return d
 		}
 		l.remaining = 0 // nothing beyond what leases hold, the store says
-		if left := l.left(now); left > 0 && !ask.Ahead {
+		if left := l.left(now); left > 0 && ahead == nil {
 			return l.admit(left, now)
 		}
 		return d
@@ -568,7 +569,7 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		l = &lease{}
 		sh.leases[k] = l
 	}
-	if ask.Ahead {
+	if ahead != nil {
 		took := now.sub(start)
 		l.refillTook = max(took, l.refillTook-l.refillTook/8+took/8)
 	}
@@ -579,7 +580,7 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		// go unused under an epoch no longer current.
 		return d
 	}
-	g := newGrant(start, d, ask.Ahead)
+	g := newGrant(start, d, ahead != nil)
 	ends := start.add(d.Lease)
 	overtaken := false
 	switch {
@@ -595,7 +596,7 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		l.grants = append(l.grants, g)
 		l.ends, l.remaining = max(l.ends, ends), min(l.remaining, d.Remaining)
 		overtaken = true
-	case ask.Ahead:
+	case ahead != nil:
 		// The store counted every earlier grant before this one.
 		l.grants = append(l.grants, g)
 		l.ends, l.remaining = max(l.ends, ends), d.Remaining

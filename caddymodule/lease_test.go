@@ -192,7 +192,8 @@ func TestLeaseTable(t *testing.T) {
 	// back after it, replace it again
 	renewed := at.Add(10 * time.Millisecond)
 	tbl.put(k, grant(4, 5, renewed), store.Ask{Take: 4}, renewed, 8, renewed)
-	tbl.put(k, grant(4, 5, at), store.Ask{Take: 4, Ahead: true}, at, 7, renewed)
+	overtaken := &refill{done: make(chan struct{}), ask: store.Ask{Take: 4, Ahead: true}, start: at, epoch: 7}
+	tbl.refilled(k, overtaken, grant(4, 5, at), renewed, nil)
 	for i := range 4 {
 		if _, ok, _ := tbl.take(k, renewed, 8, true); ok != (i < 3) {
 			t.Fatalf("take %d of the 3 held under the new epoch, after an older grant came back: %v", i, ok)
@@ -228,19 +229,26 @@ func TestStaggeredLease(t *testing.T) {
 			d := store.Decision{Allowed: true, Limit: 1000, Remaining: 500, Granted: c.granted, Lease: c.lease, Staggered: true}
 			n := d.Leased(ahead)
 			ask := store.Ask{Take: c.granted, Spread: c.lease, Ahead: ahead}
+			granted := func() *leaseTable {
+				tbl := newLeaseTable(c.granted, store.SlidingLog)
+				if ahead {
+					tbl.refilled(k, &refill{done: make(chan struct{}), ask: ask, start: t0}, d, t0, nil)
+				} else {
+					tbl.put(k, d, ask, t0, 0, t0)
+				}
+				return tbl
+			}
 			for i := int64(1); i <= n; i++ {
 				deadline := t0.Add(store.StaggeredDeadline(i, n, c.lease))
 				// Admitting the i-th just before its moment: the ones before
 				// it have lapsed, it is admitted, the ones after it are left.
-				tbl := newLeaseTable(c.granted, store.SlidingLog)
-				tbl.put(k, d, ask, t0, 0, t0)
+				tbl := granted()
 				got, ok, _ := tbl.take(k, deadline.Add(-time.Nanosecond), 0, true)
 				if !ok || got.Remaining != 500+n-i {
 					t.Fatalf("%d over %v (ahead %v): the %d-th just before its moment: %+v %v, want remaining %d", n, c.lease, ahead, i, got, ok, 500+n-i)
 				}
 				// At its moment it is gone.
-				tbl = newLeaseTable(c.granted, store.SlidingLog)
-				tbl.put(k, d, ask, t0, 0, t0)
+				tbl = granted()
 				got, ok, _ = tbl.take(k, deadline, 0, true)
 				if i == n && ok || i < n && (!ok || got.Remaining != 500+n-i-1) {
 					t.Fatalf("%d over %v (ahead %v): the %d-th at its moment: %+v %v", n, c.lease, ahead, i, got, ok)
@@ -610,9 +618,8 @@ func TestRefillAhead(t *testing.T) {
 	// Refused, the refill leaves what is held: counted already, and
 	// nothing beyond it remains.
 	refused := store.Decision{Limit: 1000, RetryAfter: time.Second}
-	if d := tbl.put(k, refused, store.Ask{Take: 16, Spread: time.Second, Ahead: true}, t0.Add(time.Second), 0, t0.Add(time.Second)); d.Allowed {
-		t.Fatalf("refused refill ahead: %+v", d)
-	}
+	again := &refill{done: make(chan struct{}), ask: store.Ask{Take: 16, Spread: time.Second, Ahead: true}, start: t0.Add(time.Second)}
+	tbl.refilled(k, again, refused, t0.Add(time.Second), nil)
 	// A request that asked the store itself (a concurrent grant holds one)
 	// takes that one when refused.
 	d := tbl.put(k, refused, store.Ask{Take: 16, Spread: time.Second}, t0.Add(time.Second), 0, t0.Add(time.Second))
