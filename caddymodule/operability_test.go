@@ -82,9 +82,9 @@ func TestReloadKeepsServing(t *testing.T) {
 
 // A reload that lets go of a store does not wait for it to answer: with
 // leases, the store's epoch is polled in the background, and a poll that a
-// hung Redis holds for the whole store timeout (10 s here) is cancelled,
-// not waited for. caddytest gives a load 5 s, so a reload that waited
-// fails here.
+// hung Redis would hold for the whole store timeout (10 s here) ends when
+// the store's connections are closed, first. caddytest gives a load 5 s,
+// so a reload that waited fails here.
 func TestReloadDoesNotWaitForAHungStore(t *testing.T) {
 	hung := redistest.Start(t)
 	startGatewayOn(t, hung, anonymousLeasing, "timeout 10s")
