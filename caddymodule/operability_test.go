@@ -102,7 +102,9 @@ func TestReloadDoesNotWaitForAHungStore(t *testing.T) {
 // under $HOME.
 func TestNothingWrittenUnderHome(t *testing.T) {
 	startGateway(t, "", protectedSite)
-	generate(t, "--name", "home")
+	// The embedded store outlives the test (one per test binary): a name
+	// of this run's own, so that -count=N runs it again.
+	generate(t, "--name", fmt.Sprintf("home-%d", time.Now().UnixNano()))
 	for what, path := range map[string]string{
 		"autosave":   caddy.ConfigAutosavePath,
 		"storage":    caddy.DefaultStorage.Path,
