@@ -29,6 +29,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/backend/store"
+	"github.com/keygate/keygate/internal/redisurl"
 )
 
 // DefaultPrefix keeps the backend's keys apart from the gateway's.
@@ -48,7 +49,7 @@ var _ store.Store = (*Store)(nil)
 // rediss:// for TLS), with timeouts on every network call, and checks that it
 // answers. prefix "" means DefaultPrefix.
 func Open(ctx context.Context, url, prefix string, cfg store.Config) (*Store, error) {
-	opts, err := redis.ParseURL(url)
+	opts, err := redisurl.Parse(url)
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: parsing URL: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,5 +90,10 @@ func TestRedisDown(t *testing.T) {
 func TestOpenBadURL(t *testing.T) {
 	if _, err := redisstore.Open(context.Background(), "http://nope", "", store.Config{}); err == nil {
 		t.Fatal("want an error for a non-redis URL")
+	}
+	// The error reaches the log: never with the URL's password.
+	_, err := redisstore.Open(context.Background(), "redis://:s3cr%et@localhost:6379/0", "", store.Config{})
+	if err == nil || strings.Contains(err.Error(), "s3cr") {
+		t.Fatalf("a URL that does not parse: %v, want an error without its password", err)
 	}
 }

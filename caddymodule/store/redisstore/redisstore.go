@@ -31,6 +31,7 @@ import (
 
 	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/internal/redisurl"
 )
 
 const (
@@ -62,7 +63,7 @@ var _ store.Store = (*Store)(nil)
 // unix://), with timeout bounding every dial, read and write so a Redis
 // outage never stalls a request for longer.
 func Open(url string, timeout time.Duration) (*Store, error) {
-	opts, err := redis.ParseURL(url)
+	opts, err := redisurl.Parse(url)
 	if err != nil {
 		return nil, fmt.Errorf("parsing redis URL: %w", err)
 	}

@@ -23,6 +23,15 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// A Redis URL that does not parse is reported without its password: the
+// error reaches the log of the config load.
+func TestOpenDoesNotQuoteThePassword(t *testing.T) {
+	_, err := Open("redis://:s3cr%et@localhost:6379/0", time.Second)
+	if err == nil || strings.Contains(err.Error(), "s3cr") {
+		t.Fatalf("a URL that does not parse: %v, want an error without its password", err)
+	}
+}
+
 // No secret may reach Redis, neither in a key name nor in a value.
 func TestNoPlaintextInRedis(t *testing.T) {
 	srv := redistest.Start(t)

@@ -1,0 +1,34 @@
+package redisurl
+
+import (
+	"strings"
+	"testing"
+)
+
+// A URL that does not parse is reported without its password, whatever
+// the reason; one that parses keeps it.
+func TestParseNeverQuotesThePassword(t *testing.T) {
+	for _, raw := range []string{
+		"redis://:s3cr%zzet@localhost:6379/0",     // a bare % in the password
+		"redis://user:s3cr%et@localhost:6379/0",   // the same, at the end
+		"redis://:s3cret@local host:6379/0",       // a space in the host
+		"redis://:s3cret@[::1:6379/0",             // an unclosed IPv6 host
+		"redis://:s3cret@localhost:63x9/0",        // a port that is not a number
+		"redis://:s3cret@localhost:6379/0\x7f",    // a control character
+		"redis://:s3cret@localhost:6379/0?x=1#s3", // an unknown option
+		"http://:s3cret@localhost:6379/0",         // another scheme
+	} {
+		_, err := Parse(raw)
+		if err == nil {
+			t.Errorf("%q parsed", raw)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cr") {
+			t.Errorf("the error for %q quotes the password: %v", raw, err)
+		}
+	}
+	opts, err := Parse("redis://user:s3cr%25et@localhost:6379/2")
+	if err != nil || opts.Password != "s3cr%et" || opts.Username != "user" || opts.DB != 2 || opts.Addr != "localhost:6379" {
+		t.Fatalf("a valid URL: %+v, %v", opts, err)
+	}
+}
