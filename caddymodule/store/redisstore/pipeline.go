@@ -212,8 +212,7 @@ func (p *pipeliner) runDirect(ctx context.Context, l *line, script *redis.Script
 // it (up to maxBatch) and sends them as one pipeline on its own line.
 func (p *pipeliner) send() {
 	defer p.sender.Done()
-	var l line
-	defer l.close()
+	var l line // its connection closes with the client (see close)
 	batch := make([]*scriptCall, 0, maxBatch)
 	cmds := make([]redis.Cmder, 0, maxBatch)
 	for {
@@ -285,14 +284,16 @@ func isNoScript(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }
 
-// close stops the sender and closes the direct line if no call uses it
-// (else it closes with the client); calls still queued get errStoreClosed.
+// close stops the sender and takes the direct line, so that no call uses
+// it again; calls still queued get errStoreClosed. Store.Close closes the
+// client first, and with it the lines' connections: that ends a call on
+// its way to a hung Redis at once, and a line handed back to the closed
+// pool afterwards would only have go-redis log it.
 func (p *pipeliner) close() {
 	close(p.stop)
 	p.sender.Wait()
 	select {
-	case l := <-p.direct:
-		l.close()
+	case <-p.direct:
 	default:
 	}
 	for {

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -203,6 +204,33 @@ func TestCloseDoesNotWaitForAHungRedis(t *testing.T) {
 		}
 	case <-time.After(timeout / 4):
 		t.Error("calls to a hung Redis still wait after Close")
+	}
+}
+
+// Close closes every connection the store made, its lines' too (they
+// close with the client's pool, not one by one).
+func TestCloseClosesEveryConnection(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	s, err := Open(srv.URL(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRecovered(t, s) // the direct call and the sender hold a connection
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		clients, err := rdb.ClientList(context.Background()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(clients, "\n"); n == 1 { // this test's own
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%d connections to Redis after Close, want only the test's:\n%s", n, clients)
+		}
 	}
 }
 
