@@ -10,7 +10,7 @@ import (
 func TestParseNeverQuotesThePassword(t *testing.T) {
 	for _, raw := range []string{
 		"redis://:s3cr%zzet@localhost:6379/0",     // a bare % in the password
-		"redis://user:s3cr%et@localhost:6379/0",   // the same, at the end
+		"redis://user:s3cr%et@localhost:6379/0",   // the same, with a user name
 		"redis://:s3cret@local host:6379/0",       // a space in the host
 		"redis://:s3cret@[::1:6379/0",             // an unclosed IPv6 host
 		"redis://:s3cret@localhost:63x9/0",        // a port that is not a number
