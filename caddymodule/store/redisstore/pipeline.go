@@ -62,6 +62,7 @@ type pipeliner struct {
 	calls  chan *scriptCall
 	stop   chan struct{}
 	sender sync.WaitGroup
+	closed sync.Once // a second close finds nothing left to do
 }
 
 // line is a connection of the pipeliner's own: nil until first used, after
@@ -289,7 +290,9 @@ func isNoScript(err error) bool {
 // client first, and with it the lines' connections: that ends a call on
 // its way to a hung Redis at once, and a line handed back to the closed
 // pool afterwards would only have go-redis log it.
-func (p *pipeliner) close() {
+func (p *pipeliner) close() { p.closed.Do(p.closeOnce) }
+
+func (p *pipeliner) closeOnce() {
 	close(p.stop)
 	p.sender.Wait()
 	select {

@@ -176,10 +176,7 @@ func TestHungRedisTimesOut(t *testing.T) {
 func TestCloseDoesNotWaitForAHungRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	const timeout = 10 * time.Second
-	s, err := Open(srv.URL(), timeout)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := open(t, srv, timeout)
 	waitRecovered(t, s) // the direct call and the sender hold a connection
 	srv.Pause()
 	t.Cleanup(srv.Resume)
@@ -213,11 +210,8 @@ func TestCloseClosesEveryConnection(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer rdb.Close()
-	s, err := Open(srv.URL(), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitRecovered(t, s) // the direct call and the sender hold a connection
+	s := open(t, srv, time.Second) // its cleanup closes it again: harmless
+	waitRecovered(t, s)            // the direct call and the sender hold a connection
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -231,6 +225,22 @@ func TestCloseClosesEveryConnection(t *testing.T) {
 		} else if time.Now().After(deadline) {
 			t.Fatalf("%d connections to Redis after Close, want only the test's:\n%s", n, clients)
 		}
+	}
+}
+
+// A closed store fails its calls at once, and closing it again is
+// harmless (an error, not a panic): its owner may not know it was closed.
+func TestClosedStoreFailsCallsAndClosesAgain(t *testing.T) {
+	s := open(t, redistest.Start(t), time.Second)
+	waitRecovered(t, s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if failed, _ := concurrentCalls(s, 4*maxBatch); failed != 4*maxBatch {
+		t.Errorf("%d of %d calls to a closed store failed, want all", failed, 4*maxBatch)
+	}
+	if err := s.Close(); err == nil {
+		t.Error("closing a closed store: no error")
 	}
 }
 
