@@ -29,7 +29,10 @@ type epochWatch struct {
 	stop      context.CancelFunc // ends the polling, and a poll's dial or wait for a connection
 	done      chan struct{}
 	epoch     atomic.Int64
-	confirmed atomic.Int64 // unix ns when the last successful read was asked
+	// when the last successful read was asked, an instant (the monotonic
+	// clock: a wall clock stepped back would keep a stale epoch fresh);
+	// 0: never
+	confirmed atomic.Int64
 }
 
 // start begins polling s, once, with timeout bounding each read.
@@ -66,13 +69,18 @@ func (w *epochWatch) poll(ctx context.Context, s store.Store, timeout time.Durat
 		return // leases of keys stop once the last confirmation is too old
 	}
 	w.epoch.Store(e)
-	w.confirmed.Store(asked.UnixNano())
+	w.confirmed.Store(max(int64(instantOf(asked)), 1))
 }
 
 // current returns the epoch last read and whether it was confirmed
 // recently enough for a key's lease to be used.
 func (w *epochWatch) current(now time.Time) (epoch int64, fresh bool) {
-	return w.epoch.Load(), now.UnixNano()-w.confirmed.Load() < int64(epochFresh)
+	// The confirmation first: poll stores the epoch before it, so this
+	// epoch is the confirmed one or a later one, never an older epoch
+	// with a newer confirmation (read the other way round, a poll between
+	// the two loads could pair them).
+	confirmed := w.confirmed.Load()
+	return w.epoch.Load(), confirmed != 0 && instantOf(now).sub(instant(confirmed)) < epochFresh
 }
 
 // close stops polling, if it ever started, and waits for a poll on its

@@ -188,6 +188,9 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 			return h.storeUnavailable(w, err)
 		}
 		entry = shared.keys.put(hash, id)
+		// the lookup may have taken up to the store timeout; a lease that
+		// another request got meanwhile is checked against the time now
+		now = time.Now()
 	}
 
 	ident := entry.record.Load()
@@ -201,14 +204,14 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		// only while no key has changed since (epoch.go). Expiry is known
 		// here, so it is checked exactly.
 		if policy, policyHdr := h.policyFor(ident); !policy.IsZero() {
-			lk := leaseKey{'k', ident.key.ID, policy}
+			lk := keyLease(ident.key, policy)
 			d, at, ahead, ok, err := h.fromLease(ctx, lk, now)
 			switch {
 			case err != nil:
 				return h.storeFailed(w, r, repl, next, err, entry, ident, now)
 			case ok:
 				if ahead != nil {
-					go h.refillKeyAhead(lk, ahead, entry, hash, ident.key.Revision)
+					go h.refillKeyAhead(lk, ahead, entry, hash)
 				}
 				return h.admitKey(w, r, repl, next, ident, policy, policyHdr, d, at)
 			}
@@ -229,9 +232,14 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		start = time.Now()
 		ask = store.Ask{}
 		if h.leases != nil && !policy.IsZero() {
-			lk = leaseKey{'k', ident.key.ID, policy}
-			epoch, _ = shared.epochs.current(start) // read before the grant
-			ask = h.leases.want(lk, start, epoch)
+			lk = keyLease(ident.key, policy)
+			var fresh bool
+			epoch, fresh = shared.epochs.current(start) // read before the grant
+			if fresh {
+				// unconfirmed, the epoch lets no lease be used: none is
+				// asked for, to be counted and lapse
+				ask = h.leases.want(lk, start, epoch)
+			}
 		}
 		verdict, err = h.checkKey(ctx, start, ident.key.ID, hash, ident.key.Revision, policy, ask)
 		if err != nil || verdict.Fresh == nil {
@@ -266,6 +274,9 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 	decided := time.Now()
 	d := verdict.Limit
 	if h.leases != nil && !policy.IsZero() {
+		// the grant is the record's the store validated: a fresh one
+		// that came back with it, if any
+		lk.revision = ident.key.Revision
 		d = h.leases.put(lk, d, ask, start, epoch, decided)
 		h.app.metrics.leased(d)
 	}
@@ -332,7 +343,7 @@ func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *c
 // returns when the decision was taken (now, or later after a wait for a
 // refill or the store's answer), for the headers' seconds to the reset.
 func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.Time) (store.Decision, time.Time, error) {
-	lk := leaseKey{'s', subject, h.anonPolicy}
+	lk := leaseKey{kind: 's', subject: subject, policy: h.anonPolicy}
 	var ask store.Ask
 	if h.leases != nil {
 		d, at, ahead, ok, err := h.fromLease(ctx, lk, now)

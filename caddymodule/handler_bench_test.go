@@ -276,7 +276,7 @@ func BenchmarkLeaseTable(b *testing.B) {
 	for _, alg := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
 		b.Run(string(alg), func(b *testing.B) {
 			tbl := newLeaseTable(64, alg)
-			k := leaseKey{'s', "192.0.2.1", store.Policy{Limit: 1 << 40, Window: time.Hour}}
+			k := leaseKey{kind: 's', subject: "192.0.2.1", policy: store.Policy{Limit: 1 << 40, Window: time.Hour}}
 			var calls atomic.Int64
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {

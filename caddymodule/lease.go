@@ -77,11 +77,21 @@ import (
 //     measured still uses its requests before their moments pass.
 
 // leaseKey names one lease: whose limit (kind 'k' with a key id, or 's'
-// with an anonymous subject) under which policy.
+// with an anonymous subject) under which policy. A key's lease is also the
+// record revision's that the store validated when granting it (keyLease):
+// after a rotation the old value's hash still finds the old record in the
+// key cache, and must not admit from the lease its successor holds under
+// the same id; it asks the store, which refuses it.
 type leaseKey struct {
-	kind    byte
-	subject string
-	policy  store.Policy
+	kind     byte
+	subject  string
+	revision int64 // a key's record revision; 0 for an anonymous subject
+	policy   store.Policy
+}
+
+// keyLease names the lease of key record k under policy.
+func keyLease(k *store.Key, policy store.Policy) leaseKey {
+	return leaseKey{kind: 'k', subject: k.ID, revision: k.Revision, policy: policy}
 }
 
 // lease is what this gateway holds of one subject's limit. Its only
@@ -461,7 +471,12 @@ func (t *leaseTable) wantAhead(k leaseKey, r *refill, now time.Time, epoch int64
 // Other refills on their way count as held, and a refill ahead asks for no
 // more than leaves what is held and on its way within holdMost.
 func (t *leaseTable) ask(l *lease, k leaseKey, at time.Time, epoch int64, ahead *refill) store.Ask {
-	if l == nil {
+	if l == nil || l.epoch != epoch {
+		// Held under an epoch since changed (a key changed), the lease is
+		// of no use, and starts over as a new one: at one, doubling. At
+		// its last size every request that found it unusable (all that
+		// come in while the first grant is on its way) would ask for a
+		// full lease, to be counted and mostly lapse.
 		return store.Ask{Take: 1}
 	}
 	now := instantOf(at)
@@ -485,11 +500,7 @@ func (t *leaseTable) ask(l *lease, k leaseKey, at time.Time, epoch int64, ahead 
 		return store.Ask{Take: n, Spread: min(max(spread, logSpreadMin), store.MaxLease)}
 	default:
 		// What the lease holds is used first and ends no later than the
-		// new grant would: ask for what the pace would use beyond it. Held
-		// under an epoch since changed, it is not used: the grant replaces it.
-		if l.epoch != epoch {
-			left = 0
-		}
+		// new grant would: ask for what the pace would use beyond it.
 		horizon := min(untilWindowEnd(time.UnixMilli(l.resetMs), k.policy.Window, at), store.MaxLease)
 		return store.Ask{Take: fit(l.pace(now, ahead != nil)*horizon.Seconds()-float64(left), most)}
 	}

@@ -19,7 +19,7 @@ import (
 
 func TestLeaseTable(t *testing.T) {
 	tbl := newLeaseTable(8, store.SlidingWindow)
-	k := leaseKey{'k', "id", store.Policy{Limit: 100, Window: time.Hour}}
+	k := leaseKey{kind: 'k', subject: "id", policy: store.Policy{Limit: 100, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	grant := func(granted, remaining int64, at time.Time) store.Decision {
 		return store.Decision{Allowed: true, Limit: 100, Remaining: remaining, Granted: granted, Lease: time.Second, Reset: at.Add(time.Hour)}
@@ -115,7 +115,7 @@ func TestLeaseTable(t *testing.T) {
 	// its grant would use until the window now running ends: 4 in 15s, and
 	// 55s of a one-minute window left, 15; after an idle while, the pace
 	// has fallen to one at a time.
-	perMinute := leaseKey{'k', "id", store.Policy{Limit: 100, Window: time.Minute}}
+	perMinute := leaseKey{kind: 'k', subject: "id", policy: store.Policy{Limit: 100, Window: time.Minute}}
 	for _, c := range []struct {
 		at   time.Duration
 		want int64
@@ -132,10 +132,11 @@ func TestLeaseTable(t *testing.T) {
 	}
 	// A refill asks for what the pace (6 in 32s) would use until the window
 	// ends (28s: 5.25), less what the lease still holds (2 of 8): 4; unless
-	// a key changed since its grant: the new grant replaces what it holds.
+	// a key changed since its grant: the lease starts over, at one
+	// (TestLeaseStartsOverUnderANewEpoch).
 	for _, c := range []struct {
 		epoch, want int64
-	}{{7, 4}, {8, 6}} {
+	}{{7, 4}, {8, 1}} {
 		held := newLeaseTable(64, store.SlidingWindow)
 		window := store.Decision{Allowed: true, Limit: 100, Remaining: 50, Granted: 8, Lease: time.Minute, Reset: t0.Add(time.Minute)}
 		held.put(perMinute, window, store.Ask{Take: 8}, t0, 7, t0)
@@ -200,7 +201,7 @@ func TestLeaseTable(t *testing.T) {
 		}
 	}
 	// anonymous leases have no key to revoke
-	anon := leaseKey{'s', "203.0.113.9", k.policy}
+	anon := leaseKey{kind: 's', subject: "203.0.113.9", policy: k.policy}
 	tbl.put(anon, grant(2, 5, at), store.Ask{Take: 2}, at, 0, at)
 	if _, ok, _ := tbl.take(anon, at, 9, false); !ok {
 		t.Fatal("anonymous lease refused over the epoch")
@@ -219,7 +220,7 @@ func TestLeaseTable(t *testing.T) {
 // every request granted staggered so; otherwise the asking one is not the
 // lease's.
 func TestStaggeredLease(t *testing.T) {
-	k := leaseKey{'s', "198.51.100.7", store.Policy{Limit: 1000, Window: time.Hour}}
+	k := leaseKey{kind: 's', subject: "198.51.100.7", policy: store.Policy{Limit: 1000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	for _, c := range []struct {
 		granted int64
@@ -273,7 +274,7 @@ func TestStaggeredLease(t *testing.T) {
 // half a minute, spread over twice the time that pace takes to use it, and
 // at most twice the last asked for.
 func TestLogLeaseSizing(t *testing.T) {
-	k := leaseKey{'k', "id", store.Policy{Limit: 1000, Window: time.Hour}}
+	k := leaseKey{kind: 'k', subject: "id", policy: store.Policy{Limit: 1000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	one := store.Decision{Allowed: true, Limit: 1000, Remaining: 999, Granted: 1, Lease: store.MaxLease}
 	for _, c := range []struct {
@@ -368,6 +369,86 @@ func TestLeasesThroughTheGateway(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("disabled key refused after %v", time.Since(disabled).Round(time.Millisecond))
+}
+
+// A key's lease held under an epoch since changed (a key changed) starts
+// over as a new one: the requests that find it unusable ask for one each,
+// and it doubles again from there. At its last size every request that came
+// in while the first grant was on its way would lease a full one.
+func TestLeaseStartsOverUnderANewEpoch(t *testing.T) {
+	for _, a := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
+		tbl := newLeaseTable(64, a)
+		k := leaseKey{kind: 'k', subject: "id", policy: store.Policy{Limit: 1_000_000_000, Window: time.Hour}}
+		now := time.Unix(1_800_000_000, 0)
+		for range 1000 { // 100 a second, under epoch 0 (oneRequest)
+			oneRequest(tbl, k, now)
+			now = now.Add(10 * time.Millisecond)
+		}
+		if size := tbl.shard(k).leases[k].size; size != 64 {
+			t.Fatalf("%s: the lease grew to %d, want 64", a, size)
+		}
+		for range 3 { // concurrent requests, none of which can use the lease
+			if ask := tbl.want(k, now, 1); ask.Take != 1 {
+				t.Errorf("%s: under a new epoch a request asks for %d, want 1", a, ask.Take)
+			}
+		}
+	}
+}
+
+// While the epoch cannot be read, no key's lease may be used, and none is
+// asked for: it would be counted against the limit and lapse unused.
+func TestNoLeaseIsAskedForWhileTheEpochIsUnconfirmed(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	// the epoch poll's GET fails (WRONGTYPE) while the scripts work
+	if err := rdb.HSet(context.Background(), "keygate:epoch", "broken", 1).Err(); err != nil {
+		t.Fatal(err)
+	}
+	g := startGatewayOn(t, srv, `
+	keygate {
+		rate_limit 1000000 1h
+		lease 64
+	}
+	reverse_proxy {upstream}`)
+	k := generate(t, "--name", "unconfirmed")
+	leasedBefore := metricstest.Value(t, adminAddr, "keygate_lease_granted_requests_total")
+	for i := range 20 {
+		if r := g.get("/", bearer(k.Key)...); r.status != http.StatusOK {
+			t.Fatalf("request %d: %d %s", i+1, r.status, r.body)
+		}
+	}
+	if leased := metricstest.Value(t, adminAddr, "keygate_lease_granted_requests_total") - leasedBefore; leased != 0 {
+		t.Errorf("%v requests leased while the epoch could not be confirmed", leased)
+	}
+}
+
+// A rotated key's old value stops working once the gateway sees the
+// rotation, even while its new value holds a lease of the same key id:
+// the old value's hash still finds the old record in the key cache, and a
+// lease is the record revision's it was granted for, so the old value asks
+// the store, which refuses it.
+func TestRotatedKeyDoesNotUseItsSuccessorsLease(t *testing.T) {
+	g := startRedisGateway(t, "", `
+	keygate {
+		rate_limit 1000000 24h
+		lease 64
+	}
+	reverse_proxy {upstream}`)
+	old := generate(t, "--name", "rotated")
+	busyTraffic(t, g, bearer(old.Key)...) // its record cached, and a lease
+	var rotated keyView
+	mustJSON(t, mustCLI(t, "rotate", "rotated", "--json"), &rotated)
+	time.Sleep(epochFresh + 250*time.Millisecond) // every lease of before is over
+	busyTraffic(t, g, bearer(rotated.Key)...)     // the new value's lease
+	for i := range 20 {
+		if r := g.get("/", bearer(rotated.Key)...); r.status != http.StatusOK {
+			t.Fatalf("new value, request %d: %d %s", i+1, r.status, r.body)
+		}
+		if r := g.get("/", bearer(old.Key)...); r.status != http.StatusUnauthorized {
+			t.Fatalf("old value, request %d after the rotation was seen: %d, want 401", i+1, r.status)
+		}
+	}
 }
 
 // When the store stops answering, the epoch can no longer be confirmed and
@@ -514,7 +595,7 @@ func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
 // request that asked the store itself and was refused still takes one of
 // those.
 func TestRefillAhead(t *testing.T) {
-	k := leaseKey{'k', "id", store.Policy{Limit: 1000, Window: time.Hour}}
+	k := leaseKey{kind: 'k', subject: "id", policy: store.Policy{Limit: 1000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	tbl := newLeaseTable(64, store.SlidingLog)
 	lease := func(granted, remaining int64) store.Decision {
@@ -636,7 +717,7 @@ func TestRefillAhead(t *testing.T) {
 // waiters then take from its grant), and a key changed since the grant
 // has its requests ask the store.
 func TestRefillOnItsWay(t *testing.T) {
-	k := leaseKey{'k', "id", store.Policy{Limit: 1000, Window: time.Hour}}
+	k := leaseKey{kind: 'k', subject: "id", policy: store.Policy{Limit: 1000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	tbl := newLeaseTable(64, store.SlidingWindow)
 	lease := store.Decision{Allowed: true, Limit: 1000, Remaining: 900, Granted: 3, Lease: 10 * time.Second, Reset: t0.Add(time.Hour)}
@@ -680,7 +761,7 @@ func TestRefillOnItsWay(t *testing.T) {
 // recent pace, than four times what they have been taking, not only at a
 // third left (within what it may hold: TestSeveralRefillsOnTheWay).
 func TestRefillRunway(t *testing.T) {
-	k := leaseKey{'k', "id", store.Policy{Limit: 100000, Window: time.Hour}}
+	k := leaseKey{kind: 'k', subject: "id", policy: store.Policy{Limit: 100000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	lease := func(granted int64) store.Decision {
 		return store.Decision{Allowed: true, Limit: 100000, Remaining: 90000, Granted: granted, Lease: 10 * time.Second, Staggered: true}
@@ -771,7 +852,7 @@ func TestSeveralRefillsOnTheWay(t *testing.T) {
 	// refills that takes starts are asked for at once and left on their
 	// way; it says how many went.
 	leasedAtAMillisecond := func(max, limit int64, took time.Duration) (held func() int64, takes func(count int) (refills int)) {
-		k := leaseKey{'k', "id", store.Policy{Limit: limit, Window: time.Hour}}
+		k := leaseKey{kind: 'k', subject: "id", policy: store.Policy{Limit: limit, Window: time.Hour}}
 		tbl := newLeaseTable(max, store.SlidingLog)
 		tbl.put(k, lease(64), store.Ask{Take: 64, Spread: 10 * time.Second}, t0, 0, t0)
 		now := t0
@@ -838,7 +919,7 @@ func TestSeveralRefillsOnTheWay(t *testing.T) {
 // later); taken in order of grant instead, the refill's first requests
 // would lapse each time.
 func TestRefilledLeasesDoNotLapse(t *testing.T) {
-	k := leaseKey{'s', "192.0.2.1", store.Policy{Limit: 1_000_000, Window: time.Hour}}
+	k := leaseKey{kind: 's', subject: "192.0.2.1", policy: store.Policy{Limit: 1_000_000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	tbl := newLeaseTable(64, store.SlidingLog)
 	calls, granted, admitted := steadyTraffic(tbl, k, t0, t0.Add(200*time.Second), 10*time.Millisecond) // 20,000
@@ -867,7 +948,7 @@ func TestWindowLeasesEndWithTheirWindow(t *testing.T) {
 		// while a refill ahead counted its request twice)
 		{"100 a second", 10 * time.Millisecond, 20*6000/64 + 40, 10},
 	} {
-		k := leaseKey{'s', "192.0.2.1", store.Policy{Limit: 1_000_000, Window: time.Minute}}
+		k := leaseKey{kind: 's', subject: "192.0.2.1", policy: store.Policy{Limit: 1_000_000, Window: time.Minute}}
 		tbl := newLeaseTable(64, store.SlidingWindow)
 		t0 := time.Unix(1_800_000_000, 0)
 		calls, granted, admitted := steadyTraffic(tbl, k, t0, t0.Add(20*time.Minute), c.every)

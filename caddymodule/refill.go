@@ -22,19 +22,20 @@ import (
 
 // refillKeyAhead refills a key's lease, validating the key with it as
 // every store call on a key does. A changed record goes into the key
-// cache; a key no longer valid loses its lease, so that its next request
-// asks the store and is refused.
-func (h *Handler) refillKeyAhead(lk leaseKey, pending *refill, entry *cachedKey, hash apikey.Hash, revision int64) {
+// cache; a key no longer valid, or whose record changed, loses the lease
+// (the lease of a record revision, keyLease), so that its next request
+// asks the store: refused, or granted a lease of the new record's.
+func (h *Handler) refillKeyAhead(lk leaseKey, pending *refill, entry *cachedKey, hash apikey.Hash) {
 	epoch, _ := h.app.shared.epochs.current(time.Now()) // read before the grant
 	h.refillAhead(lk, pending, epoch, func(ctx context.Context, start time.Time, ask store.Ask) (store.Decision, error) {
-		verdict, err := h.checkKey(ctx, start, lk.subject, hash, revision, lk.policy, ask)
+		verdict, err := h.checkKey(ctx, start, lk.subject, hash, lk.revision, lk.policy, ask)
 		if err != nil {
 			return store.Decision{}, err
 		}
 		if verdict.Fresh != nil {
 			entry.record.Store(newIdentity(verdict.Fresh))
 		}
-		if verdict.Status != store.KeyValid {
+		if verdict.Status != store.KeyValid || verdict.Fresh != nil {
 			h.leases.drop(lk)
 			return store.Decision{}, nil // nothing granted
 		}
