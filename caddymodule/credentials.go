@@ -2,6 +2,7 @@ package keygate
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 )
 
@@ -14,40 +15,69 @@ type credential struct {
 	key        string
 	bearer     bool // carried in Authorization: Bearer
 	apiKey     bool // carried in X-API-Key
-	conflicted bool // the two headers carried different keys
+	conflicted bool // the headers carried different keys
 }
 
 // credentialFrom reads the key from Authorization: Bearer (scheme
-// case-insensitive) and X-API-Key. An Authorization header with another
-// scheme (Basic, say) is not ours and is left alone.
+// case-insensitive) and X-API-Key, every value of each: a key hidden
+// behind a first value must neither be missed nor passed on. An
+// Authorization value with another scheme (Basic, say) is not ours and is
+// left alone. Different keys conflict.
 func credentialFrom(h http.Header) credential {
 	var c credential
-	if auth := h.Get("Authorization"); len(auth) >= len("Bearer") && strings.EqualFold(auth[:len("Bearer")], "Bearer") &&
-		(len(auth) == len("Bearer") || auth[len("Bearer")] == ' ') {
-		c.bearer = true
-		c.key = strings.TrimSpace(auth[len("Bearer"):])
+	for _, auth := range h["Authorization"] {
+		if token, ok := bearerToken(auth); ok {
+			c.add(token)
+			c.bearer = true
+		}
 	}
 	for _, v := range h[headerAPIKey] {
-		v = strings.TrimSpace(v)
-		switch {
-		case !c.apiKey && !c.bearer:
-			c.key = v
-		case v != c.key:
-			c.conflicted = true
-		}
+		c.add(strings.TrimSpace(v))
 		c.apiKey = true
 	}
 	return c
 }
 
+// add takes key, found in one more header value.
+func (c *credential) add(key string) {
+	switch {
+	case !c.present():
+		c.key = key
+	case key != c.key:
+		c.conflicted = true
+	}
+}
+
+// bearerToken is the token of an Authorization value of the Bearer
+// scheme, if it is one.
+func bearerToken(auth string) (string, bool) {
+	const scheme = "Bearer"
+	if len(auth) < len(scheme) || !strings.EqualFold(auth[:len(scheme)], scheme) ||
+		len(auth) > len(scheme) && auth[len(scheme)] != ' ' {
+		return "", false
+	}
+	return strings.TrimSpace(auth[len(scheme):]), true
+}
+
 // present reports whether the request carried a key at all.
 func (c credential) present() bool { return c.bearer || c.apiKey }
 
-// strip removes the headers that carried the key, so the secret neither
-// reaches the upstream nor Caddy's access log.
+// strip removes the header values that carried the key (an Authorization
+// value of another scheme stays), so the secret neither reaches the
+// upstream nor what later handlers log.
 func (c credential) strip(h http.Header) {
 	if c.bearer {
-		h.Del("Authorization")
+		if auth := h["Authorization"]; len(auth) == 1 {
+			delete(h, "Authorization")
+		} else {
+			h["Authorization"] = slices.DeleteFunc(slices.Clone(auth), func(v string) bool {
+				_, ok := bearerToken(v)
+				return ok
+			})
+			if len(h["Authorization"]) == 0 {
+				delete(h, "Authorization")
+			}
+		}
 	}
 	if c.apiKey {
 		delete(h, headerAPIKey)

@@ -2,7 +2,9 @@ package keygate
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -131,8 +133,8 @@ func TestRefusals(t *testing.T) {
 	if got := r.header.Get("WWW-Authenticate"); got != `Bearer realm="keygate"` {
 		t.Errorf("missing key WWW-Authenticate = %q", got)
 	}
-	if r.problem["type"] != shlinkInvalidKeyType || r.problem["title"] != "Invalid API key" {
-		t.Errorf("missing key body not in Shlink's shape: %s", r.body)
+	if r.problem["type"] != shlinkInvalidKeyType || r.problem["title"] != "Invalid API key" || r.problem["detail"] != "Provided API key does not exist or is invalid" {
+		t.Errorf("missing key body not Shlink's: %s", r.body)
 	}
 
 	r = g.get("/api/x", bearer("sk_live_xxx")...)
@@ -154,6 +156,15 @@ func TestRefusals(t *testing.T) {
 		"Conflicting API keys in Authorization and X-API-Key")
 	if r := g.get("/api/x", append(bearer(uploader.Key), "X-API-Key", uploader.Key)...); r.status != http.StatusOK {
 		t.Errorf("same key in both headers: %d", r.status)
+	}
+	wantProblem(t, g.get("/api/x", append(bearer(uploader.Key), bearer(reader.Key)...)...), http.StatusBadRequest,
+		"Conflicting API keys in Authorization and X-API-Key")
+	// a key behind another scheme's Authorization value is the request's
+	// key, and only it is removed
+	r = g.get("/other", append([]string{"Authorization", "Basic Zm9vOmJhcg=="}, bearer(uploader.Key)...)...)
+	if r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Key-Id") != uploader.ID ||
+		!slices.Equal(r.upstreamSaw.Values("Authorization"), []string{"Basic Zm9vOmJhcg=="}) {
+		t.Errorf("Basic, then Bearer: status %d, upstream saw %v", r.status, r.upstreamSaw)
 	}
 
 	r = g.get("/api/x", bearer(reader.Key)...)
@@ -179,16 +190,36 @@ func TestRefusals(t *testing.T) {
 }
 
 func TestSpoofedIdentityHeadersAreReplaced(t *testing.T) {
-	g := startRedisGateway(t, "", protectedSite)
+	// Caddy drops every header with an underscore unless the server
+	// allowlists it: here it lets those through that CGI-style upstreams
+	// would read as keygate's, which keygate must strip itself.
+	srv := redistest.Start(t)
+	g := startGateway(t, fmt.Sprintf(`keygate {
+		redis %s
+	}
+	servers {
+		expected_underscore_headers X_keygate_* X-keygate_*
+	}`, srv.URL()), protectedSite)
 	k := generate(t, "--name", "honest", "--roles", "upload")
 	spoof := []string{
 		"X-Keygate-Key-Id", "admin", "x-keygate-roles", "admin", "X-KEYGATE-OWNER", "root",
 		"X-Keygate-Anonymous", "false", "X-Keygate-Upstream-Secret", "guess", "X-Keygate-Whatever", "1",
+		// CGI, FastCGI, WSGI and Rack read these as HTTP_X_KEYGATE_KEY_ID...
+		"X_Keygate_Key_Id", "admin", "x-keygate_owner", "root", "X_KEYGATE_ROLES", "admin",
+	}
+	noUnderscoredIdentity := func(saw http.Header) {
+		t.Helper()
+		for name := range saw {
+			if strings.Contains(name, "_") && strings.HasPrefix(strings.ToLower(strings.ReplaceAll(name, "_", "-")), "x-keygate-") {
+				t.Errorf("upstream saw client-sent %s: %q", name, saw[name])
+			}
+		}
 	}
 	r := g.get("/api/x", append(bearer(k.Key), spoof...)...)
 	if r.status != http.StatusOK {
 		t.Fatalf("status %d", r.status)
 	}
+	noUnderscoredIdentity(r.upstreamSaw)
 	if r.upstreamSaw.Get("X-Keygate-Key-Id") != k.ID || r.upstreamSaw.Get("X-Keygate-Roles") != "upload" ||
 		r.upstreamSaw.Get("X-Keygate-Owner") != "" || len(r.upstreamSaw.Values("X-Keygate-Key-Id")) != 1 {
 		t.Fatalf("upstream saw spoofed identity: %v", r.upstreamSaw)
@@ -202,6 +233,7 @@ func TestSpoofedIdentityHeadersAreReplaced(t *testing.T) {
 	if r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Anonymous") != "true" || r.upstreamSaw.Get("X-Keygate-Key-Id") != "" || r.upstreamSaw.Get("X-Keygate-Roles") != "" {
 		t.Fatalf("anonymous request: status %d, upstream saw %v", r.status, r.upstreamSaw)
 	}
+	noUnderscoredIdentity(r.upstreamSaw)
 }
 
 func TestRateLimitHeadersAndRefusal(t *testing.T) {

@@ -20,26 +20,49 @@ const (
 	headerAnonymous = "X-Keygate-Anonymous"
 )
 
-// stripIdentityHeaders deletes every X-Keygate-* header, in any case.
+// stripIdentityHeaders deletes every X-Keygate-* header, in any case and
+// with underscores for any of its dashes: CGI, FastCGI (Caddy's
+// php_fastcgi), WSGI and Rack turn both into HTTP_X_KEYGATE_..., so a
+// client's X_Keygate_Key_Id would reach such an app as the gateway's word.
+// Caddy drops headers with underscores itself, unless the server
+// allowlists them (expected_underscore_headers).
 func stripIdentityHeaders(h http.Header) {
 	for name := range h {
-		if len(name) >= len(identityPrefix) && strings.EqualFold(name[:len(identityPrefix)], identityPrefix) {
+		if isIdentityHeader(name) {
 			delete(h, name)
 		}
 	}
 }
 
+// isIdentityHeader says whether name starts with identityPrefix, in any
+// case, '_' matching '-'.
+func isIdentityHeader(name string) bool {
+	if len(name) < len(identityPrefix) {
+		return false
+	}
+	for i := range len(identityPrefix) {
+		c, want := name[i], identityPrefix[i]
+		switch {
+		case c == want:
+		case want == '-' && c == '_':
+		case 'A' <= want && want <= 'Z' && c == want+('a'-'A'):
+		case 'a' <= want && want <= 'z' && c == want-('a'-'A'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // identity is a key as the upstream sees it. It is derived once per record
-// revision, so injecting it costs no allocation per request.
+// revision, so injecting it costs one allocation per request.
 type identity struct {
 	key *store.Key
-	// Header values, each a one-element slice with len == cap: they are
-	// shared by concurrent requests, and an append by a later handler
-	// copies instead of writing into them. They point into values, so that
-	// an identity is two heap objects (itself and placeholders): a gateway
-	// keeps one per key it has seen, and the GC scans them all.
-	id, name, roles, owner []string
-	values                 [4]string
+	// the identity headers' values: id, name, roles (comma-separated),
+	// owner, in one array so that an identity is two heap objects (itself
+	// and placeholders): a gateway keeps one per key it has seen, and the
+	// GC scans them all
+	values [4]string
 	// ownPolicyHdr is the RateLimit-Policy value of the key's own limit,
 	// empty when it has none.
 	ownPolicyHdr string
@@ -50,7 +73,6 @@ type identity struct {
 
 func newIdentity(k *store.Key) *identity {
 	i := &identity{key: k, values: [4]string{k.ID, k.Name, strings.Join(k.Roles, ","), k.Owner}}
-	i.id, i.name, i.roles, i.owner = i.values[0:1:1], i.values[1:2:2], i.values[2:3:3], i.values[3:4:4]
 	if !k.RateLimit.IsZero() {
 		i.ownPolicyHdr = policyHeader(policyNameKey, k.RateLimit)
 	}
@@ -74,12 +96,17 @@ func (i *identity) hasAnyRole(roles []string) bool {
 	return false
 }
 
-// inject sets the identity headers and the {keygate.*} placeholders.
+// inject sets the identity headers and the {keygate.*} placeholders. The
+// headers' values are this request's own, one allocation for the four: a
+// later handler may write into them in place (request_header's replace
+// does), which must not reach other requests with the same key.
 func (i *identity) inject(h http.Header, repl *caddy.Replacer) {
-	h[headerKeyID] = i.id
-	h[headerKeyName] = i.name
-	h[headerKeyRoles] = i.roles
-	h[headerKeyOwner] = i.owner
+	v := new([4]string)
+	*v = i.values
+	h[headerKeyID] = v[0:1:1]
+	h[headerKeyName] = v[1:2:2]
+	h[headerKeyRoles] = v[2:3:3]
+	h[headerKeyOwner] = v[3:4:4]
 	repl.Map(i.placeholders)
 }
 
@@ -94,7 +121,7 @@ func (i *identity) placeholder(name string) (any, bool) {
 	case "keygate.key.name":
 		return i.key.Name, true
 	case "keygate.key.roles":
-		return i.roles[0], true
+		return i.values[2], true
 	case "keygate.key.owner":
 		return i.key.Owner, true
 	case "keygate.key.prefix":
@@ -105,21 +132,21 @@ func (i *identity) placeholder(name string) (any, bool) {
 	return nil, false
 }
 
-var anonymousValue = []string{"true"} // len == cap == 1
-
-// injectAnonymous marks a request that carried no key.
+// injectAnonymous marks a request that carried no key; the header's value
+// is the request's own (see inject).
 func injectAnonymous(h http.Header, repl *caddy.Replacer) {
-	h[headerAnonymous] = anonymousValue
+	h[headerAnonymous] = []string{"true"}
 	repl.Map(anonymousPlaceholder)
 }
 
 // anonymousPlaceholder resolves {keygate.anonymous} to true and the key
-// placeholders to empty, so one config serves both kinds of caller.
+// placeholders (with {http.auth.user.id}) to empty, so one config serves
+// both kinds of caller.
 func anonymousPlaceholder(name string) (any, bool) {
 	switch name {
 	case "keygate.anonymous":
 		return true, true
-	case "keygate.key.id", "keygate.key.name", "keygate.key.roles", "keygate.key.owner", "keygate.key.prefix":
+	case "keygate.key.id", "keygate.key.name", "keygate.key.roles", "keygate.key.owner", "keygate.key.prefix", "http.auth.user.id":
 		return "", true
 	}
 	return nil, false

@@ -25,7 +25,7 @@ func TestPlaceholders(t *testing.T) {
 		keygate {
 			anonymous 10 1m
 		}
-		respond "anon={keygate.anonymous} id={keygate.key.id}"
+		respond "anon={keygate.anonymous} id={keygate.key.id} user={http.auth.user.id}"
 	}`)
 	k := generate(t, "--name", "placeholder", "--roles", "a,b", "--owner", "team-x")
 	r := g.get("/keyed", bearer(k.Key)...)
@@ -33,8 +33,36 @@ func TestPlaceholders(t *testing.T) {
 	if string(r.body) != want {
 		t.Fatalf("body = %q, want %q", r.body, want)
 	}
-	if r := g.get("/other"); string(r.body) != "anon=true id=" {
+	if r := g.get("/other"); string(r.body) != "anon=true id= user=" {
 		t.Fatalf("anonymous body = %q", r.body)
+	}
+}
+
+// A handler after keygate that rewrites the identity headers in place
+// (request_header's replace does) changes its own request's, never those
+// of the requests after it.
+func TestLaterHandlersRewriteOnlyTheirOwnRequestsIdentity(t *testing.T) {
+	g := startRedisGateway(t, "", `
+	handle /keyed {
+		keygate
+		request_header X-Keygate-Roles a aa
+		reverse_proxy {upstream}
+	}
+	handle {
+		keygate {
+			anonymous 10 1m
+		}
+		request_header X-Keygate-Anonymous true truetrue
+		reverse_proxy {upstream}
+	}`)
+	k := generate(t, "--name", "rewritten", "--roles", "a,b")
+	for i := range 3 {
+		if r := g.get("/keyed", bearer(k.Key)...); r.upstreamSaw.Get("X-Keygate-Roles") != "aa,b" {
+			t.Fatalf("keyed request %d: status %d, upstream saw roles %q, want \"aa,b\"", i+1, r.status, r.upstreamSaw.Get("X-Keygate-Roles"))
+		}
+		if r := g.get("/other"); r.upstreamSaw.Get("X-Keygate-Anonymous") != "truetrue" {
+			t.Fatalf("anonymous request %d: status %d, upstream saw %q, want \"truetrue\"", i+1, r.status, r.upstreamSaw.Get("X-Keygate-Anonymous"))
+		}
 	}
 }
 

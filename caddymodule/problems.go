@@ -40,8 +40,9 @@ func invalidKey(detail, msg string) *Problem {
 // The fixed refusals. Their texts are the contract with existing clients
 // (see shared/reference): change them only with the README's catalogue.
 var (
+	// Shlink answers a missing key as an invalid one, detail and all
 	problemMissingKey = invalidKey(
-		"An API key is required: send it as Authorization: Bearer <key> or X-API-Key: <key>",
+		"Provided API key does not exist or is invalid",
 		"API key required")
 	problemMalformedKey = invalidKey(
 		"Provided API key does not exist or is invalid",
