@@ -1,6 +1,7 @@
 package keygate
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -116,12 +117,13 @@ type renameRequest struct {
 type adminError struct {
 	status int
 	msg    string
+	allow  string // the Allow header of a 405
 }
 
 func (e adminError) Error() string { return e.msg }
 
 func badRequest(format string, args ...any) error {
-	return adminError{http.StatusBadRequest, fmt.Sprintf(format, args...)}
+	return adminError{status: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
 }
 
 func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -131,12 +133,15 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		switch {
 		case errors.As(err, &ae):
 		case errors.Is(err, store.ErrNotFound):
-			ae = adminError{http.StatusNotFound, err.Error()}
+			ae = adminError{status: http.StatusNotFound, msg: err.Error()}
 		case errors.Is(err, store.ErrNameTaken):
-			ae = adminError{http.StatusConflict, err.Error()}
+			ae = adminError{status: http.StatusConflict, msg: err.Error()}
 		default:
 			caddy.Log().Named("keygate.admin").Error("admin call failed", zap.Error(err))
-			ae = adminError{http.StatusServiceUnavailable, "key store unavailable: " + err.Error()}
+			ae = adminError{status: http.StatusServiceUnavailable, msg: "key store unavailable: " + err.Error()}
+		}
+		if ae.allow != "" {
+			w.Header().Set("Allow", ae.allow)
 		}
 		title := http.StatusText(ae.status)
 		problem.Write(w, problem.Details{Type: problem.TypeBase + "admin", Title: title, Status: ae.status, Detail: ae.msg, Error: ae.msg})
@@ -153,7 +158,7 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 func (a adminAPI) route(r *http.Request) (int, any, error) {
 	app, err := activeApp()
 	if err != nil {
-		return 0, nil, adminError{http.StatusServiceUnavailable, err.Error()}
+		return 0, nil, adminError{status: http.StatusServiceUnavailable, msg: err.Error()}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), adminTimeout)
 	defer cancel()
@@ -161,7 +166,7 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 
 	rest, ok := strings.CutPrefix(r.URL.Path, "/keygate/keys")
 	if !ok {
-		return 0, nil, adminError{http.StatusNotFound, "unknown keygate admin path " + r.URL.Path}
+		return 0, nil, adminError{status: http.StatusNotFound, msg: "unknown keygate admin path " + r.URL.Path}
 	}
 	rest = strings.TrimPrefix(rest, "/")
 	if rest == "" {
@@ -185,7 +190,7 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 			v, err := createKey(ctx, s, req)
 			return http.StatusCreated, v, err
 		}
-		return 0, nil, methodNotAllowed(r)
+		return 0, nil, methodNotAllowed(r, "GET, POST")
 	}
 
 	name, action, _ := strings.Cut(rest, "/")
@@ -198,8 +203,10 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 			return 0, nil, err
 		}
 		return http.StatusOK, map[string]string{"deleted": name}, nil
+	case action == "":
+		return 0, nil, methodNotAllowed(r, "GET, DELETE")
 	case r.Method != http.MethodPost:
-		return 0, nil, methodNotAllowed(r)
+		return 0, nil, methodNotAllowed(r, "POST")
 	}
 
 	var secret string
@@ -225,7 +232,7 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 		secret = g.Secret
 		change = func(k *store.Key) error { k.Hash, k.Prefix = g.Hash, g.Display; return nil }
 	default:
-		return 0, nil, adminError{http.StatusNotFound, fmt.Sprintf("unknown action %q: use enable, disable, rename or rotate", action)}
+		return 0, nil, adminError{status: http.StatusNotFound, msg: fmt.Sprintf("unknown action %q: use enable, disable, rename or rotate", action)}
 	}
 	k, err := s.UpdateKey(ctx, name, change)
 	if err != nil {
@@ -301,13 +308,18 @@ func parseExpiry(s string) (time.Time, error) {
 }
 
 // validName accepts names that are safe in a URL path segment, a header
-// value and a terminal: printable ASCII without '/', no surrounding spaces.
+// value and a terminal: printable ASCII without '/', no surrounding spaces,
+// not "." or ".." (the admin API's router would resolve them as path
+// segments, so such a key could never be managed again).
 func validName(name string) error {
 	if name == "" {
 		return badRequest("a name is required")
 	}
 	if name != strings.TrimSpace(name) || strings.Contains(name, "/") {
 		return badRequest("name %q: no surrounding spaces and no '/'", name)
+	}
+	if name == "." || name == ".." {
+		return badRequest("name %q: a name may not be . or ..", name)
 	}
 	return validLabel("name", name)
 }
@@ -337,17 +349,30 @@ func validRole(role string) bool {
 	return true
 }
 
+// decodeBody reads r's body, one JSON object of at most maxAdminBody bytes
+// and nothing after it, into v.
 func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody))
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody+1))
+	if err != nil {
+		return badRequest("reading the body: %v", err)
+	}
+	if len(body) > maxAdminBody {
+		return adminError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("the body is larger than %d bytes", maxAdminBody)}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return badRequest("invalid JSON body: %v", err)
 	}
+	if _, err := dec.Token(); err != io.EOF {
+		return badRequest("invalid JSON body: more after the object")
+	}
 	return nil
 }
 
-func methodNotAllowed(r *http.Request) error {
-	return adminError{http.StatusMethodNotAllowed, "method " + r.Method + " not allowed on " + r.URL.Path}
+// methodNotAllowed is the 405 of r, whose path allows the methods allow.
+func methodNotAllowed(r *http.Request, allow string) error {
+	return adminError{status: http.StatusMethodNotAllowed, msg: "method " + r.Method + " not allowed on " + r.URL.Path, allow: allow}
 }
 
 // activeApp finds the keygate app of the running config.

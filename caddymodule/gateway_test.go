@@ -112,6 +112,8 @@ func TestKeyLifecycleThroughCLI(t *testing.T) {
 		{[]string{"generate", "--name", "x", "--expires", "2001-01-01"}, "in the past"},
 		{[]string{"generate", "--name", "x", "--rate-limit", "lots"}, "<requests>/<window>"},
 		{[]string{"generate"}, "--name is required"},
+		{[]string{"generate", "--name", ".."}, "may not be . or .."},
+		{[]string{"rename", "other", "."}, "may not be . or .."},
 		{[]string{"disable", "nope"}, "no API key with that name"},
 		{[]string{"rotate", "nope"}, "no API key with that name"},
 		{[]string{"delete", "nope"}, "no API key with that name"},
@@ -119,6 +121,53 @@ func TestKeyLifecycleThroughCLI(t *testing.T) {
 		if out, err := cli(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: err = %v (output %q), want it to mention %q", tc.args, err, out, tc.want)
 		}
+	}
+}
+
+// The admin API answers a wrong method with 405 and the methods allowed
+// (RFC 9110), a body too large with 413, and anything after a body's JSON
+// object with 400.
+func TestAdminAPIRefusals(t *testing.T) {
+	startRedisGateway(t, "", protectedSite)
+	generate(t, "--name", "admin-api")
+	call := func(method, path, body string) response {
+		t.Helper()
+		req, err := http.NewRequest(method, "http://"+adminAddr+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		r := response{status: resp.StatusCode, header: resp.Header}
+		if err := json.NewDecoder(resp.Body).Decode(&r.problem); err != nil || r.problem["error"] == nil {
+			t.Fatalf("%s %s: %d, problem %v (%v)", method, path, resp.StatusCode, r.problem, err)
+		}
+		return r
+	}
+	for _, c := range []struct{ method, path, allow string }{
+		{http.MethodPut, "/keygate/keys", "GET, POST"},
+		{http.MethodPost, "/keygate/keys/admin-api", "GET, DELETE"},
+		{http.MethodGet, "/keygate/keys/admin-api/rotate", "POST"},
+	} {
+		if r := call(c.method, c.path, ""); r.status != http.StatusMethodNotAllowed || r.header.Get("Allow") != c.allow {
+			t.Errorf("%s %s: %d, Allow %q; want 405, Allow %q", c.method, c.path, r.status, r.header.Get("Allow"), c.allow)
+		}
+	}
+	if r := call(http.MethodPost, "/keygate/keys/admin-api/shred", ""); r.status != http.StatusNotFound {
+		t.Errorf("unknown action: %d, want 404", r.status)
+	}
+	if r := call(http.MethodPost, "/keygate/keys", `{"name": "a"} {"name": "b"}`); r.status != http.StatusBadRequest {
+		t.Errorf("two objects: %d, want 400", r.status)
+	}
+	big := `{"name": "big", "owner": "` + strings.Repeat("x", maxAdminBody) + `"}`
+	if r := call(http.MethodPost, "/keygate/keys", big); r.status != http.StatusRequestEntityTooLarge {
+		t.Errorf("a body over %d bytes: %d, want 413", maxAdminBody, r.status)
+	}
+	if strings.Contains(mustCLI(t, "list"), "big") {
+		t.Error("a key was created from a refused body")
 	}
 }
 
