@@ -193,9 +193,10 @@ func (p *pipeliner) run(ctx context.Context, script hotScript, keys []string, ar
 	}
 }
 
-// runDirect sends one call on l, bounded by the client's dial, read and
-// write timeouts.
+// runDirect sends one call on l, within the store timeout (withTimeout).
 func (p *pipeliner) runDirect(ctx context.Context, l *line, script *redis.Script, keys []string, cmdArgs []any) ([]any, error) {
+	ctx, cancel := withTimeout(ctx, p.timeout)
+	defer cancel()
 	cmd := redis.NewCmd(ctx, cmdArgs...)
 	if conn := l.take(p.client); conn != nil {
 		_ = conn.Process(ctx, cmd)
@@ -207,6 +208,18 @@ func (p *pipeliner) runDirect(ctx context.Context, l *line, script *redis.Script
 		return script.Eval(ctx, p.client, keys, scriptArgs(cmdArgs, keys)...).Slice()
 	}
 	return cmd.Slice()
+}
+
+// withTimeout bounds a call by timeout unless ctx has a deadline already.
+// go-redis bounds each dial, read and write by it, but tries a dial five
+// times and then retries the command: to an unreachable Redis one call
+// would take several timeouts. (The sender's pipelines have their own
+// deadline; see exec.)
+func withTimeout(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, timeout)
 }
 
 // send is the sender: it waits for a call, takes every call queued behind

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/caddymodule/store/storetest"
 	"github.com/keygate/keygate/internal/redistest"
@@ -168,6 +170,50 @@ func TestHungRedisTimesOut(t *testing.T) {
 	srv.Resume()
 	resumed = true
 	waitRecovered(t, s)
+}
+
+// A call that must dial, to a Redis that never answers (a blackholed
+// address), fails within the store timeout: go-redis bounds each dial by
+// DialTimeout but tries one five times, and retries the command.
+func TestCallsToAnUnreachableRedisEndWithinTheTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	s := New(redis.NewClient(&redis.Options{
+		Addr: "192.0.2.1:6379", // TEST-NET: never dialled, the dialer hangs as a blackholed one does
+		Dialer: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+		DialTimeout:           5 * time.Second,
+		MaxRetries:            1,
+		ContextTimeoutEnabled: true,
+		Protocol:              2,
+	}), timeout)
+	t.Cleanup(func() { _ = s.Close() })
+	p := store.Policy{Limit: 10, Window: time.Minute}
+	for _, call := range []struct {
+		name string
+		do   func(context.Context) error
+	}{
+		{"limit", func(ctx context.Context) error {
+			_, err := s.Limit(ctx, "unreachable", p, store.SlidingWindow, store.Ask{})
+			return err
+		}},
+		{"check", func(ctx context.Context) error {
+			_, err := s.CheckKey(ctx, store.Check{KeyID: "id", Hash: apikey.Sum("sk_x"), Policy: p})
+			return err
+		}},
+		{"key lookup", func(ctx context.Context) error {
+			_, err := s.KeyIDByHash(ctx, apikey.Sum("sk_x"))
+			return err
+		}},
+	} {
+		start := time.Now()
+		err := call.do(context.Background())
+		// generous for a loaded machine; without the bound, 5 s a dial
+		if took := time.Since(start); err == nil || took > 2*time.Second {
+			t.Errorf("%s: %v after %s, want an error within about %s", call.name, err, took, timeout)
+		}
+	}
 }
 
 // Closing the store (a config reload that lets go of it) does not wait for

@@ -254,6 +254,8 @@ func parseDecision(v []any, limit int64, a store.Algorithm, ahead bool) store.De
 
 // KeyIDByHash implements store.Store.
 func (s *Store) KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error) {
+	ctx, cancel := withTimeout(ctx, s.hot.timeout)
+	defer cancel()
 	id, err := s.client.Get(ctx, hashKey(h)).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", store.ErrNotFound
