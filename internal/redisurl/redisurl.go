@@ -7,26 +7,46 @@ package redisurl
 import (
 	"errors"
 	"net/url"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// Parse is redis.ParseURL, whose errors from url.Parse quote the whole URL,
-// password included: those are reported without it. An invalid
-// percent-escape, which quotes three characters of (most likely) the
-// password, is reported with a hint instead.
+// hint is what most URLs that do not parse lack: a password with one of
+// these characters unescaped ends the password early, and what follows
+// reads as a port, a path or options.
+const hint = " (in a password, write % @ / # ? as %25 %40 %2F %23 %3F)"
+
+// Parse is redis.ParseURL without quoting any part of the URL in its
+// errors: url.Parse's quote the whole URL or a part, go-redis's the
+// database number or an option, any of which may be a piece of a password
+// that was not percent-encoded. Each says what did not parse, and how a
+// password is written.
 func Parse(raw string) (*redis.Options, error) {
 	opts, err := redis.ParseURL(raw)
 	if err == nil {
 		return opts, nil
 	}
-	var quoting *url.Error
-	if !errors.As(err, &quoting) {
-		return nil, err // go-redis's own errors name a part: scheme, path, option
-	}
 	var escape url.EscapeError
-	if errors.As(quoting.Err, &escape) {
-		return nil, errors.New("invalid percent-escape (in a password, write % as %25, and @ / # ? as %40 %2F %23 %3F)")
+	var quoting *url.Error
+	switch {
+	case errors.As(err, &escape):
+		return nil, errors.New("invalid percent-escape" + hint)
+	case errors.As(err, &quoting):
+		return nil, errors.New(what(quoting.Err.Error()) + hint)
+	default:
+		return nil, errors.New(what(err.Error()) + hint)
 	}
-	return nil, quoting.Err
+}
+
+// what is the kind of a parse error, without the part of the URL it
+// quotes: its message up to the first ':' or '"', e.g. "invalid port" from
+// `invalid port ":s3cret" after host`, "invalid database number" from
+// `redis: invalid database number: "x"`.
+func what(msg string) string {
+	msg = strings.TrimPrefix(strings.TrimPrefix(msg, "redis: "), "net/url: ")
+	if i := strings.IndexAny(msg, `:"`); i >= 0 {
+		msg = msg[:i]
+	}
+	return strings.TrimSpace(msg)
 }

@@ -17,6 +17,10 @@ func TestParseNeverQuotesThePassword(t *testing.T) {
 		"redis://:s3cret@localhost:6379/0\x7f",    // a control character
 		"redis://:s3cret@localhost:6379/0?x=1#s3", // an unknown option
 		"http://:s3cret@localhost:6379/0",         // another scheme
+		"redis://:s3cret/x@localhost",             // a '/' in the password: the rest a port
+		"redis://:12/s3cret@localhost",            // the same: the rest a database number
+		"redis://localhost/0?s3cret=x",            // an option that is not one
+		"redis://localhost/0?dial_timeout=s3cret", // an option's value
 	} {
 		_, err := Parse(raw)
 		if err == nil {
