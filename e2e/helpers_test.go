@@ -107,11 +107,12 @@ type stack struct {
 	env     []string
 	keygate string
 	kind    storeKind
+	gateway *proc
 }
 
 // startStack starts a backend and a gateway (the root Caddyfile) on free
 // ports and waits until both answer. Everything stops when the test ends.
-func startStack(t *testing.T, kind storeKind) *stack {
+func startStack(t *testing.T, kind storeKind, gatewayEnv ...string) *stack {
 	t.Helper()
 	keygateBin, backendBin := binaries(t)
 	home := t.TempDir()
@@ -171,14 +172,15 @@ func startStack(t *testing.T, kind storeKind) *stack {
 		return nil
 	})
 
-	gateway := s.start("gateway", keygateBin, []string{"run", "--config", caddyfile(t), "--adapter", "caddyfile"},
-		"KEYGATE_LISTEN="+s.Base, // http:// so that Caddy serves plain HTTP on this port
-		"KEYGATE_ADMIN="+s.Admin,
-		"KEYGATE_BACKEND="+s.Backend,
-		"KEYGATE_REDIS="+redisURL,
-		"KEYGATE_LEASE="+lease,
-		"KEYGATE_UPSTREAM_SECRET="+s.Secret,
-	)
+	gateway := s.start("gateway", keygateBin, []string{"run", "--config", caddyfile(t), "--adapter", "caddyfile"}, append([]string{
+		"KEYGATE_LISTEN=" + s.Base, // http:// so that Caddy serves plain HTTP on this port
+		"KEYGATE_ADMIN=" + s.Admin,
+		"KEYGATE_BACKEND=" + s.Backend,
+		"KEYGATE_REDIS=" + redisURL,
+		"KEYGATE_LEASE=" + lease,
+		"KEYGATE_UPSTREAM_SECRET=" + s.Secret,
+	}, gatewayEnv...)...)
+	s.gateway = gateway
 	// Ready when the admin API lists keys and the site port accepts
 	// connections; no request to the site, which would spend the per-IP
 	// budget of the public routes.

@@ -616,13 +616,12 @@ func TestShortLinksRateLimit(t *testing.T) {
 	}, withRedisLeases)
 }
 
-// TestMissingOrBadKey: the write APIs need a key; the gateway answers 401
-// problem+json before anything reaches the backend.
+// TestMissingOrBadKey: the write APIs need a key (but Shorturlx's, below);
+// the gateway answers 401 problem+json before anything reaches the backend.
 func TestMissingOrBadKey(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s *stack) {
 		for _, c := range []struct{ method, path, body string }{
 			{http.MethodPost, "/api/shortlinks", `{"url":"https://example.com"}`},
-			{http.MethodPost, "/api/shorten", `{"url":"https://example.com"}`},
 			{http.MethodPost, "/api/v1/secrets", `{"encryptedBlob":"x","iv":"y","expiryType":"1hour"}`},
 			{http.MethodPost, "/api/external/upload", ""},
 			{http.MethodGet, "/api/user/sharex-config?baseUrl=http://x&apiKey=k", ""},
@@ -640,6 +639,78 @@ func TestMissingOrBadKey(t *testing.T) {
 			wantProblem(t, what+" with a malformed key", r, http.StatusUnauthorized, "Invalid API key format")
 		}
 	})
+}
+
+// TestShorturlxWithoutAKey: Shorturlx limits "unauthenticated requests to
+// 10 requests per 10 minutes", per client; a bad key is still refused, not
+// taken for none.
+func TestShorturlxWithoutAKey(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *stack) {
+		for i := 1; i <= 10; i++ {
+			r := postJSON(t, s.Base+"/api/shorten", `{"url":"https://example.com/anonymous"}`)
+			wantStatus(t, fmt.Sprintf("request %d without a key", i), r, http.StatusCreated)
+			if l, rem := r.Header.Get("X-RateLimit-Limit"), r.Header.Get("X-RateLimit-Remaining"); l != "10" || rem != strconv.Itoa(10-i) {
+				t.Errorf("request %d: X-RateLimit-Limit %q Remaining %q, want 10 and %d", i, l, rem, 10-i)
+			}
+		}
+		wantProblem(t, "request 11 without a key", postJSON(t, s.Base+"/api/shorten", `{"url":"https://example.com/anonymous"}`),
+			http.StatusTooManyRequests, "Too much request. Try again later.")
+		r := postJSON(t, s.Base+"/api/shorten", `{"url":"https://example.com"}`, "X-API-Key", "sk_"+randomHex(t, 24))
+		wantProblem(t, "an unknown key", r, http.StatusUnauthorized, "Invalid API key")
+		key := s.generateKey("shorturlx")
+		r = postJSON(t, s.Base+"/api/shorten", `{"url":"https://example.com"}`, "Authorization", "Bearer "+key.Key)
+		wantStatus(t, "with a key, past the anonymous limit", r, http.StatusCreated)
+		if l := r.Header.Get("X-RateLimit-Limit"); l != "100" {
+			t.Errorf("with a key: X-RateLimit-Limit %q, want 100", l)
+		}
+	})
+}
+
+// TestKeysStayOutOfTheLogs: at DEBUG, where Caddy logs every refusal's
+// request and reverse_proxy every request it sends upstream, the gateway's
+// log holds no key (X-API-Key, or the apiKey of Slink's sharex-config
+// query), passcode hash nor the upstream secret: the stack's log filter
+// deletes them (Caddy itself redacts only Authorization).
+func TestKeysStayOutOfTheLogs(t *testing.T) {
+	s := startStack(t, withRedis, "KEYGATE_LOG_LEVEL=DEBUG")
+	key := s.generateKey("logged")
+	unknown := "sk_" + randomHex(t, 24)
+	passcode := randomHex(t, 32)
+	q := url.Values{"baseUrl": {s.Base}, "apiKey": {key.Key}}
+	r := mustDo(t, http.MethodGet, s.Base+"/api/user/sharex-config?"+q.Encode(), nil, "X-API-Key", key.Key)
+	wantStatus(t, "sharex-config", r, http.StatusOK)
+	r = mustDo(t, http.MethodGet, s.Base+"/api/v1/secrets/A1b2C3d4E5f6?passcodeHash="+passcode, nil, "X-API-Key", key.Key, "X-Passcode-Hash", passcode)
+	wantStatus(t, "reading a secret that is not there", r, http.StatusNotFound)
+	q.Set("apiKey", unknown)
+	r = mustDo(t, http.MethodGet, s.Base+"/api/user/sharex-config?"+q.Encode(), nil, "X-API-Key", unknown)
+	wantProblem(t, "an unknown key", r, http.StatusUnauthorized, "Invalid API key")
+
+	// The entries that log a request (at DEBUG Caddy also logs its whole
+	// config, the upstream secret in it, as its admin API serves it). A
+	// refusal is logged after its response is sent: wait for it.
+	requestLog := func() string {
+		var logged strings.Builder
+		for _, line := range strings.Split(s.gateway.logs.tail(16<<20), "\n") {
+			if strings.Contains(line, `"request":{"remote_ip"`) {
+				logged.WriteString(line + "\n")
+			}
+		}
+		return logged.String()
+	}
+	logs := requestLog()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs, `"status":401`) && time.Now().Before(deadline); logs = requestLog() {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, want := range []string{`"status":401`, "/api/user/sharex-config", "upstream roundtrip"} {
+		if !strings.Contains(logs, want) {
+			t.Fatalf("the gateway's DEBUG log lacks %q; the test sees no request logged", want)
+		}
+	}
+	for what, secret := range map[string]string{"the key": key.Key, "an unknown key": unknown, "a passcode hash": passcode, "the upstream secret": s.Secret} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("the gateway's request log holds %s", what)
+		}
+	}
 }
 
 // TestExamplesMatchReferenceDocs keeps testdata/ honest: every example there
