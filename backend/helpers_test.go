@@ -82,7 +82,12 @@ func newStore(t *testing.T, kind string, o envOpts) store.Store {
 
 func newEnv(t *testing.T, kind string, o envOpts) *env {
 	t.Helper()
-	st := newStore(t, kind, o)
+	return newEnvOn(t, newStore(t, kind, o), o)
+}
+
+// newEnvOn is a backend on the store st.
+func newEnvOn(t *testing.T, st store.Store, o envOpts) *env {
+	t.Helper()
 	dir := t.TempDir()
 	h, err := backend.New(backend.Config{
 		Store: st, DataDir: dir, UpstreamSecret: testSecret,

@@ -3,10 +3,13 @@ package backend
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/mail"
 	"net/url"
 	"strings"
+	"syscall"
 	"time"
 	"unicode"
 
@@ -292,8 +295,24 @@ func (s *Server) handleRedirect(w http.ResponseWriter, r *http.Request) {
 }
 
 // storeError answers a store failure: the details go to the log, the client
-// gets a generic 500.
+// gets 503 with Retry-After when the store did not answer (Redis down,
+// hung, or too slow: worth retrying, and a load balancer may try another
+// replica), else a generic 500.
 func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
 	s.log.Error("store error", "method", r.Method, "pattern", r.Pattern, "err", err)
+	if storeUnreachable(err) {
+		w.Header().Set("Retry-After", "1")
+		problem.Write(w, errUnavailable)
+		return
+	}
 	problem.Write(w, errInternal)
+}
+
+// storeUnreachable says whether err is the store not answering: a network
+// error (refused, reset, timed out), a closed connection, or a deadline.
+func storeUnreachable(err error) bool {
+	var netErr net.Error
+	return errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
 }

@@ -8,6 +8,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/backend/store"
+	"github.com/keygate/keygate/backend/store/redisstore"
+	"github.com/keygate/keygate/internal/redistest"
 )
 
 // The three requests of the Short Link doc, as written there.
@@ -254,4 +258,24 @@ func TestShorten(t *testing.T) {
 		resp, body = e.postJSON("/api/shorten", `{"url":"mailto:x@example.com"}`)
 		wantProblem(t, resp, body, http.StatusBadRequest, "Invalid URL")
 	})
+}
+
+// A store that does not answer (Redis stopped) is a 503 with Retry-After,
+// not a 500: the request is worth retrying, and the client is told so.
+func TestStoreOutageIs503(t *testing.T) {
+	srv := redistest.Start(t)
+	st, err := redisstore.Open(context.Background(), srv.URL(), "kgbdown:", store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	e := newEnvOn(t, st, envOpts{})
+	srv.Stop()
+	resp, body := e.postJSON("/api/shorten", `{"url":"https://example.com"}`, asKey("k1", "n", "o"))
+	wantProblem(t, resp, body, http.StatusServiceUnavailable, "Storage unavailable")
+	if ra := resp.Header.Get("Retry-After"); ra != "1" {
+		t.Errorf("Retry-After %q, want 1", ra)
+	}
+	resp, body = e.get("/AAAAAAAAAAAA")
+	wantProblem(t, resp, body, http.StatusServiceUnavailable, "Storage unavailable")
 }
