@@ -110,6 +110,7 @@ func (s *Server) routes() {
 	// No HEAD here: a HEAD must never burn a view_once secret.
 	m.Handle("/api/v1/secrets/{id}", methods{http.MethodGet: s.handleGetSecret})
 	m.Handle("/api/v1/secrets/{id}/report", methods{http.MethodPost: s.handleReport})
+	m.Handle(SharePathPrefix+"{id}", methods{http.MethodGet: s.handleViewer, http.MethodHead: s.handleViewer})
 	m.Handle(ImagePathPrefix+"{file}", methods{http.MethodGet: s.handleImage, http.MethodHead: s.handleImage})
 	m.Handle("/{slug}", methods{http.MethodGet: s.handleRedirect, http.MethodHead: s.handleRedirect})
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { problem.Write(w, errNotFound) })

@@ -200,6 +200,13 @@ func TestReferenceCurlExamples(t *testing.T) {
 			if lo, hi := before.Add(7*24*time.Hour-time.Minute).UnixMilli(), time.Now().Add(7*24*time.Hour+time.Minute).UnixMilli(); int64(exp) < lo || int64(exp) > hi {
 				t.Errorf("expiresAt %v, want about 7 days from now in Unix ms", m["expiresAt"])
 			}
+			// the shareUrl opens the viewer page through the gateway, and
+			// opening it reads nothing
+			page := mustDo(t, http.MethodGet, str(m, "shareUrl"), nil)
+			wantStatus(t, "GET shareUrl", page, http.StatusOK)
+			if !strings.HasPrefix(page.Header.Get("Content-Type"), "text/html") || page.Header.Get("Content-Security-Policy") == "" {
+				t.Errorf("shareUrl: %v, want the viewer page", page.Header)
+			}
 			got := mustDo(t, http.MethodGet, s.Base+"/api/v1/secrets/"+id, nil)
 			wantStatus(t, "first read", got, http.StatusOK)
 			g := got.JSON(t)
