@@ -121,6 +121,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(h.Roles) == 0 {
 				return d.ArgErr()
 			}
+			if err := validRoles(h.Roles); err != nil {
+				return d.Err(err.Error())
+			}
 		case "algorithm":
 			var a string
 			if !d.AllArgs(&a) {
@@ -141,8 +144,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			lease, err := strconv.ParseInt(n, 10, 64)
-			if err != nil || lease < 0 {
-				return d.Errf("lease must be a whole number of requests, not %q", n)
+			if err != nil || lease < 0 || lease > maxLease {
+				return d.Errf("lease must be a whole number of requests, at most %d, not %q", maxLease, n)
 			}
 			h.Lease = lease
 		default:

@@ -7,6 +7,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/keygate/keygate/caddymodule/store"
 )
 
 // The operator's Caddyfile from the README must adapt, outside route blocks.
@@ -86,6 +88,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad algorithm", "keygate {\n\talgorithm token_bucket\n}", "sliding_window or sliding_log"},
 		{"missing args", "keygate {\n\trate_limit 5\n}", "wrong argument count"},
 		{"bad lease", "keygate {\n\tlease lots\n}", "whole number of requests"},
+		{"huge lease", "keygate {\n\tlease 1000001\n}", "at most 1000000"},
+		{"role never held", "keygate {\n\troles Upload\n}", `role "Upload" can never match`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(":80 {\n"+tc.site+"\n}\n"), nil)
@@ -97,5 +101,24 @@ func TestCaddyfileErrors(t *testing.T) {
 	_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte("{\n\tkeygate {\n\t\ton_store_error maybe\n\t}\n}\n:80\n"), nil)
 	if err == nil || !strings.Contains(err.Error(), "closed or open") {
 		t.Fatalf("bad on_store_error: %v", err)
+	}
+}
+
+// The JSON config is held to what the Caddyfile is.
+func TestHandlerValidate(t *testing.T) {
+	for _, tc := range []struct {
+		h    Handler
+		want string
+	}{
+		{Handler{Algorithm: store.SlidingWindow, Roles: []string{"upload", "Admin"}}, `role "Admin" can never match`},
+		{Handler{Algorithm: store.SlidingWindow, Lease: maxLease + 1}, "lease must be 0 to 1000000"},
+		{Handler{Algorithm: store.SlidingWindow, Lease: -1}, "lease must be 0 to 1000000"},
+	} {
+		if err := tc.h.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want it to mention %q", tc.h, err, tc.want)
+		}
+	}
+	if err := (&Handler{Algorithm: store.SlidingLog, Roles: []string{"upload", "ci:deploy"}, Lease: maxLease}).Validate(); err != nil {
+		t.Errorf("a valid handler: %v", err)
 	}
 }

@@ -56,7 +56,9 @@ type Handler struct {
 
 	// KeepCredentials passes Authorization / X-API-Key on to the upstream.
 	// Default: false, they are removed, so the secret neither reaches the
-	// upstream nor the access log.
+	// upstream nor what later handlers log. (Caddy's request logs copy the
+	// request before any handler runs: they need a log filter, README
+	// Operations.)
 	KeepCredentials bool `json:"keep_credentials,omitempty"`
 
 	// Lease lets this gateway take up to this many requests of a limit
@@ -71,7 +73,9 @@ type Handler struct {
 	// reflects other gateways only at each lease, and that a disabled,
 	// deleted or rotated key may keep working for about a quarter of a
 	// second (a second at worst: epoch.go). Only worth it on Redis.
-	// Default: 0, every request is validated and counted in the store.
+	// Default: 0, every request is validated and counted in the store; 1
+	// is the same (a lease of one is the request itself). At most
+	// 1,000,000.
 	Lease int64 `json:"lease,omitempty"`
 
 	app           *App
@@ -133,10 +137,30 @@ func (h *Handler) Validate() error {
 	if err := h.RateLimit.validate("rate_limit"); err != nil {
 		return err
 	}
-	if h.Lease < 0 {
-		return fmt.Errorf("lease must not be negative, got %d", h.Lease)
+	if h.Lease < 0 || h.Lease > maxLease {
+		return fmt.Errorf("lease must be 0 to %d requests, got %d", maxLease, h.Lease)
+	}
+	if err := validRoles(h.Roles); err != nil {
+		return err
 	}
 	return h.Anonymous.validate("anonymous")
+}
+
+// maxLease bounds the lease option: far beyond any use (a lease is at most
+// a minute of a key's traffic), and far from overflowing the arithmetic of
+// a lease's deadlines.
+const maxLease = 1_000_000
+
+// validRoles checks a route's roles: a key's roles are [a-z0-9_.:-]
+// (validRole), so any other role could never be held, and the route would
+// refuse every key.
+func validRoles(roles []string) error {
+	for _, r := range roles {
+		if !validRole(r) {
+			return fmt.Errorf("role %q can never match: a key's roles are lowercase letters, digits and _ . : -", r)
+		}
+	}
+	return nil
 }
 
 // ServeHTTP is the path of every request through the gateway.
