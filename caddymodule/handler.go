@@ -208,6 +208,8 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		case errors.Is(err, store.ErrNotFound):
 			shared.keys.markUnknown(hash, now)
 			return h.refuseInvalid(w)
+		case errors.Is(err, context.Canceled):
+			return h.clientGone(err)
 		case err != nil:
 			return h.storeUnavailable(w, err)
 		}
@@ -328,6 +330,9 @@ func (h *Handler) admitKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 // passes, unlimited, until the store is back.
 func (h *Handler) storeFailed(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler,
 	err error, entry *cachedKey, ident *identity, now time.Time) error {
+	if errors.Is(err, context.Canceled) {
+		return h.clientGone(err)
+	}
 	if !h.failOpen(err, entry, now) {
 		return h.storeUnavailable(w, err)
 	}
@@ -349,7 +354,10 @@ func (h *Handler) policyFor(ident *identity) (store.Policy, string) {
 // that, limiting it per client IP.
 func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler) error {
 	d, now, err := h.limitAnonymous(r.Context(), clientSubject(r), time.Now())
-	if err != nil {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return h.clientGone(err)
+	case err != nil:
 		// Unknown callers have nothing to fail open on.
 		return h.storeUnavailable(w, err)
 	}
@@ -471,6 +479,18 @@ func (h *Handler) failOpen(err error, entry *cachedKey, now time.Time) bool {
 	validated := entry.validatedAt.Load()
 	return validated > 0 && now.Sub(time.Unix(0, validated)) <= time.Duration(h.app.FailOpenGrace)
 }
+
+// clientGone ends a request whose client left while it waited for the
+// store (its context was cancelled): not a store outage, so neither logged
+// nor counted as one, and never let through under on_store_error open.
+// 499, as reverse_proxy says of a client that closed its request.
+func (h *Handler) clientGone(err error) error {
+	h.app.metrics.decision(outcomeClientGone).Inc()
+	return caddyhttp.Error(statusClientClosedRequest, err)
+}
+
+// statusClientClosedRequest is nginx's and reverse_proxy's 499.
+const statusClientClosedRequest = 499
 
 // storeUnavailable answers 503 and logs the outage, at most once a second
 // per handler so an outage does not flood the log.

@@ -371,6 +371,52 @@ func TestLeasesThroughTheGateway(t *testing.T) {
 	t.Logf("disabled key refused after %v", time.Since(disabled).Round(time.Millisecond))
 }
 
+// A request whose client leaves while it waits for the store (here, for its
+// lease's refill, with the store stalled) is not a store outage: it counts
+// as client_gone, not as store_error nor as a store call's error.
+func TestAClientThatLeavesIsNotAStoreOutage(t *testing.T) {
+	srv := redistest.Start(t)
+	g := startGatewayOn(t, srv, `
+	keygate {
+		rate_limit 1000000 24h
+		lease 64
+	}
+	reverse_proxy {upstream}`, "timeout 5s") // the refill's own failure comes long after the checks
+	auth := bearer(generate(t, "--name", "impatient").Key)
+	held := heldAfterBusyTraffic(t, g, auth...)
+	counter := func(series string) float64 { return metricstest.Counter(t, adminAddr, series) }
+	const gone, outage, storeErrors = `keygate_decisions_total{outcome="client_gone"}`, `keygate_decisions_total{outcome="store_error"}`, `keygate_store_errors_total{op="check"}`
+	goneBefore, outageBefore, errorsBefore := counter(gone), counter(outage), counter(storeErrors)
+
+	waitsBefore := refillWaits(t)
+	srv.Pause()
+	t.Cleanup(srv.Resume)
+	for i := range held {
+		if r := g.get("/", auth...); r.status != http.StatusOK {
+			t.Fatalf("held request %d of %d: %d", i+1, held, r.status)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, g.base+"/", nil)
+	req.Header.Set(auth[0], auth[1])
+	impatient := &http.Client{Timeout: 300 * time.Millisecond}
+	if resp, err := impatient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a request with the store stalled and the lease spent: %d before the client left", resp.StatusCode)
+	}
+	if refillWaits(t) != waitsBefore+1 {
+		t.Fatal("the request did not wait for the refill")
+	}
+	for deadline := time.Now().Add(time.Second); counter(gone) < goneBefore+1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("client_gone %v after the client left, want %v", counter(gone), goneBefore+1)
+		}
+	}
+	if counter(outage) != outageBefore || counter(storeErrors) != errorsBefore {
+		t.Errorf("the client's leaving counted as a store outage: store_error %v → %v, store errors %v → %v",
+			outageBefore, counter(outage), errorsBefore, counter(storeErrors))
+	}
+}
+
 // A key's lease held under an epoch since changed (a key changed) starts
 // over as a new one: the requests that find it unusable ask for one each,
 // and it doubles again from there. At its last size every request that came

@@ -1,6 +1,8 @@
 package keygate
 
 import (
+	"context"
+	"errors"
 	"time"
 
 	"github.com/keygate/keygate/caddymodule/store"
@@ -24,12 +26,14 @@ const (
 	outcomeForbidden
 	outcomeLimited
 	outcomeStoreError
+	outcomeClientGone
 	numOutcomes
 )
 
 var outcomeNames = [numOutcomes]string{
 	"allowed", "anonymous", "fail_open", "missing_key", "malformed_key",
 	"invalid_key", "conflicting_keys", "forbidden", "rate_limited", "store_error",
+	"client_gone",
 }
 
 // metrics are keygate's Prometheus collectors, registered in Caddy's
@@ -110,7 +114,13 @@ func (m *metrics) refilled(d store.Decision) {
 func (m *metrics) decision(o outcome) prometheus.Counter { return m.decisions[o] }
 
 // observeStore records one store call that started at start.
+// observeStore records a store call that began at start and ended with
+// err. One that ended because its request did (the client left) is not the
+// store's failure, nor a measure of how long the store takes.
 func (m *metrics) observeStore(op string, start time.Time, err error) {
+	if errors.Is(err, context.Canceled) {
+		return
+	}
 	m.storeDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
 	if err != nil {
 		m.storeErrors.WithLabelValues(op).Inc()
