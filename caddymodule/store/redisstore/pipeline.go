@@ -61,8 +61,12 @@ type pipeliner struct {
 	direct chan *line
 	calls  chan *scriptCall
 	stop   chan struct{}
-	sender sync.WaitGroup
-	closed sync.Once // a second close finds nothing left to do
+	// stopped ends the sender's pipeline on its way when close stops it:
+	// closing the client ends its reads, not a dial
+	stopped  context.Context
+	stopSend context.CancelFunc
+	sender   sync.WaitGroup
+	closed   sync.Once // a second close finds nothing left to do
 }
 
 // line is a connection of the pipeliner's own: nil until first used, after
@@ -143,6 +147,7 @@ func newPipeliner(client redis.UniversalClient, timeout time.Duration) *pipeline
 		calls:   make(chan *scriptCall, 4*maxBatch),
 		stop:    make(chan struct{}),
 	}
+	p.stopped, p.stopSend = context.WithCancel(context.Background())
 	p.direct <- new(line)
 	p.sender.Add(1)
 	go p.send()
@@ -255,7 +260,7 @@ func (p *pipeliner) send() {
 // store timeout, so a call never waits for Redis much longer than the
 // timeout, however long it queued.
 func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
-	ctx, cancel := context.WithDeadline(context.Background(), batch[0].enqueued.Add(p.timeout))
+	ctx, cancel := context.WithDeadline(p.stopped, batch[0].enqueued.Add(p.timeout))
 	defer cancel()
 	cmds = cmds[:0]
 	for _, c := range batch {
@@ -298,15 +303,17 @@ func isNoScript(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }
 
-// close stops the sender and takes the direct line, so that no call uses
-// it again; calls still queued get errStoreClosed. Store.Close closes the
-// client first, and with it the lines' connections: that ends a call on
-// its way to a hung Redis at once, and a line handed back to the closed
+// close stops the sender, ending its pipeline on its way (a dial to an
+// unreachable Redis included), and takes the direct line, so that no call
+// uses it again; calls still queued get errStoreClosed. Store.Close closes
+// the client first, and with it the lines' connections: that ends a call
+// on its way to a hung Redis at once, and a line handed back to the closed
 // pool afterwards would only have go-redis log it.
 func (p *pipeliner) close() { p.closed.Do(p.closeOnce) }
 
 func (p *pipeliner) closeOnce() {
 	close(p.stop)
+	p.stopSend()
 	p.sender.Wait()
 	select {
 	case <-p.direct:

@@ -177,18 +177,7 @@ func TestHungRedisTimesOut(t *testing.T) {
 // DialTimeout but tries one five times, and retries the command.
 func TestCallsToAnUnreachableRedisEndWithinTheTimeout(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	s := New(redis.NewClient(&redis.Options{
-		Addr: "192.0.2.1:6379", // TEST-NET: never dialled, the dialer hangs as a blackholed one does
-		Dialer: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			<-ctx.Done()
-			return nil, ctx.Err()
-		},
-		DialTimeout:           5 * time.Second,
-		MaxRetries:            1,
-		ContextTimeoutEnabled: true,
-		Protocol:              2,
-	}), timeout)
-	t.Cleanup(func() { _ = s.Close() })
+	s := unreachable(t, timeout)
 	p := store.Policy{Limit: 10, Window: time.Minute}
 	for _, call := range []struct {
 		name string
@@ -213,6 +202,42 @@ func TestCallsToAnUnreachableRedisEndWithinTheTimeout(t *testing.T) {
 		if took := time.Since(start); err == nil || took > 2*time.Second {
 			t.Errorf("%s: %v after %s, want an error within about %s", call.name, err, took, timeout)
 		}
+	}
+}
+
+// unreachable is a store whose Redis never answers a dial, as a blackholed
+// address does: each dial hangs until its context ends (go-redis bounds it
+// by DialTimeout, 5 s, and tries five times).
+func unreachable(t *testing.T, timeout time.Duration) *Store {
+	s := New(redis.NewClient(&redis.Options{
+		Addr: "192.0.2.1:6379", // TEST-NET: never dialled
+		Dialer: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+		DialTimeout:           5 * time.Second,
+		MaxRetries:            1,
+		ContextTimeoutEnabled: true,
+		Protocol:              2,
+	}), timeout)
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// Closing a store whose sender is dialing an unreachable Redis (a reload
+// that lets go of it during an outage) does not wait for the dial: closing
+// the client ends reads on its connections, not a dial on its way.
+func TestCloseDoesNotWaitForASendersDial(t *testing.T) {
+	const timeout = 10 * time.Second
+	s := unreachable(t, timeout)
+	go concurrentCalls(s, maxBatch) // one goes out directly, the others to the sender
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > timeout/4 { // generous for a loaded machine
+		t.Errorf("Close took %s with the sender dialing an unreachable Redis (timeout %s)", took, timeout)
 	}
 }
 
