@@ -126,8 +126,10 @@ type Report struct {
 	CreatedAt time.Time `json:"createdAt"`
 }
 
-// ReportStore keeps abuse reports for a human to review. Reports are never
-// expired: they are evidence.
+// ReportStore keeps abuse reports for a human to review. Reports do not
+// expire: they are evidence. But anyone may report (the gateway limits how
+// often), so a store keeps the newest Config.MaxReports and drops the
+// oldest beyond: a flood of reports cannot fill the disk or Redis's memory.
 type ReportStore interface {
 	AddReport(ctx context.Context, r Report) error
 	// Reports returns up to limit reports, oldest first.
@@ -143,10 +145,17 @@ type Config struct {
 	// a fake clock (Redis expires keys on its own clock), so the conformance
 	// suite uses the real one.
 	Now func() time.Time
+	// MaxReports is how many abuse reports are kept, the newest. Default
+	// DefaultMaxReports.
+	MaxReports int
 }
 
 // DefaultTombstoneTTL keeps "viewed and destroyed" answers for a week.
 const DefaultTombstoneTTL = 7 * 24 * time.Hour
+
+// DefaultMaxReports keeps the newest 10,000 abuse reports: at most about
+// 100 MB with the largest reasons (8 KiB bodies), far less in practice.
+const DefaultMaxReports = 10_000
 
 // WithDefaults returns c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
@@ -155,6 +164,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.MaxReports <= 0 {
+		c.MaxReports = DefaultMaxReports
 	}
 	return c
 }

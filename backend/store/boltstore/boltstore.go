@@ -463,7 +463,22 @@ func (s *Store) AddReport(ctx context.Context, r store.Report) error {
 		if err != nil {
 			return err
 		}
-		return putJSON(b, u64(seq), r)
+		if err := putJSON(b, u64(seq), r); err != nil {
+			return err
+		}
+		// Keep the newest MaxReports: drop those with a smaller sequence
+		// number than seq-MaxReports+1, the oldest kept (usually one).
+		var dropped [][]byte // deleting under a cursor would skip keys
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k)+uint64(s.cfg.MaxReports) <= seq; k, _ = c.Next() {
+			dropped = append(dropped, k)
+		}
+		for _, k := range dropped {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("boltstore: storing report: %w", err)

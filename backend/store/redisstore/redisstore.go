@@ -318,7 +318,14 @@ func (s *Store) AddReport(ctx context.Context, r store.Report) error {
 	if err != nil {
 		return fmt.Errorf("redisstore: encoding report: %w", err)
 	}
-	if err := s.rdb.RPush(ctx, s.key("reports"), body).Err(); err != nil {
+	// appended and trimmed to the newest MaxReports in one transaction
+	key := s.key("reports")
+	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.RPush(ctx, key, body)
+		p.LTrim(ctx, key, -int64(s.cfg.MaxReports), -1)
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("redisstore: storing report: %w", err)
 	}
 	return nil

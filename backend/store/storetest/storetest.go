@@ -480,4 +480,16 @@ func RunReports(t *testing.T, newStore Factory) {
 	if got, err := s.Reports(ctx, 2); err != nil || len(got) != 2 || got[1].SecretID != want[1].SecretID {
 		t.Fatalf("limit 2: %v, %v", got, err)
 	}
+
+	// A store keeps the newest MaxReports: a flood of reports cannot fill it.
+	capped := newStore(t, store.Config{TombstoneTTL: longTombstone, MaxReports: 3})
+	for i := range 7 {
+		if err := capped.AddReport(ctx, store.Report{SecretID: fmt.Sprintf("AAAAAAAAAAC%d", i), CreatedAt: time.Now().UTC()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err = capped.Reports(ctx, 10)
+	if err != nil || len(got) != 3 || got[0].SecretID != "AAAAAAAAAAC4" || got[2].SecretID != "AAAAAAAAAAC6" {
+		t.Fatalf("MaxReports 3 after 7 reports: %v, %v; want the newest three, oldest first", got, err)
+	}
 }
