@@ -113,7 +113,6 @@ func (m *metrics) refilled(d store.Decision) {
 
 func (m *metrics) decision(o outcome) prometheus.Counter { return m.decisions[o] }
 
-// observeStore records one store call that started at start.
 // observeStore records a store call that began at start and ended with
 // err. One that ended because its request did (the client left) is not the
 // store's failure, nor a measure of how long the store takes.
