@@ -208,8 +208,6 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		case errors.Is(err, store.ErrNotFound):
 			shared.keys.markUnknown(hash, now)
 			return h.refuseInvalid(w)
-		case errors.Is(err, context.Canceled):
-			return h.clientGone(err)
 		case err != nil:
 			return h.storeUnavailable(w, err)
 		}
@@ -330,9 +328,6 @@ func (h *Handler) admitKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 // passes, unlimited, until the store is back.
 func (h *Handler) storeFailed(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler,
 	err error, entry *cachedKey, ident *identity, now time.Time) error {
-	if errors.Is(err, context.Canceled) {
-		return h.clientGone(err)
-	}
 	if !h.failOpen(err, entry, now) {
 		return h.storeUnavailable(w, err)
 	}
@@ -354,10 +349,7 @@ func (h *Handler) policyFor(ident *identity) (store.Policy, string) {
 // that, limiting it per client IP.
 func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler) error {
 	d, now, err := h.limitAnonymous(r.Context(), clientSubject(r), time.Now())
-	switch {
-	case errors.Is(err, context.Canceled):
-		return h.clientGone(err)
-	case err != nil:
+	if err != nil {
 		// Unknown callers have nothing to fail open on.
 		return h.storeUnavailable(w, err)
 	}
@@ -470,10 +462,11 @@ func clientSubject(r *http.Request) string {
 }
 
 // failOpen reports whether a keyed request may pass while the store is
-// down: only with on_store_error open, and only for a key this gateway
-// validated within fail_open_grace.
+// down: only with on_store_error open, only for a key this gateway
+// validated within fail_open_grace, and not when the call ended because
+// the client left (the store is not known to be down).
 func (h *Handler) failOpen(err error, entry *cachedKey, now time.Time) bool {
-	if h.app.OnStoreError != storeErrorOpen {
+	if h.app.OnStoreError != storeErrorOpen || errors.Is(err, context.Canceled) {
 		return false
 	}
 	validated := entry.validatedAt.Load()
@@ -482,8 +475,9 @@ func (h *Handler) failOpen(err error, entry *cachedKey, now time.Time) bool {
 
 // clientGone ends a request whose client left while it waited for the
 // store (its context was cancelled): not a store outage, so neither logged
-// nor counted as one, and never let through under on_store_error open.
-// 499, as reverse_proxy says of a client that closed its request.
+// nor counted as one (storeUnavailable), and never let through under
+// on_store_error open (failOpen). 499, as reverse_proxy says of a client
+// that closed its request.
 func (h *Handler) clientGone(err error) error {
 	h.app.metrics.decision(outcomeClientGone).Inc()
 	return caddyhttp.Error(statusClientClosedRequest, err)
@@ -493,8 +487,12 @@ func (h *Handler) clientGone(err error) error {
 const statusClientClosedRequest = 499
 
 // storeUnavailable answers 503 and logs the outage, at most once a second
-// per handler so an outage does not flood the log.
+// per handler so an outage does not flood the log; a call that ended
+// because its client left is no outage (clientGone).
 func (h *Handler) storeUnavailable(w http.ResponseWriter, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return h.clientGone(err)
+	}
 	now := time.Now().UnixNano()
 	if last := h.lastStoreLog.Load(); now-last > int64(time.Second) && h.lastStoreLog.CompareAndSwap(last, now) {
 		h.logger.Error("key store unavailable", zap.String("store", h.app.storeName()), zap.Error(err))
