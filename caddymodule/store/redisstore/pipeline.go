@@ -60,11 +60,12 @@ type pipeliner struct {
 	// direct holds the direct calls' line while no call uses it
 	direct chan *line
 	calls  chan *scriptCall
-	stop   chan struct{}
-	// stopped ends the sender's pipeline on its way when close stops it:
-	// closing the client ends its reads, not a dial
+	// stopped is cancelled by close: it stops the sender and ends its
+	// pipeline on its way (closing the client ends its reads, not a
+	// dial); stop is its Done channel, taken once
 	stopped  context.Context
 	stopSend context.CancelFunc
+	stop     <-chan struct{}
 	sender   sync.WaitGroup
 	closed   sync.Once // a second close finds nothing left to do
 }
@@ -145,9 +146,9 @@ func newPipeliner(client redis.UniversalClient, timeout time.Duration) *pipeline
 		timeout: timeout,
 		direct:  make(chan *line, 1),
 		calls:   make(chan *scriptCall, 4*maxBatch),
-		stop:    make(chan struct{}),
 	}
 	p.stopped, p.stopSend = context.WithCancel(context.Background())
+	p.stop = p.stopped.Done()
 	p.direct <- new(line)
 	p.sender.Add(1)
 	go p.send()
@@ -312,7 +313,6 @@ func isNoScript(err error) bool {
 func (p *pipeliner) close() { p.closed.Do(p.closeOnce) }
 
 func (p *pipeliner) closeOnce() {
-	close(p.stop)
 	p.stopSend()
 	p.sender.Wait()
 	select {
