@@ -26,6 +26,12 @@ func randomID(n int) string {
 	return string(out)
 }
 
+// isSecretID reports whether id has a linkId's form: SecretIDLen of
+// [A-Za-z0-9].
+func isSecretID(id string) bool {
+	return len(id) == SecretIDLen && isAlphanumeric(id)
+}
+
 // isAlphanumeric reports whether s is non-empty and only [A-Za-z0-9].
 func isAlphanumeric(s string) bool {
 	if s == "" {

@@ -136,7 +136,7 @@ var errBadPasscode = errors.New("wrong passcode")
 // consumed, so a wrong guess never burns it.
 func (s *Server) handleGetSecret(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if len(id) != SecretIDLen || !isAlphanumeric(id) {
+	if !isSecretID(id) {
 		problem.Write(w, errSecretMissing)
 		return
 	}
@@ -183,7 +183,7 @@ type reportRequest struct {
 // already read or expired: the report is evidence for a human to review.
 func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if len(id) != SecretIDLen || !isAlphanumeric(id) {
+	if !isSecretID(id) {
 		problem.Write(w, errSecretMissing)
 		return
 	}

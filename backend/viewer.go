@@ -40,7 +40,7 @@ func inlineHash(page []byte, tag string) string {
 // not the secret exists: the page asks only when told to, so opening a link
 // (or a chat's preview of it) never burns a view_once secret.
 func (s *Server) handleViewer(w http.ResponseWriter, r *http.Request) {
-	if id := r.PathValue("id"); len(id) != SecretIDLen || !isAlphanumeric(id) {
+	if id := r.PathValue("id"); !isSecretID(id) {
 		problem.Write(w, errSecretMissing)
 		return
 	}
