@@ -35,23 +35,11 @@ func stripIdentityHeaders(h http.Header) {
 }
 
 // isIdentityHeader says whether name starts with identityPrefix, in any
-// case, '_' matching '-'.
+// case, '_' matching '-'. (ReplaceAll allocates only for a prefix with an
+// underscore, which Caddy has usually dropped already.)
 func isIdentityHeader(name string) bool {
-	if len(name) < len(identityPrefix) {
-		return false
-	}
-	for i := range len(identityPrefix) {
-		c, want := name[i], identityPrefix[i]
-		switch {
-		case c == want:
-		case want == '-' && c == '_':
-		case 'A' <= want && want <= 'Z' && c == want+('a'-'A'):
-		case 'a' <= want && want <= 'z' && c == want-('a'-'A'):
-		default:
-			return false
-		}
-	}
-	return true
+	return len(name) >= len(identityPrefix) &&
+		strings.EqualFold(strings.ReplaceAll(name[:len(identityPrefix)], "_", "-"), identityPrefix)
 }
 
 // identity is a key as the upstream sees it. It is derived once per record
