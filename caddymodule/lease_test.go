@@ -389,13 +389,7 @@ func TestAClientThatLeavesIsNotAStoreOutage(t *testing.T) {
 	goneBefore, outageBefore, errorsBefore := counter(gone), counter(outage), counter(storeErrors)
 
 	waitsBefore := refillWaits(t)
-	srv.Pause()
-	t.Cleanup(srv.Resume)
-	for i := range held {
-		if r := g.get("/", auth...); r.status != http.StatusOK {
-			t.Fatalf("held request %d of %d: %d", i+1, held, r.status)
-		}
-	}
+	waitForTheRefill(t, g, srv, held, 0, auth...) // the store stalled, the lease spent
 	req, _ := http.NewRequest(http.MethodGet, g.base+"/", nil)
 	req.Header.Set(auth[0], auth[1])
 	impatient := &http.Client{Timeout: 300 * time.Millisecond}
