@@ -12,8 +12,8 @@ import (
 // A key's lease (lease.go) may last up to a minute (store.MaxLease), far
 // longer than a revoked key may keep working. What makes that safe is the
 // epoch: a number in the store that every change to any key moves. While
-// handlers with leases exist, the shared store polls it a few times a
-// second; a key's lease is used only while the epoch is the one it was
+// handlers with leases exist (in any config loaded), the shared store polls
+// it a few times a second; a key's lease is used only while the epoch is the one it was
 // granted under and was confirmed within the last second. So a disabled,
 // deleted or rotated key stops within about one poll, and within a second
 // at worst (a store that stops answering stops every key's lease).
@@ -24,30 +24,51 @@ const (
 )
 
 type epochWatch struct {
-	startOnce sync.Once
-	started   atomic.Bool
-	stop      context.CancelFunc // ends the polling, and a poll's dial or wait for a connection
-	done      chan struct{}
-	epoch     atomic.Int64
+	mu    sync.Mutex
+	users int                // handlers with leases using it (acquire, release)
+	stop  context.CancelFunc // ends the polling running, and a poll's dial or wait for a connection; nil: none
+	done  chan struct{}      // closed when the polling running has ended
+	epoch atomic.Int64
 	// when the last successful read was asked, an instant (the monotonic
 	// clock: a wall clock stepped back would keep a stale epoch fresh);
 	// 0: never
 	confirmed atomic.Int64
 }
 
-// start begins polling s, once, with timeout bounding each read.
-func (w *epochWatch) start(s store.Store, timeout time.Duration) {
-	w.startOnce.Do(func() {
-		var ctx context.Context
-		ctx, w.stop = context.WithCancel(context.Background())
-		w.done = make(chan struct{})
-		w.started.Store(true)
-		go w.run(ctx, s, timeout)
-	})
+// acquire is a handler with leases beginning to use the epoch: the first
+// starts polling s, with timeout bounding each read.
+func (w *epochWatch) acquire(s store.Store, timeout time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.users++
+	if w.stop != nil {
+		return
+	}
+	var ctx context.Context
+	ctx, w.stop = context.WithCancel(context.Background())
+	w.done = make(chan struct{})
+	go w.run(ctx, w.done, s, timeout)
 }
 
-func (w *epochWatch) run(ctx context.Context, s store.Store, timeout time.Duration) {
-	defer close(w.done)
+// release is a handler with leases let go of (its config unloaded): the
+// last stops the polling, so that a store no config leases from is not
+// read four times a second for as long as it stays open. It does not wait
+// for a poll on its way (a hung store would hold the config reload for
+// the whole timeout): that poll ends on its own and stores nothing.
+func (w *epochWatch) release() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.users--; w.users > 0 || w.stop == nil {
+		return
+	}
+	w.stop()
+	w.stop, w.done = nil, nil
+	// unconfirmed from now on: a poller started later confirms afresh
+	w.confirmed.Store(0)
+}
+
+func (w *epochWatch) run(ctx context.Context, done chan struct{}, s store.Store, timeout time.Duration) {
+	defer close(done)
 	tick := time.NewTicker(epochPollEvery)
 	defer tick.Stop()
 	for {
@@ -65,8 +86,10 @@ func (w *epochWatch) poll(ctx context.Context, s store.Store, timeout time.Durat
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	e, err := s.Epoch(ctx)
-	if err != nil {
-		return // leases of keys stop once the last confirmation is too old
+	if err != nil || ctx.Err() != nil {
+		// leases of keys stop once the last confirmation is too old; a
+		// poll whose polling was stopped on its way confirms nothing
+		return
 	}
 	w.epoch.Store(e)
 	w.confirmed.Store(max(int64(instantOf(asked)), 1))
@@ -83,14 +106,18 @@ func (w *epochWatch) current(now time.Time) (epoch int64, fresh bool) {
 	return w.epoch.Load(), confirmed != 0 && instantOf(now).sub(instant(confirmed)) < epochFresh
 }
 
-// close stops polling, if it ever started, and waits for a poll on its
-// way: call it after closing the store, which ends that poll at once (a
-// poll of a hung store would otherwise hold the config reload that lets go
-// of it for the whole timeout; cancelling its context only ends its waits
-// for a connection or a dial, not a read).
+// close stops polling, if it runs, and waits for a poll on its way: call
+// it after closing the store, which ends that poll at once (a poll of a
+// hung store would otherwise hold the config reload that lets go of it
+// for the whole timeout; cancelling its context only ends its waits for a
+// connection or a dial, not a read).
 func (w *epochWatch) close() {
-	if w.started.Load() {
-		w.stop()
-		<-w.done
+	w.mu.Lock()
+	stop, done := w.stop, w.done
+	w.stop, w.done = nil, nil
+	w.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
 	}
 }

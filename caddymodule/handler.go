@@ -125,8 +125,17 @@ func (h *Handler) attach(app *App) {
 	}
 	if h.Lease > 1 {
 		h.leases = newLeaseTable(h.Lease, h.Algorithm)
-		app.shared.epochs.start(app.shared, time.Duration(app.Timeout))
+		app.shared.epochs.acquire(app.shared, time.Duration(app.Timeout))
 	}
+}
+
+// Cleanup lets go of what attach took: the epoch's polling stops with
+// the last handler with leases.
+func (h *Handler) Cleanup() error {
+	if h.leases != nil {
+		h.app.shared.epochs.release()
+	}
+	return nil
 }
 
 // Validate checks the configuration.
@@ -520,5 +529,6 @@ func (h *Handler) refuse(o outcome, p *Problem) error {
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -14,6 +14,7 @@ import (
 
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/internal/metricstest"
+	"github.com/keygate/keygate/internal/redisstats"
 	"github.com/keygate/keygate/internal/redistest"
 )
 
@@ -461,6 +462,64 @@ func TestNoLeaseIsAskedForWhileTheEpochIsUnconfirmed(t *testing.T) {
 	if leased := metricstest.Value(t, adminAddr, "keygate_lease_granted_requests_total") - leasedBefore; leased != 0 {
 		t.Errorf("%v requests leased while the epoch could not be confirmed", leased)
 	}
+}
+
+// The epoch is polled only while a config loaded has handlers with leases:
+// a reload that drops the last one stops the polling (the store stays
+// open for the new config), and one that brings leases back restarts it.
+func TestEpochIsPolledOnlyWhileLeasesAreConfigured(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	const leased, unleased = `
+	keygate {
+		rate_limit 1000000 1h
+		lease 64
+	}
+	reverse_proxy {upstream}`, `
+	keygate {
+		rate_limit 1000000 1h
+	}
+	reverse_proxy {upstream}`
+	epochReadsIn := func(d time.Duration) int64 {
+		t.Helper()
+		time.Sleep(epochPollEvery) // a poll on its way ends
+		before := commandCalls(t, rdb, "get")
+		time.Sleep(d)
+		return commandCalls(t, rdb, "get") - before
+	}
+
+	g := startGatewayOn(t, srv, leased)
+	auth := bearer(generate(t, "--name", "polled").Key)
+	if n := epochReadsIn(time.Second); n < 2 {
+		t.Fatalf("with leases configured, %d epoch reads in a second, want about 4", n)
+	}
+	g = startGatewayOn(t, srv, unleased)
+	if r := g.get("/", auth...); r.status != http.StatusOK {
+		t.Fatalf("without leases: %d %s", r.status, r.body)
+	}
+	if n := epochReadsIn(time.Second); n != 0 {
+		t.Errorf("after a reload without leases, %d epoch reads in a second, want none", n)
+	}
+	g = startGatewayOn(t, srv, leased)
+	if n := epochReadsIn(time.Second); n < 2 {
+		t.Fatalf("after a reload with leases again, %d epoch reads in a second, want about 4", n)
+	}
+	admittedBefore := metricstest.Value(t, adminAddr, "keygate_lease_admitted_requests_total")
+	busyTraffic(t, g, auth...)
+	if metricstest.Value(t, adminAddr, "keygate_lease_admitted_requests_total") == admittedBefore {
+		t.Error("after a reload with leases again, no request was admitted from a lease")
+	}
+}
+
+// commandCalls is how many times Redis has run command (INFO commandstats).
+func commandCalls(t *testing.T, rdb *redis.Client, command string) int64 {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return redisstats.Parse(info)[command].Calls
 }
 
 // A rotated key's old value stops working once the gateway sees the
