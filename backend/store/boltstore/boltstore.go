@@ -3,7 +3,8 @@
 //
 // bbolt serialises write transactions, so every read-modify-write here (slug
 // creation, visit counting, consuming a view_once secret) is one Update
-// transaction and therefore atomic, also across goroutines. Expiry is checked
+// transaction and therefore atomic, also across goroutines (concurrent visits
+// share one: visits.go). Expiry is checked
 // on every read against the store's clock; a janitor deletes expired records
 // in the background, but correctness never depends on it having run.
 package boltstore
@@ -52,6 +53,8 @@ type Options struct {
 type Store struct {
 	db  *bolt.DB
 	cfg store.Config
+
+	visits visitBatcher
 
 	stop     chan struct{}
 	done     sync.WaitGroup
@@ -282,26 +285,21 @@ func (s *Store) GetLink(ctx context.Context, slug string) (store.Link, error) {
 	return rec.link(slug), nil
 }
 
-// VisitLink implements store.LinkStore.
+// VisitLink implements store.LinkStore. Concurrent visits share a write
+// transaction (visits.go); an unknown slug costs only a read.
 func (s *Store) VisitLink(ctx context.Context, slug string, at time.Time) (store.Link, error) {
 	if err := ctxErr(ctx); err != nil {
 		return store.Link{}, err
 	}
-	var rec linkRecord
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketLinks)
-		var err error
-		if rec, err = getLink(b, slug); err != nil {
-			return err
-		}
-		rec.VisitCount++
-		rec.LastVisitedAt = ms(at)
-		return putJSON(b, []byte(slug), rec)
-	})
-	if err != nil {
+	if _, err := s.GetLink(ctx, slug); err != nil {
 		return store.Link{}, err
 	}
-	return rec.link(slug), nil
+	v := &visit{slug: slug, at: ms(at), done: make(chan bool, 1)}
+	s.countVisit(v)
+	if v.err != nil {
+		return store.Link{}, v.err
+	}
+	return v.rec.link(slug), nil
 }
 
 // OwnerID implements store.LinkStore.

@@ -200,16 +200,28 @@ func RunLinks(t *testing.T, newStore Factory) {
 		if _, err := s.CreateLink(ctx, store.NewLink{Slug: "busy", URL: "https://example.com", CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
+		// each visit returns the link as its own visit left it: the counts
+		// returned are 1 to Racers, once each
+		counts := make(chan int64, Racers)
 		errs := make(chan error, Racers)
 		start(Racers, func(int) {
-			_, err := s.VisitLink(ctx, "busy", time.Now())
+			l, err := s.VisitLink(ctx, "busy", time.Now())
+			counts <- l.VisitCount
 			errs <- err
 		})
 		close(errs)
+		close(counts)
 		for err := range errs {
 			if err != nil {
 				t.Fatal(err)
 			}
+		}
+		seen := make(map[int64]bool, Racers)
+		for c := range counts {
+			if c < 1 || c > Racers || seen[c] {
+				t.Fatalf("a visit returned count %d: not one of 1..%d, or returned twice", c, Racers)
+			}
+			seen[c] = true
 		}
 		got, err := s.GetLink(ctx, "busy")
 		if err != nil || got.VisitCount != Racers {
