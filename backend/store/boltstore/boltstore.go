@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -132,50 +133,80 @@ func (s *Store) janitor(every time.Duration) {
 	}
 }
 
+// sweepBatch is how many records one of Sweep's write transactions
+// deletes: writes (redirects, new secrets) wait for one batch, not for the
+// whole sweep.
+const sweepBatch = 250
+
 // Sweep deletes expired secrets and tombstones and returns how many records
-// it removed. Reads never need it; it only reclaims space.
+// it removed. Reads never need it; it only reclaims space. It finds them in
+// a read transaction, which writes do not wait for, and deletes them in
+// batches, each checked again in its write transaction.
 func (s *Store) Sweep() (int, error) {
 	now := s.cfg.Now()
-	removed := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		secrets := tx.Bucket(bucketSecrets)
-		var dead [][]byte
-		err := secrets.ForEach(func(k, v []byte) error {
-			var sec store.Secret
-			if json.Unmarshal(v, &sec) != nil || !now.Before(sec.ExpiresAt) {
-				dead = append(dead, append([]byte(nil), k...))
+	var secrets, tombstones [][]byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		err := tx.Bucket(bucketSecrets).ForEach(func(k, v []byte) error {
+			if secretExpired(v, now) {
+				secrets = append(secrets, append([]byte(nil), k...))
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		for _, k := range dead {
-			if err := secrets.Delete(k); err != nil {
-				return err
-			}
-		}
-		removed += len(dead)
-		gone := tx.Bucket(bucketGone)
-		dead = dead[:0]
-		err = gone.ForEach(func(k, v []byte) error {
-			if len(v) != 8 || !now.Before(fromMS(int64(binary.BigEndian.Uint64(v)))) {
-				dead = append(dead, append([]byte(nil), k...))
+		return tx.Bucket(bucketGone).ForEach(func(k, v []byte) error {
+			if tombstoneExpired(v, now) {
+				tombstones = append(tombstones, append([]byte(nil), k...))
 			}
 			return nil
 		})
-		if err != nil {
-			return err
-		}
-		for _, k := range dead {
-			if err := gone.Delete(k); err != nil {
-				return err
-			}
-		}
-		removed += len(dead)
-		return nil
 	})
-	return removed, err
+	if err != nil {
+		return 0, err
+	}
+	removed := 0
+	for _, sweep := range []struct {
+		bucket  []byte
+		keys    [][]byte
+		expired func([]byte, time.Time) bool
+	}{{bucketSecrets, secrets, secretExpired}, {bucketGone, tombstones, tombstoneExpired}} {
+		for batch := range slices.Chunk(sweep.keys, sweepBatch) {
+			n := 0
+			err := s.db.Update(func(tx *bolt.Tx) error {
+				b := tx.Bucket(sweep.bucket)
+				for _, k := range batch {
+					if v := b.Get(k); v != nil && sweep.expired(v, now) {
+						if err := b.Delete(k); err != nil {
+							return err
+						}
+						n++
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return removed, err
+			}
+			removed += n
+		}
+	}
+	return removed, nil
+}
+
+// secretExpired reports whether the stored secret v has expired at now (or
+// does not decode: it could never be read either).
+func secretExpired(v []byte, now time.Time) bool {
+	var sec struct {
+		ExpiresAt time.Time `json:"expiresAt"`
+	}
+	return json.Unmarshal(v, &sec) != nil || !now.Before(sec.ExpiresAt)
+}
+
+// tombstoneExpired reports whether the stored tombstone deadline v has
+// passed at now.
+func tombstoneExpired(v []byte, now time.Time) bool {
+	return len(v) != 8 || !now.Before(fromMS(int64(binary.BigEndian.Uint64(v))))
 }
 
 func ms(t time.Time) int64 { return t.UnixMilli() }
@@ -342,7 +373,7 @@ func (s *Store) OwnerID(ctx context.Context, key string) (int64, error) {
 // tombstoned reports whether id has a live tombstone at now.
 func tombstoned(tx *bolt.Tx, id []byte, now time.Time) bool {
 	v := tx.Bucket(bucketGone).Get(id)
-	return len(v) == 8 && now.Before(fromMS(int64(binary.BigEndian.Uint64(v))))
+	return v != nil && !tombstoneExpired(v, now)
 }
 
 // CreateSecret implements store.SecretStore.

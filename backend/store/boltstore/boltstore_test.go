@@ -3,6 +3,7 @@ package boltstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -151,5 +152,43 @@ func TestExpiryOnReadAndSweep(t *testing.T) {
 	}
 	if n, err := s.Sweep(); err != nil || n != 2 {
 		t.Fatalf("sweep removed %d, %v; want the secret and the tombstone", n, err)
+	}
+}
+
+// TestSweepInBatches: a sweep with more expired records than one of its
+// write transactions deletes removes them all, and none that lives on.
+func TestSweepInBatches(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	clock := func() time.Time { return now }
+	s, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"), boltstore.Options{
+		Config: store.Config{Now: clock}, SweepInterval: -1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const expiring, living = 2500, 10
+	for i := range expiring + living {
+		ttl := time.Hour
+		if i >= expiring {
+			ttl = 7 * 24 * time.Hour
+		}
+		sec := store.Secret{ID: fmt.Sprintf("A%011d", i), ExpiryType: store.OneDay, CreatedAt: now, ExpiresAt: now.Add(ttl)}
+		if err := s.CreateSecret(ctx, sec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now = now.Add(2 * time.Hour)
+	if n, err := s.Sweep(); err != nil || n != expiring {
+		t.Fatalf("sweep removed %d, %v; want %d", n, err, expiring)
+	}
+	if n, err := s.Sweep(); err != nil || n != 0 {
+		t.Fatalf("a second sweep removed %d, %v; want none", n, err)
+	}
+	for i := expiring; i < expiring+living; i++ {
+		if _, err := s.OpenSecret(ctx, fmt.Sprintf("A%011d", i), nil); err != nil {
+			t.Fatalf("a living secret after the sweep: %v", err)
+		}
 	}
 }
