@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -209,6 +210,23 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 	}
 	return r.ResponseWriter.Write(b)
 }
+
+// ReadFrom passes a copy into the response to the real writer's ReadFrom,
+// which sends a file with sendfile(2): http.ServeContent copies an image
+// with io.Copy, which uses the writer's ReadFrom when it has one.
+func (r *statusRecorder) ReadFrom(src io.Reader) (int64, error) {
+	if !r.wrote {
+		r.status, r.wrote = http.StatusOK, true
+	}
+	if rf, ok := r.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(writerOnly{r.ResponseWriter}, src)
+}
+
+// writerOnly hides every method of a writer but Write, so that io.Copy
+// does not call the ReadFrom it is called from.
+type writerOnly struct{ io.Writer }
 
 // Unwrap lets http.ResponseController reach the real writer.
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
