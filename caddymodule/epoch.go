@@ -12,11 +12,11 @@ import (
 // A key's lease (lease.go) may last up to a minute (store.MaxLease), far
 // longer than a revoked key may keep working. What makes that safe is the
 // epoch: a number in the store that every change to any key moves. While
-// handlers with leases exist (in any config loaded), the shared store polls
-// it a few times a second; a key's lease is used only while the epoch is the one it was
-// granted under and was confirmed within the last second. So a disabled,
-// deleted or rotated key stops within about one poll, and within a second
-// at worst (a store that stops answering stops every key's lease).
+// a loaded config has handlers with leases, the shared store polls it a
+// few times a second; a key's lease is used only while the epoch is the
+// one it was granted under and was confirmed within the last second. So a
+// disabled, deleted or rotated key stops within about one poll, and within
+// a second at worst (a store that stops answering stops every key's lease).
 
 const (
 	epochPollEvery = 250 * time.Millisecond
@@ -83,9 +83,9 @@ func (w *epochWatch) run(ctx context.Context, done chan struct{}, s store.Store,
 
 func (w *epochWatch) poll(ctx context.Context, s store.Store, timeout time.Duration) {
 	asked := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	read, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	e, err := s.Epoch(ctx)
+	e, err := s.Epoch(read)
 	if err != nil || ctx.Err() != nil {
 		// leases of keys stop once the last confirmation is too old; a
 		// poll whose polling was stopped on its way confirms nothing

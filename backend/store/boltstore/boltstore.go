@@ -4,9 +4,9 @@
 // bbolt serialises write transactions, so every read-modify-write here (slug
 // creation, visit counting, consuming a view_once secret) is one Update
 // transaction and therefore atomic, also across goroutines (concurrent visits
-// share one: visits.go). Expiry is checked
-// on every read against the store's clock; a janitor deletes expired records
-// in the background, but correctness never depends on it having run.
+// share one: visits.go). Expiry is checked on every read against the
+// store's clock; a janitor deletes expired records in the background, but
+// correctness never depends on it having run.
 package boltstore
 
 import (
