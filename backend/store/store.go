@@ -132,7 +132,8 @@ type Report struct {
 // oldest beyond: a flood of reports cannot fill the disk or Redis's memory.
 type ReportStore interface {
 	AddReport(ctx context.Context, r Report) error
-	// Reports returns up to limit reports, oldest first.
+	// Reports returns the newest limit reports (all, if fewer), oldest
+	// first: the tail of the log.
 	Reports(ctx context.Context, limit int) ([]Report, error)
 }
 

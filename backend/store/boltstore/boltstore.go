@@ -70,6 +70,9 @@ var _ store.Store = (*Store)(nil)
 // the file.
 func Open(path string, opts Options) (*Store, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("boltstore: %s is locked by another process (a backend running on it?): %w", path, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: opening %s: %w", path, err)
 	}
@@ -522,8 +525,9 @@ func (s *Store) Reports(ctx context.Context, limit int) ([]store.Report, error) 
 	}
 	var out []store.Report
 	err := s.db.View(func(tx *bolt.Tx) error {
+		// newest first from the end of the log, then turned around
 		c := tx.Bucket(bucketReports).Cursor()
-		for k, v := c.First(); k != nil && len(out) < limit; k, v = c.Next() {
+		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
 			var r store.Report
 			if err := json.Unmarshal(v, &r); err != nil {
 				return fmt.Errorf("boltstore: decoding report: %w", err)
@@ -532,5 +536,6 @@ func (s *Store) Reports(ctx context.Context, limit int) ([]store.Report, error) 
 		}
 		return nil
 	})
+	slices.Reverse(out)
 	return out, err
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,6 +113,8 @@ func TestFileModeAndLock(t *testing.T) {
 	if s2, err := boltstore.Open(path, boltstore.Options{}); err == nil {
 		s2.Close()
 		t.Fatal("second Open of a locked file succeeded")
+	} else if !strings.Contains(err.Error(), "locked by another process") {
+		t.Errorf("second Open of a locked file: %v, want it to say the file is locked", err)
 	}
 }
 

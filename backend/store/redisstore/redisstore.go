@@ -336,7 +336,7 @@ func (s *Store) Reports(ctx context.Context, limit int) ([]store.Report, error) 
 	if limit <= 0 {
 		return nil, nil
 	}
-	vals, err := s.rdb.LRange(ctx, s.key("reports"), 0, int64(limit)-1).Result()
+	vals, err := s.rdb.LRange(ctx, s.key("reports"), -int64(limit), -1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: reading reports: %w", err)
 	}

@@ -489,8 +489,8 @@ func RunReports(t *testing.T, newStore Factory) {
 			t.Fatalf("report %d: %+v, want %+v", i, got[i], want[i])
 		}
 	}
-	if got, err := s.Reports(ctx, 2); err != nil || len(got) != 2 || got[1].SecretID != want[1].SecretID {
-		t.Fatalf("limit 2: %v, %v", got, err)
+	if got, err := s.Reports(ctx, 2); err != nil || len(got) != 2 || got[0].SecretID != want[1].SecretID || got[1].SecretID != want[2].SecretID {
+		t.Fatalf("limit 2: %v, %v; want the newest two, oldest first", got, err)
 	}
 
 	// A store keeps the newest MaxReports: a flood of reports cannot fill it.
