@@ -10,6 +10,9 @@
 //	-max-secret         BACKEND_MAX_SECRET       default 1MiB
 //	-upstream-secret    KEYGATE_UPSTREAM_SECRET  required (prefer the env var: flags show in ps)
 //	-insecure-no-secret                          run without the secret (local experiments only)
+//
+// `backend reports [-n 100] [-data DIR] [-redis URL]` prints the newest abuse
+// reports of SecLink secrets, one JSON object a line (reports.go).
 package main
 
 import (
@@ -38,7 +41,13 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr, nil); err != nil {
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "reports" {
+		err = reports(ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
+	} else {
+		err = run(ctx, os.Args[1:], os.Getenv, os.Stderr, nil)
+	}
+	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "backend:", err)
 		}
