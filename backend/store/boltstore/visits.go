@@ -1,6 +1,7 @@
 package boltstore
 
 import (
+	"fmt"
 	"sync"
 
 	bolt "go.etcd.io/bbolt"
@@ -74,9 +75,11 @@ func (s *Store) countVisit(v *visit) {
 }
 
 // writeVisits counts group in one transaction. A visit whose link is gone
-// fails alone; a failed transaction fails them all.
+// fails alone; a failed transaction fails them all, as does a panic in it,
+// which is returned rather than raised: the queue's waiters would otherwise
+// wait forever, and every later visit behind them.
 func (s *Store) writeVisits(group []*visit) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.updateRecovered(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketLinks)
 		for _, v := range group {
 			rec, err := getLink(b, v.slug)
@@ -100,4 +103,14 @@ func (s *Store) writeVisits(group []*visit) {
 			}
 		}
 	}
+}
+
+// updateRecovered is db.Update with a panic in it returned as an error.
+func (s *Store) updateRecovered(fn func(*bolt.Tx) error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("boltstore: counting visits: panic: %v", p)
+		}
+	}()
+	return s.db.Update(fn)
 }
