@@ -63,20 +63,22 @@ type config struct {
 	logLevel                          slog.Level
 }
 
-func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
-	env := func(k, def string) string {
-		if v := getenv(k); v != "" {
-			return v
-		}
-		return def
+// envOr is the environment variable k, or def when it is empty.
+func envOr(getenv func(string) string, k, def string) string {
+	if v := getenv(k); v != "" {
+		return v
 	}
+	return def
+}
+
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
 	c := config{maxUpload: backend.DefaultMaxUpload, maxSecret: backend.DefaultMaxSecret}
 	fs := flag.NewFlagSet("backend", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.listen, "listen", env("BACKEND_LISTEN", "127.0.0.1:8081"), "listen `address` (env BACKEND_LISTEN)")
-	fs.StringVar(&c.dataDir, "data", env("BACKEND_DATA_DIR", "./data"), "data `directory`: images and the embedded database (env BACKEND_DATA_DIR)")
-	fs.StringVar(&c.redisURL, "redis", env("BACKEND_REDIS_URL", ""), "Redis `URL`; empty uses the embedded store <data>/backend.db (env BACKEND_REDIS_URL)")
-	fs.StringVar(&c.secret, "upstream-secret", env("KEYGATE_UPSTREAM_SECRET", ""), "shared `secret` the gateway sends in X-Keygate-Upstream-Secret (env KEYGATE_UPSTREAM_SECRET; prefer the env var)")
+	fs.StringVar(&c.listen, "listen", envOr(getenv, "BACKEND_LISTEN", "127.0.0.1:8081"), "listen `address` (env BACKEND_LISTEN)")
+	fs.StringVar(&c.dataDir, "data", envOr(getenv, "BACKEND_DATA_DIR", "./data"), "data `directory`: images and the embedded database (env BACKEND_DATA_DIR)")
+	fs.StringVar(&c.redisURL, "redis", envOr(getenv, "BACKEND_REDIS_URL", ""), "Redis `URL`; empty uses the embedded store <data>/backend.db (env BACKEND_REDIS_URL)")
+	fs.StringVar(&c.secret, "upstream-secret", envOr(getenv, "KEYGATE_UPSTREAM_SECRET", ""), "shared `secret` the gateway sends in X-Keygate-Upstream-Secret (env KEYGATE_UPSTREAM_SECRET; prefer the env var)")
 	fs.BoolVar(&c.insecure, "insecure-no-secret", false, "accept requests without the upstream secret (never in production)")
 	upload := &sizeFlag{&c.maxUpload}
 	secret := &sizeFlag{&c.maxSecret}
@@ -92,7 +94,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	}
 	fs.Var(upload, "max-upload", "largest image `size`, e.g. 20MiB (env BACKEND_MAX_UPLOAD)")
 	fs.Var(secret, "max-secret", "largest encrypted secret `size`, e.g. 1MiB (env BACKEND_MAX_SECRET)")
-	level := env("BACKEND_LOG_LEVEL", "info")
+	level := envOr(getenv, "BACKEND_LOG_LEVEL", "info")
 	fs.StringVar(&level, "log-level", level, "debug, info, warn or error (env BACKEND_LOG_LEVEL)")
 	if err := fs.Parse(args); err != nil {
 		return c, err

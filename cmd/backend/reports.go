@@ -15,17 +15,11 @@ import (
 // backend would (-data, -redis and their environment variables); the
 // embedded one only while no backend has it open.
 func reports(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	env := func(k, def string) string {
-		if v := getenv(k); v != "" {
-			return v
-		}
-		return def
-	}
 	var c config
 	fs := flag.NewFlagSet("backend reports", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.dataDir, "data", env("BACKEND_DATA_DIR", "./data"), "data `directory` of the embedded store (env BACKEND_DATA_DIR)")
-	fs.StringVar(&c.redisURL, "redis", env("BACKEND_REDIS_URL", ""), "Redis `URL`; empty reads the embedded store <data>/backend.db (env BACKEND_REDIS_URL)")
+	fs.StringVar(&c.dataDir, "data", envOr(getenv, "BACKEND_DATA_DIR", "./data"), "data `directory` of the embedded store (env BACKEND_DATA_DIR)")
+	fs.StringVar(&c.redisURL, "redis", envOr(getenv, "BACKEND_REDIS_URL", ""), "Redis `URL`; empty reads the embedded store <data>/backend.db (env BACKEND_REDIS_URL)")
 	n := fs.Int("n", 100, "how many of the newest reports to print")
 	if err := fs.Parse(args); err != nil {
 		return err
