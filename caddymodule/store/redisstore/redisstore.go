@@ -1,8 +1,9 @@
 // Package redisstore keeps keygate's keys and rate-limit counters in Redis,
 // shared by any number of gateway replicas.
 //
-// Layout (every hot-path script touches a single hash slot, so Redis Cluster
-// works):
+// Layout (every hot-path script touches a single hash slot, ready for Redis
+// Cluster; the store connects to one server, and its admin operations span
+// slots):
 //
 //	keygate:{k:<id>}                          key record (hash)
 //	keygate:{k:<id>}:<algorithm>:<limit>:<ms> the key's rate-limit counter
