@@ -61,11 +61,9 @@ type pipeliner struct {
 	direct chan *line
 	calls  chan *scriptCall
 	// stopped is cancelled by close: it stops the sender and ends its
-	// pipeline on its way (closing the client ends its reads, not a
-	// dial); stop is its Done channel, taken once
+	// pipeline on its way (closing the client ends its reads, not a dial)
 	stopped  context.Context
 	stopSend context.CancelFunc
-	stop     <-chan struct{}
 	sender   sync.WaitGroup
 	closed   sync.Once // a second close finds nothing left to do
 }
@@ -148,7 +146,6 @@ func newPipeliner(client redis.UniversalClient, timeout time.Duration) *pipeline
 		calls:   make(chan *scriptCall, 4*maxBatch),
 	}
 	p.stopped, p.stopSend = context.WithCancel(context.Background())
-	p.stop = p.stopped.Done()
 	p.direct <- new(line)
 	p.sender.Add(1)
 	go p.send()
@@ -184,7 +181,7 @@ func (p *pipeliner) run(ctx context.Context, script hotScript, keys []string, ar
 	}
 	select {
 	case p.calls <- c:
-	case <-p.stop:
+	case <-p.stopped.Done():
 		return nil, errStoreClosed
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -194,7 +191,7 @@ func (p *pipeliner) run(ctx context.Context, script hotScript, keys []string, ar
 		return c.cmd.Slice()
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case <-p.stop:
+	case <-p.stopped.Done():
 		return nil, errStoreClosed
 	}
 }
@@ -237,7 +234,7 @@ func (p *pipeliner) send() {
 	cmds := make([]redis.Cmder, 0, maxBatch)
 	for {
 		select {
-		case <-p.stop:
+		case <-p.stopped.Done():
 			return
 		case c := <-p.calls:
 			batch = append(batch[:0], c)
