@@ -475,7 +475,7 @@ func clientSubject(r *http.Request) string {
 // validated within fail_open_grace, and not when the call ended because
 // the client left (the store is not known to be down).
 func (h *Handler) failOpen(err error, entry *cachedKey, now time.Time) bool {
-	if h.app.OnStoreError != storeErrorOpen || errors.Is(err, context.Canceled) {
+	if h.app.OnStoreError != storeErrorOpen || clientLeft(err) {
 		return false
 	}
 	validated := entry.validatedAt.Load()
@@ -492,6 +492,10 @@ func (h *Handler) clientGone(err error) error {
 	return caddyhttp.Error(statusClientClosedRequest, err)
 }
 
+// clientLeft says whether a store call ended because its request did: the
+// client went away (its context was cancelled), not the store.
+func clientLeft(err error) bool { return errors.Is(err, context.Canceled) }
+
 // statusClientClosedRequest is nginx's and reverse_proxy's 499.
 const statusClientClosedRequest = 499
 
@@ -499,7 +503,7 @@ const statusClientClosedRequest = 499
 // per handler so an outage does not flood the log; a call that ended
 // because its client left is no outage (clientGone).
 func (h *Handler) storeUnavailable(w http.ResponseWriter, err error) error {
-	if errors.Is(err, context.Canceled) {
+	if clientLeft(err) {
 		return h.clientGone(err)
 	}
 	now := time.Now().UnixNano()

@@ -1,8 +1,6 @@
 package keygate
 
 import (
-	"context"
-	"errors"
 	"time"
 
 	"github.com/keygate/keygate/caddymodule/store"
@@ -117,7 +115,7 @@ func (m *metrics) decision(o outcome) prometheus.Counter { return m.decisions[o]
 // err. One that ended because its request did (the client left) is not the
 // store's failure, nor a measure of how long the store takes.
 func (m *metrics) observeStore(op string, start time.Time, err error) {
-	if errors.Is(err, context.Canceled) {
+	if clientLeft(err) {
 		return
 	}
 	m.storeDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
