@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -33,6 +34,14 @@ type App struct {
 	// Default: empty, an embedded store in Caddy's data directory
 	// (keygate/keys.json) with rate limits kept in this process.
 	Redis string `json:"redis,omitempty"`
+
+	// RedisCluster says that Redis is a Redis Cluster: the URL then names
+	// one node, and more with addr options
+	// (redis://node1:6379?addr=node2:6379&addr=node3:6379); the gateway
+	// finds the rest of the cluster from them and follows its
+	// redirections. Every script keygate runs touches one hash slot.
+	// Default: false, a single Redis server (or a proxy in front of one).
+	RedisCluster bool `json:"redis_cluster,omitempty"`
 
 	// OnStoreError decides what happens while the store is unreachable.
 	// "closed" (default): every keyed request gets 503. "open": a key that
@@ -101,10 +110,20 @@ func (a *App) Provision(ctx caddy.Context) error {
 
 	var open func() (store.Store, error)
 	if a.Redis != "" {
-		a.poolKey = fmt.Sprintf("redis|%s|%s", a.Redis, time.Duration(a.Timeout))
+		a.poolKey = fmt.Sprintf("redis|%t|%s|%s", a.RedisCluster, a.Redis, time.Duration(a.Timeout))
 		open = func() (store.Store, error) {
 			redisstore.SetLogger(a.logger.Named("redis"))
-			return redisstore.Open(a.Redis, time.Duration(a.Timeout))
+			if a.RedisCluster {
+				return redisstore.OpenCluster(a.Redis, time.Duration(a.Timeout))
+			}
+			s, err := redisstore.Open(a.Redis, time.Duration(a.Timeout))
+			if err != nil {
+				if strings.Contains(a.Redis, "addr=") {
+					err = fmt.Errorf("%w; addr options name the nodes of a Redis Cluster: add redis_cluster", err)
+				}
+				return nil, err
+			}
+			return s, nil
 		}
 	} else {
 		path := filepath.Join(caddy.AppDataDir(), "keygate", "keys.json")
@@ -133,6 +152,9 @@ func (a *App) Validate() error {
 	if a.OnStoreError != storeErrorClosed && a.OnStoreError != storeErrorOpen {
 		return fmt.Errorf("on_store_error must be %q or %q, not %q", storeErrorClosed, storeErrorOpen, a.OnStoreError)
 	}
+	if a.RedisCluster && a.Redis == "" {
+		return errors.New("redis_cluster needs the URL of a cluster node in redis")
+	}
 	return nil
 }
 
@@ -153,8 +175,11 @@ func (a *App) Cleanup() error {
 
 // storeName describes the store for logs without its credentials.
 func (a *App) storeName() string {
-	if a.Redis == "" {
+	switch {
+	case a.Redis == "":
 		return "embedded"
+	case a.RedisCluster:
+		return "redis cluster"
 	}
 	return "redis"
 }

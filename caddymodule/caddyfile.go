@@ -25,6 +25,7 @@ func init() {
 //
 //	keygate {
 //		redis <url>                 # default (or ""): embedded store in Caddy's data dir
+//		redis_cluster               # <url> names a Redis Cluster node (more: ?addr=host:port&addr=...)
 //		on_store_error closed|open  # default: closed
 //		timeout <duration>          # default: 500ms
 //		fail_open_grace <duration>  # default: 5m
@@ -50,6 +51,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&a.Redis) {
 				return d.ArgErr()
 			}
+		case "redis_cluster":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			a.RedisCluster = true
 		case "on_store_error":
 			if !d.AllArgs(&a.OnStoreError) {
 				return d.ArgErr()

@@ -98,9 +98,28 @@ func TestCaddyfileErrors(t *testing.T) {
 			}
 		})
 	}
-	_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte("{\n\tkeygate {\n\t\ton_store_error maybe\n\t}\n}\n:80\n"), nil)
-	if err == nil || !strings.Contains(err.Error(), "closed or open") {
-		t.Fatalf("bad on_store_error: %v", err)
+	for global, want := range map[string]string{
+		"on_store_error maybe":   "closed or open",
+		"redis_cluster yes":      "wrong argument count",
+		"redis redis://a b":      "wrong argument count",
+		"timeout 0s":             "bad duration",
+		"unknown_global_option ": "unrecognized keygate option",
+	} {
+		_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte("{\n\tkeygate {\n\t\t"+global+"\n\t}\n}\n:80\n"), nil)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want it to mention %q", global, err, want)
+		}
+	}
+}
+
+// redis_cluster adapts to the app's redis_cluster, and needs a URL.
+func TestCaddyfileRedisCluster(t *testing.T) {
+	out, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte("{\n\tkeygate {\n\t\tredis redis://node1:6379?addr=node2:6379\n\t\tredis_cluster\n\t}\n}\n:80\n"), nil)
+	if err != nil || !strings.Contains(string(out), `"redis_cluster":true`) {
+		t.Fatalf("redis_cluster did not adapt: %v\n%s", err, out)
+	}
+	if err := (&App{OnStoreError: storeErrorClosed, RedisCluster: true}).Validate(); err == nil || !strings.Contains(err.Error(), "redis_cluster needs") {
+		t.Fatalf("redis_cluster without a URL: %v", err)
 	}
 }
 

@@ -20,10 +20,11 @@ import (
 type Server struct {
 	Addr string // host:port on 127.0.0.1
 
-	tb   testing.TB
-	dir  string
-	port int
-	cmd  *exec.Cmd
+	tb    testing.TB
+	dir   string
+	port  int
+	extra []string // more redis-server arguments (a cluster node's)
+	cmd   *exec.Cmd
 }
 
 // Start launches redis-server on a free port and stops it when the test ends.
@@ -31,10 +32,15 @@ type Server struct {
 // installed (.ci/run installs it, so CI never skips).
 func Start(tb testing.TB) *Server {
 	tb.Helper()
+	return start(tb)
+}
+
+func start(tb testing.TB, extra ...string) *Server {
+	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatalf("redis-server not found in PATH: install it (apt-get install redis-server); .ci/run does")
 	}
-	s := &Server{tb: tb, dir: tb.TempDir(), port: freeport.Get(tb)}
+	s := &Server{tb: tb, dir: tb.TempDir(), port: freeport.Get(tb), extra: extra}
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 	s.Restart()
 	tb.Cleanup(s.Stop)
@@ -67,7 +73,7 @@ func (s *Server) Resume() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }
 func (s *Server) Restart() {
 	s.tb.Helper()
 	s.Stop()
-	cmd := exec.Command("redis-server",
+	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--dir", s.dir,
@@ -75,7 +81,8 @@ func (s *Server) Restart() {
 		"--appendonly", "no",
 		"--daemonize", "no",
 		"--loglevel", "warning",
-	)
+	}
+	cmd := exec.Command("redis-server", append(args, s.extra...)...)
 	if err := cmd.Start(); err != nil {
 		s.tb.Fatalf("starting redis-server: %v", err)
 	}

@@ -24,18 +24,33 @@ const hint = " (in a password, write % @ / # ? as %25 %40 %2F %23 %3F)"
 // password is written.
 func Parse(raw string) (*redis.Options, error) {
 	opts, err := redis.ParseURL(raw)
-	if err == nil {
-		return opts, nil
+	if err != nil {
+		return nil, unquoted(err)
 	}
+	return opts, nil
+}
+
+// ParseCluster is redis.ParseClusterURL (a seed node, more as addr
+// options: redis://node1:6379?addr=node2:6379) with Parse's errors.
+func ParseCluster(raw string) (*redis.ClusterOptions, error) {
+	opts, err := redis.ParseClusterURL(raw)
+	if err != nil {
+		return nil, unquoted(err)
+	}
+	return opts, nil
+}
+
+// unquoted is a parse error's kind and the hint, without what it quotes.
+func unquoted(err error) error {
 	var escape url.EscapeError
 	var quoting *url.Error
 	switch {
 	case errors.As(err, &escape):
-		return nil, errors.New("invalid percent-escape" + hint)
+		return errors.New("invalid percent-escape" + hint)
 	case errors.As(err, &quoting):
-		return nil, errors.New(what(quoting.Err.Error()) + hint)
+		return errors.New(what(quoting.Err.Error()) + hint)
 	default:
-		return nil, errors.New(what(err.Error()) + hint)
+		return errors.New(what(err.Error()) + hint)
 	}
 }
 

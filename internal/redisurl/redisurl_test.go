@@ -36,3 +36,29 @@ func TestParseNeverQuotesThePassword(t *testing.T) {
 		t.Fatalf("a valid URL: %+v, %v", opts, err)
 	}
 }
+
+// A cluster URL that does not parse is reported as a server's is; one
+// that parses lists every node.
+func TestParseClusterNeverQuotesThePassword(t *testing.T) {
+	for _, raw := range []string{
+		"redis://:s3cr%zzet@localhost:6379",             // a bare % in the password
+		"redis://:s3cret@localhost:63x9",                // a port that is not a number
+		"redis://:s3cret@localhost:6379?addr=s3cret",    // an addr without a port
+		"redis://:s3cret@localhost:6379?s3cret=x",       // an option that is not one
+		"unix://:s3cret@localhost:6379",                 // no cluster over a socket
+		"redis://localhost:6379?dial_timeout=s3cret&x=", // an option's value
+	} {
+		_, err := ParseCluster(raw)
+		if err == nil {
+			t.Errorf("%q parsed", raw)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cr") {
+			t.Errorf("the error for %q quotes the password: %v", raw, err)
+		}
+	}
+	opts, err := ParseCluster("redis://:s3cr%25et@node1:7000?addr=node2:7001&addr=node3:7002")
+	if err != nil || opts.Password != "s3cr%et" || strings.Join(opts.Addrs, ",") != "node1:7000,node2:7001,node3:7002" {
+		t.Fatalf("a valid URL: %+v, %v", opts, err)
+	}
+}

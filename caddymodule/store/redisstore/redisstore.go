@@ -1,9 +1,9 @@
 // Package redisstore keeps keygate's keys and rate-limit counters in Redis,
 // shared by any number of gateway replicas.
 //
-// Layout (every hot-path script touches a single hash slot, ready for Redis
-// Cluster; the store connects to one server, and its admin operations span
-// slots):
+// Layout (every hot-path script touches a single hash slot, and every other
+// command one key, so that the store works on a Redis Cluster too; see
+// OpenCluster):
 //
 //	keygate:{k:<id>}                          key record (hash)
 //	keygate:{k:<id>}:<algorithm>:<limit>:<ms> the key's rate-limit counter
@@ -83,6 +83,28 @@ func Open(url string, timeout time.Duration) (*Store, error) {
 		opts.Protocol = 2
 	}
 	return New(redis.NewClient(opts), timeout), nil
+}
+
+// OpenCluster connects to the Redis Cluster whose nodes url names (a seed
+// node, more as addr options: redis://node1:6379?addr=node2:6379; the
+// client finds the rest and follows the cluster's redirections), with
+// Open's timeouts, retry and protocol. Every hot-path script touches one
+// hash slot; each admin operation's commands touch one key each.
+func OpenCluster(url string, timeout time.Duration) (*Store, error) {
+	opts, err := redisurl.ParseCluster(url)
+	if err != nil {
+		return nil, fmt.Errorf("parsing redis cluster URL: %w", err)
+	}
+	opts.DialTimeout = timeout
+	opts.ReadTimeout = timeout
+	opts.WriteTimeout = timeout
+	opts.PoolTimeout = timeout
+	opts.MaxRetries = 1 // MOVED and ASK redirections are followed apart (MaxRedirects)
+	opts.ContextTimeoutEnabled = true
+	if opts.Protocol == 0 {
+		opts.Protocol = 2
+	}
+	return New(redis.NewClusterClient(opts), timeout), nil
 }
 
 // New wraps an existing client (a cluster or failover client works too);

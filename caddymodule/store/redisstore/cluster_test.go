@@ -1,0 +1,92 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/caddymodule/store/storetest"
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+// openCluster opens a store on cluster, emptied first (scripts included).
+func openCluster(t testing.TB, cluster *redistest.Cluster) *Store {
+	t.Helper()
+	cluster.FlushAll(t)
+	s, err := OpenCluster(cluster.URL(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// The store works on a Redis Cluster: the whole conformance suite on three
+// nodes that hold a third of the hash slots each. A single-server client
+// fails it (MOVED) for whatever lives on the other nodes.
+func TestConformanceOnCluster(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	storetest.Run(t, func(t *testing.T) store.Store { return openCluster(t, cluster) })
+}
+
+// Keys, their counters and anonymous subjects' counters spread over the
+// nodes; calls in flight together go out in one pipeline per node, and
+// each gets its own reply, the scripts loaded on each node by the first
+// call that finds them missing (NOSCRIPT). Every key is then listed, and
+// found by name, whichever node holds it.
+func TestClusterSpreadsKeysAndPipelinedCalls(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	s := openCluster(t, cluster)
+	defer s.Close()
+	ctx := context.Background()
+	keys := make([]store.Key, 30)
+	for i := range keys {
+		keys[i], _ = storetest.NewKey(t, fmt.Sprintf("key-%02d", i))
+		if err := s.CreateKey(ctx, keys[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range 300 {
+		wg.Go(func() {
+			// a fresh counter with a limit of its own: the remaining count
+			// tells whose reply the caller got
+			p := store.Policy{Limit: int64(i + 2), Window: time.Minute}
+			if i%2 == 0 {
+				k := keys[i%len(keys)]
+				v, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: p, Algorithm: store.SlidingLog})
+				if err != nil || v.Status != store.KeyValid || !v.Limit.Allowed || v.Limit.Remaining != int64(i+1) {
+					t.Errorf("key caller %d: %+v, %v; want valid, allowed, %d remaining", i, v, err, i+1)
+				}
+				return
+			}
+			d, err := s.Limit(ctx, fmt.Sprintf("198.51.100.%d", i), p, store.SlidingWindow, store.Ask{})
+			if err != nil || !d.Allowed || d.Remaining != int64(i+1) {
+				t.Errorf("anonymous caller %d: %+v, %v; want allowed with %d remaining", i, d, err, i+1)
+			}
+		})
+	}
+	wg.Wait()
+
+	for _, node := range cluster.Nodes {
+		rdb := redis.NewClient(&redis.Options{Addr: node.Addr})
+		n, err := rdb.DBSize(ctx).Result()
+		_ = rdb.Close()
+		if err != nil || n == 0 {
+			t.Errorf("node %s holds %d keys (%v): the keys did not spread", node.Addr, n, err)
+		}
+	}
+	listed, err := s.Keys(ctx)
+	if err != nil || len(listed) != len(keys) {
+		t.Fatalf("listed %d keys (%v), want %d", len(listed), err, len(keys))
+	}
+	for _, k := range keys {
+		if got, err := s.KeyByName(ctx, k.Name); err != nil || got.ID != k.ID {
+			t.Errorf("key %s by name: %+v, %v", k.Name, got, err)
+		}
+	}
+}
