@@ -58,6 +58,7 @@ var (
 	flagLeaseUp  = flag.Duration("lease-warmup", 3*time.Minute, "with -lease: at most this long of unmeasured keygate runs before a configuration's first round, in slices of 30 s until its store calls per request stop falling, so its leases have grown to the size the load keeps them at, as in service (a lease at most doubles per grant)")
 	flagControl  = flag.Bool("control", false, "a second plain Caddy takes keygate's place: the ratios then measure this machine's noise, the same proxy against itself")
 	flagSameHdrs = flag.Bool("same-headers", false, "plain Caddy also sends the headers keygate adds (rate-limit headers to the client, identity headers to the upstream, values of the same length) and drops the key: the ratios then measure keygate's work beyond what its headers cost")
+	flagPaced    = flag.Float64("paced", 0, "pace each configuration's load at about this fraction of plain Caddy's throughput (0 < f < 1; measured in a run of plain Caddy first): every connection waits a random think time between requests, the same for both proxies, so p50 and p99 compare what each proxy adds to a request at the same load (unpaced, both run flat out, and p50 is the connection count over the throughput)")
 	flagAccuracy = flag.Bool("accuracy", false, "run the accuracy test instead of the load benchmark")
 	flagAccLimit = flag.Int64("accuracy-limit", 100, "accuracy: the rate limit (per minute)")
 	flagAccReqs  = flag.Int("accuracy-requests", 1000, "accuracy: requests sent per trial")
@@ -84,6 +85,9 @@ func main() {
 func run(ctx context.Context) error {
 	if *flagControl && (*flagLease > 0 || *flagAccuracy) {
 		return errors.New("-control runs plain Caddy on both sides: -lease and -accuracy do not apply")
+	}
+	if *flagPaced < 0 || *flagPaced >= 1 {
+		return fmt.Errorf("-paced %v: a fraction of plain Caddy's throughput, above 0 and below 1", *flagPaced)
 	}
 	for _, tool := range []string{"redis-server", "go"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -538,6 +542,41 @@ function request()
 end
 `
 
+// pacedScript is wrkScript for -paced: the keys come from the file given
+// as its first argument ("-": anonymous requests), and each connection
+// waits a think time between a response and its next request (delay),
+// exponential with the mean in ms given as its third argument, so that
+// requests arrive as from many independent clients. wrk times a request
+// from its write, so the think time is not part of its latency; it takes
+// whole milliseconds, so each is rounded up or down at random, keeping the
+// mean.
+const pacedScript = `
+local reqs = {}
+local i = 0
+local think = 0
+function init(args)
+  local path = args[2]
+  think = tonumber(args[3])
+  if args[1] == "-" then
+    reqs[1] = wrk.format("GET", path)
+  else
+    for line in io.lines(args[1]) do
+      reqs[#reqs + 1] = wrk.format("GET", path, {["Authorization"] = "Bearer " .. line})
+    end
+  end
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+  i = math.random(#reqs)
+end
+function request()
+  i = i + 1
+  if i > #reqs then i = 1 end
+  return reqs[i]
+end
+function delay()
+  return math.floor(-think * math.log(1 - math.random()) + math.random())
+end
+`
+
 type result struct {
 	rps      float64
 	requests int64
@@ -603,6 +642,9 @@ type config struct {
 	path  string
 	keys  []string // nil: anonymous
 	conns int
+	// with -paced, each connection's mean think time between requests
+	// (0: none, flat out)
+	thinkMs float64
 }
 
 func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration) (result, error) {
@@ -610,10 +652,23 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 	args := []string{"-t", strconv.Itoa(threads), "-c", strconv.Itoa(c.conns), "-d", strconv.Itoa(max(1, int((d+time.Second-1)/time.Second))) + "s",
 		"--latency", "--timeout", "5s"}
 	url := "http://" + p.addr + c.path
-	switch len(c.keys) {
-	case 0:
+	switch {
+	case c.thinkMs > 0:
+		keyFile := "-"
+		if len(c.keys) > 0 {
+			keyFile = filepath.Join(dir, fmt.Sprintf("paced-keys-%d.txt", len(c.keys)))
+			if err := os.WriteFile(keyFile, []byte(strings.Join(c.keys, "\n")+"\n"), 0o600); err != nil {
+				return result{}, err
+			}
+		}
+		script := filepath.Join(dir, "paced.lua")
+		if err := os.WriteFile(script, []byte(pacedScript), 0o644); err != nil {
+			return result{}, err
+		}
+		args = append(args, "-s", script, url, "--", keyFile, c.path, strconv.FormatFloat(c.thinkMs, 'f', 3, 64))
+	case len(c.keys) == 0:
 		args = append(args, url)
-	case 1:
+	case len(c.keys) == 1:
 		args = append(args, "-H", "Authorization: Bearer "+c.keys[0], url)
 	default:
 		// written every run: a -workdir may hold the keys of an earlier one
@@ -648,6 +703,29 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 		r.waited = (ownCalls + after.refillWaits - before.refillWaits) / float64(r.requests)
 	}
 	return r, err
+}
+
+// pace returns c paced at -paced of plain Caddy's throughput under c's
+// load, measured in a flat-out run (after a warm-up): each of the c.conns
+// connections thinks, on average, for the time one would take at that
+// share of the throughput. The time each request takes is not taken off,
+// so the pace comes out a little lower, alike for both proxies.
+func pace(ctx context.Context, dir string, plain *proxy, c config) (config, error) {
+	if *flagWarmup > 0 {
+		if _, err := runWrk(ctx, dir, plain, c, *flagWarmup); err != nil {
+			return c, err
+		}
+	}
+	r, err := runWrk(ctx, dir, plain, c, *flagDuration)
+	if err != nil {
+		return c, err
+	}
+	if r.rps <= 0 {
+		return c, fmt.Errorf("%s c=%d: plain Caddy served nothing in the pacing run", c.name, c.conns)
+	}
+	c.thinkMs = float64(c.conns) / (*flagPaced * r.rps) * 1000
+	logf("%s c=%d: plain Caddy flat out %.0f rps; paced at %.2f: think %.2f ms per connection", c.name, c.conns, r.rps, *flagPaced, c.thinkMs)
+	return c, nil
 }
 
 // leaseWarmupSlice is how long each of warmLeases' runs lasts: long enough
@@ -791,19 +869,19 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	var configs []config
 	for _, a := range algorithms {
 		for _, c := range conns {
-			configs = append(configs, config{"1key/" + a, "/" + a + "/x", keys[:1], c})
+			configs = append(configs, config{name: "1key/" + a, path: "/" + a + "/x", keys: keys[:1], conns: c})
 		}
 	}
 	if needMany {
 		for _, a := range algorithms {
 			for _, c := range conns {
-				configs = append(configs, config{manyName + "/" + a, "/" + a + "/x", keys, c})
+				configs = append(configs, config{name: manyName + "/" + a, path: "/" + a + "/x", keys: keys, conns: c})
 			}
 		}
 	}
 	for _, a := range algorithms {
 		for _, c := range conns {
-			configs = append(configs, config{"anon/" + a, "/anon/" + a + "/x", nil, c})
+			configs = append(configs, config{name: "anon/" + a, path: "/anon/" + a + "/x", conns: c})
 		}
 	}
 	configs = slices.DeleteFunc(configs, func(c config) bool { return !want(c.name) })
@@ -828,6 +906,9 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	if *flagLease > 0 {
 		perRun += min(leaseWarmupSlice, *flagLeaseUp) // more for the 10,000 keys (warmLeases)
 	}
+	if *flagPaced > 0 {
+		perRun += *flagWarmup + *flagDuration // pace's run of plain Caddy
+	}
 	logf("%d configurations x %d rounds x 2 proxies x (%s warm-up + %s): about %s",
 		len(configs), *flagRounds, *flagWarmup, *flagDuration, (time.Duration(len(configs)) * perRun).Round(time.Second))
 
@@ -847,6 +928,11 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	var rows []row
 	for _, c := range configs {
 		var pr, kr []result
+		if *flagPaced > 0 {
+			if c, err = pace(ctx, dir, plain, c); err != nil {
+				return err
+			}
+		}
 		if *flagLease > 0 && *flagLeaseUp > 0 {
 			if err := warmLeases(ctx, dir, kg, c); err != nil {
 				return err
@@ -923,6 +1009,9 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	}
 	if *flagSameHdrs {
 		fmt.Print("same headers: plain Caddy sends the headers keygate adds and drops the key; the ratios are\nkeygate's work beyond what its headers cost\n\n")
+	}
+	if *flagPaced > 0 {
+		fmt.Printf("paced at about %.2f of plain Caddy's throughput (a think time between requests): a ratio near 1\nsays keygate kept the pace; Δp50 is what it adds to a request's latency at that load\n\n", *flagPaced)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, strings.ReplaceAll("configuration\tconns\tplain rps\tkeygate rps\tratio\tplain p50\tkeygate p50\tΔp50\tplain p99\tkeygate p99\tCPU/req plain\tkeygate\tredis\tstore calls/req\twaited/req\tleased unused/req\tnon-2xx\t", "keygate", kg.name))
