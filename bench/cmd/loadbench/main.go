@@ -521,42 +521,20 @@ func parallel(ctx context.Context, n int, fn func(i int) error) error {
 
 // ---------------------------------------------------------------- load
 
-// wrkScript spreads requests over the keys in the file given as its
-// argument; each thread starts at its own offset and walks the list.
+// wrkScript spreads requests over the keys in the file given as its first
+// argument ("-": anonymous requests) to the path given as its second; each
+// thread starts at its own offset and walks the list. With a third, a mean
+// think time in ms (-paced), each connection waits between a response and
+// its next request (delay), exponentially distributed, so that requests
+// arrive as from many independent clients; wrk times a request from its
+// write, so the wait is not part of its latency, and takes whole
+// milliseconds, so each wait is rounded up or down at random, keeping the
+// mean.
 const wrkScript = `
 local reqs = {}
 local i = 0
-local path = "/"
-function init(args)
-  path = args[2]
-  for line in io.lines(args[1]) do
-    reqs[#reqs + 1] = wrk.format("GET", path, {["Authorization"] = "Bearer " .. line})
-  end
-  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
-  i = math.random(#reqs)
-end
-function request()
-  i = i + 1
-  if i > #reqs then i = 1 end
-  return reqs[i]
-end
-`
-
-// pacedScript is wrkScript for -paced: the keys come from the file given
-// as its first argument ("-": anonymous requests), and each connection
-// waits a think time between a response and its next request (delay),
-// exponential with the mean in ms given as its third argument, so that
-// requests arrive as from many independent clients. wrk times a request
-// from its write, so the think time is not part of its latency; it takes
-// whole milliseconds, so each is rounded up or down at random, keeping the
-// mean.
-const pacedScript = `
-local reqs = {}
-local i = 0
-local think = 0
 function init(args)
   local path = args[2]
-  think = tonumber(args[3])
   if args[1] == "-" then
     reqs[1] = wrk.format("GET", path)
   else
@@ -566,14 +544,17 @@ function init(args)
   end
   math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
   i = math.random(#reqs)
+  local think = tonumber(args[3])
+  if think then
+    function delay()
+      return math.floor(-think * math.log(1 - math.random()) + math.random())
+    end
+  end
 end
 function request()
   i = i + 1
   if i > #reqs then i = 1 end
   return reqs[i]
-end
-function delay()
-  return math.floor(-think * math.log(1 - math.random()) + math.random())
 end
 `
 
@@ -653,34 +634,27 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 		"--latency", "--timeout", "5s"}
 	url := "http://" + p.addr + c.path
 	switch {
-	case c.thinkMs > 0:
+	case len(c.keys) == 0 && c.thinkMs == 0:
+		args = append(args, url)
+	case len(c.keys) == 1 && c.thinkMs == 0:
+		args = append(args, "-H", "Authorization: Bearer "+c.keys[0], url)
+	default:
 		keyFile := "-"
 		if len(c.keys) > 0 {
-			keyFile = filepath.Join(dir, fmt.Sprintf("paced-keys-%d.txt", len(c.keys)))
+			// written every run: a -workdir may hold the keys of an earlier one
+			keyFile = filepath.Join(dir, fmt.Sprintf("keys-%d.txt", len(c.keys)))
 			if err := os.WriteFile(keyFile, []byte(strings.Join(c.keys, "\n")+"\n"), 0o600); err != nil {
 				return result{}, err
 			}
-		}
-		script := filepath.Join(dir, "paced.lua")
-		if err := os.WriteFile(script, []byte(pacedScript), 0o644); err != nil {
-			return result{}, err
-		}
-		args = append(args, "-s", script, url, "--", keyFile, c.path, strconv.FormatFloat(c.thinkMs, 'f', 3, 64))
-	case len(c.keys) == 0:
-		args = append(args, url)
-	case len(c.keys) == 1:
-		args = append(args, "-H", "Authorization: Bearer "+c.keys[0], url)
-	default:
-		// written every run: a -workdir may hold the keys of an earlier one
-		keyFile := filepath.Join(dir, fmt.Sprintf("keys-%d.txt", len(c.keys)))
-		if err := os.WriteFile(keyFile, []byte(strings.Join(c.keys, "\n")+"\n"), 0o600); err != nil {
-			return result{}, err
 		}
 		script := filepath.Join(dir, "keys.lua")
 		if err := os.WriteFile(script, []byte(wrkScript), 0o644); err != nil {
 			return result{}, err
 		}
 		args = append(args, "-s", script, url, "--", keyFile, c.path)
+		if c.thinkMs > 0 {
+			args = append(args, strconv.FormatFloat(c.thinkMs, 'f', 3, 64))
+		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
