@@ -33,8 +33,7 @@ import (
 // connection costs a health-check syscall on every checkout. Such a line
 // goes back to the pool after an idle second, so that the next call takes
 // a health-checked connection (one that Redis or the network closed while
-// idle is not used); after an error other than Redis's own answer it is
-// dropped (it may hold an unread reply, or be broken).
+// idle is not used); after an error it is dropped (see line.done).
 
 // maxBatch bounds one pipeline, so one batch never holds many callers
 // behind a large write.
@@ -111,23 +110,18 @@ func (l *line) pipeline(client redis.UniversalClient) redis.Pipeliner {
 }
 
 // done records a use that ended with err, and drops the line's connection
-// after an error other than Redis's own answer (after which the connection
-// is in order).
+// after any error: the connection may hold an unread reply or be broken;
+// or, on READONLY, the server at the other end is a replica now (a failover
+// behind the address: a DNS name or a proxy that follows the primary),
+// where a new connection reaches the new primary, and go-redis leaves the
+// old one in a bad state, failing every later call on it. Errors are rare:
+// a line dropped after Redis's other answers (NOSCRIPT after a restart)
+// only costs the next call a pooled connection.
 func (l *line) done(err error) {
-	if l.conn != nil && leavesInDoubt(err) {
+	if l.conn != nil && err != nil {
 		l.close()
 	}
 	l.used = time.Now()
-}
-
-// leavesInDoubt says whether a call that ended with err leaves its
-// connection in doubt: any error but Redis's own answer does.
-func leavesInDoubt(err error) bool {
-	if err == nil {
-		return false // before answer, which escapes: no allocation per call
-	}
-	var answer redis.Error
-	return !errors.As(err, &answer)
 }
 
 func (l *line) close() {
@@ -267,21 +261,18 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 	pipe := l.pipeline(p.client)
 	_ = pipe.BatchProcess(ctx, cmds...) // one allocation, not one per doubling
 	clear(cmds)                         // the pipeline has them; let them go with their calls
-	// Every command carries its own error: Exec's one could be a NOSCRIPT
-	// answer with a network error behind it.
-	_, _ = pipe.Exec(ctx)
-	var inDoubt error
-	for _, c := range batch {
-		if err := c.cmd.Err(); leavesInDoubt(err) {
-			inDoubt = err
-			break
-		}
-	}
-	l.done(inDoubt)
+	// Every command carries its own error (Exec's is the first of them, or
+	// the connection's), but one go-redis never sent: it leaves those
+	// without a reply or an error when the connection was in a bad state.
+	_, err := pipe.Exec(ctx)
+	l.done(err)
 
 	// After a Redis restart or SCRIPT FLUSH the scripts are gone: load them
 	// with EVAL, one call at a time (rare, and Redis caches them again).
 	for _, c := range batch {
+		if err != nil && c.cmd.Err() == nil && c.cmd.Val() == nil {
+			c.cmd.SetErr(err)
+		}
 		if isNoScript(c.cmd.Err()) {
 			res, err := c.script.Eval(ctx, p.client, c.keys, scriptArgs(c.cmd.Args(), c.keys)...).Result()
 			c.cmd.SetVal(res)

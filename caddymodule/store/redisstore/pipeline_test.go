@@ -392,3 +392,105 @@ func concurrentCalls(s *Store, n int) (failed int32, err error) {
 	}
 	return count.Load(), err
 }
+
+// A failover behind the address the store connects to (a DNS name or a
+// proxy that follows the primary, as managed Redis services give): the old
+// primary, now a replica, answers READONLY on the connections already open
+// to it. The hot path's own lines drop such a connection, as go-redis drops
+// its pool's, and the next call's reaches the new primary: calls recover
+// while they keep coming, rather than failing for as long as the lines
+// stay busy (a line goes back to the pool only after an idle second).
+func TestHotPathFollowsAFailoverBehindItsAddress(t *testing.T) {
+	ctx := context.Background()
+	primary, replica := redistest.Start(t), redistest.Start(t)
+	toPrimary := redis.NewClient(&redis.Options{Addr: primary.Addr})
+	defer toPrimary.Close()
+	toReplica := redis.NewClient(&redis.Options{Addr: replica.Addr})
+	defer toReplica.Close()
+	replicaOf := func(rdb *redis.Client, of string) {
+		t.Helper()
+		host, port := "no", "one"
+		if of != "" {
+			host, port, _ = strings.Cut(of, ":")
+		}
+		if err := rdb.Do(ctx, "replicaof", host, port).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, rdb := range []*redis.Client{toPrimary, toReplica} {
+		// a replica's first sync then starts at once, not after 5 s
+		if err := rdb.ConfigSet(ctx, "repl-diskless-sync-delay", "0").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replicaOf(toReplica, primary.Addr)
+
+	name := redistest.Forward(t, primary.Addr)
+	s, err := Open(name.URL(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	k, _ := storetest.NewKey(t, "failover")
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	// (WAIT would only wait for this connection's writes)
+	for deadline := time.Now().Add(10 * time.Second); toReplica.Exists(ctx, recordKey(k.ID)).Val() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the replica did not catch up within 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	check := func() error {
+		v, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: store.Policy{Limit: 1 << 40, Window: time.Minute}})
+		if err == nil && (v.Status != store.KeyValid || !v.Limit.Allowed) {
+			err = fmt.Errorf("verdict %+v", v)
+		}
+		return err
+	}
+
+	// calls in flight all along, so that both lines (direct and pipelined)
+	// stay busy
+	var ok, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if check() == nil {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait() }()
+	time.Sleep(200 * time.Millisecond)
+	if ok.Load() == 0 || failed.Load() > 0 {
+		t.Fatalf("before the failover: %d calls succeeded, %d failed", ok.Load(), failed.Load())
+	}
+
+	replicaOf(toReplica, "")
+	replicaOf(toPrimary, replica.Addr)
+	name.PointTo(replica.Addr)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		time.Sleep(200 * time.Millisecond)
+		okBefore, failedBefore := ok.Load(), failed.Load()
+		time.Sleep(300 * time.Millisecond)
+		if ok.Load() > okBefore && failed.Load() == failedBefore {
+			return // a spell in which every call succeeded
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("5 s after the failover calls still fail (%d failed in the last 0.3 s, %d succeeded); last error: %v",
+				failed.Load()-failedBefore, ok.Load()-okBefore, check())
+		}
+	}
+}

@@ -1,0 +1,79 @@
+package redistest
+
+import (
+	"io"
+	"net"
+	"sync"
+	"testing"
+)
+
+// Forwarder stands for a name that points at one Redis and may be made to
+// point at another, as a DNS name or a proxy does across a failover: it
+// forwards each new connection to the server it points at when the
+// connection comes in; connections already open stay where they are.
+type Forwarder struct {
+	Addr string // host:port on 127.0.0.1
+
+	mu     sync.Mutex
+	target string
+	ln     net.Listener
+	conns  []net.Conn
+}
+
+// Forward starts a forwarder to target; it stops with the test.
+func Forward(tb testing.TB, target string) *Forwarder {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := &Forwarder{Addr: ln.Addr().String(), target: target, ln: ln}
+	go f.serve()
+	tb.Cleanup(f.close)
+	return f
+}
+
+// URL is the go-redis URL of the forwarder (database 0).
+func (f *Forwarder) URL() string { return "redis://" + f.Addr + "/0" }
+
+// PointTo sends the connections that come in from now on to target.
+func (f *Forwarder) PointTo(target string) {
+	f.mu.Lock()
+	f.target = target
+	f.mu.Unlock()
+}
+
+func (f *Forwarder) serve() {
+	for {
+		in, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		f.mu.Lock()
+		out, err := net.Dial("tcp", f.target)
+		if err != nil {
+			f.mu.Unlock()
+			_ = in.Close()
+			continue
+		}
+		f.conns = append(f.conns, in, out)
+		f.mu.Unlock()
+		go pipe(in, out)
+		go pipe(out, in)
+	}
+}
+
+func pipe(dst, src net.Conn) {
+	_, _ = io.Copy(dst, src)
+	_ = dst.Close()
+	_ = src.Close()
+}
+
+func (f *Forwarder) close() {
+	_ = f.ln.Close()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		_ = c.Close()
+	}
+}
