@@ -43,6 +43,15 @@ type App struct {
 	// Default: false, a single Redis server (or a proxy in front of one).
 	RedisCluster bool `json:"redis_cluster,omitempty"`
 
+	// RedisSentinel is the name under which Redis Sentinel monitors the
+	// primary (its "master name"), and says that the URL names Sentinels:
+	// one, more with addr options
+	// (redis://sentinel1:26379?addr=sentinel2:26379); the URL's userinfo is
+	// the Sentinels' credentials, the primary's go in username and password
+	// options. The gateway asks the Sentinels for the primary and follows
+	// it to a new one after a failover. Default: empty, no Sentinel.
+	RedisSentinel string `json:"redis_sentinel,omitempty"`
+
 	// OnStoreError decides what happens while the store is unreachable.
 	// "closed" (default): every keyed request gets 503. "open": a key that
 	// validated within FailOpenGrace passes without rate limiting; anything
@@ -110,16 +119,19 @@ func (a *App) Provision(ctx caddy.Context) error {
 
 	var open func() (store.Store, error)
 	if a.Redis != "" {
-		a.poolKey = fmt.Sprintf("redis|%t|%s|%s", a.RedisCluster, a.Redis, time.Duration(a.Timeout))
+		a.poolKey = fmt.Sprintf("redis|%t|%s|%s|%s", a.RedisCluster, a.RedisSentinel, a.Redis, time.Duration(a.Timeout))
 		open = func() (store.Store, error) {
 			redisstore.SetLogger(a.logger.Named("redis"))
-			if a.RedisCluster {
+			switch {
+			case a.RedisCluster:
 				return redisstore.OpenCluster(a.Redis, time.Duration(a.Timeout))
+			case a.RedisSentinel != "":
+				return redisstore.OpenSentinel(a.Redis, a.RedisSentinel, time.Duration(a.Timeout))
 			}
 			s, err := redisstore.Open(a.Redis, time.Duration(a.Timeout))
 			if err != nil {
 				if strings.Contains(a.Redis, "addr=") {
-					err = fmt.Errorf("%w; addr options name the nodes of a Redis Cluster: add redis_cluster", err)
+					err = fmt.Errorf("%w; addr options name more servers: add redis_cluster for a Redis Cluster's nodes, redis_sentinel <master name> for Sentinels", err)
 				}
 				return nil, err
 			}
@@ -155,6 +167,12 @@ func (a *App) Validate() error {
 	if a.RedisCluster && a.Redis == "" {
 		return errors.New("redis_cluster needs the URL of a cluster node in redis")
 	}
+	if a.RedisSentinel != "" && a.Redis == "" {
+		return errors.New("redis_sentinel needs the URL of a Sentinel in redis")
+	}
+	if a.RedisCluster && a.RedisSentinel != "" {
+		return errors.New("redis_cluster and redis_sentinel exclude each other")
+	}
 	return nil
 }
 
@@ -180,6 +198,8 @@ func (a *App) storeName() string {
 		return "embedded"
 	case a.RedisCluster:
 		return "redis cluster"
+	case a.RedisSentinel != "":
+		return "redis sentinel"
 	}
 	return "redis"
 }

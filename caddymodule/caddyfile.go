@@ -26,6 +26,7 @@ func init() {
 //	keygate {
 //		redis <url>                 # default (or ""): embedded store in Caddy's data dir
 //		redis_cluster               # <url> names a Redis Cluster node (more: ?addr=host:port&addr=...)
+//		redis_sentinel <master>     # <url> names a Sentinel (more: ?addr=...) monitoring <master>
 //		on_store_error closed|open  # default: closed
 //		timeout <duration>          # default: 500ms
 //		fail_open_grace <duration>  # default: 5m
@@ -56,6 +57,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			a.RedisCluster = true
+		case "redis_sentinel":
+			if !d.AllArgs(&a.RedisSentinel) {
+				return d.ArgErr()
+			}
 		case "on_store_error":
 			if !d.AllArgs(&a.OnStoreError) {
 				return d.ArgErr()

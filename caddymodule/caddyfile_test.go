@@ -101,6 +101,7 @@ func TestCaddyfileErrors(t *testing.T) {
 	for global, want := range map[string]string{
 		"on_store_error maybe":   "closed or open",
 		"redis_cluster yes":      "wrong argument count",
+		"redis_sentinel":         "wrong argument count",
 		"redis redis://a b":      "wrong argument count",
 		"timeout 0s":             "bad duration",
 		"unknown_global_option ": "unrecognized keygate option",
@@ -112,14 +113,27 @@ func TestCaddyfileErrors(t *testing.T) {
 	}
 }
 
-// redis_cluster adapts to the app's redis_cluster, and needs a URL.
-func TestCaddyfileRedisCluster(t *testing.T) {
-	out, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte("{\n\tkeygate {\n\t\tredis redis://node1:6379?addr=node2:6379\n\t\tredis_cluster\n\t}\n}\n:80\n"), nil)
-	if err != nil || !strings.Contains(string(out), `"redis_cluster":true`) {
-		t.Fatalf("redis_cluster did not adapt: %v\n%s", err, out)
+// redis_cluster and redis_sentinel adapt to the app's fields, need a URL,
+// and exclude each other.
+func TestCaddyfileRedisClusterAndSentinel(t *testing.T) {
+	for option, want := range map[string]string{
+		"redis_cluster":           `"redis_cluster":true`,
+		"redis_sentinel mymaster": `"redis_sentinel":"mymaster"`,
+	} {
+		out, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte("{\n\tkeygate {\n\t\tredis redis://node1:6379?addr=node2:6379\n\t\t"+option+"\n\t}\n}\n:80\n"), nil)
+		if err != nil || !strings.Contains(string(out), want) {
+			t.Errorf("%s did not adapt: %v\n%s", option, err, out)
+		}
 	}
-	if err := (&App{OnStoreError: storeErrorClosed, RedisCluster: true}).Validate(); err == nil || !strings.Contains(err.Error(), "redis_cluster needs") {
-		t.Fatalf("redis_cluster without a URL: %v", err)
+	for app, want := range map[*App]string{
+		{RedisCluster: true}:        "redis_cluster needs",
+		{RedisSentinel: "mymaster"}: "redis_sentinel needs",
+		{Redis: "redis://a:1", RedisCluster: true, RedisSentinel: "m"}: "exclude each other",
+	} {
+		app.OnStoreError = storeErrorClosed
+		if err := app.Validate(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%+v: %v, want it to mention %q", app, err, want)
+		}
 	}
 }
 

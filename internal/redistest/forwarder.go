@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Forwarder stands for a name that points at one Redis and may be made to
@@ -50,12 +51,14 @@ func (f *Forwarder) serve() {
 			return
 		}
 		f.mu.Lock()
-		out, err := net.Dial("tcp", f.target)
+		target := f.target
+		f.mu.Unlock()
+		out, err := net.DialTimeout("tcp", target, 2*time.Second)
 		if err != nil {
-			f.mu.Unlock()
 			_ = in.Close()
 			continue
 		}
+		f.mu.Lock()
 		f.conns = append(f.conns, in, out)
 		f.mu.Unlock()
 		go pipe(in, out)

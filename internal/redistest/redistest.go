@@ -5,13 +5,17 @@ package redistest
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/internal/freeport"
 )
@@ -116,4 +120,81 @@ func ping(addr string) error {
 		return fmt.Errorf("unexpected reply %q", line)
 	}
 	return nil
+}
+
+// Follow makes s a replica of primary and returns once it has synced
+// (master_link_status:up).
+func (s *Server) Follow(tb testing.TB, primary *Server) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// the first sync then starts at once, not after 5 s
+	if err := primary.Client(tb).ConfigSet(ctx, "repl-diskless-sync-delay", "0").Err(); err != nil {
+		tb.Fatal(err)
+	}
+	rdb := s.Client(tb)
+	if err := rdb.Do(ctx, "replicaof", "127.0.0.1", strconv.Itoa(primary.port)).Err(); err != nil {
+		tb.Fatal(err)
+	}
+	for {
+		info, err := rdb.Info(ctx, "replication").Result()
+		if err == nil && strings.Contains(info, "master_link_status:up") {
+			return
+		}
+		if ctx.Err() != nil {
+			tb.Fatalf("%s did not sync with %s within 20s: %v", s.Addr, primary.Addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Promote makes a replica a primary again (REPLICAOF NO ONE).
+func (s *Server) Promote(tb testing.TB) {
+	tb.Helper()
+	if err := s.Client(tb).Do(context.Background(), "replicaof", "no", "one").Err(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// Client is a go-redis client of s, closed with the test.
+func (s *Server) Client(tb testing.TB) *redis.Client {
+	tb.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	tb.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// CatchUp returns once s, a replica of primary, has everything primary
+// had written when it was called (replication is asynchronous: a replica
+// promoted before that loses what it lacks).
+func (s *Server) CatchUp(tb testing.TB, primary *Server) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	want := replOffset(tb, primary.Client(tb).Info(ctx, "replication"))
+	rdb := s.Client(tb)
+	for replOffset(tb, rdb.Info(ctx, "replication")) < want {
+		if ctx.Err() != nil {
+			tb.Fatalf("%s did not catch up with %s within 20s", s.Addr, primary.Addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// replOffset reads master_repl_offset from INFO replication.
+func replOffset(tb testing.TB, info *redis.StringCmd) int64 {
+	tb.Helper()
+	text, err := info.Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(text, "master_repl_offset:")
+	if !ok {
+		tb.Fatalf("no master_repl_offset in INFO replication: %q", text)
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(strings.SplitN(rest, "\n", 2)[0]), 10, 64)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n
 }

@@ -40,6 +40,17 @@ func ParseCluster(raw string) (*redis.ClusterOptions, error) {
 	return opts, nil
 }
 
+// ParseFailover is redis.ParseFailoverURL (a Sentinel, more as addr
+// options; the userinfo is the Sentinels' credentials, the primary's go in
+// username and password options) with Parse's errors.
+func ParseFailover(raw string) (*redis.FailoverOptions, error) {
+	opts, err := redis.ParseFailoverURL(raw)
+	if err != nil {
+		return nil, unquoted(err)
+	}
+	return opts, nil
+}
+
 // unquoted is a parse error's kind and the hint, without what it quotes.
 func unquoted(err error) error {
 	var escape url.EscapeError

@@ -62,3 +62,27 @@ func TestParseClusterNeverQuotesThePassword(t *testing.T) {
 		t.Fatalf("a valid URL: %+v, %v", opts, err)
 	}
 }
+
+// So is a Sentinel URL; one that parses keeps the Sentinels' credentials
+// apart from the primary's.
+func TestParseFailoverNeverQuotesThePassword(t *testing.T) {
+	for _, raw := range []string{
+		"redis://:s3cr%zzet@localhost:26379",          // a bare % in the password
+		"redis://localhost:26379?addr=s3cret",         // an addr without a port
+		"redis://localhost:26379/s3cret",              // a database that is not a number
+		"redis://localhost:26379?dial_timeout=s3cret", // an option's value
+	} {
+		_, err := ParseFailover(raw)
+		if err == nil {
+			t.Errorf("%q parsed", raw)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cr") {
+			t.Errorf("the error for %q quotes the password: %v", raw, err)
+		}
+	}
+	opts, err := ParseFailover("redis://:sentinel-pw@s1:26379?addr=s2:26379&password=primary-pw")
+	if err != nil || opts.SentinelPassword != "sentinel-pw" || opts.Password != "primary-pw" || strings.Join(opts.SentinelAddrs, ",") != "s1:26379,s2:26379" {
+		t.Fatalf("a valid URL: %+v, %v", opts, err)
+	}
+}

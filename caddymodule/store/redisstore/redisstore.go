@@ -107,6 +107,30 @@ func OpenCluster(url string, timeout time.Duration) (*Store, error) {
 	return New(redis.NewClusterClient(opts), timeout), nil
 }
 
+// OpenSentinel connects to the primary that Redis Sentinel calls master,
+// through the Sentinels url names (one, more as addr options:
+// redis://sentinel1:26379?addr=sentinel2:26379; the URL's userinfo is the
+// Sentinels' credentials, the primary's go in username and password
+// options), with Open's timeouts, retry and protocol. The client follows
+// the Sentinels to a new primary after a failover.
+func OpenSentinel(url, master string, timeout time.Duration) (*Store, error) {
+	opts, err := redisurl.ParseFailover(url)
+	if err != nil {
+		return nil, fmt.Errorf("parsing redis sentinel URL: %w", err)
+	}
+	opts.MasterName = master
+	opts.DialTimeout = timeout
+	opts.ReadTimeout = timeout
+	opts.WriteTimeout = timeout
+	opts.PoolTimeout = timeout
+	opts.MaxRetries = 1
+	opts.ContextTimeoutEnabled = true
+	if opts.Protocol == 0 {
+		opts.Protocol = 2
+	}
+	return New(redis.NewFailoverClient(opts), timeout), nil
+}
+
 // New wraps an existing client (a cluster or failover client works too);
 // timeout bounds a hot-path call, queueing included.
 func New(client redis.UniversalClient, timeout time.Duration) *Store {

@@ -78,3 +78,27 @@ func TestGatewayOnRedisCluster(t *testing.T) {
 		t.Fatalf("a cluster URL without redis_cluster: %d %s", resp.StatusCode, body)
 	}
 }
+
+// Behind Redis Sentinel (redis_sentinel) the gateway asks the Sentinel for
+// the primary, and keeps serving across a failover: requests get 503 only
+// until the Sentinel has promoted the replica.
+func TestGatewayBehindRedisSentinel(t *testing.T) {
+	primary, replica := redistest.Start(t), redistest.Start(t)
+	replica.Follow(t, primary)
+	sentinel := redistest.StartSentinel(t, primary, "keygate-primary", 1)
+	g := startGateway(t, fmt.Sprintf("keygate {\n\t\tredis %s\n\t\tredis_sentinel %s\n\t\ttimeout 300ms\n\t}", sentinel.URL(), sentinel.Master), `
+	keygate {
+		rate_limit 1000 1m
+	}
+	reverse_proxy {upstream}`)
+	k := generate(t, "--name", "sentinel")
+	if r := g.get("/", bearer(k.Key)...); r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Key-Name") != "sentinel" {
+		t.Fatalf("before the failover: %d %s", r.status, r.body)
+	}
+	replica.CatchUp(t, primary) // else the failover may lose the key: replication is asynchronous
+	sentinel.Failover(t)
+	waitFor(t, func() bool { return g.get("/", bearer(k.Key)...).status == http.StatusOK })
+	if out := mustCLI(t, "list"); !strings.Contains(out, "sentinel") {
+		t.Fatalf("after the failover the key is not listed:\n%s", out)
+	}
+}

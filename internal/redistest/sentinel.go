@@ -1,0 +1,103 @@
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/internal/freeport"
+)
+
+// Sentinel is a real Redis Sentinel owned by one test, monitoring one
+// primary under a master name, with a quorum of one: it alone decides a
+// failover.
+type Sentinel struct {
+	Addr   string // host:port on 127.0.0.1
+	Master string // the name it monitors the primary under
+}
+
+// StartSentinel starts a Sentinel that monitors primary as master, and
+// returns once it knows the primary's replicas (none, or those following
+// it); it stops with the test.
+func StartSentinel(tb testing.TB, primary *Server, master string, replicas int) *Sentinel {
+	tb.Helper()
+	dir, port := tb.TempDir(), freeport.Get(tb)
+	s := &Sentinel{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Master: master}
+	// a Sentinel rewrites its config file as it learns: it must be its own
+	conf := filepath.Join(dir, "sentinel.conf")
+	body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor %s 127.0.0.1 %d 1\n"+
+		"sentinel down-after-milliseconds %s 1000\nsentinel failover-timeout %s 3000\n",
+		port, dir, master, primary.port, master, master)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command("redis-server", conf, "--sentinel", "--loglevel", "warning")
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("starting redis-server --sentinel: %v", err)
+	}
+	tb.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	rdb := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})
+	defer rdb.Close()
+	for {
+		known, err := rdb.Replicas(ctx, master).Result()
+		if err == nil && len(known) >= replicas {
+			return s
+		}
+		if ctx.Err() != nil {
+			tb.Fatalf("sentinel on %s did not see %d replicas of %s within 20s: %v, %v", s.Addr, replicas, master, known, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// URL is the go-redis URL of the Sentinel.
+func (s *Sentinel) URL() string { return "redis://" + s.Addr }
+
+// Failover has the Sentinel promote a replica, now, and waits until it
+// names the new primary.
+func (s *Sentinel) Failover(tb testing.TB) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	rdb := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})
+	defer rdb.Close()
+	before, err := rdb.GetMasterAddrByName(ctx, s.Master).Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// refused (NOGOODSLAVE) until the Sentinel has heard from the replica
+	for {
+		err := rdb.Failover(ctx, s.Master).Err()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			tb.Fatalf("SENTINEL FAILOVER %s: %v", s.Master, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for {
+		now, err := rdb.GetMasterAddrByName(ctx, s.Master).Result()
+		if err == nil && fmt.Sprint(now) != fmt.Sprint(before) {
+			return
+		}
+		if ctx.Err() != nil {
+			tb.Fatalf("sentinel still names %v as the primary 20s after a failover: %v", before, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
