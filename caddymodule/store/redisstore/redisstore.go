@@ -61,49 +61,36 @@ type Store struct {
 var _ store.Store = (*Store)(nil)
 
 // Open connects to the Redis at url (redis://, rediss:// for TLS, or
-// unix://), with timeout bounding every dial, read and write so a Redis
-// outage never stalls a request for longer.
+// unix://). Every client keygate opens (Open, OpenCluster, OpenSentinel)
+// has timeout bound each dial, read, write and wait for a pooled
+// connection, so a Redis outage never stalls a request for longer; makes
+// one retry at most, as a request would rather fail fast than queue behind
+// retries while Redis is away; and speaks RESP2 unless the URL asks for 3
+// (?protocol=3): keygate uses no RESP3 feature, and with RESP3 go-redis
+// checks every reply for push notifications, on the hot path.
 func Open(url string, timeout time.Duration) (*Store, error) {
 	opts, err := redisurl.Parse(url)
 	if err != nil {
 		return nil, fmt.Errorf("parsing redis URL: %w", err)
 	}
-	opts.DialTimeout = timeout
-	opts.ReadTimeout = timeout
-	opts.WriteTimeout = timeout
-	opts.PoolTimeout = timeout
-	// One retry at most: a request would rather fail fast than queue
-	// behind retries while Redis is away.
-	opts.MaxRetries = 1
-	opts.ContextTimeoutEnabled = true
-	if opts.Protocol == 0 {
-		// RESP2 unless the URL asks for 3 (?protocol=3): keygate uses no
-		// RESP3 feature, and with RESP3 go-redis checks every reply for
-		// push notifications, on the hot path.
-		opts.Protocol = 2
-	}
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.PoolTimeout = timeout, timeout, timeout, timeout
+	opts.MaxRetries, opts.ContextTimeoutEnabled, opts.Protocol = 1, true, resp(opts.Protocol)
 	return New(redis.NewClient(opts), timeout), nil
 }
 
 // OpenCluster connects to the Redis Cluster whose nodes url names (a seed
 // node, more as addr options: redis://node1:6379?addr=node2:6379; the
-// client finds the rest and follows the cluster's redirections), with
-// Open's timeouts, retry and protocol. Every hot-path script touches one
-// hash slot; each admin operation's commands touch one key each.
+// client finds the rest and follows the cluster's redirections, MOVED and
+// ASK, apart from its one retry), with Open's settings. Every hot-path
+// script touches one hash slot; each admin operation's commands touch one
+// key each.
 func OpenCluster(url string, timeout time.Duration) (*Store, error) {
 	opts, err := redisurl.ParseCluster(url)
 	if err != nil {
 		return nil, fmt.Errorf("parsing redis cluster URL: %w", err)
 	}
-	opts.DialTimeout = timeout
-	opts.ReadTimeout = timeout
-	opts.WriteTimeout = timeout
-	opts.PoolTimeout = timeout
-	opts.MaxRetries = 1 // MOVED and ASK redirections are followed apart (MaxRedirects)
-	opts.ContextTimeoutEnabled = true
-	if opts.Protocol == 0 {
-		opts.Protocol = 2
-	}
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.PoolTimeout = timeout, timeout, timeout, timeout
+	opts.MaxRetries, opts.ContextTimeoutEnabled, opts.Protocol = 1, true, resp(opts.Protocol)
 	return New(redis.NewClusterClient(opts), timeout), nil
 }
 
@@ -111,24 +98,25 @@ func OpenCluster(url string, timeout time.Duration) (*Store, error) {
 // through the Sentinels url names (one, more as addr options:
 // redis://sentinel1:26379?addr=sentinel2:26379; the URL's userinfo is the
 // Sentinels' credentials, the primary's go in username and password
-// options), with Open's timeouts, retry and protocol. The client follows
-// the Sentinels to a new primary after a failover.
+// options), with Open's settings. The client follows the Sentinels to a
+// new primary after a failover.
 func OpenSentinel(url, master string, timeout time.Duration) (*Store, error) {
 	opts, err := redisurl.ParseFailover(url)
 	if err != nil {
 		return nil, fmt.Errorf("parsing redis sentinel URL: %w", err)
 	}
 	opts.MasterName = master
-	opts.DialTimeout = timeout
-	opts.ReadTimeout = timeout
-	opts.WriteTimeout = timeout
-	opts.PoolTimeout = timeout
-	opts.MaxRetries = 1
-	opts.ContextTimeoutEnabled = true
-	if opts.Protocol == 0 {
-		opts.Protocol = 2
-	}
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.PoolTimeout = timeout, timeout, timeout, timeout
+	opts.MaxRetries, opts.ContextTimeoutEnabled, opts.Protocol = 1, true, resp(opts.Protocol)
 	return New(redis.NewFailoverClient(opts), timeout), nil
+}
+
+// resp is the protocol version a URL asked for, or 2.
+func resp(asked int) int {
+	if asked == 0 {
+		return 2
+	}
+	return asked
 }
 
 // New wraps an existing client (a cluster or failover client works too);
