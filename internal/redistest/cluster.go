@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // hashSlots is how many hash slots a Redis Cluster has.
@@ -35,31 +33,28 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for i, s := range c.Nodes {
-		rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+		rdb := s.Client(tb)
 		err := rdb.ClusterAddSlotsRange(ctx, i*hashSlots/n, (i+1)*hashSlots/n-1).Err()
 		if err == nil && i > 0 {
 			err = rdb.ClusterMeet(ctx, "127.0.0.1", strconv.Itoa(c.Nodes[0].port)).Err()
 		}
-		_ = rdb.Close()
 		if err != nil {
 			tb.Fatalf("setting up cluster node %s: %v", s.Addr, err)
 		}
 	}
 	want := "cluster_known_nodes:" + strconv.Itoa(n)
 	for _, s := range c.Nodes {
-		rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+		rdb := s.Client(tb)
 		for {
 			info, err := rdb.ClusterInfo(ctx).Result()
 			if err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, want) {
 				break
 			}
 			if ctx.Err() != nil {
-				_ = rdb.Close()
 				tb.Fatalf("cluster node %s not ready within 20s: %q, %v", s.Addr, info, err)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		_ = rdb.Close()
 	}
 	return c
 }
@@ -84,12 +79,11 @@ func (c *Cluster) FlushAll(tb testing.TB) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, s := range c.Nodes {
-		rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+		rdb := s.Client(tb)
 		err := rdb.FlushAll(ctx).Err()
 		if err == nil {
 			err = rdb.ScriptFlush(ctx).Err()
 		}
-		_ = rdb.Close()
 		if err != nil {
 			tb.Fatalf("flushing cluster node %s: %v", s.Addr, err)
 		}
