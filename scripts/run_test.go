@@ -78,6 +78,7 @@ func runScript(t *testing.T, state string, port, adminPort, backendPort int) (ke
 	})
 
 	ready := make(chan string, 1)
+	ended := make(chan struct{}) // stdout closed before ready: scripts/run exited
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		var found string
@@ -88,13 +89,16 @@ func runScript(t *testing.T, state string, port, adminPort, backendPort int) (ke
 			}
 			if strings.HasPrefix(line, "Press Ctrl-C") || strings.Contains(line, "Ctrl-C stops") {
 				ready <- found
-				break
+				_, _ = io.Copy(io.Discard, stdout)
+				return
 			}
 		}
-		_, _ = io.Copy(io.Discard, stdout)
+		close(ended)
 	}()
 	select {
 	case key = <-ready:
+	case <-ended:
+		t.Fatal("scripts/run ended before reporting ready")
 	case <-time.After(5 * time.Minute): // includes building both binaries
 		t.Fatal("scripts/run did not report ready within 5 minutes")
 	}

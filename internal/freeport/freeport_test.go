@@ -18,3 +18,21 @@ func TestFindNeverGivesAPortTwice(t *testing.T) {
 		seen[port] = true
 	}
 }
+
+// Ports come from below the kernel's ephemeral range, where no outgoing
+// connection takes one between Find and the server's bind.
+func TestFindStaysBelowTheEphemeralRange(t *testing.T) {
+	top := ephemeralStart()
+	if top-lowest < 1000 {
+		t.Skipf("the ephemeral range starts at %d: no room below it", top)
+	}
+	for range 200 {
+		port, err := Find()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if port < lowest || port >= top {
+			t.Fatalf("port %d, want one in [%d, %d)", port, lowest, top)
+		}
+	}
+}
