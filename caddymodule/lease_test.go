@@ -440,8 +440,7 @@ func TestLeaseStartsOverUnderANewEpoch(t *testing.T) {
 // asked for: it would be counted against the limit and lapse unused.
 func TestNoLeaseIsAskedForWhileTheEpochIsUnconfirmed(t *testing.T) {
 	srv := redistest.Start(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client(t)
 	// the epoch poll's GET fails (WRONGTYPE) while the scripts work
 	if err := rdb.HSet(context.Background(), "keygate:epoch", "broken", 1).Err(); err != nil {
 		t.Fatal(err)
@@ -469,8 +468,7 @@ func TestNoLeaseIsAskedForWhileTheEpochIsUnconfirmed(t *testing.T) {
 // open for the new config), and one that brings leases back restarts it.
 func TestEpochIsPolledOnlyWhileLeasesAreConfigured(t *testing.T) {
 	srv := redistest.Start(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client(t)
 	const leased, unleased = `
 	keygate {
 		rate_limit 1000000 1h
@@ -1194,8 +1192,7 @@ func TestRefillDropsTheLeaseOfAnInvalidKey(t *testing.T) {
 	k := generate(t, "--name", "dropped")
 	held := heldAfterBusyTraffic(t, g, bearer(k.Key)...)
 
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client(t)
 	if err := rdb.HSet(context.Background(), "keygate:{k:"+k.ID+"}", "e", "0").Err(); err != nil {
 		t.Fatal(err)
 	}

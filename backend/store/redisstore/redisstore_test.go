@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/keygate/keygate/backend/store"
 	"github.com/keygate/keygate/backend/store/redisstore"
 	"github.com/keygate/keygate/backend/store/storetest"
@@ -46,8 +44,7 @@ func TestKeysUsePrefix(t *testing.T) {
 	if err := s.CreateSecret(ctx, store.Secret{ID: "abc", ExpiryType: store.OneHour, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client(t)
 	keys, err := rdb.Keys(ctx, "*").Result()
 	if err != nil {
 		t.Fatal(err)

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/caddymodule/store/storetest"
 	"github.com/keygate/keygate/internal/redistest"
@@ -73,9 +71,7 @@ func TestClusterSpreadsKeysAndPipelinedCalls(t *testing.T) {
 	wg.Wait()
 
 	for _, node := range cluster.Nodes {
-		rdb := redis.NewClient(&redis.Options{Addr: node.Addr})
-		n, err := rdb.DBSize(ctx).Result()
-		_ = rdb.Close()
+		n, err := node.Client(t).DBSize(ctx).Result()
 		if err != nil || n == 0 {
 			t.Errorf("node %s holds %d keys (%v): the keys did not spread", node.Addr, n, err)
 		}

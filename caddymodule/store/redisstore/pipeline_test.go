@@ -59,8 +59,7 @@ func TestConcurrentCallsShareOnePipeline(t *testing.T) {
 	s := open(t, srv, time.Second)
 	// loaded beforehand, so that no call falls back to EVAL on a pooled
 	// connection
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client(t)
 	if err := limitScript.Load(context.Background(), rdb).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -95,8 +94,7 @@ func TestScriptsSurviveScriptFlush(t *testing.T) {
 		}
 		return nil
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client(t)
 	flush := func() {
 		t.Helper()
 		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
@@ -279,8 +277,7 @@ func TestCloseDoesNotWaitForAHungRedis(t *testing.T) {
 // close with the client's pool, not one by one).
 func TestCloseClosesEveryConnection(t *testing.T) {
 	srv := redistest.Start(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client(t)
 	s := open(t, srv, time.Second) // its cleanup closes it again: harmless
 	waitRecovered(t, s)            // the direct call and the sender hold a connection
 	if err := s.Close(); err != nil {
@@ -345,8 +342,7 @@ func TestIdleLinesAreCheckedBeforeUse(t *testing.T) {
 		}
 	}
 	calls("before")
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client(t)
 	if err := rdb.ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Err(); err != nil {
 		t.Fatal(err)
 	}

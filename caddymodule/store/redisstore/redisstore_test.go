@@ -44,8 +44,7 @@ func TestNoPlaintextInRedis(t *testing.T) {
 	if _, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: store.Policy{Limit: 5, Window: time.Minute}, Algorithm: store.SlidingLog}); err != nil {
 		t.Fatal(err)
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client(t)
 	names, err := rdb.Keys(ctx, "*").Result()
 	if err != nil {
 		t.Fatal(err)
@@ -90,8 +89,7 @@ func TestStaggeredLogMembers(t *testing.T) {
 	if !d.Staggered || d.Granted != 5 || d.Lease != 2*time.Second {
 		t.Fatalf("lease %+v, want 5 staggered over 2s", d)
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client(t)
 	key := counterKey('s', "stagger", p, store.SlidingLog)
 	members, err := rdb.ZRangeWithScores(ctx, key, 0, -1).Result()
 	if err != nil || len(members) != 5 {
@@ -163,8 +161,7 @@ func TestWindowCounterLivesThroughTheNextWindow(t *testing.T) {
 	srv := redistest.Start(t)
 	s := open(t, srv, time.Second)
 	ctx := context.Background()
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client(t)
 	p := store.Policy{Limit: 100, Window: time.Minute}
 	key := counterKey('s', "counter", p, store.SlidingWindow)
 	first, err := s.Limit(ctx, "counter", p, store.SlidingWindow, store.Ask{})
