@@ -69,8 +69,8 @@ func Find() (int, error) {
 }
 
 // ephemeralStart is the first port of the kernel's ephemeral range (0 when
-// it cannot be read).
-func ephemeralStart() int {
+// it cannot be read), read once.
+var ephemeralStart = sync.OnceValue(func() int {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
 		return 0
@@ -81,7 +81,7 @@ func ephemeralStart() int {
 	}
 	n, _ := strconv.Atoi(fields[0])
 	return n
-}
+})
 
 // Get is Find for tests: it fails tb when no port can be had.
 func Get(tb testing.TB) int {

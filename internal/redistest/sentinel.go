@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -50,8 +51,7 @@ func StartSentinel(tb testing.TB, primary *Server, master string, replicas int) 
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	rdb := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})
-	defer rdb.Close()
+	rdb := s.client(tb)
 	for {
 		known, err := rdb.Replicas(ctx, master).Result()
 		if err == nil && len(known) >= replicas {
@@ -64,6 +64,13 @@ func StartSentinel(tb testing.TB, primary *Server, master string, replicas int) 
 	}
 }
 
+// client is a go-redis client of the Sentinel, closed with the test.
+func (s *Sentinel) client(tb testing.TB) *redis.SentinelClient {
+	rdb := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})
+	tb.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
 // URL is the go-redis URL of the Sentinel.
 func (s *Sentinel) URL() string { return "redis://" + s.Addr }
 
@@ -73,8 +80,7 @@ func (s *Sentinel) Failover(tb testing.TB) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	rdb := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})
-	defer rdb.Close()
+	rdb := s.client(tb)
 	before, err := rdb.GetMasterAddrByName(ctx, s.Master).Result()
 	if err != nil {
 		tb.Fatal(err)
@@ -92,7 +98,7 @@ func (s *Sentinel) Failover(tb testing.TB) {
 	}
 	for {
 		now, err := rdb.GetMasterAddrByName(ctx, s.Master).Result()
-		if err == nil && fmt.Sprint(now) != fmt.Sprint(before) {
+		if err == nil && !slices.Equal(now, before) {
 			return
 		}
 		if ctx.Err() != nil {
