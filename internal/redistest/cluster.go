@@ -24,11 +24,7 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 	tb.Helper()
 	c := &Cluster{Nodes: make([]*Server, n)}
 	for i := range c.Nodes {
-		c.Nodes[i] = start(tb,
-			"--cluster-enabled", "yes",
-			"--cluster-config-file", "nodes.conf", // in the node's own dir
-			"--cluster-node-timeout", "2000",
-		)
+		c.Nodes[i] = start(tb, true)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -36,7 +32,9 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 		rdb := s.Client(tb)
 		err := rdb.ClusterAddSlotsRange(ctx, i*hashSlots/n, (i+1)*hashSlots/n-1).Err()
 		if err == nil && i > 0 {
-			err = rdb.ClusterMeet(ctx, "127.0.0.1", strconv.Itoa(c.Nodes[0].port)).Err()
+			// the bus port too: without it MEET assumes the data port + 10000
+			first := c.Nodes[0]
+			err = rdb.Do(ctx, "cluster", "meet", "127.0.0.1", first.port, first.busPort).Err()
 		}
 		if err != nil {
 			tb.Fatalf("setting up cluster node %s: %v", s.Addr, err)

@@ -5,7 +5,9 @@ package redistest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os/exec"
@@ -24,31 +26,53 @@ import (
 type Server struct {
 	Addr string // host:port on 127.0.0.1
 
-	tb    testing.TB
-	dir   string
-	port  int
-	extra []string // more redis-server arguments (a cluster node's)
-	cmd   *exec.Cmd
+	tb      testing.TB
+	dir     string
+	port    int
+	busPort int // a cluster node's bus port; 0 for a server outside a cluster
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when cmd has exited
 }
 
 // Start launches redis-server on a free port and stops it when the test ends.
-// The test is skipped with a clear message only when redis-server is not
-// installed (.ci/run installs it, so CI never skips).
+// The test fails with a clear message when redis-server is not installed
+// (.ci/run installs it).
 func Start(tb testing.TB) *Server {
 	tb.Helper()
-	return start(tb)
+	return start(tb, false)
 }
 
-func start(tb testing.TB, extra ...string) *Server {
+// errExited says redis-server exited before it answered: most often because
+// its port was taken between freeport's check and its bind (by a server of
+// a test binary running beside this one).
+var errExited = errors.New("redis-server exited before it answered")
+
+// start launches a server, or a cluster node with its bus on a port of its
+// own, and tries fresh ports when one is lost to another process.
+func start(tb testing.TB, clusterNode bool) *Server {
 	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatalf("redis-server not found in PATH: install it (apt-get install redis-server); .ci/run does")
 	}
-	s := &Server{tb: tb, dir: tb.TempDir(), port: freeport.Get(tb), extra: extra}
-	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
-	s.Restart()
+	s := &Server{tb: tb, dir: tb.TempDir()}
 	tb.Cleanup(s.Stop)
-	return s
+	for attempt := 1; ; attempt++ {
+		s.port = freeport.Get(tb)
+		if clusterNode {
+			// Redis's default bus port, the data port + 10000, is one
+			// freeport never checked, and may lie in the ephemeral range.
+			s.busPort = freeport.Get(tb)
+		}
+		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+		err := s.launch()
+		if err == nil {
+			return s
+		}
+		if !errors.Is(err, errExited) || attempt == 3 {
+			tb.Fatal(err)
+		}
+		tb.Logf("%v; trying other ports", err)
+	}
 }
 
 // URL is the go-redis URL of the server (database 0).
@@ -61,7 +85,7 @@ func (s *Server) Stop() {
 	}
 	_ = s.cmd.Process.Signal(syscall.SIGCONT) // a paused process cannot die cleanly
 	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
+	<-s.exited
 	s.cmd = nil
 }
 
@@ -73,9 +97,17 @@ func (s *Server) Pause() { _ = s.cmd.Process.Signal(syscall.SIGSTOP) }
 // Resume continues a paused server.
 func (s *Server) Resume() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }
 
-// Restart starts the server again (or for the first time) on the same port.
+// Restart starts the server again on the same port.
 func (s *Server) Restart() {
 	s.tb.Helper()
+	if err := s.launch(); err != nil {
+		s.tb.Fatal(err)
+	}
+}
+
+// launch (re)starts redis-server on s's ports and returns once it answers;
+// its errors carry what redis-server printed.
+func (s *Server) launch() error {
 	s.Stop()
 	args := []string{
 		"--port", strconv.Itoa(s.port),
@@ -86,40 +118,62 @@ func (s *Server) Restart() {
 		"--daemonize", "no",
 		"--loglevel", "warning",
 	}
-	cmd := exec.Command("redis-server", append(args, s.extra...)...)
+	if s.busPort != 0 {
+		args = append(args,
+			"--cluster-enabled", "yes",
+			"--cluster-port", strconv.Itoa(s.busPort),
+			"--cluster-config-file", "nodes.conf", // in the node's own dir
+			"--cluster-node-timeout", "2000",
+		)
+	}
+	cmd := exec.Command("redis-server", args...)
+	var out bytes.Buffer // one writer for both: exec then writes from one goroutine
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
-		s.tb.Fatalf("starting redis-server: %v", err)
+		return fmt.Errorf("starting redis-server: %w", err)
 	}
-	s.cmd = cmd
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if ping(s.Addr) == nil {
-			return
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	s.cmd, s.exited = cmd, exited
+	deadline := time.After(10 * time.Second)
+	for {
+		// this process, not another test binary's server on the same port
+		if servedBy(s.Addr, cmd.Process.Pid) {
+			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-exited:
+			s.cmd = nil
+			return fmt.Errorf("%w on %s: %s", errExited, s.Addr, strings.TrimSpace(out.String()))
+		case <-deadline:
+			s.Stop()
+			return fmt.Errorf("redis-server on %s did not answer within 10s: %s", s.Addr, strings.TrimSpace(out.String()))
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	s.Stop()
-	s.tb.Fatalf("redis-server on %s did not answer PING within 10s", s.Addr)
 }
 
-func ping(addr string) error {
+// servedBy tells whether the redis-server answering on addr is process pid.
+func servedBy(addr string, pid int) bool {
 	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 	if err != nil {
-		return err
+		return false
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
-	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
-		return err
+	if _, err := conn.Write([]byte("INFO server\r\n")); err != nil {
+		return false
 	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		return err
+	r := bufio.NewReader(conn)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil || strings.HasPrefix(line, "-") {
+			return false // not up yet (-LOADING), or gone
+		}
+		if rest, ok := strings.CutPrefix(line, "process_id:"); ok {
+			return strings.TrimSpace(rest) == strconv.Itoa(pid)
+		}
 	}
-	if line != "+PONG\r\n" {
-		return fmt.Errorf("unexpected reply %q", line)
-	}
-	return nil
 }
 
 // Follow makes s a replica of primary and returns once it has synced
