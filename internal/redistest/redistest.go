@@ -56,7 +56,7 @@ func start(tb testing.TB, clusterNode bool) *Server {
 	}
 	s := &Server{tb: tb, dir: tb.TempDir()}
 	tb.Cleanup(s.Stop)
-	for attempt := 1; ; attempt++ {
+	onFreePorts(tb, func() error {
 		s.port = freeport.Get(tb)
 		if clusterNode {
 			// Redis's default bus port, the data port + 10000, is one
@@ -64,9 +64,21 @@ func start(tb testing.TB, clusterNode bool) *Server {
 			s.busPort = freeport.Get(tb)
 		}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
-		err := s.launch()
+		return s.launch()
+	})
+	return s
+}
+
+// onFreePorts calls launch, which starts a server on ports it takes from
+// freeport, again (three times in all) while the server exits before it
+// answers: a port found free can be lost to another process before the
+// server binds it.
+func onFreePorts(tb testing.TB, launch func() error) {
+	tb.Helper()
+	for attempt := 1; ; attempt++ {
+		err := launch()
 		if err == nil {
-			return s
+			return
 		}
 		if !errors.Is(err, errExited) || attempt == 3 {
 			tb.Fatal(err)
@@ -83,10 +95,15 @@ func (s *Server) Stop() {
 	if s.cmd == nil {
 		return
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGCONT) // a paused process cannot die cleanly
-	_ = s.cmd.Process.Kill()
-	<-s.exited
+	kill(s.cmd, s.exited)
 	s.cmd = nil
+}
+
+// kill ends a redis-server process, paused or not, and waits for its end.
+func kill(cmd *exec.Cmd, exited <-chan struct{}) {
+	_ = cmd.Process.Signal(syscall.SIGCONT) // a paused process cannot die cleanly
+	_ = cmd.Process.Kill()
+	<-exited
 }
 
 // Pause freezes the server (SIGSTOP): connections stay open and nothing
@@ -126,28 +143,35 @@ func (s *Server) launch() error {
 			"--cluster-node-timeout", "2000",
 		)
 	}
+	cmd, exited, err := spawn(s.Addr, args...)
+	s.cmd, s.exited = cmd, exited
+	return err
+}
+
+// spawn starts redis-server with args and returns once the server
+// answering on addr is this process; when it is not, the process is gone
+// and the error carries what it printed (errExited when it exited first).
+func spawn(addr string, args ...string) (*exec.Cmd, chan struct{}, error) {
 	cmd := exec.Command("redis-server", args...)
 	var out bytes.Buffer // one writer for both: exec then writes from one goroutine
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting redis-server: %w", err)
+		return nil, nil, fmt.Errorf("starting redis-server: %w", err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	s.cmd, s.exited = cmd, exited
 	deadline := time.After(10 * time.Second)
 	for {
 		// this process, not another test binary's server on the same port
-		if servedBy(s.Addr, cmd.Process.Pid) {
-			return nil
+		if servedBy(addr, cmd.Process.Pid) {
+			return cmd, exited, nil
 		}
 		select {
 		case <-exited:
-			s.cmd = nil
-			return fmt.Errorf("%w on %s: %s", errExited, s.Addr, strings.TrimSpace(out.String()))
+			return nil, nil, fmt.Errorf("%w on %s: %s", errExited, addr, strings.TrimSpace(out.String()))
 		case <-deadline:
-			s.Stop()
-			return fmt.Errorf("redis-server on %s did not answer within 10s: %s", s.Addr, strings.TrimSpace(out.String()))
+			kill(cmd, exited)
+			return nil, nil, fmt.Errorf("redis-server on %s did not answer within 10s: %s", addr, strings.TrimSpace(out.String()))
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

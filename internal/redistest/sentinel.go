@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -31,23 +29,23 @@ type Sentinel struct {
 // it); it stops with the test.
 func StartSentinel(tb testing.TB, primary *Server, master string, replicas int) *Sentinel {
 	tb.Helper()
-	dir, port := tb.TempDir(), freeport.Get(tb)
-	s := &Sentinel{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Master: master}
-	// a Sentinel rewrites its config file as it learns: it must be its own
-	conf := filepath.Join(dir, "sentinel.conf")
-	body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor %s 127.0.0.1 %d 1\n"+
-		"sentinel down-after-milliseconds %s 1000\nsentinel failover-timeout %s 3000\n",
-		port, dir, master, primary.port, master, master)
-	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	cmd := exec.Command("redis-server", conf, "--sentinel", "--loglevel", "warning")
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("starting redis-server --sentinel: %v", err)
-	}
-	tb.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		_ = cmd.Wait()
+	s := &Sentinel{Master: master}
+	onFreePorts(tb, func() error {
+		dir, port := tb.TempDir(), freeport.Get(tb)
+		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		// a Sentinel rewrites its config file as it learns: it must be its own
+		conf := filepath.Join(dir, "sentinel.conf")
+		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor %s 127.0.0.1 %d 1\n"+
+			"sentinel down-after-milliseconds %s 1000\nsentinel failover-timeout %s 3000\n",
+			port, dir, master, primary.port, master, master)
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			tb.Fatal(err)
+		}
+		cmd, exited, err := spawn(s.Addr, conf, "--sentinel", "--loglevel", "warning")
+		if err == nil {
+			tb.Cleanup(func() { kill(cmd, exited) })
+		}
+		return err
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
