@@ -6,13 +6,16 @@
 //	-listen             BACKEND_LISTEN           default 127.0.0.1:8081
 //	-data               BACKEND_DATA_DIR         default ./data
 //	-redis              BACKEND_REDIS_URL        empty: embedded store <data>/backend.db
+//	-redis-cluster      BACKEND_REDIS_CLUSTER    the URL names Redis Cluster nodes (true/false)
+//	-redis-sentinel     BACKEND_REDIS_SENTINEL   the URL names Sentinels monitoring this master
 //	-max-upload         BACKEND_MAX_UPLOAD       default 20MiB
 //	-max-secret         BACKEND_MAX_SECRET       default 1MiB
 //	-upstream-secret    KEYGATE_UPSTREAM_SECRET  required (prefer the env var: flags show in ps)
 //	-insecure-no-secret                          run without the secret (local experiments only)
 //
-// `backend reports [-n 100] [-data DIR] [-redis URL]` prints the newest abuse
-// reports of SecLink secrets, one JSON object a line (reports.go).
+// `backend reports [-n 100] [-data DIR] [-redis URL [-redis-cluster |
+// -redis-sentinel MASTER]]` prints the newest abuse reports of SecLink
+// secrets, one JSON object a line (reports.go).
 package main
 
 import (
@@ -57,10 +60,36 @@ func main() {
 
 // config is the parsed command line.
 type config struct {
-	listen, dataDir, redisURL, secret string
-	maxUpload, maxSecret              int64
-	insecure                          bool
-	logLevel                          slog.Level
+	listen, dataDir, secret string
+	redis                   redisConfig
+	maxUpload, maxSecret    int64
+	insecure                bool
+	logLevel                slog.Level
+}
+
+// redisConfig says which Redis holds the store; an empty URL means the
+// embedded store.
+type redisConfig struct {
+	url      string
+	cluster  bool   // url names Redis Cluster nodes
+	sentinel string // url names Sentinels monitoring this master
+}
+
+// redisFlags defines the flags that choose the store, the same for both
+// commands; what says what an empty -redis does.
+func redisFlags(fs *flag.FlagSet, r *redisConfig, getenv func(string) string, what string) error {
+	cluster := false
+	if v := getenv("BACKEND_REDIS_CLUSTER"); v != "" {
+		var err error
+		if cluster, err = strconv.ParseBool(v); err != nil {
+			return fmt.Errorf("BACKEND_REDIS_CLUSTER: %q is neither true nor false", v)
+		}
+	}
+	fs.StringVar(&r.url, "redis", envOr(getenv, "BACKEND_REDIS_URL", ""), "Redis `URL`; empty "+what+" (env BACKEND_REDIS_URL)")
+	fs.BoolVar(&r.cluster, "redis-cluster", cluster, "the Redis URL names Redis Cluster nodes: one, more as addr options (env BACKEND_REDIS_CLUSTER)")
+	fs.StringVar(&r.sentinel, "redis-sentinel", envOr(getenv, "BACKEND_REDIS_SENTINEL", ""),
+		"the Redis URL names Sentinels (one, more as addr options) monitoring the primary under this `master` name (env BACKEND_REDIS_SENTINEL)")
+	return nil
 }
 
 // envOr is the environment variable k, or def when it is empty.
@@ -77,7 +106,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.listen, "listen", envOr(getenv, "BACKEND_LISTEN", "127.0.0.1:8081"), "listen `address` (env BACKEND_LISTEN)")
 	fs.StringVar(&c.dataDir, "data", envOr(getenv, "BACKEND_DATA_DIR", "./data"), "data `directory`: images and the embedded database (env BACKEND_DATA_DIR)")
-	fs.StringVar(&c.redisURL, "redis", envOr(getenv, "BACKEND_REDIS_URL", ""), "Redis `URL`; empty uses the embedded store <data>/backend.db (env BACKEND_REDIS_URL)")
+	if err := redisFlags(fs, &c.redis, getenv, "uses the embedded store <data>/backend.db"); err != nil {
+		return c, err
+	}
 	fs.StringVar(&c.secret, "upstream-secret", envOr(getenv, "KEYGATE_UPSTREAM_SECRET", ""), "shared `secret` the gateway sends in X-Keygate-Upstream-Secret (env KEYGATE_UPSTREAM_SECRET; prefer the env var)")
 	fs.BoolVar(&c.insecure, "insecure-no-secret", false, "accept requests without the upstream secret (never in production)")
 	upload := &sizeFlag{&c.maxUpload}
@@ -164,7 +195,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	storeDesc := "embedded " + filepath.Join(c.dataDir, "backend.db")
-	if c.redisURL != "" {
+	switch {
+	case c.redis.cluster:
+		storeDesc = "redis cluster"
+	case c.redis.sentinel != "":
+		storeDesc = "redis sentinel"
+	case c.redis.url != "":
 		storeDesc = "redis"
 	}
 	log.Info("backend listening", "addr", ln.Addr().String(), "data", c.dataDir, "store", storeDesc,
@@ -193,12 +229,36 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 }
 
 func openStore(ctx context.Context, c config) (store.Store, error) {
-	if c.redisURL != "" {
-		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		return redisstore.Open(octx, c.redisURL, redisstore.DefaultPrefix, store.Config{})
+	r := c.redis
+	switch {
+	case r.cluster && r.sentinel != "":
+		return nil, errors.New("-redis-cluster and -redis-sentinel exclude each other")
+	case r.url == "" && (r.cluster || r.sentinel != ""):
+		return nil, errors.New("-redis-cluster and -redis-sentinel need -redis, the URL of the nodes or Sentinels")
+	case r.url == "":
+		return boltstore.Open(filepath.Join(c.dataDir, "backend.db"), boltstore.Options{})
 	}
-	return boltstore.Open(filepath.Join(c.dataDir, "backend.db"), boltstore.Options{})
+	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var (
+		st  *redisstore.Store
+		err error
+	)
+	switch {
+	case r.cluster:
+		st, err = redisstore.OpenCluster(octx, r.url, redisstore.DefaultPrefix, store.Config{})
+	case r.sentinel != "":
+		st, err = redisstore.OpenSentinel(octx, r.url, r.sentinel, redisstore.DefaultPrefix, store.Config{})
+	default:
+		st, err = redisstore.Open(octx, r.url, redisstore.DefaultPrefix, store.Config{})
+		if err != nil && strings.Contains(r.url, "addr=") {
+			err = fmt.Errorf("%w; addr options name more servers: add -redis-cluster for a Redis Cluster's nodes, -redis-sentinel <master name> for Sentinels", err)
+		}
+	}
+	if err != nil {
+		return nil, err // not a nil *Store in a non-nil interface
+	}
+	return st, nil
 }
 
 // sizeFlag parses byte sizes: 1048576, 512KiB, 20MiB, 1GiB (also KB/MB/GB

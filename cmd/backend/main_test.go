@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -20,7 +22,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.listen != "127.0.0.1:8081" || c.dataDir != "./data" || c.redisURL != "" || c.secret != "s" ||
+	if c.listen != "127.0.0.1:8081" || c.dataDir != "./data" || c.redis.url != "" || c.secret != "s" ||
 		c.maxUpload != 20<<20 || c.maxSecret != 1<<20 || c.insecure {
 		t.Fatalf("%+v", c)
 	}
@@ -35,7 +37,7 @@ func TestParseConfigEnvAndFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.listen != "0.0.0.0:9000" || c.dataDir != "/var/lib/kg" || c.redisURL != "redis://r:6379/1" ||
+	if c.listen != "0.0.0.0:9000" || c.dataDir != "/var/lib/kg" || c.redis.url != "redis://r:6379/1" ||
 		c.maxUpload != 5<<20 || c.maxSecret != 64<<10 || c.secret != "from-env" {
 		t.Fatalf("from env: %+v", c)
 	}
@@ -45,7 +47,7 @@ func TestParseConfigEnvAndFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.listen != "127.0.0.1:1" || c.dataDir != "d" || c.redisURL != "" || c.maxUpload != 1<<20 ||
+	if c.listen != "127.0.0.1:1" || c.dataDir != "d" || c.redis.url != "" || c.maxUpload != 1<<20 ||
 		c.maxSecret != 2<<20 || c.secret != "from-flag" {
 		t.Fatalf("flags over env: %+v", c)
 	}
@@ -96,10 +98,18 @@ type backendProc struct {
 
 func startBackend(t *testing.T, args ...string) *backendProc {
 	t.Helper()
+	return startBackendEnv(t, nil, args...)
+}
+
+// startBackendEnv is startBackend with more environment variables.
+func startBackendEnv(t *testing.T, environ map[string]string, args ...string) *backendProc {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan net.Addr, 1)
 	p := &backendProc{cancel: cancel, done: make(chan error, 1)}
-	env := envMap(map[string]string{"KEYGATE_UPSTREAM_SECRET": "shh"})
+	vars := map[string]string{"KEYGATE_UPSTREAM_SECRET": "shh"}
+	maps.Copy(vars, environ)
+	env := envMap(vars)
 	go func() {
 		p.done <- run(ctx, append([]string{"-listen", "127.0.0.1:0"}, args...), env, io.Discard, ready)
 	}()
@@ -174,6 +184,90 @@ func TestRunWithRedis(t *testing.T) {
 	p := startBackend(t, "-data", t.TempDir(), "-redis", srv.URL())
 	if code, body := call(t, "POST", p.base+"/api/v1/secrets", `{"encryptedBlob":"...","iv":"...","expiryType":"view_once"}`, "shh"); code != 201 {
 		t.Fatalf("create secret: %d %s", code, body)
+	}
+}
+
+// The backend on a real three-node Redis Cluster: its scripts' keys share a
+// slot, so links and view_once secrets work as on one server.
+func TestRunOnRedisCluster(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	p := startBackend(t, "-data", t.TempDir(), "-redis", cluster.URL(), "-redis-cluster")
+	servesLinksAndSecrets(t, p, "clustered")
+}
+
+// Behind Redis Sentinel (configured from the environment, as in the compose
+// stack), the backend follows a failover: what it wrote before is served
+// from the promoted replica.
+func TestRunBehindRedisSentinel(t *testing.T) {
+	primary, replica := redistest.Start(t), redistest.Start(t)
+	replica.Follow(t, primary)
+	sentinel := redistest.StartSentinel(t, primary, "kgb", 1)
+	p := startBackendEnv(t, map[string]string{"BACKEND_REDIS_URL": sentinel.URL(), "BACKEND_REDIS_SENTINEL": "kgb"},
+		"-data", t.TempDir())
+	if code, body := call(t, "POST", p.base+"/api/shortlinks", `{"url":"https://example.com","slug":"before"}`, "shh"); code != 200 {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	replica.CatchUp(t, primary)
+	sentinel.Failover(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := call(t, "GET", p.base+"/before", "", "shh")
+		if code == 302 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after the failover: %d %s, want 302", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	servesLinksAndSecrets(t, p, "after")
+}
+
+// servesLinksAndSecrets makes a link and a view_once secret and reads
+// them back through p.
+func servesLinksAndSecrets(t *testing.T, p *backendProc, slug string) {
+	t.Helper()
+	if code, body := call(t, "POST", p.base+"/api/shortlinks", `{"url":"https://example.com","slug":"`+slug+`"}`, "shh"); code != 200 {
+		t.Fatalf("create link: %d %s", code, body)
+	}
+	if code, body := call(t, "GET", p.base+"/"+slug, "", "shh"); code != 302 {
+		t.Fatalf("visit: %d %s, want 302", code, body)
+	}
+	code, body := call(t, "POST", p.base+"/api/v1/secrets", `{"encryptedBlob":"...","iv":"...","expiryType":"view_once"}`, "shh")
+	if code != 201 {
+		t.Fatalf("create secret: %d %s", code, body)
+	}
+	var created struct{ LinkID string }
+	if err := json.Unmarshal([]byte(body), &created); err != nil || created.LinkID == "" {
+		t.Fatalf("create secret: %s, %v", body, err)
+	}
+	for _, want := range []int{200, 410} {
+		if code, body := call(t, "GET", p.base+"/api/v1/secrets/"+created.LinkID, "", "shh"); code != want {
+			t.Fatalf("read secret: %d %s, want %d", code, body, want)
+		}
+	}
+}
+
+// The Redis flags refuse what cannot work, saying why, before anything
+// is opened.
+func TestRunRefusesRedisFlagsThatCannotWork(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"-redis-cluster"}, nil, "need -redis"},
+		{[]string{"-redis-sentinel", "m"}, nil, "need -redis"},
+		{[]string{"-redis", "redis://127.0.0.1:1", "-redis-cluster", "-redis-sentinel", "m"}, nil, "exclude each other"},
+		{[]string{"-redis", "redis://127.0.0.1:1?addr=127.0.0.1:2"}, nil, "add -redis-cluster"},
+		{nil, map[string]string{"BACKEND_REDIS_CLUSTER": "yes please"}, "BACKEND_REDIS_CLUSTER"},
+	} {
+		env := map[string]string{"KEYGATE_UPSTREAM_SECRET": "s"}
+		maps.Copy(env, c.env)
+		err := run(context.Background(), append([]string{"-data", t.TempDir()}, c.args...), envMap(env), io.Discard, nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q %v: %v, want an error saying %q", c.args, c.env, err, c.want)
+		}
 	}
 }
 

@@ -14,8 +14,10 @@
 //	P gone:<id>      string tombstone of a read view_once secret, TTL-bound
 //	P reports        list   JSON of store.Report, oldest first
 //
-// The scripts touch several keys, so this targets a single Redis (or a
-// primary with replicas / Sentinel), not Redis Cluster.
+// On a Redis Cluster (OpenCluster) the prefix is a hash tag, {kgb}:, so
+// that the scripts, which touch several keys, find them in one slot: the
+// backend's data lives on one node (and its replicas), while the gateway's
+// keys spread over the cluster.
 package redisstore
 
 import (
@@ -24,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -37,7 +40,7 @@ const DefaultPrefix = "kgb:"
 
 // Store implements store.Store on Redis.
 type Store struct {
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	prefix string
 	cfg    store.Config
 	owned  bool // Close closes rdb
@@ -53,28 +56,78 @@ func Open(ctx context.Context, url, prefix string, cfg store.Config) (*Store, er
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: parsing URL: %w", err)
 	}
-	// Explicit bounds so that a stuck Redis turns into errors, not into
-	// requests that hang forever.
-	if opts.DialTimeout <= 0 {
-		opts.DialTimeout = 5 * time.Second
+	bound(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
+	return open(ctx, redis.NewClient(opts), prefix, cfg)
+}
+
+// OpenCluster connects to the Redis Cluster whose nodes url names (one,
+// more as addr options: redis://node1:6379?addr=node2:6379), with Open's
+// timeouts. The prefix becomes a hash tag (kgb: is {kgb}:), so that every
+// key is in one slot.
+func OpenCluster(ctx context.Context, url, prefix string, cfg store.Config) (*Store, error) {
+	opts, err := redisurl.ParseCluster(url)
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: parsing cluster URL: %w", err)
 	}
-	if opts.ReadTimeout <= 0 {
-		opts.ReadTimeout = 3 * time.Second
+	bound(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
+	if prefix == "" {
+		prefix = DefaultPrefix
 	}
-	if opts.WriteTimeout <= 0 {
-		opts.WriteTimeout = 3 * time.Second
+	return open(ctx, redis.NewClusterClient(opts), hashTagged(prefix), cfg)
+}
+
+// OpenSentinel connects to the primary that Redis Sentinel calls master,
+// through the Sentinels url names (one, more as addr options; the URL's
+// userinfo is the Sentinels' credentials, the primary's go in username
+// and password options), with Open's timeouts; after a failover the client
+// follows the Sentinels to the new primary.
+func OpenSentinel(ctx context.Context, url, master, prefix string, cfg store.Config) (*Store, error) {
+	opts, err := redisurl.ParseFailover(url)
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: parsing sentinel URL: %w", err)
 	}
-	s := New(redis.NewClient(opts), prefix, cfg)
+	opts.MasterName = master
+	bound(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
+	return open(ctx, redis.NewFailoverClient(opts), prefix, cfg)
+}
+
+// bound sets the timeouts a URL left unset, so that a stuck Redis turns
+// into errors, not into requests that hang forever.
+func bound(dial, read, write *time.Duration) {
+	if *dial <= 0 {
+		*dial = 5 * time.Second
+	}
+	if *read <= 0 {
+		*read = 3 * time.Second
+	}
+	if *write <= 0 {
+		*write = 3 * time.Second
+	}
+}
+
+// hashTagged makes a prefix a hash tag: "kgb:" becomes "{kgb}:". One
+// holding a tag already is kept.
+func hashTagged(prefix string) string {
+	if strings.Contains(prefix, "{") {
+		return prefix
+	}
+	return "{" + strings.TrimSuffix(prefix, ":") + "}:"
+}
+
+// open wraps a client it owns and checks that Redis answers.
+func open(ctx context.Context, rdb redis.UniversalClient, prefix string, cfg store.Config) (*Store, error) {
+	s := New(rdb, prefix, cfg)
 	s.owned = true
 	if err := s.Ping(ctx); err != nil {
-		_ = s.rdb.Close()
+		_ = rdb.Close()
 		return nil, fmt.Errorf("redisstore: %w", err)
 	}
 	return s, nil
 }
 
-// New wraps an existing client; Close will not close it.
-func New(rdb *redis.Client, prefix string, cfg store.Config) *Store {
+// New wraps an existing client (a cluster or failover client works too,
+// a cluster's with a hash-tagged prefix); Close will not close it.
+func New(rdb redis.UniversalClient, prefix string, cfg store.Config) *Store {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}

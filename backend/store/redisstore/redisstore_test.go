@@ -94,3 +94,64 @@ func TestOpenBadURL(t *testing.T) {
 		t.Fatalf("a URL that does not parse: %v, want an error without its password", err)
 	}
 }
+
+// On a Redis Cluster the scripts' keys must share a slot (CROSSSLOT
+// otherwise): the whole suite runs on a real three-node cluster.
+func TestConformanceOnCluster(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	var n atomic.Int64
+	storetest.Run(t, func(t *testing.T, cfg store.Config) store.Store {
+		s, err := redisstore.OpenCluster(context.Background(), cluster.URL(), fmt.Sprintf("kgbtest%d:", n.Add(1)), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}
+
+// On a cluster the prefix is a hash tag: every key the backend writes is
+// under {kgb}:, on one node.
+func TestClusterKeysShareOneHashTag(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	ctx := context.Background()
+	s, err := redisstore.OpenCluster(ctx, cluster.URL(), "", store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.CreateLink(ctx, store.NewLink{Slug: "x1", URL: "https://example.com", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.OwnerID(ctx, "k1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateSecret(ctx, store.Secret{ID: "abc", ExpiryType: store.ViewOnce, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.OpenSecret(ctx, "abc", nil); err != nil { // leaves a tombstone
+		t.Fatal(err)
+	}
+	if err := s.AddReport(ctx, store.Report{SecretID: "abc", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	var holders []string
+	for _, node := range cluster.Nodes {
+		keys, err := node.Client(t).Keys(ctx, "*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if !strings.HasPrefix(k, "{kgb}:") {
+				t.Errorf("key %q on %s outside the {kgb}: hash tag", k, node.Addr)
+			}
+		}
+		if len(keys) > 0 {
+			holders = append(holders, fmt.Sprintf("%s: %d keys", node.Addr, len(keys)))
+		}
+	}
+	// link, link seq, owners, owner seq, tombstone, reports
+	if len(holders) != 1 || !strings.HasSuffix(holders[0], ": 6 keys") {
+		t.Fatalf("keys by node: %v, want all 6 on one", holders)
+	}
+}
