@@ -25,8 +25,8 @@ func init() {
 //
 //	keygate {
 //		redis <url>                 # default (or ""): embedded store in Caddy's data dir
-//		redis_cluster               # <url> names a Redis Cluster node (more: ?addr=host:port&addr=...)
-//		redis_sentinel <master>     # <url> names a Sentinel (more: ?addr=...) monitoring <master>
+//		redis_cluster [true|false]  # <url> names a Redis Cluster node (more: ?addr=host:port&addr=...)
+//		redis_sentinel <master>     # <url> names a Sentinel (more: ?addr=...) monitoring <master>; "": none
 //		on_store_error closed|open  # default: closed
 //		timeout <duration>          # default: 500ms
 //		fail_open_grace <duration>  # default: 5m
@@ -53,10 +53,19 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "redis_cluster":
+			// an argument lets the stack's Caddyfile set it from the
+			// environment ({$KEYGATE_REDIS_CLUSTER:false})
+			a.RedisCluster = true
+			if d.NextArg() {
+				on, err := strconv.ParseBool(d.Val())
+				if err != nil {
+					return d.Errf("redis_cluster takes true or false, not %q", d.Val())
+				}
+				a.RedisCluster = on
+			}
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			a.RedisCluster = true
 		case "redis_sentinel":
 			if !d.AllArgs(&a.RedisSentinel) {
 				return d.ArgErr()

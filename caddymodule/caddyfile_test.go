@@ -100,7 +100,8 @@ func TestCaddyfileErrors(t *testing.T) {
 	}
 	for global, want := range map[string]string{
 		"on_store_error maybe":   "closed or open",
-		"redis_cluster yes":      "wrong argument count",
+		"redis_cluster maybe":    "true or false",
+		"redis_cluster true 1":   "wrong argument count",
 		"redis_sentinel":         "wrong argument count",
 		"redis redis://a b":      "wrong argument count",
 		"timeout 0s":             "bad duration",
@@ -118,11 +119,16 @@ func TestCaddyfileErrors(t *testing.T) {
 func TestCaddyfileRedisClusterAndSentinel(t *testing.T) {
 	for option, want := range map[string]string{
 		"redis_cluster":           `"redis_cluster":true`,
+		"redis_cluster true":      `"redis_cluster":true`,
 		"redis_sentinel mymaster": `"redis_sentinel":"mymaster"`,
+		// what the stack's Caddyfile gives with its variables unset
+		"redis_cluster false":                       `"redis":"redis://node1:6379?addr=node2:6379"}`,
+		`redis_sentinel ""`:                         `"redis":"redis://node1:6379?addr=node2:6379"}`,
+		"redis_cluster false\n\t\tredis_sentinel m": `"redis_sentinel":"m"`,
 	} {
 		out, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte("{\n\tkeygate {\n\t\tredis redis://node1:6379?addr=node2:6379\n\t\t"+option+"\n\t}\n}\n:80\n"), nil)
 		if err != nil || !strings.Contains(string(out), want) {
-			t.Errorf("%s did not adapt: %v\n%s", option, err, out)
+			t.Errorf("%s did not adapt to %s: %v\n%s", option, want, err, out)
 		}
 	}
 	for app, want := range map[*App]string{

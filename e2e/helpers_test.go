@@ -86,6 +86,12 @@ const (
 	withEmbeddedBackend storeKind = "redis-gateway+embedded-backend"
 	// withRedisLeases: withRedis, and KEYGATE_LEASE=64.
 	withRedisLeases storeKind = "redis+lease"
+	// withRedisCluster: gateway and backend on a real three-node Redis
+	// Cluster (KEYGATE_REDIS_CLUSTER, BACKEND_REDIS_CLUSTER).
+	withRedisCluster storeKind = "redis-cluster"
+	// withRedisSentinel: gateway and backend on a primary they find
+	// through a real Sentinel (KEYGATE_REDIS_SENTINEL, BACKEND_REDIS_SENTINEL).
+	withRedisSentinel storeKind = "redis-sentinel"
 )
 
 // forEachStore runs fn in a subtest per store kind (the three above, and
@@ -137,15 +143,24 @@ func startStack(t *testing.T, kind storeKind, gatewayEnv ...string) *stack {
 		"LANG=C.UTF-8",
 	}
 	redisURL, backendRedisURL, lease := "", "", "0"
+	var deployment []string // the variables that say what the Redis URL names, both sides'
 	switch kind {
 	case withRedisLeases:
 		lease = "64"
 		fallthrough
 	case withRedis:
 		redisURL = redistest.Start(t).URL()
-		backendRedisURL = redisURL
 	case withEmbeddedBackend:
 		redisURL = redistest.Start(t).URL()
+	case withRedisCluster:
+		redisURL = redistest.StartCluster(t, 3).URL()
+		deployment = []string{"KEYGATE_REDIS_CLUSTER=true", "BACKEND_REDIS_CLUSTER=true"}
+	case withRedisSentinel:
+		redisURL = redistest.StartSentinel(t, redistest.Start(t), "kgmaster", 0).URL()
+		deployment = []string{"KEYGATE_REDIS_SENTINEL=kgmaster", "BACKEND_REDIS_SENTINEL=kgmaster"}
+	}
+	if kind != withEmbeddedBackend {
+		backendRedisURL = redisURL
 	}
 
 	backendEnv := []string{
@@ -158,6 +173,7 @@ func startStack(t *testing.T, kind storeKind, gatewayEnv ...string) *stack {
 		// The same Redis database as the gateway: the backend's keys have
 		// their own prefix.
 		backendEnv = append(backendEnv, "BACKEND_REDIS_URL="+backendRedisURL)
+		backendEnv = append(backendEnv, deployment...)
 	}
 	backend := s.start("backend", backendBin, nil, backendEnv...)
 	s.waitReady(backend, "backend /healthz", func() error {
@@ -179,7 +195,7 @@ func startStack(t *testing.T, kind storeKind, gatewayEnv ...string) *stack {
 		"KEYGATE_REDIS=" + redisURL,
 		"KEYGATE_LEASE=" + lease,
 		"KEYGATE_UPSTREAM_SECRET=" + s.Secret,
-	}, gatewayEnv...)...)
+	}, append(deployment, gatewayEnv...)...)...)
 	s.gateway = gateway
 	// Ready when the admin API lists keys and the site port accepts
 	// connections; no request to the site, which would spend the per-IP

@@ -215,7 +215,7 @@ func TestReferenceCurlExamples(t *testing.T) {
 			}
 			wantProblem(t, "second read", mustDo(t, http.MethodGet, s.Base+"/api/v1/secrets/"+id, nil), http.StatusGone, "")
 		})
-	})
+	}, withRedisCluster, withRedisSentinel)
 }
 
 // TestReferencePythonExamples runs the docs' Python requests examples as
@@ -448,7 +448,7 @@ func TestSlugRace(t *testing.T) {
 			}
 		}
 		wantRedirect(t, s.Base+"/race-slug", "https://example.com/race")
-	})
+	}, withRedisCluster)
 }
 
 // TestViewOnceSecretRace reads one view_once secret from many clients at
@@ -502,7 +502,7 @@ func TestViewOnceSecretRace(t *testing.T) {
 			// An id that never existed is 404, not 410.
 			wantProblem(t, "unknown id", mustDo(t, http.MethodGet, s.Base+"/api/v1/secrets/AAAAAAAAAAAA", nil), http.StatusNotFound, "")
 		})
-	})
+	}, withRedisCluster)
 }
 
 // TestSpoofedIdentityHeaders sends the gateway's own X-Keygate-* headers
@@ -620,7 +620,7 @@ func TestShortLinksRateLimit(t *testing.T) {
 		if l := other.Header.Get("X-RateLimit-Limit"); l != "100" {
 			t.Errorf("/api/shorten: X-RateLimit-Limit %q, want the default 100", l)
 		}
-	}, withRedisLeases)
+	}, withRedisLeases, withRedisCluster)
 }
 
 // TestMissingOrBadKey: the write APIs need a key (but Shorturlx's, below);
