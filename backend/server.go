@@ -20,7 +20,9 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/keygate/keygate/backend/store"
@@ -137,6 +139,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("request", "method", r.Method, "pattern", r.Pattern, "status", rec.status,
 			"duration", s.cfg.Now().Sub(start))
 	}()
+	// Route on the path as the gateway matched it: Caddy's path matchers
+	// clean it (//, ., ..) and reverse_proxy sends it as the client did.
+	// ServeMux would answer an unclean path with a redirect to the clean
+	// one (301, or 307 for a POST), which curl and many API clients do not
+	// follow.
+	if clean := cleanPath(r.URL.Path); clean != r.URL.Path {
+		r.URL.Path, r.URL.RawPath = clean, ""
+	}
 	if r.URL.Path == "/healthz" {
 		s.handleHealth(rec, r)
 		return
@@ -146,6 +156,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mux.ServeHTTP(rec, r)
+}
+
+// cleanPath is path.Clean keeping a trailing slash, as Caddy cleans a path
+// before matching it (caddyhttp.CleanPath).
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	clean := path.Clean(p)
+	if clean != "/" && strings.HasSuffix(p, "/") {
+		clean += "/"
+	}
+	return clean
 }
 
 // handleHealth answers 200 while the store answers. It is the one endpoint

@@ -229,6 +229,24 @@ func TestRedirect(t *testing.T) {
 	})
 }
 
+// The gateway matches an unclean path (//, ., ..) as its clean form (Caddy's
+// path matchers clean it) and proxies it as the client sent it: the backend
+// routes it the same way, not with ServeMux's redirect (which curl and many
+// API clients do not follow).
+func TestUncleanPathsRouteAsTheGatewayMatchedThem(t *testing.T) {
+	eachStore(t, func(t *testing.T, e *env) {
+		if resp, body := e.postJSON("//api/shortlinks", `{"url":"https://example.com/","slug":"clean-me"}`); resp.StatusCode != 200 {
+			t.Fatalf("POST //api/shortlinks: %d %s", resp.StatusCode, body)
+		}
+		resp, body := e.get("/i/../clean-me", anonymous)
+		if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != "https://example.com/" {
+			t.Fatalf("GET /i/../clean-me: %d %q %s, want the link's 302", resp.StatusCode, resp.Header.Get("Location"), body)
+		}
+		resp, body = e.get("/./nope//", anonymous)
+		wantProblem(t, resp, body, http.StatusNotFound, "Not found")
+	})
+}
+
 func TestShorten(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *env) {
 		// The Shorturlx doc's curl request.
