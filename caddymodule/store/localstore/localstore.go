@@ -5,6 +5,7 @@
 package localstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -42,6 +43,7 @@ type Store struct {
 	byHash  map[apikey.Hash]string
 	byName  map[string]string
 
+	fileSize      int // of the last write, under writeMu
 	lastUsedDirty atomic.Bool
 	epoch         atomic.Int64 // bumped by every change to a key
 	limits        *limiter
@@ -56,6 +58,12 @@ type Store struct {
 type record struct {
 	key      store.Key
 	lastUsed atomic.Int64 // unix ms; moves on the hot path
+
+	// line is the key as the file holds it, one line of JSON, encoded when
+	// lastUsed was lineUsed: a write re-encodes only the keys that
+	// changed. Both are used under writeMu alone.
+	line     []byte
+	lineUsed int64
 }
 
 var _ store.Store = (*Store)(nil)
@@ -155,24 +163,63 @@ func (s *Store) unindex(rec *record) {
 // directory, fsynced, renamed over the old one, and the directory fsynced,
 // so a crash leaves either the old file or the new one. The caller holds
 // writeMu.
+//
+// The file is indented JSON with one key a line, each key's line kept from
+// the last write unless the key changed: with 10,000 keys, encoding them
+// all (and indenting) took 80 ms of every admin change.
 func (s *Store) persist() error {
+	type byID struct {
+		id  string // sorted on in place, not through rec
+		rec *record
+	}
 	s.mu.RLock()
-	f := file{Version: fileVersion, Keys: make([]fileKey, 0, len(s.byID))}
-	for _, rec := range s.byID {
-		k := s.snapshot(rec)
-		f.Keys = append(f.Keys, fileKey{
-			ID: k.ID, Name: k.Name, Prefix: k.Prefix, Hash: k.Hash.String(), Roles: k.Roles, Owner: k.Owner,
-			Enabled: k.Enabled, ExpiresAt: k.ExpiresAt, Limit: k.RateLimit.Limit, WindowMS: k.RateLimit.Window.Milliseconds(),
-			CreatedAt: k.CreatedAt, LastUsedAt: k.LastUsedAt, Revision: k.Revision,
-		})
+	recs := make([]byID, 0, len(s.byID))
+	for id, rec := range s.byID {
+		recs = append(recs, byID{id, rec})
 	}
 	s.mu.RUnlock()
-	slices.SortFunc(f.Keys, func(a, b fileKey) int { return strings.Compare(a.ID, b.ID) })
-	data, err := json.MarshalIndent(f, "", "  ")
-	if err != nil {
-		return err
+	slices.SortFunc(recs, func(a, b byID) int { return strings.Compare(a.id, b.id) })
+	var buf bytes.Buffer
+	buf.Grow(s.fileSize + 512)
+	fmt.Fprintf(&buf, "{\n  \"version\": %d,\n  \"keys\": [", fileVersion)
+	for i, r := range recs {
+		line, err := r.rec.encoded()
+		if err != nil {
+			return err
+		}
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		buf.WriteString("\n    ")
+		buf.Write(line)
 	}
-	return writeFileAtomic(s.path, data)
+	buf.WriteString("\n  ]\n}\n")
+	s.fileSize = buf.Len()
+	return writeFileAtomic(s.path, buf.Bytes())
+}
+
+// encoded is rec's line in the file, encoded again only when its last-used
+// time moved. The caller holds writeMu.
+func (rec *record) encoded() ([]byte, error) {
+	used := rec.lastUsed.Load()
+	if rec.line != nil && rec.lineUsed == used {
+		return rec.line, nil
+	}
+	k := rec.key
+	fk := fileKey{
+		ID: k.ID, Name: k.Name, Prefix: k.Prefix, Hash: k.Hash.String(), Roles: k.Roles, Owner: k.Owner,
+		Enabled: k.Enabled, ExpiresAt: k.ExpiresAt, Limit: k.RateLimit.Limit, WindowMS: k.RateLimit.Window.Milliseconds(),
+		CreatedAt: k.CreatedAt, Revision: k.Revision,
+	}
+	if used > 0 {
+		fk.LastUsedAt = time.UnixMilli(used).UTC()
+	}
+	line, err := json.Marshal(fk)
+	if err != nil {
+		return nil, err
+	}
+	rec.line, rec.lineUsed = line, used
+	return line, nil
 }
 
 func writeFileAtomic(path string, data []byte) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -175,6 +176,34 @@ func BenchmarkCheckKey(b *testing.B) {
 					}
 				}
 			})
+		})
+	}
+}
+
+// BenchmarkCreateKeyAmong is what an admin change costs on a store that
+// holds n keys: each rewrites and fsyncs the whole file.
+func BenchmarkCreateKeyAmong(b *testing.B) {
+	for _, n := range []int{100, 10_000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			s, err := Open(filepath.Join(b.TempDir(), "keys.json"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			for i := range n {
+				k, _ := storetest.NewKey(b, "k"+strconv.Itoa(i))
+				s.mu.Lock()
+				s.index(&record{key: k})
+				s.mu.Unlock()
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				k, _ := storetest.NewKey(b, "new"+strconv.Itoa(i))
+				if err := s.CreateKey(ctx, k); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 	}
 }
