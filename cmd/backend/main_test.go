@@ -195,9 +195,9 @@ func TestRunOnRedisCluster(t *testing.T) {
 	servesLinksAndSecrets(t, p, "clustered")
 }
 
-// Behind Redis Sentinel (configured from the environment, as in the compose
-// stack), the backend follows a failover: what it wrote before is served
-// from the promoted replica.
+// Behind Redis Sentinel (configured from the environment), the backend
+// follows a failover: what it wrote before is served from the promoted
+// replica.
 func TestRunBehindRedisSentinel(t *testing.T) {
 	primary, replica := redistest.Start(t), redistest.Start(t)
 	replica.Follow(t, primary)
@@ -248,8 +248,7 @@ func servesLinksAndSecrets(t *testing.T, p *backendProc, slug string) {
 	}
 }
 
-// The Redis flags refuse what cannot work, saying why, before anything
-// is opened.
+// The Redis flags refuse what cannot work, saying why.
 func TestRunRefusesRedisFlagsThatCannotWork(t *testing.T) {
 	for _, c := range []struct {
 		args []string
