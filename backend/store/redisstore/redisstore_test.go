@@ -15,13 +15,24 @@ import (
 	"github.com/keygate/keygate/internal/redistest"
 )
 
-// TestConformance runs the shared suite on one real redis-server; every store
-// gets a prefix of its own, which also shows that prefixes keep stores apart.
+// TestConformance runs the shared suite on one real redis-server.
 func TestConformance(t *testing.T) {
-	srv := redistest.Start(t)
+	conformance(t, redisstore.Open, redistest.Start(t).URL())
+}
+
+// On a Redis Cluster the scripts' keys must share a slot (CROSSSLOT
+// otherwise): the whole suite runs on a real three-node cluster.
+func TestConformanceOnCluster(t *testing.T) {
+	conformance(t, redisstore.OpenCluster, redistest.StartCluster(t, 3).URL())
+}
+
+// conformance runs the shared suite on stores that open makes at url; every
+// store gets a prefix of its own, which also shows that prefixes keep
+// stores apart.
+func conformance(t *testing.T, open func(context.Context, string, string, store.Config) (*redisstore.Store, error), url string) {
 	var n atomic.Int64
 	storetest.Run(t, func(t *testing.T, cfg store.Config) store.Store {
-		s, err := redisstore.Open(context.Background(), srv.URL(), fmt.Sprintf("kgbtest%d:", n.Add(1)), cfg)
+		s, err := open(context.Background(), url, fmt.Sprintf("kgbtest%d:", n.Add(1)), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -93,21 +104,6 @@ func TestOpenBadURL(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "s3cr") {
 		t.Fatalf("a URL that does not parse: %v, want an error without its password", err)
 	}
-}
-
-// On a Redis Cluster the scripts' keys must share a slot (CROSSSLOT
-// otherwise): the whole suite runs on a real three-node cluster.
-func TestConformanceOnCluster(t *testing.T) {
-	cluster := redistest.StartCluster(t, 3)
-	var n atomic.Int64
-	storetest.Run(t, func(t *testing.T, cfg store.Config) store.Store {
-		s, err := redisstore.OpenCluster(context.Background(), cluster.URL(), fmt.Sprintf("kgbtest%d:", n.Add(1)), cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	})
 }
 
 // On a cluster the prefix is a hash tag: every key the backend writes is
