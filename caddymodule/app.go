@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -13,6 +12,7 @@ import (
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/caddymodule/store/localstore"
 	"github.com/keygate/keygate/caddymodule/store/redisstore"
+	"github.com/keygate/keygate/internal/redisurl"
 )
 
 func init() {
@@ -130,10 +130,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			}
 			s, err := redisstore.Open(a.Redis, time.Duration(a.Timeout))
 			if err != nil {
-				if strings.Contains(a.Redis, "addr=") {
-					err = fmt.Errorf("%w; addr options name more servers: add redis_cluster for a Redis Cluster's nodes, redis_sentinel <master name> for Sentinels", err)
-				}
-				return nil, err
+				return nil, redisurl.MoreServers(a.Redis, err, "redis_cluster", "redis_sentinel <master name>")
 			}
 			return s, nil
 		}

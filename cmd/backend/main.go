@@ -39,6 +39,7 @@ import (
 	"github.com/keygate/keygate/backend/store"
 	"github.com/keygate/keygate/backend/store/boltstore"
 	"github.com/keygate/keygate/backend/store/redisstore"
+	"github.com/keygate/keygate/internal/redisurl"
 )
 
 func main() {
@@ -251,9 +252,7 @@ func openStore(ctx context.Context, c config) (store.Store, error) {
 		st, err = redisstore.OpenSentinel(octx, r.url, r.sentinel, redisstore.DefaultPrefix, store.Config{})
 	default:
 		st, err = redisstore.Open(octx, r.url, redisstore.DefaultPrefix, store.Config{})
-		if err != nil && strings.Contains(r.url, "addr=") {
-			err = fmt.Errorf("%w; addr options name more servers: add -redis-cluster for a Redis Cluster's nodes, -redis-sentinel <master name> for Sentinels", err)
-		}
+		err = redisurl.MoreServers(r.url, err, "-redis-cluster", "-redis-sentinel <master name>")
 	}
 	if err != nil {
 		return nil, err // not a nil *Store in a non-nil interface

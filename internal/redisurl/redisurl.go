@@ -6,6 +6,7 @@ package redisurl
 
 import (
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 
@@ -28,6 +29,18 @@ func Parse(raw string) (*redis.Options, error) {
 		return nil, unquoted(err)
 	}
 	return opts, nil
+}
+
+// MoreServers adds to err, the failure to open url as one server's, that
+// the URL's addr options name more servers and which setting says what
+// they are: cluster for a Redis Cluster's nodes, sentinel for Sentinels
+// (each store names its own: a Caddyfile option, a flag). Any other err,
+// and nil, it returns as it is.
+func MoreServers(url string, err error, cluster, sentinel string) error {
+	if err == nil || !strings.Contains(url, "addr=") {
+		return err
+	}
+	return fmt.Errorf("%w; addr options name more servers: add %s for a Redis Cluster's nodes, %s for Sentinels", err, cluster, sentinel)
 }
 
 // ParseCluster is redis.ParseClusterURL (a seed node, more as addr

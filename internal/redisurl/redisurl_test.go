@@ -1,6 +1,7 @@
 package redisurl
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -73,5 +74,22 @@ func refusedUnquoted(t *testing.T, parse func(string) error, urls []string) {
 		if strings.Contains(err.Error(), "s3cr") {
 			t.Errorf("the error for %q quotes the password: %v", raw, err)
 		}
+	}
+}
+
+// A URL with addr options that one server's client refused gets the hint
+// naming the caller's settings; any other error, and none, stay as they are.
+func TestMoreServers(t *testing.T) {
+	refused := errors.New("refused")
+	err := MoreServers("redis://a:1?addr=b:2", refused, "redis_cluster", "redis_sentinel <master name>")
+	want := "refused; addr options name more servers: add redis_cluster for a Redis Cluster's nodes, redis_sentinel <master name> for Sentinels"
+	if !errors.Is(err, refused) || err.Error() != want {
+		t.Errorf("with addr options: %v, want %q wrapping the error", err, want)
+	}
+	if err := MoreServers("redis://a:1/0", refused, "c", "s"); err != refused {
+		t.Errorf("without addr options: %v, want the error as it is", err)
+	}
+	if err := MoreServers("redis://a:1?addr=b:2", nil, "c", "s"); err != nil {
+		t.Errorf("no error: %v, want nil", err)
 	}
 }
