@@ -299,25 +299,6 @@ func scriptCalls(ctx context.Context) int64 {
 	return stats["evalsha"].Calls + stats["eval"].Calls
 }
 
-// cpuTime is the CPU time (user + system) process pid has used so far, from
-// /proc (clock ticks of 10ms, so runs of seconds measure it to a few per cent).
-// Zero where /proc is not there.
-func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// fields after the command name, which may hold spaces: state is the
-	// first, utime the 12th and stime the 13th
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * (time.Second / 100) // USER_HZ is 100 on Linux
-}
-
 // routes are the same paths on both proxies, so the matching work is
 // identical; on keygate each carries its keygate handler.
 var routes = []struct{ path, keygate string }{
@@ -564,8 +545,8 @@ type result struct {
 	p50, p99 time.Duration
 	non2xx   int64
 	errors   int64
-	// CPU time per request of the proxy and of redis-server during the run
-	proxyCPU, redisCPU time.Duration
+	// CPU time per request during the run
+	cpu cpuUse
 	// scripts Redis ran per request during the run
 	storeCalls float64
 	// requests keygate leased during the run but did not admit in it
@@ -658,18 +639,28 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 	}
 	wctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
-	proxyBefore, redisBefore, callsBefore := cpuTime(p.pid), cpuTime(redisPID), scriptCalls(ctx)
+	callsBefore := scriptCalls(ctx)
 	before := readGatewayCounters(ctx, p)
-	out, err := exec.CommandContext(wctx, "wrk", args...).CombinedOutput()
+	cpuBefore := sampleCPU(p)
+	wrk := exec.CommandContext(wctx, "wrk", args...)
+	out, err := wrk.CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
-	proxyCPU, redisCPU, calls := cpuTime(p.pid)-proxyBefore, cpuTime(redisPID)-redisBefore, scriptCalls(ctx)-callsBefore
+	cpuAfter := sampleCPU(p)
+	calls := scriptCalls(ctx) - callsBefore
 	after := readGatewayCounters(ctx, p)
 	r, err := parseWrk(string(out))
 	if err == nil && r.requests > 0 {
-		r.proxyCPU = proxyCPU / time.Duration(r.requests)
-		r.redisCPU = redisCPU / time.Duration(r.requests)
+		n := time.Duration(r.requests)
+		r.cpu = cpuUse{
+			proxy:    (cpuAfter.proxy - cpuBefore.proxy) / n,
+			redis:    (cpuAfter.redis - cpuBefore.redis) / n,
+			upstream: (cpuAfter.upstream - cpuBefore.upstream) / n,
+			wrk:      (wrk.ProcessState.UserTime() + wrk.ProcessState.SystemTime()) / n,
+			machine:  (cpuAfter.machine - cpuBefore.machine) / n,
+			stolen:   (cpuAfter.stolen - cpuBefore.stolen) / n,
+		}
 		r.storeCalls = float64(calls) / float64(r.requests)
 		leased, fromLeases := after.leased-before.leased, after.leaseAdmitted-before.leaseAdmitted
 		r.leasedUnused = (leased - fromLeases) / float64(r.requests)
@@ -893,11 +884,11 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		kgP99                       time.Duration
 		ratios                      []float64
 		plainBad, kgBad, sockErrors int64
-		// CPU per request: plain Caddy, keygate, and Redis on keygate's runs
-		plainCPU, kgCPU, redisCPU time.Duration
-		storeCalls                float64 // per request, keygate's runs
-		leasedUnused              float64 // per request, keygate's runs
-		waited                    float64 // per request, keygate's runs
+		// CPU per request on plain Caddy's runs and on keygate's
+		plainCPU, kgCPU cpuUse
+		storeCalls      float64 // per request, keygate's runs
+		leasedUnused    float64 // per request, keygate's runs
+		waited          float64 // per request, keygate's runs
 	}
 	var rows []row
 	for _, c := range configs {
@@ -949,13 +940,14 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		}
 		rw := row{c: c}
 		var prps, krps []float64
-		var p50s, k50s, p99s, k99s, pcpu, kcpu, rcpu []time.Duration
+		var p50s, k50s, p99s, k99s []time.Duration
+		var pcpu, kcpu []cpuUse
 		var calls, unused, waited []float64
 		for i := range pr {
 			calls = append(calls, kr[i].storeCalls)
 			unused = append(unused, kr[i].leasedUnused)
 			waited = append(waited, kr[i].waited)
-			pcpu, kcpu, rcpu = append(pcpu, pr[i].proxyCPU), append(kcpu, kr[i].proxyCPU), append(rcpu, kr[i].redisCPU)
+			pcpu, kcpu = append(pcpu, pr[i].cpu), append(kcpu, kr[i].cpu)
 			prps, krps = append(prps, pr[i].rps), append(krps, kr[i].rps)
 			p50s, k50s = append(p50s, pr[i].p50), append(k50s, kr[i].p50)
 			p99s, k99s = append(p99s, pr[i].p99), append(k99s, kr[i].p99)
@@ -966,7 +958,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		}
 		rw.plainRPS, rw.kgRPS, rw.ratio = median(prps), median(krps), median(rw.ratios)
 		rw.plainP50, rw.kgP50, rw.plainP99, rw.kgP99 = medianDur(p50s), medianDur(k50s), medianDur(p99s), medianDur(k99s)
-		rw.plainCPU, rw.kgCPU, rw.redisCPU = medianDur(pcpu), medianDur(kcpu), medianDur(rcpu)
+		rw.plainCPU, rw.kgCPU = medianCPU(pcpu), medianCPU(kcpu)
 		rw.storeCalls, rw.leasedUnused, rw.waited = median(calls), median(unused), median(waited)
 		rows = append(rows, rw)
 		logf("%-26s c=%-3d plain %8.0f rps  %s %8.0f rps  ratio %.3f  (rounds: %s)  p50 %s / %s",
@@ -992,7 +984,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%.3f\t%d\t\n", r.c.name, r.c.conns, r.plainRPS, r.kgRPS, r.ratio,
 			fmtDur(r.plainP50), fmtDur(r.kgP50), fmtDur(r.kgP50-r.plainP50), fmtDur(r.plainP99), fmtDur(r.kgP99),
-			fmtMicros(r.plainCPU), fmtMicros(r.kgCPU), fmtMicros(r.redisCPU), r.storeCalls, r.waited, r.leasedUnused, r.plainBad+r.kgBad)
+			fmtMicros(r.plainCPU.proxy), fmtMicros(r.kgCPU.proxy), fmtMicros(r.kgCPU.redis), r.storeCalls, r.waited, r.leasedUnused, r.plainBad+r.kgBad)
 	}
 	tw.Flush()
 	fmt.Println()
@@ -1004,6 +996,24 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	fmt.Println("per request served; leased unused/req = requests keygate leased in a run and did not admit in")
 	fmt.Println("it (lapsed, or still held), per request served; socket errors:",
 		sumSockErrors(rows, func(r row) int64 { return r.sockErrors }))
+
+	// Where the CPU goes: wrk, the upstream, Redis and the proxy share the
+	// machine, so what one proxy makes the others do (headers to parse,
+	// segments to carry) costs throughput as much as its own work does.
+	fmt.Printf("\nCPU per request served (medians over rounds): on plain Caddy's runs | on %s's\n\n", kg.name)
+	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, strings.ReplaceAll("configuration\tconns\tproxy\tupstream\twrk\tredis\tother\tmachine\tstolen\t|\tkeygate\tupstream\twrk\tredis\tother\tmachine\tstolen\tΔmachine\t", "keygate", kg.name))
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%d\t%s|\t%s%s\t\n", r.c.name, r.c.conns, fmtCPUUse(r.plainCPU), fmtCPUUse(r.kgCPU), fmtMicros(r.kgCPU.machine-r.plainCPU.machine))
+	}
+	tw.Flush()
+	fmt.Println("\nupstream = this benchmark's own process, which serves it; other = the machine's busy CPU time")
+	fmt.Println("(/proc/stat: user, system, irq, softirq) that no process listed was charged: mostly the kernel's")
+	fmt.Println("loopback traffic, and anything else running; stolen = the time the hypervisor took the CPUs")
+	fmt.Println("away. Processes are charged for time stolen while they ran (other then comes out below zero):")
+	fmt.Println("read these columns from runs with little stolen time. In a closed loop on a busy machine the")
+	fmt.Println("machine column sets the throughput: where keygate's runs spend more of it than plain Caddy's")
+	fmt.Println("says where its gap is.")
 	return nil
 }
 
