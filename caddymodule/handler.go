@@ -26,8 +26,9 @@ func init() {
 //
 // A request it lets through has lost the credential headers (unless
 // keep_credentials) and any X-Keygate-* header the client sent, and carries
-// X-Keygate-Key-Id, X-Keygate-Key-Name, X-Keygate-Roles and X-Keygate-Owner
-// (or X-Keygate-Anonymous: true). The same values are the placeholders
+// X-Keygate-Key-Id, X-Keygate-Key-Name, and X-Keygate-Roles and
+// X-Keygate-Owner when the key has roles or an owner (or
+// X-Keygate-Anonymous: true). The same values are the placeholders
 // {keygate.key.id}, {keygate.key.name}, {keygate.key.roles},
 // {keygate.key.owner}, {keygate.key.prefix}, {keygate.anonymous} and
 // {http.auth.user.id}.

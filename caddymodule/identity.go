@@ -84,17 +84,25 @@ func (i *identity) hasAnyRole(roles []string) bool {
 	return false
 }
 
-// inject sets the identity headers and the {keygate.*} placeholders. The
-// headers' values are this request's own, one allocation for the four: a
-// later handler may write into them in place (request_header's replace
-// does), which must not reach other requests with the same key.
+// inject sets the identity headers and the {keygate.*} placeholders.
+// X-Keygate-Roles and X-Keygate-Owner go only with a key that has roles or
+// an owner: an empty header says no more than an absent one (the client's
+// were stripped), and each header costs every hop that parses, copies and
+// logs it (BenchmarkThroughCaddy). The headers' values are this request's
+// own, one allocation for them all: a later handler may write into them in
+// place (request_header's replace does), which must not reach other
+// requests with the same key.
 func (i *identity) inject(h http.Header, repl *caddy.Replacer) {
 	v := new([4]string)
 	*v = i.values
 	h[headerKeyID] = v[0:1:1]
 	h[headerKeyName] = v[1:2:2]
-	h[headerKeyRoles] = v[2:3:3]
-	h[headerKeyOwner] = v[3:4:4]
+	if v[2] != "" {
+		h[headerKeyRoles] = v[2:3:3]
+	}
+	if v[3] != "" {
+		h[headerKeyOwner] = v[3:4:4]
+	}
 	repl.Map(i.placeholders)
 }
 

@@ -32,6 +32,21 @@ func TestInjectAllocatesOnce(t *testing.T) {
 	}
 }
 
+// A key without roles or an owner sends neither header: absent says what
+// empty would, for less work at every hop. The id and the name always go.
+func TestInjectLeavesOutEmptyRolesAndOwner(t *testing.T) {
+	h := http.Header{}
+	newIdentity(&store.Key{ID: "0123456789abcdef", Name: "bench"}).inject(h, caddy.NewReplacer())
+	for _, name := range []string{headerKeyRoles, headerKeyOwner} {
+		if v, sent := h[name]; sent {
+			t.Errorf("%s sent as %q for a key without it", name, v)
+		}
+	}
+	if h.Get(headerKeyID) != "0123456789abcdef" || h.Get(headerKeyName) != "bench" || len(h) != 2 {
+		t.Errorf("headers %v, want the id and the name", h)
+	}
+}
+
 var identitySink *identity
 
 // A gateway keeps an identity for every key it has seen, which the GC

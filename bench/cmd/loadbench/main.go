@@ -366,16 +366,15 @@ func sameHeaders(anonymous bool) string {
 // sameRequestHeaders is what plain Caddy's reverse_proxy (-same-headers)
 // changes in the request it sends on, as keygate does: the key removed, the
 // identity headers (a 16-character key id, a name like the benchmark's
-// keys', no roles, no owner) or the anonymous marker added.
+// keys'; they have no roles and no owner, for which keygate sends no
+// header) or the anonymous marker added.
 func sameRequestHeaders(anonymous bool) string {
 	if anonymous {
 		return "\t\t\theader_up X-Keygate-Anonymous true\n"
 	}
 	return "\t\t\theader_up -Authorization\n" +
 		"\t\t\theader_up X-Keygate-Key-Id 0123456789abcdef\n" +
-		"\t\t\theader_up X-Keygate-Key-Name bench-1234\n" +
-		"\t\t\theader_up X-Keygate-Roles \"\"\n" +
-		"\t\t\theader_up X-Keygate-Owner \"\"\n"
+		"\t\t\theader_up X-Keygate-Key-Name bench-1234\n"
 }
 
 func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, withKeygate bool, redisURL, upstream, rateLimit string) (*proxy, error) {
