@@ -21,14 +21,14 @@ import (
 )
 
 // BenchmarkThroughCaddy is a request through a whole Caddy, in process:
-// client, server, handlers, reverse_proxy and an upstream, on loopback,
-// with plain reverse_proxy beside keygate's routes in the same server. Its
-// allocs/op and B/op do not move with a busy machine as the load
-// benchmark's throughput does: what a keygate route allocates beyond the
-// plain one is what keygate costs the whole exchange (its handler, the
-// headers it adds, and what the proxy, the upstream and the client do with
-// them), measured exactly. Run with -run '^$' (the package's tests load
-// their own configs into the one Caddy).
+// a client like wrk, the server, handlers, reverse_proxy and an upstream,
+// on loopback, with plain reverse_proxy beside keygate's routes in the same
+// server. Its allocs/op and B/op do not move with a busy machine as the
+// load benchmark's throughput does: what a keygate route allocates beyond
+// the plain one is what keygate costs the exchange (its handler, and what
+// the proxy and the upstream do with the headers it adds), measured
+// exactly. Run with -run '^$' (the package's tests load their own configs
+// into the one Caddy).
 func BenchmarkThroughCaddy(b *testing.B) {
 	srv := redistest.Start(b)
 	upstream := benchUpstream(b)
