@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strconv"
 	"testing"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
+	"github.com/keygate/keygate/internal/benchupstream"
 	"github.com/keygate/keygate/internal/freeport"
 	"github.com/keygate/keygate/internal/redistest"
 )
@@ -112,25 +112,15 @@ func loadCaddyfile(b *testing.B, cfg string) {
 	b.Cleanup(func() { _ = caddy.Stop() })
 }
 
-// benchUpstream is the load benchmark's upstream: a short text answer.
+// benchUpstream is the load benchmark's upstream, until the benchmark ends.
 func benchUpstream(b *testing.B) string {
 	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, stop, err := benchupstream.Start()
 	if err != nil {
 		b.Fatal(err)
 	}
-	body := []byte("ok\n")
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header()["Content-Type"] = []string{"text/plain"}
-			w.Header()["Content-Length"] = []string{"3"}
-			_, _ = w.Write(body)
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-	}
-	go func() { _ = srv.Serve(l) }()
-	b.Cleanup(func() { _ = srv.Close() })
-	return l.Addr().String()
+	b.Cleanup(stop)
+	return addr
 }
 
 // benchThrough sends b.N GETs to url, as wrk does: from 8 connections kept

@@ -40,6 +40,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keygate/keygate/internal/benchupstream"
 	"github.com/keygate/keygate/internal/freeport"
 	"github.com/keygate/keygate/internal/redisstats"
 )
@@ -253,22 +254,12 @@ func startRedis(ctx context.Context, procs *procSet, dir string) (string, error)
 // startUpstream serves a short body, as fast as Go's server does, in this
 // process (it is idle between runs and costs both proxies the same).
 func startUpstream() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, _, err := benchupstream.Start()
 	if err != nil {
 		return "", err
 	}
-	body := []byte("ok\n")
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header()["Content-Type"] = []string{"text/plain"}
-			w.Header()["Content-Length"] = []string{"3"}
-			_, _ = w.Write(body)
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-	}
-	go func() { _ = srv.Serve(l) }()
-	logf("upstream on %s", l.Addr())
-	return l.Addr().String(), nil
+	logf("upstream on %s", addr)
+	return addr, nil
 }
 
 // proxy is one running Caddy (plain or keygate).
