@@ -23,13 +23,13 @@ import (
 
 // BenchmarkThroughCaddy is a request through a whole Caddy, in process:
 // a client like wrk, the server, handlers, reverse_proxy and an upstream,
-// on loopback, with plain reverse_proxy beside keygate's routes in the same
-// server. Its allocs/op and B/op do not move with a busy machine as the
-// load benchmark's throughput does: what a keygate route allocates beyond
-// the plain one is what keygate costs the exchange (its handler, and what
-// the proxy and the upstream do with the headers it adds), measured
-// exactly. Beside them, plain Caddy configured to send the same headers
-// (header, header_up): keygate's work apart from what its headers cost.
+// on loopback, with plain reverse_proxy beside keygate's configurations.
+// Its allocs/op and B/op do not move with a busy machine as the load
+// benchmark's throughput does: what keygate allocates beyond plain Caddy is
+// what it costs the exchange (its handler, and what the proxy and the
+// upstream do with the headers it adds), measured exactly. Beside them,
+// plain Caddy configured to send the same headers (header, header_up):
+// keygate's work apart from what its headers cost.
 // Run with -run '^$' (the package's tests load their own configs into the
 // one Caddy).
 func BenchmarkThroughCaddy(b *testing.B) {
@@ -115,12 +115,12 @@ func benchUpstream(b *testing.B) string {
 	return addr
 }
 
-// benchThrough sends b.N GETs to url, as wrk does: from 8 connections kept
-// alive (4 per CPU), each request written from bytes built once and each
-// response read with no allocation of the client's, so that allocs/op and
-// B/op are the proxy's and the upstream's. Warm requests go unmeasured
-// first (pooled upstream connections, the key cache and a lease). Any
-// status but 200 fails it.
+// benchThrough sends b.N GETs of path to addr, as wrk does: from 4
+// connections per CPU kept alive, each request written from bytes built
+// once and each response read with no allocation of the client's, so that
+// allocs/op and B/op are the proxy's and the upstream's. Warm requests go
+// unmeasured first (pooled upstream connections, the key cache and a
+// lease). Any status but 200 fails it.
 func benchThrough(b *testing.B, addr, path, key string) {
 	request := "GET " + path + " HTTP/1.1\r\nHost: " + addr + "\r\n"
 	if key != "" {
