@@ -56,9 +56,9 @@ func BenchmarkThroughCaddy(b *testing.B) {
 		header_up X-Keygate-Key-Id 0123456789abcdef
 		header_up X-Keygate-Key-Name bench-1234
 	}`},
-		{"sliding_window", "keygate {\n\t\trate_limit 1000000000 1m\n\t\tlease 64\n\t}\n\treverse_proxy {upstream}"},
-		{"sliding_log", "keygate {\n\t\trate_limit 1000000000 1m\n\t\talgorithm sliding_log\n\t\tlease 64\n\t}\n\treverse_proxy {upstream}"},
-		{"anonymous", "keygate {\n\t\tanonymous 1000000000 1m\n\t\tlease 64\n\t}\n\treverse_proxy {upstream}"},
+		{"sliding_window", keygateSite("rate_limit 1000000000 1m")},
+		{"sliding_log", keygateSite("rate_limit 1000000000 1m\n\t\talgorithm sliding_log")},
+		{"anonymous", keygateSite("anonymous 1000000000 1m")},
 	}
 	cfg := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\tlevel WARN\n\t}\n\tkeygate {\n\t\tredis %s\n\t}\n}\n", srv.URL())
 	addrs := map[string]string{}
@@ -86,6 +86,13 @@ func BenchmarkThroughCaddy(b *testing.B) {
 			benchThrough(b, addrs[run.site], "/x", run.key)
 		})
 	}
+}
+
+// keygateSite is the body of a site with keygate (options, a limit no run
+// reaches, and lease 64, as the load benchmark's -lease 64) before
+// reverse_proxy.
+func keygateSite(options string) string {
+	return "keygate {\n\t\t" + options + "\n\t\tlease 64\n\t}\n\treverse_proxy {upstream}"
 }
 
 // loadCaddyfile runs cfg in this process's Caddy until the benchmark ends.
