@@ -55,6 +55,7 @@ var (
 	flagOnly     = flag.String("only", "", "comma-separated configuration names to run (default: all), e.g. 1key/sliding_window,anon/sliding_log")
 	flagPprof    = flag.String("pprof", "", "directory: save a CPU profile and an allocs profile of each proxy during the first round of each configuration (<config>-c<conns>-<proxy>.cpu.pprof; compare with go tool pprof -diff_base)")
 	flagWork     = flag.String("workdir", "", "directory for binaries, configs and logs (default: a temp dir, removed at exit)")
+	flagStore    = flag.String("store", "redis", "keygate's store: redis (a redis-server the benchmark starts, as several gateways share one) or embedded (keygate's default, in process: no network store, so the ratios are keygate's own cost; -lease and -accuracy need redis)")
 	flagLease    = flag.Int("lease", 0, "keygate's lease option on every route (0: off, every request counted in Redis)")
 	flagLeaseUp  = flag.Duration("lease-warmup", 3*time.Minute, "with -lease: at most this long of unmeasured keygate runs before a configuration's first round, in slices of 30 s until its store calls per request stop falling, so its leases have grown to the size the load keeps them at, as in service (a lease at most doubles per grant)")
 	flagControl  = flag.Bool("control", false, "a second plain Caddy takes keygate's place: the ratios then measure this machine's noise, the same proxy against itself")
@@ -87,10 +88,23 @@ func run(ctx context.Context) error {
 	if *flagControl && (*flagLease > 0 || *flagAccuracy) {
 		return errors.New("-control runs plain Caddy on both sides: -lease and -accuracy do not apply")
 	}
+	switch *flagStore {
+	case "redis":
+	case "embedded":
+		if *flagLease > 0 || *flagAccuracy || *flagControl {
+			return errors.New("-store embedded: -lease, -accuracy and -control need the Redis store (the embedded store limits in process: a lease would save nothing)")
+		}
+	default:
+		return fmt.Errorf("-store %q: redis or embedded", *flagStore)
+	}
 	if *flagPaced < 0 || *flagPaced >= 1 {
 		return fmt.Errorf("-paced %v: a fraction of plain Caddy's throughput, above 0 and below 1", *flagPaced)
 	}
-	for _, tool := range []string{"redis-server", "go"} {
+	tools := []string{"go"}
+	if *flagStore == "redis" {
+		tools = append(tools, "redis-server")
+	}
+	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found in PATH (apt-get install redis-server; ./bench/run installs it)", tool)
 		}
@@ -117,9 +131,13 @@ func run(ctx context.Context) error {
 	if err := build(ctx, dir); err != nil {
 		return err
 	}
-	redisURL, err := startRedis(ctx, &procs, dir)
-	if err != nil {
-		return err
+	redisURL := "" // the embedded store
+	if *flagStore == "redis" {
+		url, err := startRedis(ctx, &procs, dir)
+		if err != nil {
+			return err
+		}
+		redisURL = url
 	}
 	upstream, err := startUpstream()
 	if err != nil {
@@ -271,7 +289,8 @@ type proxy struct {
 }
 
 // redisPID is the benchmark's redis-server, whose CPU time each run
-// reports, and redisClient reads its command counts.
+// reports, and redisClient reads its command counts (0 and nil with
+// -store embedded: no Redis runs).
 var (
 	redisPID    int
 	redisClient *redis.Client
@@ -282,6 +301,9 @@ var (
 // per request shows how many requests leases admit without one. Zero when
 // Redis does not say.
 func scriptCalls(ctx context.Context) int64 {
+	if redisClient == nil {
+		return 0
+	}
 	info, err := redisClient.Info(ctx, "commandstats").Result()
 	if err != nil {
 		return 0
@@ -301,11 +323,13 @@ var routes = []struct{ path, keygate string }{
 
 // caddyfile renders the config of one proxy. Both use reverse_proxy with
 // its default transport (keep-alive to the upstream, pooled); they differ
-// only by the keygate handlers and the keygate global option.
+// only by the keygate handlers and the keygate global option, which names
+// the Redis store (redisURL; empty: keygate's embedded store, which needs
+// no global option).
 func caddyfile(withKeygate bool, site, admin, redisURL, upstream string, rateLimit string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "{\n\tadmin %s\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\tlevel WARN\n\t}\n", admin)
-	if withKeygate {
+	if withKeygate && redisURL != "" {
 		fmt.Fprintf(&b, "\tkeygate {\n\t\tredis %s\n\t}\n", redisURL)
 	}
 	fmt.Fprintf(&b, "}\n\nhttp://%s {\n", site)
@@ -962,6 +986,9 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		kg.name, *flagThreads, *flagDuration, *flagRounds, numCPU())
 	if *flagControl {
 		fmt.Print("control: plain Caddy in keygate's place; its ratios are this machine's noise\n\n")
+	}
+	if *flagStore == "embedded" {
+		fmt.Print("embedded store: keygate keeps its keys and limits in process, no Redis; the ratios are\nkeygate's own cost (every request is a store call of its own: waited/req 1)\n\n")
 	}
 	if *flagSameHdrs {
 		fmt.Print("same headers: plain Caddy sends the headers keygate adds and drops the key; the ratios are\nkeygate's work beyond what its headers cost\n\n")
