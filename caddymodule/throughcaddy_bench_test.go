@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
+	"github.com/keygate/keygate/internal/benchheaders"
 	"github.com/keygate/keygate/internal/benchupstream"
 	"github.com/keygate/keygate/internal/freeport"
 	"github.com/keygate/keygate/internal/redistest"
@@ -40,22 +41,11 @@ func BenchmarkThroughCaddy(b *testing.B) {
 	// costs allocations of its own, and the figures would depend on the
 	// order of the blocks.
 	sites := []struct{ name, body string }{
-		{"plain", "reverse_proxy {upstream}"},
+		{"plain", "\treverse_proxy {upstream}\n"},
 		// plain Caddy sending what keygate sends (the load benchmark's
 		// -same-headers): the rate-limit headers, and upstream the key's
 		// id and name in place of the key
-		{"plain-same-headers", `header {
-		X-Ratelimit-Limit 1000000000
-		X-Ratelimit-Remaining 999999999
-		X-Ratelimit-Reset 1764650000000
-		Ratelimit-Policy "\"key\";q=1000000000;w=60"
-		Ratelimit "\"key\";r=999999999;t=60"
-	}
-	reverse_proxy {upstream} {
-		header_up -Authorization
-		header_up X-Keygate-Key-Id 0123456789abcdef
-		header_up X-Keygate-Key-Name bench-1234
-	}`},
+		{"plain-same-headers", benchheaders.Response("\t", false) + "\treverse_proxy {upstream} {\n" + benchheaders.Upstream("\t\t", false) + "\t}\n"},
 		{"sliding_window", keygateSite("rate_limit 1000000000 1m")},
 		{"sliding_log", keygateSite("rate_limit 1000000000 1m\n\t\talgorithm sliding_log")},
 		{"anonymous", keygateSite("anonymous 1000000000 1m")},
@@ -64,7 +54,7 @@ func BenchmarkThroughCaddy(b *testing.B) {
 	addrs := map[string]string{}
 	for _, site := range sites {
 		addrs[site.name] = "127.0.0.1:" + strconv.Itoa(freeport.Get(b))
-		cfg += fmt.Sprintf("http://%s {\n\t%s\n\thandle_errors {\n\t\tkeygate_errors\n\t}\n}\n",
+		cfg += fmt.Sprintf("http://%s {\n%s\thandle_errors {\n\t\tkeygate_errors\n\t}\n}\n",
 			addrs[site.name], strings.ReplaceAll(site.body, "{upstream}", upstream))
 	}
 	loadCaddyfile(b, cfg)
@@ -92,7 +82,7 @@ func BenchmarkThroughCaddy(b *testing.B) {
 // reaches, and lease 64, as the load benchmark's -lease 64) before
 // reverse_proxy.
 func keygateSite(options string) string {
-	return "keygate {\n\t\t" + options + "\n\t\tlease 64\n\t}\n\treverse_proxy {upstream}"
+	return "\tkeygate {\n\t\t" + options + "\n\t\tlease 64\n\t}\n\treverse_proxy {upstream}\n"
 }
 
 // loadCaddyfile runs cfg in this process's Caddy until the benchmark ends.

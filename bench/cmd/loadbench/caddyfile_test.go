@@ -57,6 +57,11 @@ func TestCaddyfilesAdaptForEveryStoreAndMode(t *testing.T) {
 			if want := map[bool]int{true: len(routes)}[tc.withKeygate]; handlers != want {
 				t.Errorf("%d keygate handlers, want %d", handlers, want)
 			}
+			for _, h := range []string{"Ratelimit-Policy", "X-Keygate-Key-Id"} {
+				if sent := strings.Contains(string(out), h); sent != tc.same {
+					t.Errorf("plain Caddy sets %s: %v, want %v", h, sent, tc.same)
+				}
+			}
 			if leases := strings.Count(string(out), `"lease":64`); tc.lease > 0 && leases != len(routes) || tc.lease == 0 && leases != 0 {
 				t.Errorf("%d routes with a lease, want %d", leases, map[bool]int{true: len(routes)}[tc.lease > 0])
 			}

@@ -40,6 +40,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keygate/keygate/internal/benchheaders"
 	"github.com/keygate/keygate/internal/benchupstream"
 	"github.com/keygate/keygate/internal/freeport"
 	"github.com/keygate/keygate/internal/redisstats"
@@ -347,8 +348,8 @@ func caddyfile(withKeygate bool, site, admin, redisURL, upstream string, rateLim
 		}
 		if !withKeygate && *flagSameHdrs {
 			anonymous := strings.HasPrefix(r.path, "/anon/")
-			b.WriteString(sameHeaders(anonymous))
-			fmt.Fprintf(&b, "\t\treverse_proxy %s {\n%s\t\t}\n\t}\n", upstream, sameRequestHeaders(anonymous))
+			b.WriteString(benchheaders.Response("\t\t", anonymous))
+			fmt.Fprintf(&b, "\t\treverse_proxy %s {\n%s\t\t}\n\t}\n", upstream, benchheaders.Upstream("\t\t\t", anonymous))
 			continue
 		}
 		fmt.Fprintf(&b, "\t\treverse_proxy %s\n\t}\n", upstream)
@@ -358,38 +359,6 @@ func caddyfile(withKeygate bool, site, admin, redisURL, upstream string, rateLim
 	}
 	b.WriteString("}\n")
 	return b.String()
-}
-
-// sameHeaders is the header directive that has plain Caddy (-same-headers)
-// send the rate-limit headers keygate sends on a route, with values as long
-// as those the benchmark's requests get: the same bytes for the client to
-// read, set before reverse_proxy as keygate sets them.
-func sameHeaders(anonymous bool) string {
-	name := "key"
-	if anonymous {
-		name = "ip"
-	}
-	return "\t\theader {\n" +
-		"\t\t\tX-Ratelimit-Limit 1000000000\n" +
-		"\t\t\tX-Ratelimit-Remaining 999999999\n" +
-		"\t\t\tX-Ratelimit-Reset 1764650000000\n" +
-		"\t\t\tRatelimit-Policy `\"" + name + "\";q=1000000000;w=60`\n" +
-		"\t\t\tRatelimit `\"" + name + "\";r=999999999;t=60`\n" +
-		"\t\t}\n"
-}
-
-// sameRequestHeaders is what plain Caddy's reverse_proxy (-same-headers)
-// changes in the request it sends on, as keygate does: the key removed, the
-// identity headers (a 16-character key id, a name like the benchmark's
-// keys'; they have no roles and no owner, for which keygate sends no
-// header) or the anonymous marker added.
-func sameRequestHeaders(anonymous bool) string {
-	if anonymous {
-		return "\t\t\theader_up X-Keygate-Anonymous true\n"
-	}
-	return "\t\t\theader_up -Authorization\n" +
-		"\t\t\theader_up X-Keygate-Key-Id 0123456789abcdef\n" +
-		"\t\t\theader_up X-Keygate-Key-Name bench-1234\n"
 }
 
 func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, withKeygate bool, redisURL, upstream, rateLimit string) (*proxy, error) {
