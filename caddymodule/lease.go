@@ -65,7 +65,8 @@ import (
 // The size of a lease follows the subject's traffic: its pace is the
 // requests admitted from the last grant to now (so an idle while slows it),
 // and a lease is at most twice the size of the last one asked for (a grant
-// that tops up what is held does not lower that), so that a burst of a few
+// that tops up what is held does not lower that, nor one that a window's
+// end cut short, sizeCutByWindow), so that a burst of a few
 // requests never leases the maximum, which the limit would count whether
 // or not it is used: a subject seen once in a while asks for one request
 // at a time, a busy one grows to the configured maximum in a few grants.
@@ -525,6 +526,27 @@ func fit(n float64, most int64) int64 {
 	return max(int64(min(math.Ceil(n), float64(most))), 1)
 }
 
+// sizeCutByWindow is the size a sliding_window lease that starts over (what
+// it held spent or ended) keeps, of size before, when the store granted it
+// took requests for length: those the window's end left room for. Near
+// that end the ask is small because the window is short, not because the
+// key slowed down; recorded as the lease's size, it would have the next
+// window's first lease start again from twice that, and a key seen a few
+// times a minute would make several store calls a window growing it back.
+// So the size stays as it was, up to what took would come to at the same
+// pace over the longest a lease of window lasts (a window, at most
+// store.MaxLease). A key that did slow down asks for less over that too,
+// and its size falls to that. 0 (keeps nothing) under sliding_log, whose
+// leases do not end with a window.
+func (t *leaseTable) sizeCutByWindow(size, took int64, length, window time.Duration) int64 {
+	longest := min(window, store.MaxLease)
+	if t.algorithm != store.SlidingWindow || length <= 0 || length >= longest {
+		return 0
+	}
+	overLongest := float64(took) * float64(longest) / float64(length)
+	return int64(min(float64(size), overLongest))
+}
+
 // holdMost is the most a gateway holds of policy's limit with the refills
 // it asks ahead for, what is left and what they ask for: twice the
 // configured lease, or a hundredth of the limit if more. Beyond a lease,
@@ -596,8 +618,12 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 	overtaken := false
 	switch {
 	case l.epoch != epoch || l.left(start) == 0:
+		size := max(ask.Take, 1)
+		if l.epoch == epoch {
+			size = max(size, t.sizeCutByWindow(l.size, ask.Take, d.Lease, k.policy.Window))
+		}
 		l.grants = append(l.grants[:0], g)
-		l.ends, l.remaining, l.epoch, l.size = ends, d.Remaining, epoch, max(ask.Take, 1)
+		l.ends, l.remaining, l.epoch, l.size = ends, d.Remaining, epoch, size
 	case start < l.since:
 		// Asked before the grant last recorded, back after it (a refill
 		// ahead overtaken by a request that found the lease spent, or one

@@ -1019,7 +1019,7 @@ func TestRefilledLeasesDoNotLapse(t *testing.T) {
 	k := leaseKey{kind: 's', subject: "192.0.2.1", policy: store.Policy{Limit: 1_000_000, Window: time.Hour}}
 	t0 := time.Unix(1_800_000_000, 0)
 	tbl := newLeaseTable(64, store.SlidingLog)
-	calls, granted, admitted := steadyTraffic(tbl, k, t0, t0.Add(200*time.Second), 10*time.Millisecond) // 20,000
+	calls, granted, admitted := steadyTraffic(tbl, k, t0, t0.Add(200*time.Second), 10*time.Millisecond, false) // 20,000
 	if unused := granted - admitted; unused > 64 || calls > 20_000/40 {
 		t.Fatalf("%d store calls, %d leased, %d admitted from leases: %d unused", calls, granted, admitted, unused)
 	}
@@ -1036,19 +1036,27 @@ func TestWindowLeasesEndWithTheirWindow(t *testing.T) {
 	for _, c := range []struct {
 		name          string
 		every         time.Duration
-		calls, unused int64 // at most, in 20 one-minute windows
+		pairs         bool          // each request followed 10ms later by another
+		into          time.Duration // into its window when the traffic starts
+		calls, unused int64         // at most, in 20 one-minute windows
 	}{
 		// one call a window, and a few to grow the lease (was 44 calls, 203
 		// unused; 2 unused while a refill ahead counted its request twice)
-		{"seen every 1.5s", 1500 * time.Millisecond, 20 + 8, 1},
+		{"seen every 1.5s", 1500 * time.Millisecond, false, 0, 20 + 8, 1},
+		{"seen every 1.5s from late in a window", 1500 * time.Millisecond, false, 50 * time.Second, 20 + 8, 1},
+		// two at once, as from a client's two connections: a lease sized
+		// for the pace is spent a moment before its window ends, and the
+		// top-up asked then is small; it does not shrink the size the next
+		// window's lease may grow from (was 83 calls: 3 to 5 a window)
+		{"two every 3s from late in a window", 3 * time.Second, true, 50 * time.Second, 2*20 + 8, 20},
 		// one call per 64 requests (was 1,905 calls, 1,599 unused; 20 unused
 		// while a refill ahead counted its request twice)
-		{"100 a second", 10 * time.Millisecond, 20*6000/64 + 40, 10},
+		{"100 a second", 10 * time.Millisecond, false, 0, 20*6000/64 + 40, 10},
 	} {
 		k := leaseKey{kind: 's', subject: "192.0.2.1", policy: store.Policy{Limit: 1_000_000, Window: time.Minute}}
 		tbl := newLeaseTable(64, store.SlidingWindow)
-		t0 := time.Unix(1_800_000_000, 0)
-		calls, granted, admitted := steadyTraffic(tbl, k, t0, t0.Add(20*time.Minute), c.every)
+		t0 := time.Unix(1_800_000_000, 0).Add(c.into)
+		calls, granted, admitted := steadyTraffic(tbl, k, t0, t0.Add(20*time.Minute), c.every, c.pairs)
 		held := tbl.shard(k).leases[k].left(instantOf(t0.Add(20 * time.Minute)))
 		if unused := granted - admitted - held; calls > c.calls || unused > c.unused {
 			t.Errorf("%s: %d store calls, %d leased, %d admitted from leases, %d held: %d unused", c.name, calls, granted, admitted, held, unused)
@@ -1057,18 +1065,25 @@ func TestWindowLeasesEndWithTheirWindow(t *testing.T) {
 }
 
 // steadyTraffic sends k a request every interval from t0 until end
-// through tbl (oneRequest). It returns the store calls made, the requests
-// leased beyond the asking ones, and the requests admitted from leases.
-func steadyTraffic(tbl *leaseTable, k leaseKey, t0, end time.Time, every time.Duration) (calls, granted, admitted int64) {
+// through tbl (oneRequest), with pairs another 10ms after each. It returns
+// the store calls made, the requests leased beyond the asking ones, and
+// the requests admitted from leases.
+func steadyTraffic(tbl *leaseTable, k leaseKey, t0, end time.Time, every time.Duration, pairs bool) (calls, granted, admitted int64) {
 	for now := t0; now.Before(end); now = now.Add(every) {
-		fromLease, called, leased := oneRequest(tbl, k, now)
-		if fromLease {
-			admitted++
+		at := []time.Time{now}
+		if pairs {
+			at = append(at, now.Add(10*time.Millisecond))
 		}
-		if called {
-			calls++
+		for _, now := range at {
+			fromLease, called, leased := oneRequest(tbl, k, now)
+			if fromLease {
+				admitted++
+			}
+			if called {
+				calls++
+			}
+			granted += leased
 		}
-		granted += leased
 	}
 	return calls, granted, admitted
 }
