@@ -1,9 +1,10 @@
 // Command loadbench measures what keygate costs per request: it builds plain
-// Caddy and keygate from this module, starts a real redis-server and a tiny
-// upstream, and drives both proxies with the same wrk load, alternating
-// rounds so that drift of a shared machine hits both alike. It prints, per
-// configuration, requests/s and p50/p99 latency of each and the ratio
-// keygate/plain (median over rounds).
+// Caddy and keygate from this module, starts a real redis-server (none with
+// -store embedded, keygate's in-process store) and a tiny upstream, and
+// drives both proxies with the same wrk load, alternating rounds so that
+// drift of a shared machine hits both alike. It prints, per configuration,
+// requests/s and p50/p99 latency of each and the ratio keygate/plain
+// (median over rounds).
 //
 // With -accuracy it instead runs three keygate instances on one Redis and
 // many concurrent clients on one key, and reports how many requests each
@@ -685,10 +686,8 @@ const leaseWarmupSlice = 30 * time.Second
 // of requests (the least a lease allows), or -lease-warmup is spent. A busy
 // key gets there in the first slice; 10,000 keys, each seen every second or
 // two and each lease at most twice the one before, take minutes, their
-// store calls falling slice by slice with a slice's noise on top (a rule
-// that stopped at the first slice not lower than the one before stopped
-// them after 2 of the 3 minutes, at 0.10 store calls a request where the
-// next configuration, on the same keys, went on down to 0.04).
+// store calls falling slice by slice with a slice's noise on top: a slice
+// that makes no fewer than the one before does not say they stopped.
 func warmLeases(ctx context.Context, dir string, kg *proxy, c config) error {
 	start := time.Now()
 	var trace []string
