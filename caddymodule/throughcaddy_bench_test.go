@@ -46,9 +46,9 @@ func BenchmarkThroughCaddy(b *testing.B) {
 		// -same-headers): the rate-limit headers, and upstream the key's
 		// id and name in place of the key
 		{"plain-same-headers", benchheaders.Response("\t", false) + "\treverse_proxy {upstream} {\n" + benchheaders.Upstream("\t\t", false) + "\t}\n"},
-		{"sliding_window", keygateSite("rate_limit 1000000000 1m")},
-		{"sliding_log", keygateSite("rate_limit 1000000000 1m\n\t\talgorithm sliding_log")},
-		{"anonymous", keygateSite("anonymous 1000000000 1m")},
+		{"sliding_window", keygateSite("rate_limit " + benchheaders.Limit)},
+		{"sliding_log", keygateSite("rate_limit " + benchheaders.Limit + "\n\t\talgorithm sliding_log")},
+		{"anonymous", keygateSite("anonymous " + benchheaders.Limit)},
 	}
 	cfg := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\tlevel WARN\n\t}\n\tkeygate {\n\t\tredis %s\n\t}\n}\n", srv.URL())
 	addrs := map[string]string{}

@@ -11,8 +11,13 @@ package benchheaders
 
 import "strings"
 
+// Limit is the limit of keygate's routes in the benchmarks, as the
+// Caddyfile's rate_limit and anonymous take it: high enough that no run is
+// ever refused. Response's values are what it gives.
+const Limit = "1000000000 1m"
+
 // Response is a header directive that sets the rate-limit headers keygate
-// sets under the benchmarks' limit (10⁹ requests a minute), with values as
+// sets under the benchmarks' Limit (10⁹ requests a minute), with values as
 // long as those their requests get, for a key's limit or, anonymous, a
 // client IP's: set before reverse_proxy, as keygate sets them.
 func Response(indent string, anonymous bool) string {
