@@ -116,6 +116,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.FailOpenGrace = caddy.Duration(5 * time.Minute)
 	}
 	a.metrics = newMetrics(ctx.GetMetricsRegistry())
+	a.metrics.timeStoreCalls = a.Redis != ""
 
 	var open func() (store.Store, error)
 	if a.Redis != "" {

@@ -213,7 +213,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 		// Cold path: first sight of this key on this gateway.
 		start := time.Now()
 		id, err := shared.KeyIDByHash(ctx, hash)
-		h.app.metrics.observeStore("lookup", start, err)
+		h.app.metrics.observeStore(storeLookup, start, err)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			shared.keys.markUnknown(hash, now)
@@ -442,7 +442,7 @@ func (h *Handler) checkKey(ctx context.Context, start time.Time, keyID string, h
 		Algorithm: h.Algorithm,
 		Ask:       ask,
 	})
-	h.app.metrics.observeStore("check", start, err)
+	h.app.metrics.observeStore(storeCheck, start, err)
 	return v, err
 }
 
@@ -450,7 +450,7 @@ func (h *Handler) checkKey(ctx context.Context, start time.Time, keyID string, h
 // refill): take ask from subject's limit. It began at start.
 func (h *Handler) limitSubject(ctx context.Context, start time.Time, subject string, ask store.Ask) (store.Decision, error) {
 	d, err := h.app.shared.Limit(ctx, subject, h.anonPolicy, h.Algorithm, ask)
-	h.app.metrics.observeStore("limit", start, err)
+	h.app.metrics.observeStore(storeLimit, start, err)
 	return d, err
 }
 

@@ -34,12 +34,25 @@ var outcomeNames = [numOutcomes]string{
 	"client_gone",
 }
 
+// storeOp is a kind of store call: the label of keygate_store_*.
+type storeOp int
+
+const (
+	storeLookup storeOp = iota // a key's id by its hash: first sight of a key
+	storeCheck                 // a key validated and counted
+	storeLimit                 // an anonymous client counted
+	numStoreOps
+)
+
+var storeOpNames = [numStoreOps]string{"lookup", "check", "limit"}
+
 // metrics are keygate's Prometheus collectors, registered in Caddy's
 // registry (served by the admin API's /metrics and the metrics handler).
 type metrics struct {
+	// each series looked up once, not by its label on every request
 	decisions     [numOutcomes]prometheus.Counter
-	storeDuration *prometheus.HistogramVec
-	storeErrors   *prometheus.CounterVec
+	storeDuration [numStoreOps]prometheus.Observer
+	storeErrors   [numStoreOps]prometheus.Counter
 	// Requests leased beyond the asking ones (all of a refill ahead), and
 	// those admitted from leases: what a gateway leased and did not admit
 	// was counted against limits unused (lapsed, or still held), the
@@ -48,6 +61,9 @@ type metrics struct {
 	// Requests that found their lease spent and waited for its refill on
 	// its way: a refill that came later than the lease lasted.
 	refillWaits prometheus.Counter
+	// timeStoreCalls is false on the embedded store, whose calls run in
+	// process: timing them would cost more than they do.
+	timeStoreCalls bool
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -60,17 +76,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for i, name := range outcomeNames {
 		m.decisions[i] = decisions.WithLabelValues(name)
 	}
-	m.storeDuration = promauto.With(reg).NewHistogramVec(prometheus.HistogramOpts{
+	storeDuration := promauto.With(reg).NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "keygate",
 		Name:      "store_duration_seconds",
-		Help:      "Latency of key store calls (one Redis round trip each on Redis), by operation.",
+		Help:      "Latency of key store calls, one Redis round trip each (not kept for the embedded store, whose calls run in process), by operation.",
 		Buckets:   []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 	}, []string{"op"})
-	m.storeErrors = promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
+	storeErrors := promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
 		Namespace: "keygate",
 		Name:      "store_errors_total",
 		Help:      "Key store calls that failed, by operation.",
 	}, []string{"op"})
+	for i, name := range storeOpNames {
+		m.storeDuration[i] = storeDuration.WithLabelValues(name)
+		m.storeErrors[i] = storeErrors.WithLabelValues(name)
+	}
 	m.leaseGranted = promauto.With(reg).NewCounter(prometheus.CounterOpts{
 		Namespace: "keygate",
 		Name:      "lease_granted_requests_total",
@@ -114,12 +134,14 @@ func (m *metrics) decision(o outcome) prometheus.Counter { return m.decisions[o]
 // observeStore records a store call that began at start and ended with
 // err. One that ended because its request did (the client left) is not the
 // store's failure, nor a measure of how long the store takes.
-func (m *metrics) observeStore(op string, start time.Time, err error) {
+func (m *metrics) observeStore(op storeOp, start time.Time, err error) {
 	if clientLeft(err) {
 		return
 	}
-	m.storeDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	if m.timeStoreCalls {
+		m.storeDuration[op].Observe(time.Since(start).Seconds())
+	}
 	if err != nil {
-		m.storeErrors.WithLabelValues(op).Inc()
+		m.storeErrors[op].Inc()
 	}
 }
