@@ -463,12 +463,14 @@ func clientSubject(r *http.Request) string {
 	if err != nil {
 		return "ip:" + ipStr
 	}
+	// built in a buffer on the stack: one allocation, the string itself
+	var buf [len("ip6:") + len("ffff:ffff:ffff:ffff::/64")]byte
 	ip = ip.Unmap()
 	if ip.Is6() {
 		prefix, _ := ip.WithZone("").Prefix(64)
-		return "ip6:" + prefix.String()
+		return string(prefix.AppendTo(append(buf[:0], "ip6:"...)))
 	}
-	return "ip:" + ip.String()
+	return string(ip.AppendTo(append(buf[:0], "ip:"...)))
 }
 
 // failOpen reports whether a keyed request may pass while the store is

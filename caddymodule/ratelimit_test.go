@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
 	"github.com/keygate/keygate/caddymodule/store"
 )
 
@@ -46,5 +48,31 @@ func TestRateLimitHeaders(t *testing.T) {
 				t.Errorf("Remaining after Add to Limit: %q", got)
 			}
 		})
+	}
+}
+
+// TestClientSubject checks the anonymous rate-limit subject: one per IPv4
+// address (an IPv4-mapped IPv6 address is the same client), one per IPv6
+// /64, and one allocation.
+func TestClientSubject(t *testing.T) {
+	for ip, want := range map[string]string{
+		"203.0.113.9":                             "ip:203.0.113.9",
+		"::ffff:203.0.113.9":                      "ip:203.0.113.9",
+		"2001:db8:1:2:aaaa:bbbb:cccc:dddd":        "ip6:2001:db8:1:2::/64",
+		"2001:db8:1:2::1%eth0":                    "ip6:2001:db8:1:2::/64",
+		"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff": "ip6:ffff:ffff:ffff:ffff::/64",
+		"not an ip":                               "ip:not an ip",
+	} {
+		r := benchRequest()
+		caddyhttp.SetVar(r.Context(), caddyhttp.ClientIPVarKey, ip)
+		if got := clientSubject(r); got != want {
+			t.Errorf("clientSubject(%q) = %q, want %q", ip, got, want)
+		}
+		if ip == "not an ip" {
+			continue
+		}
+		if n := testing.AllocsPerRun(100, func() { _ = clientSubject(r) }); n != 1 {
+			t.Errorf("clientSubject(%q): %v allocations, want 1", ip, n)
+		}
 	}
 }
