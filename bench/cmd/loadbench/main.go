@@ -975,7 +975,9 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	}
 	tw.Flush()
 	fmt.Println()
-	fmt.Print(targets(rows, func(r row) (int, float64, time.Duration) { return r.c.conns, r.ratio, r.kgP50 - r.plainP50 }))
+	fmt.Print(targets(rows, func(r row) targetRow {
+		return targetRow{conns: r.c.conns, ratio: r.ratio, rounds: r.ratios, dp50: r.kgP50 - r.plainP50}
+	}))
 	fmt.Println("\nratio = keygate rps / plain rps per round, median over rounds; CPU/req = CPU time of the proxy")
 	fmt.Println("(and of redis-server during keygate's runs) over the requests served; store calls/req = scripts")
 	fmt.Println("Redis ran per request keygate served; waited/req = requests keygate admitted only after a store")
@@ -1002,52 +1004,6 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	fmt.Println("machine column sets the throughput: where keygate's runs spend more of it than plain Caddy's")
 	fmt.Println("says where its gap is.")
 	return nil
-}
-
-// The targets the benchmark is held to (issue 5): keygate serves at least
-// targetRatio of plain Caddy's requests per second, with a p50 no more
-// than targetP50 above plain Caddy's.
-const (
-	targetRatio = 0.90
-	targetP50   = 150 * time.Microsecond
-)
-
-// targets says, per connection count, how many of rows meet each target,
-// and the mean ratio: the ratios of single rows swing by several hundredths
-// from run to run on a shared machine (-control shows how far), so the
-// mean says more than any one row.
-func targets[T any](rows []T, of func(T) (conns int, ratio float64, dp50 time.Duration)) string {
-	type tally struct {
-		n, ratioMet, p50Met int
-		ratioSum            float64
-	}
-	var order []int
-	by := map[int]*tally{}
-	for _, r := range rows {
-		c, ratio, dp50 := of(r)
-		t := by[c]
-		if t == nil {
-			t = &tally{}
-			by[c] = t
-			order = append(order, c)
-		}
-		t.n++
-		t.ratioSum += ratio
-		if ratio >= targetRatio {
-			t.ratioMet++
-		}
-		if dp50 <= targetP50 {
-			t.p50Met++
-		}
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "targets: ratio >= %.2f and p50 within %s of plain Caddy's\n", targetRatio, fmtDur(targetP50))
-	for _, c := range order {
-		t := by[c]
-		fmt.Fprintf(&b, "  %3d conns: ratio met in %d of %d rows (mean %.3f), p50 in %d of %d\n",
-			c, t.ratioMet, t.n, t.ratioSum/float64(t.n), t.p50Met, t.n)
-	}
-	return b.String()
 }
 
 func sumSockErrors[T any](rows []T, f func(T) int64) int64 {
