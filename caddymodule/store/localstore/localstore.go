@@ -172,7 +172,7 @@ func (s *Store) unindex(rec *record) {
 // The file is indented JSON with one key a line, each line but its
 // last-used time kept from the key's first write: last-used times move on
 // every flush (flushEvery), and with 10,000 keys in use, encoding every key
-// again took 60 ms of CPU per flush (BenchmarkFlushLastUsed).
+// again took about 50 ms of CPU per flush (BenchmarkFlushLastUsed).
 func (s *Store) persist() error {
 	s.mu.RLock()
 	recs := make([]*record, len(s.order))
