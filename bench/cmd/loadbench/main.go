@@ -976,7 +976,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	tw.Flush()
 	fmt.Println()
 	fmt.Print(targets(rows, func(r row) targetRow {
-		return targetRow{conns: r.c.conns, ratio: r.ratio, rounds: r.ratios, dp50: r.kgP50 - r.plainP50}
+		return targetRow{conns: r.c.conns, rounds: r.ratios, dp50: r.kgP50 - r.plainP50}
 	}))
 	fmt.Println("\nratio = keygate rps / plain rps per round, median over rounds; CPU/req = CPU time of the proxy")
 	fmt.Println("(and of redis-server during keygate's runs) over the requests served; store calls/req = scripts")

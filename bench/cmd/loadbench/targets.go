@@ -19,8 +19,7 @@ const (
 // targetRow is what targets reads of a row of the results.
 type targetRow struct {
 	conns  int
-	ratio  float64   // the median of rounds
-	rounds []float64 // keygate/plain of each round
+	rounds []float64 // keygate/plain of each round; the row's ratio is their median
 	dp50   time.Duration
 }
 
@@ -45,10 +44,11 @@ func targets[T any](rows []T, of func(T) targetRow) string {
 			by[tr.conns] = t
 			order = append(order, tr.conns)
 		}
+		ratio := median(tr.rounds)
 		t.n++
-		t.ratioSum += tr.ratio
+		t.ratioSum += ratio
 		t.rounds = append(t.rounds, tr.rounds)
-		if tr.ratio >= targetRatio {
+		if ratio >= targetRatio {
 			t.ratioMet++
 		}
 		if tr.dp50 <= targetP50 {

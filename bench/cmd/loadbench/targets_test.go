@@ -8,10 +8,10 @@ import (
 
 func TestTargetsCountsRowsPerConnectionCount(t *testing.T) {
 	rows := []targetRow{
-		{conns: 8, ratio: 0.95, rounds: []float64{0.95}, dp50: 20 * time.Microsecond},
-		{conns: 64, ratio: 0.91, rounds: []float64{0.91}, dp50: 400 * time.Microsecond},
-		{conns: 8, ratio: 0.88, rounds: []float64{0.88}, dp50: 150 * time.Microsecond}, // exactly on the p50 target: met
-		{conns: 64, ratio: 0.90, rounds: []float64{0.90}, dp50: -time.Millisecond},     // exactly on the ratio target: met
+		{conns: 8, rounds: []float64{0.95}, dp50: 20 * time.Microsecond},
+		{conns: 64, rounds: []float64{0.91}, dp50: 400 * time.Microsecond},
+		{conns: 8, rounds: []float64{0.88}, dp50: 150 * time.Microsecond}, // exactly on the p50 target: met
+		{conns: 64, rounds: []float64{0.90}, dp50: -time.Millisecond},     // exactly on the ratio target: met
 	}
 	got := targets(rows, func(r targetRow) targetRow { return r })
 	want := "targets: ratio >= 0.90 and p50 within 0.150ms of plain Caddy's\n" +
