@@ -69,10 +69,6 @@ var (
 	flagAccTrial = flag.Int("accuracy-trials", 3, "accuracy: trials per algorithm (each on a fresh key)")
 )
 
-// bigLimit is high enough that no benchmark run is ever refused; -same-headers
-// sends the headers it gives.
-const bigLimit = benchheaders.Limit
-
 var algorithms = []string{"sliding_window", "sliding_log"}
 
 func main() {
@@ -317,10 +313,10 @@ func scriptCalls(ctx context.Context) int64 {
 // routes are the same paths on both proxies, so the matching work is
 // identical; on keygate each carries its keygate handler.
 var routes = []struct{ path, keygate string }{
-	{"/sliding_window/", "rate_limit " + bigLimit + "\n\t\t\talgorithm sliding_window"},
-	{"/sliding_log/", "rate_limit " + bigLimit + "\n\t\t\talgorithm sliding_log"},
-	{"/anon/sliding_window/", "anonymous " + bigLimit + "\n\t\t\talgorithm sliding_window"},
-	{"/anon/sliding_log/", "anonymous " + bigLimit + "\n\t\t\talgorithm sliding_log"},
+	{"/sliding_window/", "rate_limit " + benchheaders.Limit + "\n\t\t\talgorithm sliding_window"},
+	{"/sliding_log/", "rate_limit " + benchheaders.Limit + "\n\t\t\talgorithm sliding_log"},
+	{"/anon/sliding_window/", "anonymous " + benchheaders.Limit + "\n\t\t\talgorithm sliding_window"},
+	{"/anon/sliding_log/", "anonymous " + benchheaders.Limit + "\n\t\t\talgorithm sliding_log"},
 }
 
 // caddyfile renders the config of one proxy. Both use reverse_proxy with
@@ -340,7 +336,7 @@ func caddyfile(withKeygate bool, site, admin, redisURL, upstream string, rateLim
 		if withKeygate {
 			kg := r.keygate
 			if rateLimit != "" {
-				kg = strings.ReplaceAll(kg, bigLimit, rateLimit)
+				kg = strings.ReplaceAll(kg, benchheaders.Limit, rateLimit)
 			}
 			if *flagLease > 0 {
 				kg += "\n\t\t\tlease " + strconv.Itoa(*flagLease)
