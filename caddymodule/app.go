@@ -115,8 +115,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.FailOpenGrace <= 0 {
 		a.FailOpenGrace = caddy.Duration(5 * time.Minute)
 	}
-	a.metrics = newMetrics(ctx.GetMetricsRegistry())
-	a.metrics.timeStoreCalls = a.Redis != ""
+	a.metrics = newMetrics(ctx.GetMetricsRegistry(), a.Redis != "")
 
 	var open func() (store.Store, error)
 	if a.Redis != "" {

@@ -66,8 +66,10 @@ type metrics struct {
 	timeStoreCalls bool
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
-	m := new(metrics)
+// newMetrics registers the collectors in reg; timeStoreCalls is false for
+// the embedded store.
+func newMetrics(reg prometheus.Registerer, timeStoreCalls bool) *metrics {
+	m := &metrics{timeStoreCalls: timeStoreCalls}
 	decisions := promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
 		Namespace: "keygate",
 		Name:      "decisions_total",
