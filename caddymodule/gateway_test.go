@@ -460,6 +460,28 @@ func TestStoreOutageOpen(t *testing.T) {
 	wantProblem(t, g.get("/public"), http.StatusServiceUnavailable, "Key store unavailable")
 }
 
+// A key validated recently, then disabled or expired, is known to be so
+// from what the store last said of it: an outage does not let it through.
+func TestStoreOutageOpenRefusesKeysKnownInvalid(t *testing.T) {
+	g := startRedisGateway(t, "on_store_error open", protectedSite)
+	disabled := generate(t, "--name", "disabled", "--roles", "upload")
+	expiring := generate(t, "--name", "expiring", "--roles", "upload",
+		"--expires", time.Now().Add(3*time.Second).UTC().Format(time.RFC3339))
+	for _, k := range []keyView{disabled, expiring} {
+		if r := g.get("/api/x", bearer(k.Key)...); r.status != http.StatusOK {
+			t.Fatalf("%s before the outage: %d %s", k.Name, r.status, r.body)
+		}
+	}
+	mustCLI(t, "disable", disabled.Name)
+	// the store's answer brings the disabled record to this gateway
+	wantProblem(t, g.get("/api/x", bearer(disabled.Key)...), http.StatusUnauthorized, "Invalid API key")
+	time.Sleep(time.Until(*expiring.ExpiresAt))
+
+	g.redis.Stop()
+	wantProblem(t, g.get("/api/x", bearer(disabled.Key)...), http.StatusUnauthorized, "Invalid API key")
+	wantProblem(t, g.get("/api/x", bearer(expiring.Key)...), http.StatusUnauthorized, "Invalid API key")
+}
+
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)

@@ -335,11 +335,15 @@ func (h *Handler) admitKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 
 // storeFailed finishes a keyed request whose store call failed with err:
 // 503, or with on_store_error open, a key this gateway validated recently
-// passes, unlimited, until the store is back.
+// passes, unlimited, until the store is back; unless its record, as the
+// store last gave it, says it is disabled or expired since.
 func (h *Handler) storeFailed(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler,
 	err error, entry *cachedKey, ident *identity, now time.Time) error {
 	if !h.failOpen(err, entry, now) {
 		return h.storeUnavailable(w, err)
+	}
+	if !ident.key.Enabled || ident.key.Expired(now) {
+		return h.refuseInvalid(w)
 	}
 	ident.inject(r.Header, repl)
 	h.app.metrics.decision(outcomeFailOpen).Inc()
