@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -153,6 +154,9 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	return json.NewEncoder(w).Encode(body)
 }
 
+// keyActions are the changes POST /keygate/keys/<name>/<action> makes.
+var keyActions = []string{"enable", "disable", "rename", "rotate"}
+
 // route dispatches one admin call; it returns the status and body of a
 // success.
 func (a adminAPI) route(r *http.Request) (int, any, error) {
@@ -165,7 +169,7 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 	s := app.shared
 
 	rest, ok := strings.CutPrefix(r.URL.Path, "/keygate/keys")
-	if !ok {
+	if !ok || rest != "" && rest[0] != '/' { // /keygate/keysX is no key's path
 		return 0, nil, adminError{status: http.StatusNotFound, msg: "unknown keygate admin path " + r.URL.Path}
 	}
 	rest = strings.TrimPrefix(rest, "/")
@@ -205,6 +209,8 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 		return http.StatusOK, map[string]string{"deleted": name}, nil
 	case action == "":
 		return 0, nil, methodNotAllowed(r, "GET, DELETE")
+	case !slices.Contains(keyActions, action):
+		return 0, nil, adminError{status: http.StatusNotFound, msg: fmt.Sprintf("unknown action %q: use enable, disable, rename or rotate", action)}
 	case r.Method != http.MethodPost:
 		return 0, nil, methodNotAllowed(r, "POST")
 	}
@@ -231,8 +237,6 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 		}
 		secret = g.Secret
 		change = func(k *store.Key) error { k.Hash, k.Prefix = g.Hash, g.Display; return nil }
-	default:
-		return 0, nil, adminError{status: http.StatusNotFound, msg: fmt.Sprintf("unknown action %q: use enable, disable, rename or rotate", action)}
 	}
 	k, err := s.UpdateKey(ctx, name, change)
 	if err != nil {

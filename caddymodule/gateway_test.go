@@ -156,8 +156,18 @@ func TestAdminAPIRefusals(t *testing.T) {
 			t.Errorf("%s %s: %d, Allow %q; want 405, Allow %q", c.method, c.path, r.status, r.header.Get("Allow"), c.allow)
 		}
 	}
-	if r := call(http.MethodPost, "/keygate/keys/admin-api/shred", ""); r.status != http.StatusNotFound {
-		t.Errorf("unknown action: %d, want 404", r.status)
+	for _, c := range []struct{ method, path string }{
+		{http.MethodPost, "/keygate/keys/admin-api/shred"},       // unknown action
+		{http.MethodGet, "/keygate/keys/admin-api/shred"},        // whatever the method
+		{http.MethodPost, "/keygate/keys/admin-api/rotate/more"}, // nor a path below one
+		{http.MethodDelete, "/keygate/keysadmin-api"},            // not the key's path
+	} {
+		if r := call(c.method, c.path, ""); r.status != http.StatusNotFound {
+			t.Errorf("%s %s: %d, want 404", c.method, c.path, r.status)
+		}
+	}
+	if !strings.Contains(mustCLI(t, "list"), "admin-api") {
+		t.Error("DELETE /keygate/keysadmin-api deleted the key admin-api")
 	}
 	if r := call(http.MethodPost, "/keygate/keys", `{"name": "a"} {"name": "b"}`); r.status != http.StatusBadRequest {
 		t.Errorf("two objects: %d, want 400", r.status)
