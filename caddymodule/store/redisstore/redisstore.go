@@ -298,67 +298,71 @@ func (s *Store) KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error) 
 	return id, err
 }
 
-// CreateKey implements store.Store. The name is reserved first, so two
-// concurrent creations of one name cannot both succeed.
+// CreateKey implements store.Store. The record is written first, then its
+// name claimed (names.go: an entry never names a record in the making),
+// then its hash indexed, which makes the key usable. Once begun it is
+// finished or undone, even if the caller leaves.
 func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
-	ok, err := s.client.HSetNX(ctx, namesKey, k.Name, k.ID).Result()
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return store.ErrNameTaken
-	}
+	ctx = context.WithoutCancel(ctx) // each command is bounded by the client's timeouts
 	k.Revision = 1
-	err = s.client.HSet(ctx, recordKey(k.ID), recordFields(k)...).Err()
+	err := s.client.HSet(ctx, recordKey(k.ID), recordFields(k)...).Err()
 	if err == nil {
-		err = s.client.Set(ctx, hashKey(k.Hash), k.ID, 0).Err()
+		if err = s.claimName(ctx, k.Name, k.ID); err == nil {
+			if err = s.client.Set(ctx, hashKey(k.Hash), k.ID, 0).Err(); err != nil {
+				s.releaseName(ctx, k.Name, k.ID)
+			}
+		}
 	}
 	if err != nil {
-		// undo what we can so the name is not left reserved
-		s.client.Del(context.WithoutCancel(ctx), recordKey(k.ID))
-		s.client.HDel(context.WithoutCancel(ctx), namesKey, k.Name)
+		// an entry left behind by a failed release names a missing record:
+		// the name is free again (names.go)
+		s.client.Del(ctx, recordKey(k.ID))
 		return err
 	}
 	return nil
 }
 
-// Keys implements store.Store.
+// Keys implements store.Store. A name entry whose record is gone or under
+// another name is skipped (names.go), so every key is listed once, whole.
 func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
-	names, err := s.client.HGetAll(ctx, namesKey).Result()
+	entries, err := s.client.HGetAll(ctx, namesKey).Result()
 	if err != nil {
 		return nil, err
 	}
-	ids := make([]string, 0, len(names))
-	for _, id := range names {
-		ids = append(ids, id)
+	names := make([]string, 0, len(entries))
+	for name := range entries {
+		names = append(names, name)
 	}
-	cmds := make([]*redis.MapStringStringCmd, len(ids))
+	cmds := make([]*redis.MapStringStringCmd, len(names))
 	_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, id := range ids {
-			cmds[i] = p.HGetAll(ctx, recordKey(id))
+		for i, name := range names {
+			cmds[i] = p.HGetAll(ctx, recordKey(entries[name]))
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	keys := make([]store.Key, 0, len(ids))
+	keys := make([]store.Key, 0, len(names))
 	for i, cmd := range cmds {
 		m := cmd.Val()
 		if len(m) == 0 {
-			continue // a name whose record is gone: skipped, never shown half
+			continue
 		}
-		k, err := recordFromMap(ids[i], m)
+		k, err := recordFromMap(entries[names[i]], m)
 		if err != nil {
 			return nil, err
 		}
-		keys = append(keys, k)
+		if k.Name == names[i] {
+			keys = append(keys, k)
+		}
 	}
 	store.SortKeys(keys)
 	return keys, nil
 }
 
-// KeyByName implements store.Store.
+// KeyByName implements store.Store. Only a record under the name is found
+// by it (names.go); an entry whose record is gone is removed on the way.
 func (s *Store) KeyByName(ctx context.Context, name string) (store.Key, error) {
 	id, err := s.client.HGet(ctx, namesKey, name).Result()
 	if errors.Is(err, redis.Nil) {
@@ -372,16 +376,30 @@ func (s *Store) KeyByName(ctx context.Context, name string) (store.Key, error) {
 		return store.Key{}, err
 	}
 	if len(m) == 0 {
+		s.releaseName(context.WithoutCancel(ctx), name, id) // mended if it can be; else the next claim does
 		return store.Key{}, store.ErrNotFound
 	}
-	return recordFromMap(id, m)
+	k, err := recordFromMap(id, m)
+	if err != nil {
+		return store.Key{}, err
+	}
+	if k.Name != name {
+		return store.Key{}, store.ErrNotFound
+	}
+	return k, nil
 }
 
 // UpdateKey implements store.Store. The record is written only if its
 // revision is still the one read (else the change is retried on the fresh
-// record); a new name is reserved before the record changes, a new hash
-// rejects the old one the moment the record is written.
+// record). A new name is claimed and a new hash indexed before the record
+// changes, and the old ones released after: until the record holds the new
+// ones they name nothing (names.go; the hot path checks a hash against the
+// record's), and once it does, the old ones name nothing. So a change cut
+// off at any point leaves the key usable, under its old name and secret or
+// its new ones. Once begun it is finished or undone, even if the caller
+// leaves.
 func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.Key) error) (store.Key, error) {
+	ctx = context.WithoutCancel(ctx) // each command is bounded by the client's timeouts
 	for range 10 {
 		old, err := s.KeyByName(ctx, name)
 		if err != nil {
@@ -391,37 +409,53 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 		if err != nil {
 			return store.Key{}, err
 		}
-		renamed := k.Name != old.Name
+		renamed, rotated := k.Name != old.Name, k.Hash != old.Hash
+		undo := func() {
+			if renamed {
+				s.releaseName(ctx, k.Name, k.ID)
+			}
+			if rotated {
+				s.client.Del(ctx, hashKey(k.Hash))
+			}
+		}
 		if renamed {
-			ok, err := s.client.HSetNX(ctx, namesKey, k.Name, k.ID).Result()
-			if err != nil {
+			if err := s.claimName(ctx, k.Name, k.ID); err != nil {
 				return store.Key{}, err
 			}
-			if !ok {
-				return store.Key{}, store.ErrNameTaken
+		}
+		if rotated {
+			if err := s.client.Set(ctx, hashKey(k.Hash), k.ID, 0).Err(); err != nil {
+				undo()
+				return store.Key{}, err
 			}
 		}
 		args := append([]any{old.Revision}, recordFields(k)...)
 		res, err := updateScript.Run(ctx, s.client, []string{recordKey(k.ID)}, args...).Int()
-		if err != nil || res != 1 {
-			if renamed {
-				s.client.HDel(context.WithoutCancel(ctx), namesKey, k.Name)
+		if err != nil {
+			// the reply was lost: the record may hold the change or not
+			held, herr := s.holds(ctx, k)
+			if herr != nil {
+				return store.Key{}, err // not known: what was claimed is left, naming nothing unless the record holds it
 			}
-			if err != nil {
+			if !held {
+				undo()
 				return store.Key{}, err
 			}
-			if res == -1 {
-				return store.Key{}, store.ErrNotFound
-			}
+			res = 1
+		}
+		switch res {
+		case -1:
+			undo()
+			return store.Key{}, store.ErrNotFound
+		case 0:
+			undo()
 			continue // someone else changed it first: apply the change again
 		}
+		// what is left behind here names nothing; an error is no failure
 		if renamed {
-			s.client.HDel(ctx, namesKey, old.Name)
+			s.releaseName(ctx, old.Name, k.ID)
 		}
-		if k.Hash != old.Hash {
-			if err := s.client.Set(ctx, hashKey(k.Hash), k.ID, 0).Err(); err != nil {
-				return store.Key{}, err
-			}
+		if rotated {
 			s.client.Del(ctx, hashKey(old.Hash))
 		}
 		return k, s.bumpEpoch(ctx)
@@ -429,9 +463,22 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 	return store.Key{}, errors.New("key changed concurrently too often; try again")
 }
 
+// holds reports whether k's record holds k's revision, name and hash: an
+// update whose reply was lost was made.
+func (s *Store) holds(ctx context.Context, k store.Key) (bool, error) {
+	v, err := s.client.HMGet(ctx, recordKey(k.ID), "v", "n", "h").Result()
+	if err != nil {
+		return false, err
+	}
+	return v[0] == strconv.FormatInt(k.Revision, 10) && v[1] == k.Name && v[2] == k.Hash.String(), nil
+}
+
 // DeleteKey implements store.Store. The record goes first: from then on
-// every replica rejects the key.
+// every replica rejects the key, and its name and hash name nothing
+// (names.go), so their removal after may fail without harm. Once begun it
+// is finished, even if the caller leaves.
 func (s *Store) DeleteKey(ctx context.Context, name string) error {
+	ctx = context.WithoutCancel(ctx) // each command is bounded by the client's timeouts
 	k, err := s.KeyByName(ctx, name)
 	if err != nil {
 		return err
@@ -440,7 +487,7 @@ func (s *Store) DeleteKey(ctx context.Context, name string) error {
 		return err
 	}
 	s.client.Del(ctx, hashKey(k.Hash))
-	s.client.HDel(ctx, namesKey, k.Name)
+	s.releaseName(ctx, k.Name, k.ID)
 	return s.bumpEpoch(ctx)
 }
 

@@ -25,6 +25,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"CreateAndLookup", testCreateAndLookup},
 		{"NamesAreUnique", testNamesAreUnique},
 		{"ConcurrentCreateOneName", testConcurrentCreateOneName},
+		{"RenamesRacingDeletesLeaveNamesUsable", testRenameRacesDelete},
 		{"RenameRotateDisableDelete", testLifecycle},
 		{"StaleRevisionGetsFreshRecord", testFreshRecord},
 		{"Expiry", testExpiry},
@@ -155,6 +156,47 @@ func testConcurrentCreateOneName(t *testing.T, s store.Store) {
 	wg.Wait()
 	if wins.Load() != 1 {
 		t.Fatalf("%d concurrent creations of one name succeeded, want 1", wins.Load())
+	}
+}
+
+// A rename racing a deletion of the same key may go either way, but
+// leaves each name either a key's, found under it, or free to create.
+func testRenameRacesDelete(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	for i := range 20 {
+		from, to := fmt.Sprintf("from-%d", i), fmt.Sprintf("to-%d", i)
+		mustCreate(t, s, from)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			_, err := s.UpdateKey(ctx, from, func(k *store.Key) error { k.Name = to; return nil })
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("rename: %v", err)
+			}
+		})
+		wg.Go(func() {
+			if err := s.DeleteKey(ctx, from); err != nil && !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("delete: %v", err)
+			}
+		})
+		wg.Wait()
+		listed := map[string]int{}
+		keys, err := s.Keys(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			listed[k.Name]++
+		}
+		for _, name := range []string{from, to} {
+			k, err := s.KeyByName(ctx, name)
+			switch {
+			case err == nil && k.Name == name && listed[name] == 1:
+			case errors.Is(err, store.ErrNotFound) && listed[name] == 0:
+				mustCreate(t, s, name) // free: creatable
+			default:
+				t.Fatalf("round %d: %s: KeyByName = %+v, %v; listed %d times", i, name, k, err, listed[name])
+			}
+		}
 	}
 }
 

@@ -1,0 +1,96 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/caddymodule/store/storetest"
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+// A name entry left behind by a change cut off halfway (names.go) names
+// nothing: its name is not found, can be created again, is not listed, and
+// never leads to another key.
+func TestNameIndexLeftoversNameNothing(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	create := func(name string) store.Key {
+		t.Helper()
+		k, _ := storetest.NewKey(t, name)
+		if err := s.CreateKey(ctx, k); err != nil {
+			t.Fatalf("CreateKey(%s): %v", name, err)
+		}
+		return k
+	}
+	real := create("real")
+
+	// an entry whose record is gone: a deletion that did not get to it
+	rdb.HSet(ctx, namesKey, "gone", "no-such-id", "gone-too", "no-such-id")
+	if _, err := s.KeyByName(ctx, "gone"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("KeyByName(gone) err = %v, want ErrNotFound", err)
+	}
+	if rdb.HExists(ctx, namesKey, "gone").Val() {
+		t.Error("KeyByName left the entry of a missing record in place")
+	}
+	create("gone-too") // taken over
+	rdb.HSet(ctx, namesKey, "gone", "no-such-id")
+	if _, err := s.UpdateKey(ctx, "real", func(k *store.Key) error { k.Name = "gone"; return nil }); err != nil {
+		t.Fatalf("rename onto a name whose record is gone: %v", err)
+	}
+	if _, err := s.UpdateKey(ctx, "gone", func(k *store.Key) error { k.Name = "real"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+
+	// an entry whose record is under another name: a rename that did not
+	// get to release its old name
+	rdb.HSet(ctx, namesKey, "stale", real.ID)
+	if k, err := s.KeyByName(ctx, "stale"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("KeyByName(stale) = %s, %v; want ErrNotFound, not the key now named %s", k.Name, err, k.Name)
+	}
+	if err := s.DeleteKey(ctx, "stale"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("DeleteKey(stale) err = %v, want ErrNotFound", err)
+	}
+	keys, err := s.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, k := range keys {
+		names = append(names, k.Name)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"gone-too", "real"}) {
+		t.Fatalf("Keys = %v, want [gone-too real]: each key once, under its record's name", names)
+	}
+}
+
+// A caller that leaves does not cut a change short: what was begun is done
+// (each command is still bounded by the store's timeout).
+func TestChangesOutliveTheirCaller(t *testing.T) {
+	s := open(t, redistest.Start(t), time.Second)
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	k, _ := storetest.NewKey(t, "left")
+	if err := s.CreateKey(gone, k); err != nil {
+		t.Fatalf("CreateKey for a caller that left: %v", err)
+	}
+	if _, err := s.UpdateKey(gone, "left", func(k *store.Key) error { k.Name = "renamed"; return nil }); err != nil {
+		t.Fatalf("UpdateKey for a caller that left: %v", err)
+	}
+	ctx := context.Background()
+	if got, err := s.KeyByName(ctx, "renamed"); err != nil || got.ID != k.ID {
+		t.Fatalf("KeyByName(renamed) = %s, %v", got.ID, err)
+	}
+	if err := s.DeleteKey(gone, "renamed"); err != nil {
+		t.Fatalf("DeleteKey for a caller that left: %v", err)
+	}
+	if _, err := s.KeyIDByHash(ctx, k.Hash); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleted key's hash still indexed: %v", err)
+	}
+}
