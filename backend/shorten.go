@@ -299,8 +299,14 @@ func (s *Server) handleRedirect(w http.ResponseWriter, r *http.Request) {
 // hung, or too slow: worth retrying, and a load balancer may try another
 // replica), else a generic 500.
 func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, context.Canceled) {
+		// the client left (the gateway logs it, as 499): nothing to answer
+		s.log.Debug("request canceled", "method", r.Method, "pattern", r.Pattern, "err", err)
+		w.WriteHeader(statusClientClosedRequest)
+		return
+	}
 	s.log.Error("store error", "method", r.Method, "pattern", r.Pattern, "err", err)
-	if storeUnreachable(err) {
+	if s.storeUnreachable(err) {
 		w.Header().Set("Retry-After", "1")
 		problem.Write(w, errUnavailable)
 		return
@@ -308,11 +314,19 @@ func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
 	problem.Write(w, errInternal)
 }
 
+// statusClientClosedRequest is nginx's and Caddy's 499.
+const statusClientClosedRequest = 499
+
 // storeUnreachable says whether err is the store not answering: a network
-// error (refused, reset, timed out), a closed connection, or a deadline.
-func storeUnreachable(err error) bool {
+// error (refused, reset, timed out), a closed connection, or a deadline;
+// or, as the store itself tells, not serving for now (store.Unavailabler).
+func (s *Server) storeUnreachable(err error) bool {
 	var netErr net.Error
-	return errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) ||
+	if errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) {
+		return true
+	}
+	u, ok := s.cfg.Store.(store.Unavailabler)
+	return ok && u.Unavailable(err)
 }

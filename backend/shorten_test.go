@@ -1,14 +1,20 @@
 package backend_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/backend"
 	"github.com/keygate/keygate/backend/store"
 	"github.com/keygate/keygate/backend/store/redisstore"
 	"github.com/keygate/keygate/internal/redistest"
@@ -296,4 +302,52 @@ func TestStoreOutageIs503(t *testing.T) {
 	}
 	resp, body = e.get("/AAAAAAAAAAAA")
 	wantProblem(t, resp, body, http.StatusServiceUnavailable, "Storage unavailable")
+}
+
+// A Redis that answers but does not serve for now (here a replica, as a
+// failover leaves one, refusing writes with READONLY) is a 503 too.
+func TestStoreNotServingIs503(t *testing.T) {
+	srv := redistest.Start(t)
+	st, err := redisstore.Open(context.Background(), srv.URL(), "kgbro:", store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	e := newEnvOn(t, st, envOpts{})
+	// a primary that is not there: the replica keeps serving reads
+	if err := srv.Client(t).ReplicaOf(context.Background(), "127.0.0.1", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := e.postJSON("/api/shorten", `{"url":"https://example.com"}`, asKey("k1", "n", "o"))
+	wantProblem(t, resp, body, http.StatusServiceUnavailable, "Storage unavailable")
+	if ra := resp.Header.Get("Retry-After"); ra != "1" {
+		t.Errorf("Retry-After %q, want 1", ra)
+	}
+	// nor is there a connection free within the timeout
+	if !st.Unavailable(fmt.Errorf("waiting: %w", goredis.ErrPoolTimeout)) {
+		t.Error("ErrPoolTimeout is not taken for Redis not serving")
+	}
+}
+
+// A request whose client left while the store worked is no store failure:
+// 499 (as the gateway records it), and nothing logged as an error.
+func TestClientGoneIsNoStoreError(t *testing.T) {
+	var logs bytes.Buffer
+	h, err := backend.New(backend.Config{
+		Store: newStore(t, "redis", envOpts{}), DataDir: t.TempDir(), UpstreamSecret: testSecret,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/AAAAAAAAAAAA", nil)
+	req.Header.Set("X-Keygate-Upstream-Secret", testSecret)
+	anonymous(req)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != 499 || strings.Contains(logs.String(), "level=ERROR") {
+		t.Fatalf("status %d, want 499; log:\n%s", rec.Code, logs.String())
+	}
 }

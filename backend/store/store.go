@@ -28,6 +28,14 @@ var (
 	ErrIDTaken = errors.New("store: id already exists")
 )
 
+// Unavailabler is implemented by a store that can tell, of an error of its
+// own, that it is not serving for now (worth a retry: 503), beyond the
+// network errors the backend recognises itself: say, Redis loading its
+// data, or a replica that a failover left read-only.
+type Unavailabler interface {
+	Unavailable(err error) bool
+}
+
 // Store is everything the backend persists. Close releases the underlying
 // connection or file; using the store afterwards is an error.
 type Store interface {

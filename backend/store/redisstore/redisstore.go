@@ -46,7 +46,10 @@ type Store struct {
 	owned  bool // Close closes rdb
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store        = (*Store)(nil)
+	_ store.Unavailabler = (*Store)(nil)
+)
 
 // Open connects to the Redis at url (redis://[user:pass@]host:port/db or
 // rediss:// for TLS), with timeouts on every network call, and checks that it
@@ -132,6 +135,17 @@ func New(rdb redis.UniversalClient, prefix string, cfg store.Config) *Store {
 		prefix = DefaultPrefix
 	}
 	return &Store{rdb: rdb, prefix: prefix, cfg: cfg.WithDefaults()}
+}
+
+// Unavailable implements store.Unavailabler: no connection free within the
+// timeout, or a reply that says Redis does not serve for now (loading its
+// data, a replica read-only or cut off from its primary after a failover,
+// a cluster down or a slot moving, a script running too long, no room for
+// another client).
+func (s *Store) Unavailable(err error) bool {
+	return errors.Is(err, redis.ErrPoolTimeout) || redis.IsLoadingError(err) || redis.IsReadOnlyError(err) ||
+		redis.IsMasterDownError(err) || redis.IsClusterDownError(err) || redis.IsTryAgainError(err) ||
+		redis.HasErrorPrefix(err, "BUSY") || redis.IsMaxClientsError(err)
 }
 
 // Ping implements store.Store.
