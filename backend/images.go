@@ -47,5 +47,50 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 	// Belt and braces should a browser ever render the bytes as a document.
 	h.Set("Content-Security-Policy", "default-src 'none'; sandbox")
 	// ServeContent adds Range, If-Modified-Since and HEAD support.
-	http.ServeContent(w, r, "", fi.ModTime(), f)
+	http.ServeContent(&contentErrors{ResponseWriter: w}, r, "", fi.ModTime(), f)
 }
+
+// contentErrors turns http.ServeContent's own refusals, plain text or
+// empty, into the backend's problem+json: 416 for a range outside the
+// image (its Content-Range, giving the size, kept) and 412 for a failed
+// If-Match or If-Unmodified-Since. Nothing refused is cached as the image.
+type contentErrors struct {
+	http.ResponseWriter
+	refused bool
+}
+
+func (c *contentErrors) WriteHeader(status int) {
+	var p problem.Details
+	switch status {
+	case http.StatusRequestedRangeNotSatisfiable:
+		p = errRange
+	case http.StatusPreconditionFailed:
+		p = errPrecondition
+	default:
+		c.ResponseWriter.WriteHeader(status)
+		return
+	}
+	c.refused = true
+	c.Header().Del("Cache-Control")
+	problem.Write(c.ResponseWriter, p)
+}
+
+// Write drops ServeContent's own body of a refusal.
+func (c *contentErrors) Write(b []byte) (int, error) {
+	if c.refused {
+		return len(b), nil
+	}
+	return c.ResponseWriter.Write(b)
+}
+
+// ReadFrom keeps the copy of an image on the real writer's ReadFrom
+// (sendfile; server.go's statusRecorder).
+func (c *contentErrors) ReadFrom(src io.Reader) (int64, error) {
+	if rf, ok := c.ResponseWriter.(io.ReaderFrom); ok && !c.refused {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(writerOnly{c}, src)
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (c *contentErrors) Unwrap() http.ResponseWriter { return c.ResponseWriter }

@@ -26,7 +26,11 @@ var (
 	errImageType    = problem.New(http.StatusUnsupportedMediaType, "unsupported-image", "Unsupported image type",
 		"Only PNG, JPEG, GIF and WebP images are accepted.")
 	errImageTooBig = problem.New(http.StatusRequestEntityTooLarge, "image-too-large", "Image too large", "")
-	errBadBaseURL  = problem.New(http.StatusBadRequest, "invalid-base-url", "Invalid baseUrl",
+	errRange       = problem.New(http.StatusRequestedRangeNotSatisfiable, "range-not-satisfiable", "Range not satisfiable",
+		"The requested range lies outside the image; Content-Range gives its size.")
+	errPrecondition = problem.New(http.StatusPreconditionFailed, "precondition-failed", "Precondition failed",
+		"The image does not match the request's If-Match or If-Unmodified-Since.")
+	errBadBaseURL = problem.New(http.StatusBadRequest, "invalid-base-url", "Invalid baseUrl",
 		"baseUrl must be an absolute http(s) URL without query, fragment or credentials.")
 	errBadAPIKey = problem.New(http.StatusBadRequest, "invalid-api-key-param", "Invalid apiKey",
 		"apiKey is required and must be printable ASCII without spaces.")

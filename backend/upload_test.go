@@ -185,6 +185,34 @@ func TestUploadTooLargeChunked(t *testing.T) {
 	}
 }
 
+// An image's ranges and preconditions are served as net/http serves
+// files, and their refusals are problem+json like every error.
+func TestImageRangesAndPreconditions(t *testing.T) {
+	e := newEnv(t, "bolt", envOpts{})
+	data := pngBytes(t)
+	body, ctype := multipartBody(t, "image", "a.png", data)
+	resp, out := e.do("POST", "/api/external/upload", body, ctype, forwarded("https", "img.example.com"))
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("upload: %d %s", resp.StatusCode, out)
+	}
+	u, _ := url.Parse(decode(t, out)["url"].(string))
+
+	resp, got := e.get(u.Path, anonymous, header("Range", "bytes=0-3"))
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, data[:4]) {
+		t.Fatalf("Range bytes=0-3: %d, %q", resp.StatusCode, got)
+	}
+	resp, got = e.get(u.Path, anonymous, header("Range", "bytes=99999999-"))
+	wantProblem(t, resp, got, http.StatusRequestedRangeNotSatisfiable, "Range not satisfiable")
+	if cr := resp.Header.Get("Content-Range"); cr != fmt.Sprintf("bytes */%d", len(data)) {
+		t.Errorf("416 Content-Range %q, want the size", cr)
+	}
+	if cc := resp.Header.Get("Cache-Control"); strings.Contains(cc, "max-age") {
+		t.Errorf("416 Cache-Control %q: a refusal is not the image, not to be cached as it", cc)
+	}
+	resp, got = e.get(u.Path, anonymous, header("If-Match", `"x"`))
+	wantProblem(t, resp, got, http.StatusPreconditionFailed, "Precondition failed")
+}
+
 func TestImagePaths(t *testing.T) {
 	e := newEnv(t, "bolt", envOpts{})
 	for _, p := range []string{
