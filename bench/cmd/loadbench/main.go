@@ -527,6 +527,9 @@ type result struct {
 	errors   int64
 	// CPU time per request during the run
 	cpu cpuUse
+	// scheduling per request during the run: the proxy's, and the
+	// upstream's (this process)
+	proxySched, upstreamSched schedUse
 	// scripts Redis ran per request during the run
 	storeCalls float64
 	// requests keygate leased during the run but did not admit in it
@@ -622,12 +625,14 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 	callsBefore := scriptCalls(ctx)
 	before := readGatewayCounters(ctx, p)
 	cpuBefore := sampleCPU(p)
+	proxySched, upstreamSched := sampleSched(p.pid), sampleSched(os.Getpid())
 	wrk := exec.CommandContext(wctx, "wrk", args...)
 	out, err := wrk.CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
 	cpuAfter := sampleCPU(p)
+	proxySchedAfter, upstreamSchedAfter := sampleSched(p.pid), sampleSched(os.Getpid())
 	calls := scriptCalls(ctx) - callsBefore
 	after := readGatewayCounters(ctx, p)
 	r, err := parseWrk(string(out))
@@ -641,6 +646,8 @@ func runWrk(ctx context.Context, dir string, p *proxy, c config, d time.Duration
 			machine:  (cpuAfter.machine - cpuBefore.machine) / n,
 			stolen:   (cpuAfter.stolen - cpuBefore.stolen) / n,
 		}
+		r.proxySched = proxySchedAfter.perRequest(proxySched, r.requests)
+		r.upstreamSched = upstreamSchedAfter.perRequest(upstreamSched, r.requests)
 		r.storeCalls = float64(calls) / float64(r.requests)
 		leased, fromLeases := after.leased-before.leased, after.leaseAdmitted-before.leaseAdmitted
 		r.leasedUnused = (leased - fromLeases) / float64(r.requests)
@@ -866,9 +873,13 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		plainBad, kgBad, sockErrors int64
 		// CPU per request on plain Caddy's runs and on keygate's
 		plainCPU, kgCPU cpuUse
-		storeCalls      float64 // per request, keygate's runs
-		leasedUnused    float64 // per request, keygate's runs
-		waited          float64 // per request, keygate's runs
+		// scheduling per request of each proxy, and of the upstream on
+		// each proxy's runs
+		plainSched, kgSched, plainUpSched, kgUpSched schedUse
+
+		storeCalls   float64 // per request, keygate's runs
+		leasedUnused float64 // per request, keygate's runs
+		waited       float64 // per request, keygate's runs
 	}
 	var rows []row
 	for _, c := range configs {
@@ -922,12 +933,15 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		var prps, krps []float64
 		var p50s, k50s, p99s, k99s []time.Duration
 		var pcpu, kcpu []cpuUse
+		var psched, ksched, pup, kup []schedUse
 		var calls, unused, waited []float64
 		for i := range pr {
 			calls = append(calls, kr[i].storeCalls)
 			unused = append(unused, kr[i].leasedUnused)
 			waited = append(waited, kr[i].waited)
 			pcpu, kcpu = append(pcpu, pr[i].cpu), append(kcpu, kr[i].cpu)
+			psched, ksched = append(psched, pr[i].proxySched), append(ksched, kr[i].proxySched)
+			pup, kup = append(pup, pr[i].upstreamSched), append(kup, kr[i].upstreamSched)
 			prps, krps = append(prps, pr[i].rps), append(krps, kr[i].rps)
 			p50s, k50s = append(p50s, pr[i].p50), append(k50s, kr[i].p50)
 			p99s, k99s = append(p99s, pr[i].p99), append(k99s, kr[i].p99)
@@ -939,6 +953,8 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		rw.plainRPS, rw.kgRPS, rw.ratio = median(prps), median(krps), median(rw.ratios)
 		rw.plainP50, rw.kgP50, rw.plainP99, rw.kgP99 = medianDur(p50s), medianDur(k50s), medianDur(p99s), medianDur(k99s)
 		rw.plainCPU, rw.kgCPU = medianCPU(pcpu), medianCPU(kcpu)
+		rw.plainSched, rw.kgSched = medianSched(psched), medianSched(ksched)
+		rw.plainUpSched, rw.kgUpSched = medianSched(pup), medianSched(kup)
 		rw.storeCalls, rw.leasedUnused, rw.waited = median(calls), median(unused), median(waited)
 		rows = append(rows, rw)
 		logf("%-26s c=%-3d plain %8.0f rps  %s %8.0f rps  ratio %.3f  (rounds: %s)  p50 %s / %s",
@@ -999,6 +1015,21 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	fmt.Println("read these columns from runs with little stolen time. In a closed loop on a busy machine the")
 	fmt.Println("machine column sets the throughput: where keygate's runs spend more of it than plain Caddy's")
 	fmt.Println("says where its gap is.")
+
+	// Where the latency's tail comes from when CPU time does not say: a
+	// thread ready to run waits for a CPU, and so does the request it has.
+	fmt.Printf("\nScheduling per request served (medians over rounds): on plain Caddy's runs | on %s's\n\n", kg.name)
+	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, strings.ReplaceAll("configuration\tconns\tproxy run-queue wait\tswitches: blocked\tpreempted\tupstream run-queue wait\t|\tkeygate run-queue wait\tswitches: blocked\tpreempted\tupstream run-queue wait\t", "keygate", kg.name))
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%d\t%s%s|\t%s%s\n", r.c.name, r.c.conns, fmtSchedUse(r.plainSched), fmtMicros(r.plainUpSched.runQueueWait)+"\t",
+			fmtSchedUse(r.kgSched), fmtMicros(r.kgUpSched.runQueueWait)+"\t")
+	}
+	tw.Flush()
+	fmt.Println("\nrun-queue wait = time the process's threads were ready to run but waited for a CPU (each")
+	fmt.Println("thread's /proc schedstat), per request served; a request its thread holds waits with it, so")
+	fmt.Println("this lengthens latency, its tail most, without showing in CPU time. switches = the threads'")
+	fmt.Println("context switches per request: blocked (parked, or waiting for I/O) and preempted.")
 	return nil
 }
 
