@@ -297,6 +297,19 @@ func TestSpoofedIdentityHeadersAreReplaced(t *testing.T) {
 		t.Fatalf("anonymous request: status %d, upstream saw %v", r.status, r.upstreamSaw)
 	}
 	noUnderscoredIdentity(r.upstreamSaw)
+
+	// Headers named in Connection are hop-by-hop, which reverse_proxy
+	// removes: a client must not take the gateway's own away that way.
+	for _, conn := range []string{"keep-alive, X-Keygate-Key-Id, x-keygate-roles", "X-Keygate-Anonymous"} {
+		r = g.get("/api/x", append(bearer(k.Key), "Connection", conn)...)
+		if r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Key-Id") != k.ID || r.upstreamSaw.Get("X-Keygate-Roles") != "upload" {
+			t.Fatalf("Connection: %s: status %d, upstream saw %v", conn, r.status, r.upstreamSaw)
+		}
+		r = g.get("/public", "Connection", conn)
+		if r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Anonymous") != "true" {
+			t.Fatalf("anonymous, Connection: %s: status %d, upstream saw %v", conn, r.status, r.upstreamSaw)
+		}
+	}
 }
 
 func TestRateLimitHeadersAndRefusal(t *testing.T) {

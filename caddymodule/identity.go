@@ -2,6 +2,8 @@ package keygate
 
 import (
 	"net/http"
+	"net/textproto"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -26,12 +28,54 @@ const (
 // client's X_Keygate_Key_Id would reach such an app as the gateway's word.
 // Caddy drops headers with underscores itself, unless the server
 // allowlists them (expected_underscore_headers).
+//
+// Nor may a client name one in Connection: a header named there is
+// hop-by-hop, and reverse_proxy deletes it after this handler has run, so
+// "Connection: X-Keygate-Key-Id" would take the gateway's own header away
+// from the upstream (a keyed request would reach it as anonymous). Such
+// names are dropped from Connection.
 func stripIdentityHeaders(h http.Header) {
 	for name := range h {
 		if isIdentityHeader(name) {
 			delete(h, name)
 		}
 	}
+	if conn := h["Connection"]; slices.ContainsFunc(conn, namesIdentityHeader) {
+		kept := make([]string, 0, len(conn))
+		for _, v := range conn {
+			if v = withoutIdentityNames(v); v != "" {
+				kept = append(kept, v)
+			}
+		}
+		if len(kept) == 0 {
+			delete(h, "Connection")
+		} else {
+			h["Connection"] = kept
+		}
+	}
+}
+
+// namesIdentityHeader says whether a Connection value lists an identity
+// header among its comma-separated names.
+func namesIdentityHeader(v string) bool {
+	for name := range strings.SplitSeq(v, ",") {
+		if isIdentityHeader(textproto.TrimString(name)) {
+			return true
+		}
+	}
+	return false
+}
+
+// withoutIdentityNames is a Connection value without its identity headers'
+// names.
+func withoutIdentityNames(v string) string {
+	var kept []string
+	for name := range strings.SplitSeq(v, ",") {
+		if name = textproto.TrimString(name); name != "" && !isIdentityHeader(name) {
+			kept = append(kept, name)
+		}
+	}
+	return strings.Join(kept, ", ")
 }
 
 // isIdentityHeader says whether name starts with identityPrefix, in any
