@@ -301,14 +301,21 @@ func createKey(ctx context.Context, s store.Store, req createRequest) (keyView, 
 
 // parseExpiry reads a date (meaning 00:00 UTC that day, as Shlink does) or
 // an RFC 3339 time.
+// Past the year 9999 in UTC (9999-12-31T23:00:00-01:00 is), a time has no
+// RFC 3339 form to store.
 func parseExpiry(s string) (time.Time, error) {
-	if t, err := time.Parse(time.DateOnly, s); err == nil {
-		return t, nil
+	t, err := time.Parse(time.DateOnly, s)
+	if err != nil {
+		t, err = time.Parse(time.RFC3339, s)
+		t = t.UTC()
 	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t.UTC(), nil
+	switch {
+	case err != nil:
+		return time.Time{}, badRequest("expiry %q is neither a date (2026-12-31) nor an RFC 3339 time (2026-12-31T23:59:59Z)", s)
+	case t.Year() > 9999:
+		return time.Time{}, badRequest("expiry %q is after the year 9999 (UTC)", s)
 	}
-	return time.Time{}, badRequest("expiry %q is neither a date (2026-12-31) nor an RFC 3339 time (2026-12-31T23:59:59Z)", s)
+	return t, nil
 }
 
 // validName accepts names that are safe in a URL path segment, a header

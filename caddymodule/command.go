@@ -40,8 +40,26 @@ rotate, and never again: only its SHA-256 is stored.
 --json prints every result as JSON. Errors go to stderr with a non-zero
 exit status.
 `,
-		CobraFunc: func(cmd *cobra.Command) { cmd.AddCommand(apiKeyCommands()...) },
+		CobraFunc: apiKeyParent,
 	})
+}
+
+// apiKeyParent makes cmd `keygate api-key`: its subcommands, the flags they
+// share, and an error for anything else. Without one, cobra answers a
+// subcommand it does not know (below the root) with the help and exit
+// status 0: `keygate api-key revoke NAME && echo done` would say done, the
+// key still valid.
+func apiKeyParent(cmd *cobra.Command) {
+	flags := cmd.PersistentFlags()
+	flags.String("address", "", "Admin API address (default: from --config, else localhost:2019)")
+	flags.StringP("config", "c", "", "Config file to read the admin address from")
+	flags.StringP("adapter", "a", "", "Name of the config adapter to use with --config")
+	flags.Bool("json", false, "Print JSON")
+	cmd.Args = cobra.NoArgs // an unknown subcommand: `unknown command "revoke" for "keygate api-key"`
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		return fmt.Errorf("a subcommand is required: %s", cmd.Use)
+	}
+	cmd.AddCommand(apiKeyCommands()...)
 }
 
 // apiKeyCommands are the subcommands of `keygate api-key`.
@@ -63,13 +81,10 @@ func apiKeyCommands() []*cobra.Command {
 	}
 }
 
-// apiKeyCommand builds one subcommand with the flags they all share.
+// apiKeyCommand builds one subcommand; the flags they all share are
+// apiKeyParent's.
 func apiKeyCommand(use, short string, args cobra.PositionalArgs, flags func(*cobra.Command), run func(cli *adminClient, args []string) error) *cobra.Command {
 	c := &cobra.Command{Use: use, Short: short, Args: args, SilenceUsage: true}
-	c.Flags().String("address", "", "Admin API address (default: from --config, else localhost:2019)")
-	c.Flags().StringP("config", "c", "", "Config file to read the admin address from")
-	c.Flags().StringP("adapter", "a", "", "Name of the config adapter to use with --config")
-	c.Flags().Bool("json", false, "Print JSON")
 	if flags != nil {
 		flags(c)
 	}

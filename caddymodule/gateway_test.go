@@ -117,6 +117,9 @@ func TestKeyLifecycleThroughCLI(t *testing.T) {
 		{[]string{"disable", "nope"}, "no API key with that name"},
 		{[]string{"rotate", "nope"}, "no API key with that name"},
 		{[]string{"delete", "nope"}, "no API key with that name"},
+		{[]string{"generate", "--name", "x", "--expires", "9999-12-31T23:00:00-01:00"}, "after the year 9999"},
+		{[]string{"revoke", "other"}, `unknown command "revoke"`}, // cobra's help and exit 0, unless refused
+		{[]string{}, "a subcommand is required"},
 	} {
 		if out, err := cli(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: err = %v (output %q), want it to mention %q", tc.args, err, out, tc.want)

@@ -170,15 +170,18 @@ func (g *gateway) get(path string, headers ...string) response {
 // returns its output.
 func cli(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	root := &cobra.Command{Use: "api-key", SilenceErrors: true, SilenceUsage: true}
-	root.AddCommand(apiKeyCommands()...)
+	// as in the binary: api-key below a root
+	root := &cobra.Command{Use: "keygate", SilenceErrors: true, SilenceUsage: true}
+	apiKey := &cobra.Command{Use: "api-key", SilenceErrors: true, SilenceUsage: true}
+	apiKeyParent(apiKey)
+	root.AddCommand(apiKey)
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
 	if !slices.Contains(args, "--address") {
 		args = append(args, "--address", adminAddr)
 	}
-	root.SetArgs(args)
+	root.SetArgs(append([]string{"api-key"}, args...))
 	err := root.Execute()
 	return out.String(), err
 }
