@@ -31,7 +31,13 @@ func init() {
 //		timeout <duration>          # default: 500ms
 //		fail_open_grace <duration>  # default: 5m
 //	}
-func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+//
+// Given twice, it is an error: Caddy keeps the last, and a second block
+// (from an import, say) would silently drop the first's redis.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("the keygate global option is given more than once; merge the blocks")
+	}
 	app := new(App)
 	if err := app.UnmarshalCaddyfile(d); err != nil {
 		return nil, err
@@ -171,6 +177,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized keygate subdirective: %s", d.Val())
 		}
+	}
+	if err := rolesWithAnonymous(h); err != nil {
+		return d.Err(err.Error())
 	}
 	return nil
 }

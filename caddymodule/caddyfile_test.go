@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 
@@ -90,6 +92,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad lease", "keygate {\n\tlease lots\n}", "whole number of requests"},
 		{"huge lease", "keygate {\n\tlease 1000001\n}", "at most 1000000"},
 		{"role never held", "keygate {\n\troles Upload\n}", `role "Upload" can never match`},
+		{"roles with anonymous", "keygate {\n\troles upload\n\tanonymous 20 1h\n}", "roles and anonymous exclude each other"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(":80 {\n"+tc.site+"\n}\n"), nil)
@@ -97,6 +100,12 @@ func TestCaddyfileErrors(t *testing.T) {
 				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
 			}
 		})
+	}
+	// a second block would replace the first (Caddy keeps the last)
+	_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt(
+		[]byte("{\n\tkeygate {\n\t\tredis redis://r:6379\n\t}\n\tkeygate {\n\t\ton_store_error open\n\t}\n}\n:80\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "more than once") {
+		t.Errorf("two keygate global options: %v, want an error", err)
 	}
 	for global, want := range map[string]string{
 		"on_store_error maybe":   "closed or open",
@@ -152,6 +161,7 @@ func TestHandlerValidate(t *testing.T) {
 		{Handler{Algorithm: store.SlidingWindow, Roles: []string{"upload", "Admin"}}, `role "Admin" can never match`},
 		{Handler{Algorithm: store.SlidingWindow, Lease: maxLease + 1}, "lease must be 0 to 1000000"},
 		{Handler{Algorithm: store.SlidingWindow, Lease: -1}, "lease must be 0 to 1000000"},
+		{Handler{Algorithm: store.SlidingWindow, Roles: []string{"upload"}, Anonymous: &Rate{Requests: 20, Window: caddy.Duration(time.Hour)}}, "roles and anonymous exclude each other"},
 	} {
 		if err := tc.h.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want it to mention %q", tc.h, err, tc.want)

@@ -49,11 +49,13 @@ func (c *credential) add(key string) {
 }
 
 // bearerToken is the token of an Authorization value of the Bearer
-// scheme, if it is one.
+// scheme, if it is one. RFC 9110 puts a space after the scheme; a tab is
+// taken too, as lenient servers behind the gateway would take it: such a
+// key must be checked and stripped, not passed on as another scheme's.
 func bearerToken(auth string) (string, bool) {
 	const scheme = "Bearer"
 	if len(auth) < len(scheme) || !strings.EqualFold(auth[:len(scheme)], scheme) ||
-		len(auth) > len(scheme) && auth[len(scheme)] != ' ' {
+		len(auth) > len(scheme) && auth[len(scheme)] != ' ' && auth[len(scheme)] != '\t' {
 		return "", false
 	}
 	return strings.TrimSpace(auth[len(scheme):]), true

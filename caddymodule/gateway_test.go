@@ -249,6 +249,8 @@ func TestRefusals(t *testing.T) {
 
 	// a bad key on an anonymous route is refused, not downgraded
 	wantProblem(t, g.get("/public", bearer("sk_nope")...), http.StatusUnauthorized, "Invalid API key format")
+	// nor passed on as another scheme's when a tab follows Bearer
+	wantProblem(t, g.get("/public", "Authorization", "Bearer\tsk_nope"), http.StatusUnauthorized, "Invalid API key format")
 }
 
 func TestSpoofedIdentityHeadersAreReplaced(t *testing.T) {

@@ -153,7 +153,19 @@ func (h *Handler) Validate() error {
 	if err := validRoles(h.Roles); err != nil {
 		return err
 	}
+	if err := rolesWithAnonymous(h); err != nil {
+		return err
+	}
 	return h.Anonymous.validate("anonymous")
+}
+
+// rolesWithAnonymous refuses a route with both: a key without the role
+// would be refused, and its caller let through by leaving the key out.
+func rolesWithAnonymous(h *Handler) error {
+	if len(h.Roles) > 0 && h.Anonymous != nil {
+		return errors.New("roles and anonymous exclude each other: a caller without a key would pass where a key without the role is refused; put them on separate routes")
+	}
+	return nil
 }
 
 // maxLease bounds the lease option: far beyond any use (a lease is at most
