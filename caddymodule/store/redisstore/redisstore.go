@@ -19,6 +19,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -431,17 +432,24 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 		}
 		args := append([]any{old.Revision}, recordFields(k)...)
 		res, err := updateScript.Run(ctx, s.client, []string{recordKey(k.ID)}, args...).Int()
-		if err != nil {
-			// the reply was lost: the record may hold the change or not
+		if err != nil || res == 0 {
+			// A lost reply, or a revision moved on: go-redis sends a
+			// command again when its reply is lost, and a second run of the
+			// script finds the revision moved by the first. So the record
+			// is read back: it may hold this change.
 			held, herr := s.holds(ctx, k)
-			if herr != nil {
-				return store.Key{}, err // not known: what was claimed is left, naming nothing unless the record holds it
-			}
-			if !held {
+			switch {
+			case herr != nil:
+				// not known: what was claimed is left, naming nothing unless
+				// the record holds it; gateways are told in case it does
+				s.bumpEpoch(ctx)
+				return store.Key{}, cmp.Or(err, herr)
+			case held:
+				res = 1
+			case err != nil:
 				undo()
 				return store.Key{}, err
 			}
-			res = 1
 		}
 		switch res {
 		case -1:
@@ -484,6 +492,7 @@ func (s *Store) DeleteKey(ctx context.Context, name string) error {
 		return err
 	}
 	if err := s.client.Del(ctx, recordKey(k.ID)).Err(); err != nil {
+		s.bumpEpoch(ctx) // the record may be gone: gateways are told in case
 		return err
 	}
 	s.client.Del(ctx, hashKey(k.Hash))
