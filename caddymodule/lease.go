@@ -122,6 +122,12 @@ type lease struct {
 	// call (0: never): the next waits refillWait, so that a store that is
 	// down or a limit that is reached is not asked again for every request
 	refillRefused instant
+	// when a request that found the lease spent, no refill on its way,
+	// asked the store for a lease (0: none on its way). Until its grant is
+	// back (or askHold, if its call failed) the others that find the lease
+	// so ask for their own request only: each asking for a lease would
+	// hold one lease per request in flight, far past holdMost.
+	asking instant
 	// requests admitted from this lease ever, and when the latest
 	// multiples of paceMarkEvery were (at admitted/paceMarkEvery modulo 4)
 	admitted  int64
@@ -326,6 +332,7 @@ const sweepEvery = 1024
 const (
 	refillAhead     = 3           // refill when a third of the last grant is left
 	refillWait      = time.Second // after a refill failed or was refused, before the next
+	askHold         = time.Second // a request's lease asked for holds others' asks to one, at most this long
 	refillRunway    = 4           // refill when what is left lasts less than four times what refills take
 	refillsOnTheWay = 4           // at most, per lease
 	holdLeases      = 2           // refills ahead hold at most twice the configured lease, with what is left,
@@ -436,11 +443,22 @@ func (t *leaseTable) lastsToItsEnd(l *lease, left int64, now instant) bool {
 
 // want is how many requests to ask the store for on k's behalf, under the
 // store's epoch given (see put), and over what spread (sliding_log).
+//
+// One request at a time asks for a lease (lease.asking): while its grant is
+// on its way, the others that find the lease spent ask for one request.
 func (t *leaseTable) want(k leaseKey, now time.Time, epoch int64) store.Ask {
 	sh := t.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	return t.ask(sh.leases[k], k, now, epoch, nil)
+	l := sh.leases[k]
+	if l != nil && l.asking != 0 && instantOf(now).sub(l.asking) < askHold {
+		return store.Ask{Take: 1}
+	}
+	ask := t.ask(l, k, now, epoch, nil)
+	if l != nil && ask.Take >= 2 {
+		l.asking = instantOf(now)
+	}
+	return ask
 }
 
 // wantAhead is want for the refill r that take started, which it records
@@ -588,6 +606,10 @@ func (t *leaseTable) put(k leaseKey, d store.Decision, ask store.Ask, start time
 func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask store.Ask, asked time.Time, epoch int64, at time.Time, ahead *refill) store.Decision {
 	start, now := instantOf(asked), instantOf(at)
 	l := sh.leases[k]
+	asking := l != nil && l.asking != 0
+	if asking && ahead == nil && ask.Take >= 2 {
+		l.asking, asking = 0, false // the lease asked for (want) is back
+	}
 	if !d.Allowed {
 		if l == nil || l.epoch != epoch {
 			return d
@@ -621,6 +643,11 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		size := max(ask.Take, 1)
 		if l.epoch == epoch {
 			size = max(size, t.sizeCutByWindow(l.size, ask.Take, d.Lease, k.policy.Window))
+		}
+		if asking {
+			// asked for one while another request's lease is on its way:
+			// not the size that lease's successor may double
+			size = max(size, l.size)
 		}
 		l.grants = append(l.grants[:0], g)
 		l.ends, l.remaining, l.epoch, l.size = ends, d.Remaining, epoch, size

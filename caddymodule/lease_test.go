@@ -1265,3 +1265,47 @@ func holdsPointers(t reflect.Type) bool {
 	}
 	return true // pointers, strings, slices, maps, channels, funcs, interfaces
 }
+
+// Requests that find a lease spent, no refill on its way (as every busy
+// key's sliding_window lease at its window's end), ask the store for a
+// lease one at a time: while one is on its way the others ask for their
+// own request only, so a gateway does not hold a lease per request in
+// flight (64 connections would hold 64 leases), and the size the next
+// lease may double stays.
+func TestOneRequestAtATimeAsksForALease(t *testing.T) {
+	tbl := newLeaseTable(64, store.SlidingWindow)
+	k := leaseKey{kind: 'k', subject: "id", policy: store.Policy{Limit: 1_000_000, Window: time.Minute}}
+	t0 := time.Unix(1_800_000_000, 0).Truncate(time.Minute)
+	end := t0.Add(time.Minute) // the window's, and its leases'
+	steadyTraffic(tbl, k, t0, end, 10*time.Millisecond, false)
+
+	now := end.Add(time.Millisecond)
+	if _, ok, r := tbl.take(k, now, 0, true); ok || r != nil {
+		t.Fatalf("take after the window's end: ok %v, refill %v; want the lease spent, none on its way", ok, r != nil)
+	}
+	first := tbl.want(k, now, 0)
+	if first.Take != 64 {
+		t.Fatalf("first request asks for %d, want a full lease of 64", first.Take)
+	}
+	for i := range 3 {
+		if ask := tbl.want(k, now.Add(time.Duration(i)*time.Millisecond), 0); ask.Take != 1 {
+			t.Fatalf("request %d while the lease is on its way asks for %d, want 1", i+2, ask.Take)
+		}
+	}
+	// a lease asked for whose call failed (no grant comes back) holds the
+	// others to one for askHold only
+	if ask := tbl.want(k, now.Add(askHold), 0); ask.Take != 64 {
+		t.Fatalf("askHold after a lease asked for that never came back: %d, want a lease", ask.Take)
+	}
+	now = now.Add(askHold)
+	first = store.Ask{Take: 64}
+
+	// one of those comes back first: it does not shrink the lease's size
+	one := store.Ask{Take: 1}
+	tbl.put(k, instantDecision(tbl, k, one, now), one, now, 0, now.Add(2*time.Millisecond))
+	tbl.put(k, instantDecision(tbl, k, first, now), first, now, 0, now.Add(3*time.Millisecond))
+	sh := tbl.shard(k)
+	if l := sh.leases[k]; l.size != 64 || l.asking != 0 {
+		t.Fatalf("after the grants: size %d, asking %v; want 64 and none", l.size, l.asking)
+	}
+}
