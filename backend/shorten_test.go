@@ -287,45 +287,49 @@ func TestShorten(t *testing.T) {
 // A store that does not answer (Redis stopped) is a 503 with Retry-After,
 // not a 500: the request is worth retrying, and the client is told so.
 func TestStoreOutageIs503(t *testing.T) {
-	srv := redistest.Start(t)
-	st, err := redisstore.Open(context.Background(), srv.URL(), "kgbdown:", store.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	e := newEnvOn(t, st, envOpts{})
+	srv, _, e := backendOnItsOwnRedis(t)
 	srv.Stop()
 	resp, body := e.postJSON("/api/shorten", `{"url":"https://example.com"}`, asKey("k1", "n", "o"))
-	wantProblem(t, resp, body, http.StatusServiceUnavailable, "Storage unavailable")
-	if ra := resp.Header.Get("Retry-After"); ra != "1" {
-		t.Errorf("Retry-After %q, want 1", ra)
-	}
+	wantUnavailable(t, resp, body)
 	resp, body = e.get("/AAAAAAAAAAAA")
-	wantProblem(t, resp, body, http.StatusServiceUnavailable, "Storage unavailable")
+	wantUnavailable(t, resp, body)
 }
 
 // A Redis that answers but does not serve for now (here a replica, as a
 // failover leaves one, refusing writes with READONLY) is a 503 too.
 func TestStoreNotServingIs503(t *testing.T) {
-	srv := redistest.Start(t)
-	st, err := redisstore.Open(context.Background(), srv.URL(), "kgbro:", store.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	e := newEnvOn(t, st, envOpts{})
+	srv, st, e := backendOnItsOwnRedis(t)
 	// a primary that is not there: the replica keeps serving reads
 	if err := srv.Client(t).ReplicaOf(context.Background(), "127.0.0.1", "1").Err(); err != nil {
 		t.Fatal(err)
 	}
 	resp, body := e.postJSON("/api/shorten", `{"url":"https://example.com"}`, asKey("k1", "n", "o"))
-	wantProblem(t, resp, body, http.StatusServiceUnavailable, "Storage unavailable")
-	if ra := resp.Header.Get("Retry-After"); ra != "1" {
-		t.Errorf("Retry-After %q, want 1", ra)
-	}
+	wantUnavailable(t, resp, body)
 	// nor is there a connection free within the timeout
 	if !st.Unavailable(fmt.Errorf("waiting: %w", goredis.ErrPoolTimeout)) {
 		t.Error("ErrPoolTimeout is not taken for Redis not serving")
+	}
+}
+
+// backendOnItsOwnRedis is a backend on a Redis of its own, for tests that
+// take it down.
+func backendOnItsOwnRedis(t *testing.T) (*redistest.Server, *redisstore.Store, *env) {
+	t.Helper()
+	srv := redistest.Start(t)
+	st, err := redisstore.Open(context.Background(), srv.URL(), "kgbown:", store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return srv, st, newEnvOn(t, st, envOpts{})
+}
+
+// wantUnavailable checks for a 503 worth retrying in a second.
+func wantUnavailable(t *testing.T, resp *http.Response, body []byte) {
+	t.Helper()
+	wantProblem(t, resp, body, http.StatusServiceUnavailable, "Storage unavailable")
+	if ra := resp.Header.Get("Retry-After"); ra != "1" {
+		t.Errorf("Retry-After %q, want 1", ra)
 	}
 }
 
