@@ -300,9 +300,8 @@ func createKey(ctx context.Context, s store.Store, req createRequest) (keyView, 
 }
 
 // parseExpiry reads a date (meaning 00:00 UTC that day, as Shlink does) or
-// an RFC 3339 time.
-// Past the year 9999 in UTC (9999-12-31T23:00:00-01:00 is), a time has no
-// RFC 3339 form to store.
+// an RFC 3339 time, not after the year 9999 in UTC: past it (as
+// 9999-12-31T23:00:00-01:00 is) a time has no RFC 3339 form to store.
 func parseExpiry(s string) (time.Time, error) {
 	t, err := time.Parse(time.DateOnly, s)
 	if err != nil {
