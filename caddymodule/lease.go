@@ -328,6 +328,13 @@ const leaseShards = 32
 // that ended long ago (anonymous subjects would otherwise pile up).
 const sweepEvery = 1024
 
+// maxLeasesPerShard bounds the table (100,000 leases in all, as the key
+// cache): a flood of new subjects (a client rotating through its IPv6
+// /64s) would otherwise hold one each for two minutes or more. Past it, a
+// shard swept and still full grants no new lease: those subjects' requests
+// each make a store call, as without leases.
+const maxLeasesPerShard = 100_000 / leaseShards
+
 // Sizing and refilling (see above).
 const (
 	refillAhead     = 3           // refill when a third of the last grant is left
@@ -621,6 +628,15 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		return d
 	}
 	if l == nil {
+		if len(sh.leases) >= maxLeasesPerShard {
+			// full: the sweeps, every sweepEvery grants as ever, make room
+			if sh.grants++; sh.grants >= sweepEvery {
+				sh.sweep(start)
+			}
+			if len(sh.leases) >= maxLeasesPerShard {
+				return d // the store's decision for this request alone
+			}
+		}
 		l = &lease{}
 		sh.leases[k] = l
 	}
@@ -644,7 +660,7 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		if l.epoch == epoch {
 			size = max(size, t.sizeCutByWindow(l.size, ask.Take, d.Lease, k.policy.Window))
 		}
-		if asking {
+		if asking && l.epoch == epoch {
 			// asked for one while another request's lease is on its way:
 			// not the size that lease's successor may double
 			size = max(size, l.size)
@@ -685,13 +701,18 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 	d.Remaining = l.remaining + l.left(start)
 
 	if sh.grants++; sh.grants >= sweepEvery {
-		sh.grants = 0
-		old := start.add(-time.Minute)
-		for k, l := range sh.leases {
-			if l.ends < old {
-				delete(sh.leases, k)
-			}
-		}
+		sh.sweep(start)
 	}
 	return d
+}
+
+// sweep forgets the leases of sh that ended over a minute before now.
+func (sh *leaseShard) sweep(now instant) {
+	sh.grants = 0
+	old := now.add(-time.Minute)
+	for k, l := range sh.leases {
+		if l.ends < old {
+			delete(sh.leases, k)
+		}
+	}
 }

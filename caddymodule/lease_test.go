@@ -1309,3 +1309,48 @@ func TestOneRequestAtATimeAsksForALease(t *testing.T) {
 		t.Fatalf("after the grants: size %d, asking %v; want 64 and none", l.size, l.asking)
 	}
 }
+
+// The table holds at most maxLeasesPerShard leases a shard: a flood of new
+// subjects beyond that gets the store's decisions, no leases; once the
+// flood's leases have ended, sweeps make room again.
+func TestLeaseTableIsBounded(t *testing.T) {
+	tbl := newLeaseTable(64, store.SlidingWindow)
+	policy := store.Policy{Limit: 100, Window: time.Minute}
+	t0 := time.Unix(1_800_000_000, 0)
+	flood := func(from, n int, at time.Time) {
+		for i := range n {
+			k := leaseKey{kind: 's', subject: "ip6:2001:db8:" + strconv.Itoa(from+i) + "::/64", policy: policy}
+			one := store.Ask{Take: 1}
+			tbl.put(k, instantDecision(tbl, k, one, at), one, at, 0, at)
+		}
+	}
+	held := func() (n int) {
+		for i := range tbl.shards {
+			if l := len(tbl.shards[i].leases); l > maxLeasesPerShard {
+				t.Fatalf("shard %d holds %d leases, more than %d", i, l, maxLeasesPerShard)
+			}
+			n += len(tbl.shards[i].leases)
+		}
+		return n
+	}
+	flood(0, 3*maxLeasesPerShard*leaseShards, t0)
+	if n := held(); n < maxLeasesPerShard*leaseShards*9/10 {
+		t.Fatalf("%d leases held after the flood, want the table about full", n)
+	}
+	// the flood's leases ended with their window; two minutes on, new
+	// subjects get leases again
+	later := t0.Add(3 * time.Minute)
+	flood(1_000_000, 2*sweepEvery*leaseShards, later)
+	recent := 0
+	for i := range tbl.shards {
+		for _, l := range tbl.shards[i].leases {
+			if l.since >= instantOf(later) {
+				recent++
+			}
+		}
+	}
+	if recent < sweepEvery*leaseShards {
+		t.Fatalf("%d leases of the later subjects, want the room the sweeps made", recent)
+	}
+	held()
+}
