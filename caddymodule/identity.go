@@ -23,7 +23,7 @@ const (
 )
 
 // stripIdentityHeaders deletes every X-Keygate-* header, in any case and
-// with underscores for any of its dashes: CGI, FastCGI (Caddy's
+// with underscores (or dots) for any of its dashes: CGI, FastCGI (Caddy's
 // php_fastcgi), WSGI and Rack turn both into HTTP_X_KEYGATE_..., so a
 // client's X_Keygate_Key_Id would reach such an app as the gateway's word.
 // Caddy drops headers with underscores itself, unless the server
@@ -79,12 +79,30 @@ func withoutIdentityNames(v string) string {
 }
 
 // isIdentityHeader says whether name starts with identityPrefix, in any
-// case, '_' matching '-'. (ReplaceAll allocates only for a prefix with an
-// underscore, which Caddy has usually dropped already.)
+// case, '_' or '.' matching '-': CGI-style variables fold both to '_'
+// (Caddy drops such names unless a server allowlists them:
+// expected_underscore_headers, expected_dot_headers).
 func isIdentityHeader(name string) bool {
-	return len(name) >= len(identityPrefix) &&
-		strings.EqualFold(strings.ReplaceAll(name[:len(identityPrefix)], "_", "-"), identityPrefix)
+	if len(name) < len(identityPrefixLower) {
+		return false
+	}
+	for i := range len(identityPrefixLower) {
+		c := name[i]
+		switch {
+		case c == '_' || c == '.':
+			c = '-'
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		if c != identityPrefixLower[i] {
+			return false
+		}
+	}
+	return true
 }
+
+// identityPrefixLower is identityPrefix as isIdentityHeader compares it.
+var identityPrefixLower = strings.ToLower(identityPrefix)
 
 // identity is a key as the upstream sees it. It is derived once per record
 // revision, so injecting it costs one allocation per request.

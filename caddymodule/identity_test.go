@@ -82,7 +82,9 @@ func TestIsIdentityHeader(t *testing.T) {
 		"X-Keygate":           false,
 		"X-Keygatex-Key-Id":   false,
 		"X-Keygat3-Key-Id":    false,
-		"X.Keygate-Key-Id":    false,
+		"X.Keygate.Key-Id":    true, // PHP folds dots to underscores too
+		"x_keygate.owner":     true,
+		"X:Keygate-Key-Id":    false,
 		"Authorization":       false,
 		"":                    false,
 	} {
