@@ -3,6 +3,7 @@ package localstore
 import (
 	"hash/maphash"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,6 +17,13 @@ import (
 // shardCount spreads counters over independently locked maps, so requests
 // for different subjects rarely wait for each other. A power of two.
 const shardCount = 64
+
+// maxCountersPerShard bounds the anonymous subjects' counters (262,144 in
+// all, about 60 MB): a client rotating through its IPv6 /64s makes one
+// each, kept two windows (two hours under anonymous 20 1h). A shard that
+// has as many makes room for a new one (makeRoom); keys' counters, as many
+// as there are keys and limits, are never dropped for it.
+const maxCountersPerShard = 1 << 18 / shardCount
 
 // counterKey names one counter the way the Redis store's key names do:
 // by whose counter it is (a key id or an anonymous subject) and by the
@@ -75,6 +83,9 @@ func (l *limiter) take(ck counterKey, now int64) store.Decision {
 	sh.mu.Lock()
 	c := sh.counters[ck]
 	if c == nil {
+		if ck.kind == 's' && len(sh.counters) >= maxCountersPerShard {
+			sh.makeRoom(now)
+		}
 		c = &counter{last: now}
 		if ck.algorithm != store.SlidingLog {
 			c.offset = store.WindowOffset(ck.kind, ck.name, time.Duration(ck.window)*time.Millisecond).Milliseconds()
@@ -221,6 +232,36 @@ func (l *limiter) sweep(now int64) (dropped int) {
 		sh.mu.Unlock()
 	}
 	return dropped
+}
+
+// makeRoom drops, from a full shard, the counters that no longer matter
+// (as sweep does) and, if that leaves it over seven eighths full, the
+// anonymous subjects' counters that admitted a request least recently,
+// down to seven eighths: an eighth at a time, so that a flood of new
+// subjects pays for one scan every few hundred of them. A subject dropped
+// so is counted afresh, as Redis does with a key its maxmemory policy
+// evicts; keys' counters stay.
+func (sh *shard) makeRoom(now int64) {
+	var lasts []int64
+	for ck, c := range sh.counters {
+		switch {
+		case now-c.last > 2*ck.window:
+			delete(sh.counters, ck)
+		case ck.kind == 's':
+			lasts = append(lasts, c.last)
+		}
+	}
+	excess := len(sh.counters) - maxCountersPerShard*7/8
+	if excess <= 0 || len(lasts) == 0 {
+		return
+	}
+	slices.Sort(lasts)
+	cut := lasts[min(excess, len(lasts))-1]
+	for ck, c := range sh.counters {
+		if ck.kind == 's' && c.last <= cut {
+			delete(sh.counters, ck)
+		}
+	}
 }
 
 // size reports how many counters are kept (for tests).

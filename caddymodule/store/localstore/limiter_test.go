@@ -164,3 +164,29 @@ func BenchmarkLimiterTake(b *testing.B) {
 		})
 	}
 }
+
+// A flood of anonymous subjects (a client rotating through IPv6 /64s) is
+// held to maxCountersPerShard a shard: the subjects that admitted a
+// request least recently go first, keys' counters never.
+func TestFloodOfSubjectsIsBounded(t *testing.T) {
+	l := newLimiter()
+	key := counterKey{'k', "id", store.SlidingWindow, 10, 3_600_000}
+	early := counterKey{'s', "ip6:2001:db8:ffff::/64", store.SlidingWindow, 20, 3_600_000}
+	l.take(key, 1_000)
+	l.take(early, 1_000)
+	for i := range 2 * maxCountersPerShard * shardCount {
+		l.take(counterKey{'s', "ip6:2001:db8:" + strconv.Itoa(i) + "::/64", store.SlidingWindow, 20, 3_600_000}, int64(2_000+i))
+	}
+	for i := range l.shards {
+		if n := len(l.shards[i].counters); n > maxCountersPerShard+1 {
+			t.Fatalf("shard %d holds %d counters, more than %d and the key's", i, n, maxCountersPerShard)
+		}
+	}
+	sh := l.shard(early)
+	if _, kept := sh.counters[early]; kept {
+		t.Error("the subject seen least recently was kept through the flood")
+	}
+	if _, kept := l.shard(key).counters[key]; !kept {
+		t.Error("the key's counter was dropped for the flood")
+	}
+}
