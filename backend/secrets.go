@@ -151,7 +151,7 @@ func (s *Server) handleGetSecret(w http.ResponseWriter, r *http.Request) {
 		if given == "" {
 			return errNoPasscode
 		}
-		a, b := sha256.Sum256([]byte(given)), sha256.Sum256([]byte(sec.PasscodeHash))
+		a, b := sha256.Sum256([]byte(hexInOneCase(given))), sha256.Sum256([]byte(hexInOneCase(sec.PasscodeHash)))
 		if subtle.ConstantTimeCompare(a[:], b[:]) != 1 {
 			return errBadPasscode
 		}
@@ -238,4 +238,22 @@ func printableASCII(s string) bool {
 		}
 	}
 	return true
+}
+
+// hexInOneCase is a passcode hash as it is compared: a SHA-256 in hex (64
+// hex digits) in lower case, whatever case the creator's tool wrote it in
+// (.NET's Convert.ToHexString writes upper case, the viewer and most tools
+// lower); any other form as it was sent.
+func hexInOneCase(h string) string {
+	if len(h) != 2*sha256.Size {
+		return h
+	}
+	for i := 0; i < len(h); i++ {
+		switch c := h[i]; {
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
+		default:
+			return h
+		}
+	}
+	return strings.ToLower(h)
 }

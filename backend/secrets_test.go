@@ -155,6 +155,16 @@ func TestSecretsPasscode(t *testing.T) {
 		if resp.StatusCode != 200 {
 			t.Fatalf("query passcode: %d %s", resp.StatusCode, out)
 		}
+		// A SHA-256 in hex matches in either case (the viewer sends lower
+		// case; .NET's Convert.ToHexString writes upper case); other
+		// passcode hashes exactly.
+		id, _ = e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"24hours","passcodeHash":"` + strings.ToUpper(hash) + `"}`)
+		if resp, out = e.get("/api/v1/secrets/"+id, anonymous, header("X-Passcode-Hash", hash)); resp.StatusCode != 200 {
+			t.Fatalf("upper-case hash, lower-case passcode: %d %s", resp.StatusCode, out)
+		}
+		id, _ = e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"24hours","passcodeHash":"Secret-Pass"}`)
+		resp, out = e.get("/api/v1/secrets/"+id, anonymous, header("X-Passcode-Hash", "secret-pass"))
+		wantProblem(t, resp, out, http.StatusUnauthorized, "Wrong passcode")
 		// An empty passcodeHash on create means no passcode.
 		id, _ = e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"1hour","passcodeHash":""}`)
 		if resp, out = e.get("/api/v1/secrets/"+id, anonymous); resp.StatusCode != 200 {

@@ -101,3 +101,51 @@ func TestViewerScriptDecrypts(t *testing.T) {
 		t.Fatalf("the script printed:\n%s\nwant:\n%s", out, want)
 	}
 }
+
+// The page's Reveal, in node with a stand-in for the DOM: a fetch that
+// fails (the network, not the server) says so instead of leaving the page
+// silent; a view_once secret that does not open with the link's key says
+// it is gone.
+func TestViewerSaysWhatWentWrong(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node not installed (scripts/test installs it)")
+	}
+	page, err := os.ReadFile("viewer.html")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := regexp.MustCompile(`(?s)<script>(.*?)</script>`).FindSubmatch(page)[1]
+	dom := `if (!globalThis.crypto) globalThis.crypto = require("node:crypto").webcrypto;
+const elements = {};
+globalThis.document = { getElementById: (id) => elements[id] ||= { id, hidden: id === "passcode-row", value: "",
+  listeners: {}, addEventListener(type, fn) { this.listeners[type] = fn; } } };
+globalThis.location = { pathname: "/s/AAAAAAAAAAAA", hash: "#" + btoa(String.fromCharCode(...new Uint8Array(32))) };
+globalThis.history = { replaceState() {} };
+let answer;
+globalThis.fetch = async () => answer();
+`
+	harness := dom + string(script) + `
+(async () => {
+  answer = () => { throw new TypeError("Failed to fetch"); };
+  await elements.reveal.listeners.click();
+  console.log(elements.status.textContent);
+  answer = () => ({ status: 200, ok: true, json: async () => ({ encryptedBlob: "AAAA", iv: "AAAAAAAAAAAAAAAA", expiryType: "view_once" }) });
+  await elements.reveal.listeners.click();
+  console.log(elements.status.textContent);
+})().catch((e) => { console.error(e); process.exit(1); });
+`
+	file := filepath.Join(t.TempDir(), "harness.js")
+	if err := os.WriteFile(file, []byte(harness), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(node, file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	want := "The server could not be reached: try again.\n" +
+		"The secret does not open with this link's key. It was to be viewed once, and is gone from the server now.\n"
+	if string(out) != want {
+		t.Fatalf("the page said:\n%s\nwant:\n%s", out, want)
+	}
+}

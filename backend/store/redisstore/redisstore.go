@@ -22,6 +22,7 @@ package redisstore
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -304,15 +305,21 @@ func (s *Store) CreateSecret(ctx context.Context, sec store.Secret) error {
 
 // consumeSecret deletes a view_once secret and leaves its tombstone in one
 // step: the caller whose script found the key is the one and only reader.
-// It answers the secret, or 1 when a tombstone exists, or 0 when neither.
+// The tombstone holds that caller's token (ARGV[2], random), so that the
+// script run again for the same caller (go-redis sends a command again
+// when it loses its reply) knows its own consumption. It answers the
+// secret, or 2 when the tombstone is this caller's, 1 when it is another's,
+// or 0 when there is neither.
 var consumeSecret = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if not v then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+  local t = redis.call('GET', KEYS[2])
+  if t == ARGV[2] then return 2 end
+  if t then return 1 end
   return 0
 end
 redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])
 return v
 `)
 
@@ -341,7 +348,8 @@ func (s *Store) OpenSecret(ctx context.Context, id string, authorize func(store.
 	if !sec.ViewOnce() {
 		return sec, nil
 	}
-	res, err := consumeSecret.Run(ctx, s.rdb, []string{secretKey, goneKey}, s.cfg.TombstoneTTL.Milliseconds()).Result()
+	token := rand.Text()
+	res, err := consumeSecret.Run(ctx, s.rdb, []string{secretKey, goneKey}, s.cfg.TombstoneTTL.Milliseconds(), token).Result()
 	if err != nil {
 		return store.Secret{}, fmt.Errorf("redisstore: consuming secret: %w", err)
 	}
@@ -349,7 +357,10 @@ func (s *Store) OpenSecret(ctx context.Context, id string, authorize func(store.
 	case string:
 		return decodeSecret([]byte(v))
 	case int64:
-		if v == 1 {
+		switch v {
+		case 2: // consumed by this call, whose first reply was lost: the secret is its
+			return sec, nil
+		case 1:
 			return store.Secret{}, store.ErrGone
 		}
 		return store.Secret{}, store.ErrNotFound // expired between GET and script
