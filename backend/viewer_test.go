@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -58,16 +59,6 @@ func TestShareURLOpensTheViewer(t *testing.T) {
 // a passcode as the creator does (hex SHA-256): run with Node.js, which has
 // the browser's WebCrypto.
 func TestViewerScriptDecrypts(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node not installed (scripts/test installs it)")
-	}
-	page, err := os.ReadFile("viewer.html")
-	if err != nil {
-		t.Fatal(err)
-	}
-	script := regexp.MustCompile(`(?s)<script>(.*?)</script>`).FindSubmatch(page)[1]
-
 	key := make([]byte, 32)
 	iv := make([]byte, 12)
 	rand.Read(key)
@@ -78,35 +69,26 @@ func TestViewerScriptDecrypts(t *testing.T) {
 	blob := gcm.Seal(nil, iv, []byte(plain), nil)
 	passcode := sha256.Sum256([]byte("open sesame"))
 
-	harness := `if (!globalThis.crypto) globalThis.crypto = require("node:crypto").webcrypto;
-` + string(script) + `
+	blob64, iv64 := base64.StdEncoding.EncodeToString(blob), base64.StdEncoding.EncodeToString(iv)
+	out := runViewerScript(t, "", fmt.Sprintf(`
 (async () => {
-  console.log(await decryptSecret("` + base64.StdEncoding.EncodeToString(blob) + `", "` + base64.StdEncoding.EncodeToString(iv) + `", "` + base64.RawURLEncoding.EncodeToString(key) + `"));
-  console.log(await decryptSecret("` + base64.StdEncoding.EncodeToString(blob) + `", "` + base64.StdEncoding.EncodeToString(iv) + `", "` + base64.StdEncoding.EncodeToString(key) + `"));
+  console.log(await decryptSecret(%[1]q, %[2]q, %[3]q));
+  console.log(await decryptSecret(%[1]q, %[2]q, %[4]q));
   console.log(await passcodeHash("open sesame"));
   const wrong = new Uint8Array(32);
-  console.log(await decryptSecret("` + base64.StdEncoding.EncodeToString(blob) + `", "` + base64.StdEncoding.EncodeToString(iv) + `", btoa(String.fromCharCode(...wrong))).then(() => "opened", () => "refused"));
+  console.log(await decryptSecret(%[1]q, %[2]q, btoa(String.fromCharCode(...wrong))).then(() => "opened", () => "refused"));
 })().catch((e) => { console.error(e); process.exit(1); });
-`
-	file := filepath.Join(t.TempDir(), "harness.js")
-	if err := os.WriteFile(file, []byte(harness), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(node, file).CombinedOutput()
-	if err != nil {
-		t.Fatalf("node: %v\n%s", err, out)
-	}
+`, blob64, iv64, base64.RawURLEncoding.EncodeToString(key), base64.StdEncoding.EncodeToString(key)))
 	want := plain + "\n" + plain + "\n" + hex.EncodeToString(passcode[:]) + "\nrefused\n"
-	if string(out) != want {
+	if out != want {
 		t.Fatalf("the script printed:\n%s\nwant:\n%s", out, want)
 	}
 }
 
-// The page's Reveal, in node with a stand-in for the DOM: a fetch that
-// fails (the network, not the server) says so instead of leaving the page
-// silent; a view_once secret that does not open with the link's key says
-// it is gone.
-func TestViewerSaysWhatWentWrong(t *testing.T) {
+// runViewerScript runs the page's script in node, after prelude (stand-ins
+// for what a browser has) and before body, and returns what it printed.
+func runViewerScript(t *testing.T, prelude, body string) string {
+	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Skip("node not installed (scripts/test installs it)")
@@ -116,25 +98,8 @@ func TestViewerSaysWhatWentWrong(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := regexp.MustCompile(`(?s)<script>(.*?)</script>`).FindSubmatch(page)[1]
-	dom := `if (!globalThis.crypto) globalThis.crypto = require("node:crypto").webcrypto;
-const elements = {};
-globalThis.document = { getElementById: (id) => elements[id] ||= { id, hidden: id === "passcode-row", value: "",
-  listeners: {}, addEventListener(type, fn) { this.listeners[type] = fn; } } };
-globalThis.location = { pathname: "/s/AAAAAAAAAAAA", hash: "#" + btoa(String.fromCharCode(...new Uint8Array(32))) };
-globalThis.history = { replaceState() {} };
-let answer;
-globalThis.fetch = async () => answer();
-`
-	harness := dom + string(script) + `
-(async () => {
-  answer = () => { throw new TypeError("Failed to fetch"); };
-  await elements.reveal.listeners.click();
-  console.log(elements.status.textContent);
-  answer = () => ({ status: 200, ok: true, json: async () => ({ encryptedBlob: "AAAA", iv: "AAAAAAAAAAAAAAAA", expiryType: "view_once" }) });
-  await elements.reveal.listeners.click();
-  console.log(elements.status.textContent);
-})().catch((e) => { console.error(e); process.exit(1); });
-`
+	harness := `if (!globalThis.crypto) globalThis.crypto = require("node:crypto").webcrypto;
+` + prelude + string(script) + body
 	file := filepath.Join(t.TempDir(), "harness.js")
 	if err := os.WriteFile(file, []byte(harness), 0o600); err != nil {
 		t.Fatal(err)
@@ -143,9 +108,35 @@ globalThis.fetch = async () => answer();
 	if err != nil {
 		t.Fatalf("node: %v\n%s", err, out)
 	}
+	return string(out)
+}
+
+// The page's Reveal, in node with a stand-in for the DOM: a fetch that
+// fails (the network, not the server) says so instead of leaving the page
+// silent; a view_once secret that does not open with the link's key says
+// it is gone.
+func TestViewerSaysWhatWentWrong(t *testing.T) {
+	dom := `const elements = {};
+globalThis.document = { getElementById: (id) => elements[id] ||= { id, hidden: id === "passcode-row", value: "",
+  listeners: {}, addEventListener(type, fn) { this.listeners[type] = fn; } } };
+globalThis.location = { pathname: "/s/AAAAAAAAAAAA", hash: "#" + btoa(String.fromCharCode(...new Uint8Array(32))) };
+globalThis.history = { replaceState() {} };
+let answer;
+globalThis.fetch = async () => answer();
+`
+	out := runViewerScript(t, dom, `
+(async () => {
+  answer = () => { throw new TypeError("Failed to fetch"); };
+  await elements.reveal.listeners.click();
+  console.log(elements.status.textContent);
+  answer = () => ({ status: 200, ok: true, json: async () => ({ encryptedBlob: "AAAA", iv: "AAAAAAAAAAAAAAAA", expiryType: "view_once" }) });
+  await elements.reveal.listeners.click();
+  console.log(elements.status.textContent);
+})().catch((e) => { console.error(e); process.exit(1); });
+`)
 	want := "The server could not be reached: try again.\n" +
 		"The secret does not open with this link's key. It was to be viewed once, and is gone from the server now.\n"
-	if string(out) != want {
+	if out != want {
 		t.Fatalf("the page said:\n%s\nwant:\n%s", out, want)
 	}
 }
