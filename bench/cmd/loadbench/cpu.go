@@ -28,11 +28,7 @@ func (u cpuUse) other() time.Duration {
 // medianCPU is the field-by-field median of uses.
 func medianCPU(uses []cpuUse) cpuUse {
 	field := func(f func(cpuUse) time.Duration) time.Duration {
-		ds := make([]time.Duration, len(uses))
-		for i, u := range uses {
-			ds[i] = f(u)
-		}
-		return medianDur(ds)
+		return time.Duration(medianBy(uses, func(u cpuUse) float64 { return float64(f(u)) }))
 	}
 	return cpuUse{
 		proxy:    field(func(u cpuUse) time.Duration { return u.proxy }),

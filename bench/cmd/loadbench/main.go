@@ -759,11 +759,17 @@ func median(xs []float64) float64 {
 }
 
 func medianDur(ds []time.Duration) time.Duration {
-	xs := make([]float64, len(ds))
-	for i, d := range ds {
-		xs[i] = float64(d)
+	return time.Duration(medianBy(ds, func(d time.Duration) float64 { return float64(d) }))
+}
+
+// medianBy is the median of f over xs: one field of a run's measurements
+// over the rounds.
+func medianBy[T any](xs []T, f func(T) float64) float64 {
+	vs := make([]float64, len(xs))
+	for i, x := range xs {
+		vs[i] = f(x)
 	}
-	return time.Duration(median(xs))
+	return median(vs)
 }
 
 func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream string) error {

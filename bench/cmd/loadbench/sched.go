@@ -66,13 +66,11 @@ func (u schedUse) perRequest(before schedUse, n int64) schedUse {
 
 // medianSched is the field-by-field median of uses.
 func medianSched(uses []schedUse) schedUse {
-	waits := make([]time.Duration, len(uses))
-	var voluntary, preempted []float64
-	for i, u := range uses {
-		waits[i] = u.runQueueWait
-		voluntary, preempted = append(voluntary, u.voluntary), append(preempted, u.preempted)
+	return schedUse{
+		runQueueWait: time.Duration(medianBy(uses, func(u schedUse) float64 { return float64(u.runQueueWait) })),
+		voluntary:    medianBy(uses, func(u schedUse) float64 { return u.voluntary }),
+		preempted:    medianBy(uses, func(u schedUse) float64 { return u.preempted }),
 	}
-	return schedUse{runQueueWait: medianDur(waits), voluntary: median(voluntary), preempted: median(preempted)}
 }
 
 // fmtSchedUse renders one side of the scheduling table, each column
