@@ -215,16 +215,19 @@ func (c *counter) push(t, limit int64) {
 	c.n++
 }
 
-// sweep drops the counters that have admitted nothing for longer than two
-// windows. Such a counter's next answer is the same as a new counter's
-// (both algorithms forget everything older than that), so dropping it
-// bounds memory without changing a single decision.
+// forgotten says whether counter c of ck has admitted nothing for longer
+// than two windows at now. Such a counter's next answer is the same as a
+// new counter's (both algorithms forget everything older than that), so
+// dropping it bounds memory without changing a single decision.
+func (c *counter) forgotten(ck counterKey, now int64) bool { return now-c.last > 2*ck.window }
+
+// sweep drops the counters that are forgotten.
 func (l *limiter) sweep(now int64) (dropped int) {
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
 		for ck, c := range sh.counters {
-			if now-c.last > 2*ck.window {
+			if c.forgotten(ck, now) {
 				delete(sh.counters, ck)
 				dropped++
 			}
@@ -245,7 +248,7 @@ func (sh *shard) makeRoom(now int64) {
 	var lasts []int64
 	for ck, c := range sh.counters {
 		switch {
-		case now-c.last > 2*ck.window:
+		case c.forgotten(ck, now):
 			delete(sh.counters, ck)
 		case ck.kind == 's':
 			lasts = append(lasts, c.last)
