@@ -629,10 +629,7 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 	}
 	if l == nil {
 		if len(sh.leases) >= maxLeasesPerShard {
-			// full: the sweeps, every sweepEvery grants as ever, make room
-			if sh.grants++; sh.grants >= sweepEvery {
-				sh.sweep(start)
-			}
+			sh.granted(start) // full: the sweeps make room
 			if len(sh.leases) >= maxLeasesPerShard {
 				return d // the store's decision for this request alone
 			}
@@ -699,15 +696,16 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		l.limit, l.resetMs, l.granted, l.spread = d.Limit, d.Reset.UnixMilli(), d.Granted, ask.Spread
 	}
 	d.Remaining = l.remaining + l.left(start)
-
-	if sh.grants++; sh.grants >= sweepEvery {
-		sh.sweep(start)
-	}
+	sh.granted(start)
 	return d
 }
 
-// sweep forgets the leases of sh that ended over a minute before now.
-func (sh *leaseShard) sweep(now instant) {
+// granted counts a grant recorded in sh at now; every sweepEvery grants it
+// forgets the leases that ended over a minute before.
+func (sh *leaseShard) granted(now instant) {
+	if sh.grants++; sh.grants < sweepEvery {
+		return
+	}
 	sh.grants = 0
 	old := now.add(-time.Minute)
 	for k, l := range sh.leases {
