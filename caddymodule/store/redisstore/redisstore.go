@@ -346,16 +346,12 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 	}
 	keys := make([]store.Key, 0, len(names))
 	for i, cmd := range cmds {
-		m := cmd.Val()
-		if len(m) == 0 {
-			continue
-		}
-		k, err := recordFromMap(entries[names[i]], m)
-		if err != nil {
-			return nil, err
-		}
-		if k.Name == names[i] {
+		k, err := keyUnder(names[i], entries[names[i]], cmd.Val())
+		switch {
+		case err == nil:
 			keys = append(keys, k)
+		case !errors.Is(err, store.ErrNotFound):
+			return nil, err
 		}
 	}
 	store.SortKeys(keys)
@@ -378,16 +374,22 @@ func (s *Store) KeyByName(ctx context.Context, name string) (store.Key, error) {
 	}
 	if len(m) == 0 {
 		s.releaseName(context.WithoutCancel(ctx), name, id) // mended if it can be; else the next claim does
+	}
+	return keyUnder(name, id, m)
+}
+
+// keyUnder is the key that name's entry (id) names, its record's fields m:
+// store.ErrNotFound when the record is gone (m empty) or under another name
+// (names.go).
+func keyUnder(name, id string, m map[string]string) (store.Key, error) {
+	if len(m) == 0 {
 		return store.Key{}, store.ErrNotFound
 	}
 	k, err := recordFromMap(id, m)
-	if err != nil {
-		return store.Key{}, err
-	}
-	if k.Name != name {
+	if err == nil && k.Name != name {
 		return store.Key{}, store.ErrNotFound
 	}
-	return k, nil
+	return k, err
 }
 
 // UpdateKey implements store.Store. The record is written only if its
