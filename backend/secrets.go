@@ -3,6 +3,7 @@ package backend
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"net"
 	"net/http"
@@ -245,15 +246,8 @@ func printableASCII(s string) bool {
 // (.NET's Convert.ToHexString writes upper case, the viewer and most tools
 // lower); any other form as it was sent.
 func hexInOneCase(h string) string {
-	if len(h) != 2*sha256.Size {
+	if _, err := hex.DecodeString(h); err != nil || len(h) != 2*sha256.Size {
 		return h
-	}
-	for i := 0; i < len(h); i++ {
-		switch c := h[i]; {
-		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
-		default:
-			return h
-		}
 	}
 	return strings.ToLower(h)
 }
