@@ -154,35 +154,14 @@ func TestClusterKeysShareOneHashTag(t *testing.T) {
 	}
 }
 
-// scriptsRunTwice is what go-redis does to a command whose reply it lost:
-// it sends it again. Armed, it runs every script twice.
-type scriptsRunTwice struct{ armed *atomic.Bool }
-
-func (scriptsRunTwice) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h scriptsRunTwice) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if name := cmd.Name(); h.armed.Load() && (name == "eval" || name == "evalsha") {
-			if err := next(ctx, cmd); err != nil {
-				return err // NOSCRIPT: go-redis sends EVAL next, run twice here
-			}
-		}
-		return next(ctx, cmd)
-	}
-}
-
-func (scriptsRunTwice) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // The script that consumes a view_once secret, run twice for one reader
 // (its first reply lost), gives that reader the secret, not "already
 // viewed"; the next reader gets ErrGone.
 func TestViewOnceSurvivesARetriedScript(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: redistest.Start(t).Addr})
 	t.Cleanup(func() { _ = rdb.Close() })
-	var armed atomic.Bool
-	rdb.AddHook(scriptsRunTwice{&armed})
+	twice := new(redistest.ScriptsRunTwice)
+	rdb.AddHook(twice)
 	st := redisstore.New(rdb, "kgbtwice:", store.Config{})
 	ctx := context.Background()
 	now := time.Now()
@@ -191,12 +170,12 @@ func TestViewOnceSurvivesARetriedScript(t *testing.T) {
 	if err := st.CreateSecret(ctx, sec); err != nil {
 		t.Fatal(err)
 	}
-	armed.Store(true)
+	twice.Armed.Store(true)
 	got, err := st.OpenSecret(ctx, sec.ID, nil)
 	if err != nil || got.EncryptedBlob != sec.EncryptedBlob {
 		t.Fatalf("the one reader, its script run twice: %+v, %v", got, err)
 	}
-	armed.Store(false)
+	twice.Armed.Store(false)
 	if _, err := st.OpenSecret(ctx, sec.ID, nil); !errors.Is(err, store.ErrGone) {
 		t.Fatalf("the next reader: %v, want ErrGone", err)
 	}

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/caddymodule/store/storetest"
 	"github.com/keygate/keygate/internal/redistest"
@@ -97,42 +95,18 @@ func TestChangesOutliveTheirCaller(t *testing.T) {
 	}
 }
 
-// runsTwice is what go-redis does to a command whose reply it lost: it
-// sends it again (MaxRetries). The update script's second run finds the
-// revision its first run moved.
-type runsTwice struct{ sha string }
-
-func (runsTwice) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h runsTwice) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if args := cmd.Args(); len(args) > 1 && args[1] == h.sha {
-			if err := next(ctx, cmd); err != nil {
-				return err
-			}
-		}
-		return next(ctx, cmd)
-	}
-}
-
-func (runsTwice) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
 // A rename or a rotation whose script go-redis ran twice is made, not
 // undone: the second run's "revision moved" is read back as this change.
 func TestChangesSurviveARetriedScript(t *testing.T) {
 	s := open(t, redistest.Start(t), time.Second)
 	ctx := context.Background()
-	// loaded, so that EVALSHA runs it (not a NOSCRIPT, then EVAL)
-	if err := updateScript.Load(ctx, s.client).Err(); err != nil {
-		t.Fatal(err)
-	}
-	s.client.AddHook(runsTwice{sha: updateScript.Hash()})
+	twice := new(redistest.ScriptsRunTwice)
+	s.client.AddHook(twice)
 	k, _ := storetest.NewKey(t, "twice")
 	if err := s.CreateKey(ctx, k); err != nil {
 		t.Fatal(err)
 	}
+	twice.Armed.Store(true)
 	fresh, _ := storetest.NewKey(t, "unused")
 	got, err := s.UpdateKey(ctx, "twice", func(k *store.Key) error { k.Name, k.Hash = "renamed", fresh.Hash; return nil })
 	if err != nil || got.Name != "renamed" {
