@@ -293,6 +293,8 @@ func TestStoreOutageIs503(t *testing.T) {
 	wantUnavailable(t, resp, body)
 	resp, body = e.get("/AAAAAAAAAAAA")
 	wantUnavailable(t, resp, body)
+	resp, body = e.get("/healthz")
+	wantUnavailable(t, resp, body)
 }
 
 // A Redis that answers but does not serve for now (here a replica, as a

@@ -53,9 +53,11 @@ type App struct {
 	RedisSentinel string `json:"redis_sentinel,omitempty"`
 
 	// OnStoreError decides what happens while the store is unreachable.
-	// "closed" (default): every keyed request gets 503. "open": a key that
-	// validated within FailOpenGrace passes without rate limiting; anything
-	// else still gets 503.
+	// "closed" (default): every request that needs the store (keyed or
+	// anonymous) gets 503. "open": a key that validated within
+	// FailOpenGrace passes without rate limiting, unless its record then
+	// said disabled or it has expired since (401); anything else still
+	// gets 503.
 	OnStoreError string `json:"on_store_error,omitempty"`
 
 	// Timeout bounds every store call (dial, read, write), so an outage

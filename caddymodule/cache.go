@@ -11,7 +11,7 @@ import (
 
 const (
 	// maxCachedKeys bounds the cache; past it, the cache starts over. Each
-	// entry, with its record and identity, is about 630 bytes
+	// entry, with its record and identity, is about 530 bytes
 	// (BenchmarkMemoryPerKey).
 	maxCachedKeys = 100_000
 	// unknownTTL is how long a hash that matched no key is remembered, so a

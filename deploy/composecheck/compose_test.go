@@ -212,16 +212,28 @@ func TestGateway(t *testing.T) {
 	if gs, bs := env(g, "KEYGATE_UPSTREAM_SECRET"), env(b, "KEYGATE_UPSTREAM_SECRET"); gs != secret || gs != bs {
 		t.Errorf("KEYGATE_UPSTREAM_SECRET: gateway %q, backend %q; want both the environment's value", gs, bs)
 	}
-	// Leases off unless the environment sets KEYGATE_LEASE.
-	if got := env(g, "KEYGATE_LEASE"); got != "0" {
-		t.Errorf("KEYGATE_LEASE = %q by default, want 0", got)
+	// The settings an operator changes pass from the host's environment,
+	// with the Caddyfile's defaults when it has none of them.
+	passed := []struct{ name, byDefault, set string }{
+		{"KEYGATE_LEASE", "0", "64"},
+		{"KEYGATE_ON_STORE_ERROR", "closed", "open"},
+		{"KEYGATE_LOG_LEVEL", "INFO", "DEBUG"},
 	}
-	leased, err := load(t, "KEYGATE_UPSTREAM_SECRET="+secret, "KEYGATE_LEASE=64")
+	setAll := []string{"KEYGATE_UPSTREAM_SECRET=" + secret}
+	for _, v := range passed {
+		if got := env(g, v.name); got != v.byDefault {
+			t.Errorf("%s = %q by default, want %q", v.name, got, v.byDefault)
+		}
+		setAll = append(setAll, v.name+"="+v.set)
+	}
+	set, err := load(t, setAll...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := env(service(t, leased, "gateway"), "KEYGATE_LEASE"); got != "64" {
-		t.Errorf("KEYGATE_LEASE = %q with KEYGATE_LEASE=64 in the environment", got)
+	for _, v := range passed {
+		if got := env(service(t, set, "gateway"), v.name); got != v.set {
+			t.Errorf("%s = %q with %s=%s in the environment", v.name, got, v.name, v.set)
+		}
 	}
 	// Redis: the same server, another database than the backend's.
 	gh, gp, gdb := redisURL(t, "KEYGATE_REDIS", env(g, "KEYGATE_REDIS"))
