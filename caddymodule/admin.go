@@ -73,6 +73,15 @@ type keyView struct {
 	ExpiresAt  *time.Time `json:"expires_at"`
 	CreatedAt  time.Time  `json:"created_at"`
 	LastUsedAt *time.Time `json:"last_used_at"`
+	// Warning: the change was made, but gateways holding leases may admit
+	// the key as it was for up to a minute (store.ErrUnannounced)
+	Warning string `json:"warning,omitempty"`
+}
+
+// deletedView is the answer to a deletion.
+type deletedView struct {
+	Deleted string `json:"deleted"`
+	Warning string `json:"warning,omitempty"` // as keyView's
 }
 
 func viewOf(k store.Key, now time.Time) keyView {
@@ -203,10 +212,11 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 		k, err := s.KeyByName(ctx, name)
 		return http.StatusOK, viewOf(k, time.Now()), err
 	case action == "" && r.Method == http.MethodDelete:
-		if err := s.DeleteKey(ctx, name); err != nil {
+		warning, err := unannounced(s.DeleteKey(ctx, name))
+		if err != nil {
 			return 0, nil, err
 		}
-		return http.StatusOK, map[string]string{"deleted": name}, nil
+		return http.StatusOK, deletedView{Deleted: name, Warning: warning}, nil
 	case action == "":
 		return 0, nil, methodNotAllowed(r, "GET, DELETE")
 	case !slices.Contains(keyActions, action):
@@ -239,12 +249,25 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 		change = func(k *store.Key) error { k.Hash, k.Prefix = g.Hash, g.Display; return nil }
 	}
 	k, err := s.UpdateKey(ctx, name, change)
+	warning, err := unannounced(err)
 	if err != nil {
 		return 0, nil, err
 	}
 	v := viewOf(k, time.Now())
-	v.Key = secret
+	v.Key, v.Warning = secret, warning
 	return http.StatusOK, v, nil
+}
+
+// unannounced takes a change that was made but not announced to gateways
+// (store.ErrUnannounced) for a success with a warning: an error would hide
+// that the change stands, and lose a rotation's new secret, the one key
+// that works now.
+func unannounced(err error) (warning string, _ error) {
+	if !errors.Is(err, store.ErrUnannounced) {
+		return "", err
+	}
+	caddy.Log().Named("keygate.admin").Warn("key changed, but not announced to gateways", zap.Error(err))
+	return store.ErrUnannounced.Error(), nil
 }
 
 // createKey validates a creation request and stores the new key.

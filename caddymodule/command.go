@@ -217,15 +217,15 @@ func cmdAction(action string) func(*adminClient, []string) error {
 }
 
 func cmdDelete(a *adminClient, args []string) error {
-	var out map[string]string
+	var out deletedView
 	if err := a.call(http.MethodDelete, keyPath(args[0]), nil, &out); err != nil {
 		return err
 	}
 	if a.json {
 		return a.printJSON(out)
 	}
-	_, err := fmt.Fprintf(a.out, "API key %q deleted.\n", args[0])
-	return err
+	fmt.Fprintf(a.out, "API key %q deleted.\n", args[0])
+	return a.printWarning(out.Warning)
 }
 
 func cmdRename(a *adminClient, args []string) error {
@@ -246,8 +246,18 @@ func (a *adminClient) printKey(v keyView, headline string) error {
 	if v.Key != "" {
 		fmt.Fprintf(a.out, "\n    %s\n\n", v.Key)
 	}
-	_, err := fmt.Fprintf(a.out, "id: %s  prefix: %s  status: %s  expires: %s  roles: %s\n",
+	fmt.Fprintf(a.out, "id: %s  prefix: %s  status: %s  expires: %s  roles: %s\n",
 		v.ID, v.Prefix, v.Status, orDash(v.ExpiresAt), dashIfEmpty(strings.Join(v.Roles, ",")))
+	return a.printWarning(v.Warning)
+}
+
+// printWarning prints the warning of a change that was made but not
+// announced to gateways (store.ErrUnannounced), if any.
+func (a *adminClient) printWarning(warning string) error {
+	if warning == "" {
+		return nil
+	}
+	_, err := fmt.Fprintf(a.out, "Warning: %s.\n", warning)
 	return err
 }
 

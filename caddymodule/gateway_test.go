@@ -1,6 +1,7 @@
 package keygate
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -520,4 +521,34 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatal("condition not met within 10s")
+}
+
+// A change that was made but whose epoch could not be moved (here the
+// epoch key holds no integer, so INCR fails) is a success with a warning:
+// a rotation's new secret, the only one that works now, is not lost in a
+// 503, and a deletion says it was made.
+func TestChangeMadeButUnannouncedIsASuccess(t *testing.T) {
+	g := startRedisGateway(t, "", protectedSite)
+	k := generate(t, "--name", "k", "--roles", "upload")
+	ctx := context.Background()
+	if err := g.redis.Client(t).Set(ctx, "keygate:epoch", "not a number", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var rotated keyView
+	mustJSON(t, mustCLI(t, "rotate", "k", "--json"), &rotated)
+	if rotated.Key == "" || rotated.Key == k.Key || !strings.Contains(rotated.Warning, "may admit it as it was") {
+		t.Fatalf("rotate with the epoch not moved = %+v; want the new key and a warning", rotated)
+	}
+	if r := g.get("/api/x", bearer(rotated.Key)...); r.status != http.StatusOK {
+		t.Fatalf("the new secret: %d", r.status)
+	}
+	wantProblem(t, g.get("/api/x", bearer(k.Key)...), http.StatusUnauthorized, "Invalid API key")
+	if out := mustCLI(t, "disable", "k"); !strings.Contains(out, "Warning: key changed, but gateways") {
+		t.Errorf("disable printed %q, want the warning", out)
+	}
+	var deleted deletedView
+	mustJSON(t, mustCLI(t, "delete", "k", "--json"), &deleted)
+	if deleted.Deleted != "k" || deleted.Warning == "" {
+		t.Fatalf("delete = %+v, want k deleted with a warning", deleted)
+	}
 }

@@ -22,6 +22,12 @@ import (
 var (
 	ErrNotFound  = errors.New("no API key with that name")
 	ErrNameTaken = errors.New("an API key with that name already exists")
+	// ErrUnannounced wraps the error of a change that was made but whose
+	// epoch (Store.Epoch) could not be moved: gateways holding leases may
+	// admit the key as it was for up to MaxLease. UpdateKey returns the
+	// changed key with it; the change stands (a rotation's new secret is
+	// the only one that works).
+	ErrUnannounced = errors.New("key changed, but gateways holding leases may admit it as it was for up to a minute")
 )
 
 // Key is a stored key record. It never holds the secret, only its hash.
@@ -221,9 +227,10 @@ type Store interface {
 	// UpdateKey applies change to the named key and stores the result with
 	// a new revision (see Changed: ID and CreatedAt cannot change). A new Name
 	// must be free (ErrNameTaken otherwise); a new Hash replaces the old
-	// one at once.
+	// one at once. With ErrUnannounced, the change was made and the key
+	// returned is the changed one.
 	UpdateKey(ctx context.Context, name string, change func(*Key) error) (Key, error)
-	// DeleteKey removes the named key.
+	// DeleteKey removes the named key; with ErrUnannounced, it was removed.
 	DeleteKey(ctx context.Context, name string) error
 	// Epoch is a number that changes whenever a key is updated (renamed,
 	// rotated, disabled, enabled …) or deleted, so that a gateway holding

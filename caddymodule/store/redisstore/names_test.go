@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/caddymodule/store/storetest"
@@ -118,4 +121,75 @@ func TestChangesSurviveARetriedScript(t *testing.T) {
 	if id, err := s.KeyIDByHash(ctx, fresh.Hash); err != nil || id != k.ID {
 		t.Fatalf("the new secret's hash: %q, %v; want it indexed to %s", id, err, k.ID)
 	}
+}
+
+// A rename or a rotation whose reply was lost after another change landed
+// on top of it (here a disable, from another replica) is read back as
+// made: releasing its new name or its new secret's index, as a change not
+// made, would leave the key unnamed (unlisted, not to be revoked) or its
+// only working secret unindexed.
+func TestChangesOverlaidByAnotherSurviveALostReply(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(k *store.Key, fresh store.Key)
+	}{
+		{"rename", func(k *store.Key, _ store.Key) { k.Name = "renamed" }},
+		{"rotate", func(k *store.Key, fresh store.Key) { k.Hash, k.Prefix = fresh.Hash, fresh.Prefix }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t, redistest.Start(t), time.Second)
+			ctx := context.Background()
+			k, _ := storetest.NewKey(t, "overlaid")
+			if err := s.CreateKey(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+			fresh, _ := storetest.NewKey(t, "unused")
+			want := k
+			tc.change(&want, fresh)
+			lost := &replyLostAfterScript{then: func() {
+				if _, err := s.UpdateKey(ctx, want.Name, func(k *store.Key) error { k.Enabled = false; return nil }); err != nil {
+					t.Errorf("the change on top: %v", err)
+				}
+			}}
+			lost.armed.Store(true)
+			s.client.AddHook(lost)
+			s.UpdateKey(ctx, "overlaid", func(k *store.Key) error { tc.change(k, fresh); return nil })
+
+			got, err := s.KeyByName(ctx, want.Name)
+			if err != nil || got.ID != k.ID || got.Enabled || got.Hash != want.Hash {
+				t.Fatalf("KeyByName(%s) = %+v, %v; want the key, disabled, with its new name and secret", want.Name, got, err)
+			}
+			if id, err := s.KeyIDByHash(ctx, want.Hash); err != nil || id != k.ID {
+				t.Fatalf("the key's secret's hash: %q, %v; want it indexed to %s", id, err, k.ID)
+			}
+			if keys, err := s.Keys(ctx); err != nil || len(keys) != 1 || keys[0].Name != want.Name {
+				t.Fatalf("Keys = %+v, %v; want the key once, as %s", keys, err, want.Name)
+			}
+		})
+	}
+}
+
+// replyLostAfterScript is a go-redis hook that, once armed, lets the next
+// script run, runs then (another change landing on top), and reports the
+// script's reply lost.
+type replyLostAfterScript struct {
+	armed atomic.Bool
+	then  func()
+}
+
+func (*replyLostAfterScript) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *replyLostAfterScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		name := cmd.Name()
+		if err := next(ctx, cmd); err != nil || name != "eval" && name != "evalsha" || !h.armed.CompareAndSwap(true, false) {
+			return err // NOSCRIPT included: go-redis sends EVAL next
+		}
+		h.then()
+		return errors.New("i/o timeout: reply lost")
+	}
+}
+
+func (*replyLostAfterScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }

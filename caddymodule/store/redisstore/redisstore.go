@@ -413,14 +413,7 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 			return store.Key{}, err
 		}
 		renamed, rotated := k.Name != old.Name, k.Hash != old.Hash
-		undo := func() {
-			if renamed {
-				s.releaseName(ctx, k.Name, k.ID)
-			}
-			if rotated {
-				s.client.Del(ctx, hashKey(k.Hash))
-			}
-		}
+		undo := func() { s.releaseClaims(ctx, k, renamed, rotated) }
 		if renamed {
 			if err := s.claimName(ctx, k.Name, k.ID); err != nil {
 				return store.Key{}, err
@@ -439,7 +432,7 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 			// command again when its reply is lost, and a second run of the
 			// script finds the revision moved by the first. So the record
 			// is read back: it may hold this change.
-			held, herr := s.holds(ctx, k)
+			held, herr := s.holds(ctx, k, renamed || rotated)
 			switch {
 			case herr != nil:
 				// not known: what was claimed is left, naming nothing unless
@@ -473,14 +466,40 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 	return store.Key{}, errors.New("key changed concurrently too often; try again")
 }
 
-// holds reports whether k's record holds k's revision, name and hash: an
-// update whose reply was lost was made.
-func (s *Store) holds(ctx context.Context, k store.Key) (bool, error) {
+// holds reports whether k's record holds k's change: an update whose reply
+// was lost was made. The record holds k's revision, name and hash; or, for
+// a change that brought a new name or secret (marked), a later revision
+// still holding them: another change landed on top of this one.
+func (s *Store) holds(ctx context.Context, k store.Key, marked bool) (bool, error) {
 	v, err := s.client.HMGet(ctx, recordKey(k.ID), "v", "n", "h").Result()
 	if err != nil {
 		return false, err
 	}
-	return v[0] == strconv.FormatInt(k.Revision, 10) && v[1] == k.Name && v[2] == k.Hash.String(), nil
+	if v[1] != any(k.Name) || v[2] != any(k.Hash.String()) {
+		return false, nil
+	}
+	rev, _ := v[0].(string)
+	n, err := strconv.ParseInt(rev, 10, 64)
+	return err == nil && (n == k.Revision || marked && n > k.Revision), nil
+}
+
+// releaseClaims lets go of the name and the hash index that a change to k
+// claimed (renamed, rotated) and did not make: unless k's record holds
+// them, as it does when the change was made after all and another landed
+// on top (releasing them then would leave the key unnamed, or its only
+// secret unindexed). If the record cannot be read they are left: they name
+// nothing while it does not hold them (names.go).
+func (s *Store) releaseClaims(ctx context.Context, k store.Key, renamed, rotated bool) {
+	v, err := s.client.HMGet(ctx, recordKey(k.ID), "n", "h").Result()
+	if err != nil {
+		return
+	}
+	if renamed && v[0] != any(k.Name) {
+		s.releaseName(ctx, k.Name, k.ID)
+	}
+	if rotated && v[1] != any(k.Hash.String()) {
+		s.client.Del(ctx, hashKey(k.Hash))
+	}
 }
 
 // DeleteKey implements store.Store. The record goes first: from then on
@@ -517,7 +536,7 @@ func (s *Store) Epoch(ctx context.Context) (int64, error) {
 // the two live in different cluster slots.
 func (s *Store) bumpEpoch(ctx context.Context) error {
 	if err := s.client.Incr(context.WithoutCancel(ctx), epochKey).Err(); err != nil {
-		return fmt.Errorf("key changed, but gateways holding leases may admit it for up to %v: %w", store.MaxLease, err)
+		return fmt.Errorf("%w: %w", store.ErrUnannounced, err)
 	}
 	return nil
 }
