@@ -337,7 +337,8 @@ func parseExpiry(s string) (time.Time, error) {
 	case t.Year() > 9999:
 		return time.Time{}, badRequest("expiry %q is after the year 9999 (UTC)", s)
 	}
-	return t, nil
+	// milliseconds, as Redis keeps it: both stores answer the same
+	return t.Truncate(time.Millisecond), nil
 }
 
 // validName accepts names that are safe in a URL path segment, a header

@@ -199,7 +199,11 @@ func parseRateArgs(d *caddyfile.Dispenser) (*Rate, error) {
 	if err != nil || window <= 0 {
 		return nil, d.Errf("%s: bad window %q", name, w)
 	}
-	return &Rate{Requests: requests, Window: caddy.Duration(window)}, nil
+	r := &Rate{Requests: requests, Window: caddy.Duration(window)}
+	if err := r.validate(name); err != nil {
+		return nil, d.Err(err.Error())
+	}
+	return r, nil
 }
 
 // parseErrorRenderer sets up keygate_errors. Syntax, inside handle_errors:

@@ -87,6 +87,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"unknown subdirective", "keygate {\n\tlimit 5 1m\n}", "unrecognized keygate subdirective"},
 		{"bad requests", "keygate {\n\trate_limit many 1m\n}", "positive whole number"},
 		{"bad window", "keygate {\n\tanonymous 5 soon\n}", "bad window"},
+		{"huge requests", "keygate {\n\trate_limit 1000000000000001 1m\n}", "from 1 to 1000000000000000"},
+		{"short window", "keygate {\n\tanonymous 5 500us\n}", "at least 1ms"},
 		{"bad algorithm", "keygate {\n\talgorithm token_bucket\n}", "sliding_window or sliding_log"},
 		{"missing args", "keygate {\n\trate_limit 5\n}", "wrong argument count"},
 		{"bad lease", "keygate {\n\tlease lots\n}", "whole number of requests"},

@@ -112,6 +112,7 @@ func TestKeyLifecycleThroughCLI(t *testing.T) {
 		{[]string{"generate", "--name", "x", "--expires", "tomorrow"}, "neither a date"},
 		{[]string{"generate", "--name", "x", "--expires", "2001-01-01"}, "in the past"},
 		{[]string{"generate", "--name", "x", "--rate-limit", "lots"}, "<requests>/<window>"},
+		{[]string{"generate", "--name", "x", "--rate-limit", "9223372036854775807/1h"}, "at most 1000000000000000"},
 		{[]string{"generate"}, "--name is required"},
 		{[]string{"generate", "--name", ".."}, "may not be . or .."},
 		{[]string{"rename", "other", "."}, "may not be . or .."},
@@ -550,5 +551,18 @@ func TestChangeMadeButUnannouncedIsASuccess(t *testing.T) {
 	mustJSON(t, mustCLI(t, "delete", "k", "--json"), &deleted)
 	if deleted.Deleted != "k" || deleted.Warning == "" {
 		t.Fatalf("delete = %+v, want k deleted with a warning", deleted)
+	}
+}
+
+// An expiry finer than a millisecond is kept to the millisecond, as Redis
+// keeps it: what creating a key answers is what reading it later does.
+func TestExpiryIsKeptToTheMillisecond(t *testing.T) {
+	startRedisGateway(t, "", protectedSite)
+	created := generate(t, "--name", "precise", "--expires", "2030-01-01T00:00:00.123456789Z")
+	var listed []keyView
+	mustJSON(t, mustCLI(t, "list", "--json"), &listed)
+	want := time.Date(2030, 1, 1, 0, 0, 0, 123_000_000, time.UTC)
+	if created.ExpiresAt == nil || !created.ExpiresAt.Equal(want) || len(listed) != 1 || !listed[0].ExpiresAt.Equal(want) {
+		t.Fatalf("expires_at created %v, listed %+v; want %v both", created.ExpiresAt, listed, want)
 	}
 }

@@ -13,7 +13,8 @@ import (
 
 // Rate is a rate limit in config: at most Requests in any Window.
 type Rate struct {
-	// Requests is how many requests the window admits. Required, > 0.
+	// Requests is how many requests the window admits. Required, from 1
+	// to 10^15 (store.MaxLimit).
 	Requests int64 `json:"requests"`
 	// Window is the length of the sliding window, e.g. "10m". Required.
 	Window caddy.Duration `json:"window"`
@@ -30,8 +31,8 @@ func (r *Rate) validate(what string) error {
 	if r == nil {
 		return nil
 	}
-	if r.Requests <= 0 {
-		return fmt.Errorf("%s: requests must be positive, got %d", what, r.Requests)
+	if r.Requests <= 0 || r.Requests > store.MaxLimit {
+		return fmt.Errorf("%s: requests must be from 1 to %d, got %d", what, int64(store.MaxLimit), r.Requests)
 	}
 	if time.Duration(r.Window) < time.Millisecond {
 		return fmt.Errorf("%s: window must be at least 1ms, got %s", what, time.Duration(r.Window))
@@ -49,6 +50,9 @@ func parseRate(s string) (store.Policy, error) {
 	limit, err := strconv.ParseInt(strings.TrimSpace(n), 10, 64)
 	if err != nil || limit <= 0 {
 		return store.Policy{}, fmt.Errorf("rate limit %q: requests must be a positive whole number", s)
+	}
+	if limit > store.MaxLimit {
+		return store.Policy{}, fmt.Errorf("rate limit %q: requests must be at most %d", s, int64(store.MaxLimit))
 	}
 	window, err := caddy.ParseDuration(strings.TrimSpace(w))
 	if err != nil || window < time.Millisecond {

@@ -145,6 +145,11 @@ type Ask struct {
 	Ahead bool
 }
 
+// MaxLimit is the most requests a Policy may admit in its window: the
+// Redis scripts count in Lua's doubles, exact only to 2^53, and a limit
+// past 2^63 would turn X-RateLimit-Remaining negative.
+const MaxLimit = 1_000_000_000_000_000
+
 // MaxLease is the longest a gateway may admit a lease's requests. Whatever
 // its length, a gateway keeps using a key's lease only while it has
 // confirmed, within the last second, that no key changed since
