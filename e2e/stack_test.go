@@ -759,3 +759,34 @@ func TestExamplesMatchReferenceDocs(t *testing.T) {
 		}
 	}
 }
+
+// TestTrustedProxies: per-IP limits count the client a trusted proxy names
+// in X-Forwarded-For (KEYGATE_TRUSTED_PROXIES), so that behind a TLS
+// proxy callers do not share one bucket; and only a trusted proxy's word is
+// taken, so a client cannot name another address to escape its limit.
+func TestTrustedProxies(t *testing.T) {
+	shorten := func(s *stack, forwardedFor string) response {
+		return postJSON(t, s.Base+"/api/shorten", `{"url":"https://example.com/anonymous"}`, "X-Forwarded-For", forwardedFor)
+	}
+	spend := func(s *stack, forwardedFor string) {
+		for i := 1; i <= 10; i++ {
+			wantStatus(t, fmt.Sprintf("request %d from %s", i, forwardedFor), shorten(s, forwardedFor), http.StatusCreated)
+		}
+		wantProblem(t, "request 11 from "+forwardedFor, shorten(s, forwardedFor), http.StatusTooManyRequests, "Too much request. Try again later.")
+	}
+	t.Run("trusted", func(t *testing.T) {
+		s := startStack(t, withEmbedded, "KEYGATE_TRUSTED_PROXIES=127.0.0.1/8 ::1")
+		spend(s, "203.0.113.1")
+		wantStatus(t, "another client behind the proxy", shorten(s, "203.0.113.2"), http.StatusCreated)
+		// the proxy appends the address it saw to what the client sent:
+		// the right-most one it did not add itself is the client
+		wantProblem(t, "the first client sending an X-Forwarded-For of its own", shorten(s, "198.51.100.7, 203.0.113.1"),
+			http.StatusTooManyRequests, "Too much request. Try again later.")
+	})
+	t.Run("not trusted", func(t *testing.T) {
+		s := startStack(t, withEmbedded)
+		spend(s, "203.0.113.1")
+		wantProblem(t, "the same client naming another address", shorten(s, "203.0.113.2"),
+			http.StatusTooManyRequests, "Too much request. Try again later.")
+	})
+}
