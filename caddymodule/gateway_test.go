@@ -1,9 +1,11 @@
 package keygate
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -564,5 +566,45 @@ func TestExpiryIsKeptToTheMillisecond(t *testing.T) {
 	want := time.Date(2030, 1, 1, 0, 0, 0, 123_000_000, time.UTC)
 	if created.ExpiresAt == nil || !created.ExpiresAt.Equal(want) || len(listed) != 1 || !listed[0].ExpiresAt.Equal(want) {
 		t.Fatalf("expires_at created %v, listed %+v; want %v both", created.ExpiresAt, listed, want)
+	}
+}
+
+// X-Keygate-* trailers a client sends never reach the upstream, declared
+// in Trailer or not: reverse_proxy forwards trailers, and an upstream that
+// merges them into its headers would take them for the gateway's word.
+func TestSpoofedIdentityTrailersAreDropped(t *testing.T) {
+	g := startRedisGateway(t, "", protectedSite)
+	k := generate(t, "--name", "honest", "--roles", "upload")
+	for _, declared := range []string{"Trailer: X-Keygate-Key-Id, x_keygate_roles, Other\r\n", ""} {
+		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(g.base, "http://"), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"+
+			"Transfer-Encoding: chunked\r\n%s\r\n5\r\nhello\r\n0\r\n"+
+			"X-Keygate-Key-Id: victim\r\nx_keygate_roles: admin\r\nX-Keygate-Owner: root\r\nOther: kept\r\n\r\n", k.Key, declared)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var saw map[string][]string
+		err = json.NewDecoder(resp.Body).Decode(&saw)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || err != nil {
+			t.Fatalf("%q: status %d, %v", declared, resp.StatusCode, err)
+		}
+		for name, values := range saw {
+			if rest, ok := strings.CutPrefix(name, "trailer:"); ok && isIdentityHeader(rest) {
+				t.Errorf("%q: the upstream saw the trailer %s: %q", declared, rest, values)
+			}
+		}
+		if declared != "" && saw["trailer:Other"] == nil {
+			t.Errorf("the declared trailer Other did not reach the upstream: %v", saw)
+		}
+		if got := saw["X-Keygate-Key-Id"]; len(got) != 1 || got[0] != k.ID {
+			t.Errorf("X-Keygate-Key-Id %q, want %s", got, k.ID)
+		}
 	}
 }

@@ -190,6 +190,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	// Nothing the client sends may pose as the gateway's word.
 	stripIdentityHeaders(r.Header)
+	if r.Trailer != nil {
+		stripIdentityTrailers(r)
+	}
 
 	cred := credentialFrom(r.Header)
 	if !h.KeepCredentials {

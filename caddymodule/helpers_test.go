@@ -49,15 +49,21 @@ const adminAddr = "localhost:2999"
 // testHome holds what the in-process Caddy writes (see TestMain).
 var testHome string
 
-// upstream is a backend that answers with the headers it received.
+// upstream is a backend that answers with the headers it received, and
+// after them the trailers, each under "trailer:" and its name.
 type upstream struct {
 	*httptest.Server
 }
 
 func newUpstream(t *testing.T) *upstream {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body) // the trailers come after it
+		saw := r.Header.Clone()
+		for name, values := range r.Trailer {
+			saw["trailer:"+name] = values
+		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(r.Header)
+		_ = json.NewEncoder(w).Encode(saw)
 	}))
 	t.Cleanup(srv.Close)
 	return &upstream{srv}

@@ -1,6 +1,7 @@
 package keygate
 
 import (
+	"io"
 	"net/http"
 	"net/textproto"
 	"slices"
@@ -53,6 +54,36 @@ func stripIdentityHeaders(h http.Header) {
 			h["Connection"] = kept
 		}
 	}
+}
+
+// stripIdentityTrailers keeps X-Keygate-* names out of the trailers of a
+// request that declares trailers (Trailer): reverse_proxy forwards them,
+// and an upstream that merges trailers into headers would take them for
+// the gateway's word. The names declared are deleted now; the values
+// arrive at the end of the body, with any undeclared trailer merged into
+// the same map, and are deleted as the body's end is read, before
+// reverse_proxy copies them. A request without a Trailer header pays
+// nothing: net/http then gives its trailers to a map no handler sees.
+func stripIdentityTrailers(r *http.Request) {
+	stripIdentityHeaders(r.Trailer)
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &identityTrailersStripped{ReadCloser: r.Body, trailer: r.Trailer}
+	}
+}
+
+// identityTrailersStripped is a request body that strips identity names
+// from its request's trailers when its end is read.
+type identityTrailersStripped struct {
+	io.ReadCloser
+	trailer http.Header
+}
+
+func (b *identityTrailersStripped) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		stripIdentityHeaders(b.trailer)
+	}
+	return n, err
 }
 
 // namesIdentityHeader says whether a Connection value lists an identity
