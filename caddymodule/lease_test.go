@@ -1354,3 +1354,24 @@ func TestLeaseTableIsBounded(t *testing.T) {
 	}
 	held()
 }
+
+// A Redis that lost its data (FLUSHALL here, a restart without persistence
+// alike) takes its keys with it within the epoch's second, leases or not:
+// the epoch starts afresh at a random value, not at the 0 that every lease
+// was granted under while no key had changed.
+func TestLeasesEndWithAFlushedRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	g := startGatewayOn(t, srv, `
+	keygate {
+		rate_limit 1000000 24h
+		lease 64
+	}
+	reverse_proxy {upstream}`)
+	auth := bearer(generate(t, "--name", "flushed").Key)
+	heldAfterBusyTraffic(t, g, auth...)
+	if err := srv.Client(t).FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(epochFresh + epochPollEvery)
+	wantProblem(t, g.get("/", auth...), http.StatusUnauthorized, "Invalid API key")
+}

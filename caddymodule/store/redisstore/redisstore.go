@@ -10,7 +10,7 @@
 //	keygate:{s:<subject>}:<algorithm>:...     an anonymous subject's counter
 //	keygate:h:<sha256 hex>                    key hash -> id
 //	keygate:names                             name -> id (hash)
-//	keygate:epoch                             bumped by every key change (leases)
+//	keygate:epoch                             moved by every key change (leases)
 //
 // No key name ever contains a secret; records hold only its SHA-256.
 //
@@ -24,6 +24,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -521,13 +522,21 @@ func (s *Store) DeleteKey(ctx context.Context, name string) error {
 	return s.bumpEpoch(ctx)
 }
 
+// The epoch never comes back to a value a lease was granted under while
+// keys changed since: a Redis that lost it (FLUSHALL, a restart without
+// persistence) starts it afresh at a random value, not at 0, and each
+// change moves it by a random step, not by 1, so that a failover to a
+// replica that missed the last bumps, followed by as many changes, does
+// not land on the value they had reached (a lease granted under it would
+// be used again, for a key changed since).
+const (
+	epochSeedMax = 1 << 62 // room for 2^30 steps of at most epochStepMax
+	epochStepMax = 1 << 32
+)
+
 // Epoch implements store.Store.
 func (s *Store) Epoch(ctx context.Context) (int64, error) {
-	n, err := s.client.Get(ctx, epochKey).Int64()
-	if errors.Is(err, redis.Nil) {
-		return 0, nil
-	}
-	return n, err
+	return epochScript.Run(ctx, s.client, []string{epochKey}, 1+rand.Int64N(epochSeedMax)).Int64()
 }
 
 // bumpEpoch tells every gateway that a key changed. It runs after the
@@ -535,7 +544,7 @@ func (s *Store) Epoch(ctx context.Context) (int64, error) {
 // find it changed) and on its own key, not inside the record's script:
 // the two live in different cluster slots.
 func (s *Store) bumpEpoch(ctx context.Context) error {
-	if err := s.client.Incr(context.WithoutCancel(ctx), epochKey).Err(); err != nil {
+	if err := s.client.IncrBy(context.WithoutCancel(ctx), epochKey, 1+rand.Int64N(epochStepMax)).Err(); err != nil {
 		return fmt.Errorf("%w: %w", store.ErrUnannounced, err)
 	}
 	return nil

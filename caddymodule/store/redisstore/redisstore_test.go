@@ -204,3 +204,32 @@ func redisTime(t *testing.T, rdb *redis.Client) time.Time {
 	}
 	return now.Truncate(time.Millisecond)
 }
+
+// An epoch rolled back (a failover to a replica that missed the last bump)
+// and moved again by another change does not come back to the value the
+// lost bump had reached: leases granted under that value stay unusable.
+func TestEpochRolledBackDoesNotRepeatItself(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	ctx := context.Background()
+	k, _ := storetest.NewKey(t, "changing")
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	before, err := s.Epoch(ctx)
+	if err != nil || before == 0 {
+		t.Fatalf("a fresh epoch: %d, %v; want a random start, not 0", before, err)
+	}
+	disable := func(k *store.Key) error { k.Enabled = !k.Enabled; return nil }
+	if _, err := s.UpdateKey(ctx, "changing", disable); err != nil {
+		t.Fatal(err)
+	}
+	lost, _ := s.Epoch(ctx)
+	srv.Client(t).Set(ctx, epochKey, before, 0) // the failover's replica
+	if _, err := s.UpdateKey(ctx, "changing", disable); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.Epoch(ctx); again == lost || again == before {
+		t.Fatalf("epoch %d, bumped to %d, rolled back and bumped again: %d", before, lost, again)
+	}
+}

@@ -179,3 +179,12 @@ if v ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
 `)
+
+// epochScript reads the epoch, starting it at the seed given when Redis has
+// none (redisstore.go: the epoch). KEYS[1] the epoch; ARGV[1] a seed.
+var epochScript = redis.NewScript(`
+local e = redis.call('GET', KEYS[1])
+if e then return e end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+`)
