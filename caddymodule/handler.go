@@ -290,7 +290,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 				ask = h.leases.want(lk, start, epoch)
 			}
 		}
-		verdict, err = h.checkKey(ctx, start, ident.key.ID, hash, ident.key.Revision, policy, ask)
+		verdict, err = h.checkKey(askContext(ctx, ask), start, ident.key.ID, hash, ident.key.Revision, policy, ask)
 		if err != nil || verdict.Fresh == nil {
 			break
 		}
@@ -412,7 +412,7 @@ func (h *Handler) limitAnonymous(ctx context.Context, subject string, now time.T
 		now = at
 		ask = h.leases.want(lk, now, 0)
 	}
-	d, err := h.limitSubject(ctx, now, subject, ask)
+	d, err := h.limitSubject(askContext(ctx, ask), now, subject, ask)
 	decided := time.Now()
 	if err == nil && h.leases != nil {
 		d = h.leases.put(lk, d, ask, now, 0, decided)
@@ -447,6 +447,19 @@ func (h *Handler) fromLease(ctx context.Context, lk leaseKey, now time.Time) (d 
 		}
 		now = time.Now()
 	}
+}
+
+// askContext is the context of a request's store call that asks for ask:
+// one that asks for a lease is not cut short by the request's client
+// leaving. The store counts the lease whether or not its answer is awaited,
+// so a lease given up would be requests counted and never admitted (and
+// other requests kept from asking for one, lease.asking, for a second).
+// The store's own timeout still bounds the call.
+func askContext(ctx context.Context, ask store.Ask) context.Context {
+	if ask.Take > 1 {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
 }
 
 // checkKey is a keyed request's store call (or its lease's refill,

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -1374,4 +1375,54 @@ func TestLeasesEndWithAFlushedRedis(t *testing.T) {
 	}
 	time.Sleep(epochFresh + epochPollEvery)
 	wantProblem(t, g.get("/", auth...), http.StatusUnauthorized, "Invalid API key")
+}
+
+// A request that asks the store for a lease and whose client leaves before
+// the answer does not drop the grant: Redis counts the lease whether or not
+// its answer is awaited, and a grant dropped would be requests counted and
+// never admitted. The call goes on (bounded by the store's timeout) and
+// the gateway keeps what it was granted. Two keys' requests at once, so
+// that one of them waits in a shared pipeline (the other has the direct
+// line, whose read a leaving client never cut short); sliding_log, so
+// that once its lease has lapsed a key's next request asks for a full one
+// itself, with no refill on its way.
+func TestALeaseAskedForOutlivesItsClient(t *testing.T) {
+	srv := redistest.Start(t)
+	g := startGatewayOn(t, srv, `
+	keygate {
+		rate_limit 1000000 1h
+		algorithm sliding_log
+		lease 64
+	}
+	reverse_proxy {upstream}`, "timeout 5s")
+	auths := [][]string{bearer(generate(t, "--name", "left-1").Key), bearer(generate(t, "--name", "left-2").Key)}
+	for _, auth := range auths {
+		busyTraffic(t, g, auth...)
+	}
+	time.Sleep(1500 * time.Millisecond) // the leases' requests lapsed (a spread of 1s at that pace)
+	srv.Pause()
+	var wg sync.WaitGroup
+	for _, auth := range auths {
+		wg.Go(func() {
+			req, _ := http.NewRequest(http.MethodGet, g.base+"/", nil)
+			req.Header.Set(auth[0], auth[1])
+			impatient := &http.Client{Timeout: 300 * time.Millisecond}
+			if resp, err := impatient.Do(req); err == nil {
+				resp.Body.Close()
+				t.Errorf("with the store stalled: %d before the client left", resp.StatusCode)
+			}
+		})
+	}
+	wg.Wait()
+	srv.Resume()
+	time.Sleep(500 * time.Millisecond) // the grants come back
+	calls := metricstest.StoreCalls(t, adminAddr, "check")
+	for i, auth := range auths {
+		if r := g.get("/", auth...); r.status != http.StatusOK {
+			t.Fatalf("key %d: %d", i+1, r.status)
+		}
+	}
+	if n := metricstest.StoreCalls(t, adminAddr, "check") - calls; n != 0 {
+		t.Fatalf("%d store calls for two keys whose leases were granted while their clients left, want 0", n)
+	}
 }
