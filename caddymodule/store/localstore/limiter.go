@@ -122,6 +122,9 @@ func (l *limiter) take(ck counterKey, now int64) store.Decision {
 func (c *counter) slidingWindow(now, limit, window int64) (allowed bool, remaining, reset, retry int64) {
 	start := now - mod(now-c.offset, window)
 	s, cur, prev := c.start, c.cur, c.prev
+	if s > start {
+		start = s // the clock stepped back: the stored window stays current
+	}
 	if s != start {
 		if s != 0 && s >= start-window {
 			prev = cur
@@ -131,7 +134,7 @@ func (c *counter) slidingWindow(now, limit, window int64) (allowed bool, remaini
 		cur = 0
 	}
 	w, l, p, n := float64(window), float64(limit), float64(prev), float64(cur)
-	weight := float64(window-(now-start)) / w
+	weight := min(float64(window-(now-start))/w, 1)
 	if float64(p*weight)+n+1 > l {
 		var wait int64
 		if cur+1 > limit {

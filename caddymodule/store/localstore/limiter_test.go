@@ -100,10 +100,31 @@ func TestSlidingWindowWeighsThePreviousWindow(t *testing.T) {
 	}
 }
 
+// A clock that steps back across a window boundary must never let more
+// than the limit in: the window counted before the step stays the current
+// one, in full, with its own previous window, until it ends.
+func TestSlidingWindowClockStepsBack(t *testing.T) {
+	l := newLimiter()
+	ck := counterKey{'k', "id", store.SlidingWindow, 10, 1000}
+	at := func(ms int64) int64 { return ms + store.WindowOffset('k', "id", time.Second).Milliseconds() }
+	for range 9 {
+		l.take(ck, at(100_500))
+	}
+	if !l.take(ck, at(101_010)).Allowed { // the next window: the previous weighs 9 × 0.99
+		t.Fatal("first request of the next window denied")
+	}
+	// the clock went back 50 ms, into the first window, which holds 9 and
+	// the next one's 1: full
+	if d := l.take(ck, at(100_960)); d.Allowed {
+		t.Fatalf("request after the clock stepped back: %+v", d)
+	}
+}
+
 // Each subject's windows start at its own offset, so that windows of many
 // subjects end spread over the period, not all at once. A counter kept
-// under other window boundaries (an upgrade, a clock stepped back) is not
-// forgotten: it weighs as the previous window.
+// under other window boundaries (an upgrade) that began before now's
+// window is not forgotten: it weighs as the previous window (one that
+// begins after it: TestSlidingWindowClockStepsBack).
 func TestSlidingWindowOffsets(t *testing.T) {
 	ends := map[int64]bool{}
 	for i := range 100 {

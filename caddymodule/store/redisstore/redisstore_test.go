@@ -233,3 +233,27 @@ func TestEpochRolledBackDoesNotRepeatItself(t *testing.T) {
 		t.Fatalf("epoch %d, bumped to %d, rolled back and bumped again: %d", before, lost, again)
 	}
 }
+
+// A window counter stored under a window that starts after Redis's now (the
+// clock stepped back: a failover to a replica whose clock is behind) stays
+// the current window, counted in full with its own previous window: taken
+// for the previous one, it was weighted down and its previous forgotten.
+func TestWindowCounterAfterTheClockSteppedBack(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	ctx := context.Background()
+	rdb := srv.Client(t)
+	p := store.Policy{Limit: 10, Window: time.Minute}
+	w, off := p.Window.Milliseconds(), store.WindowOffset('s', "stepped", p.Window).Milliseconds()
+	now := redisTime(t, rdb).UnixMilli()
+	start := now - ((now-off)%w+w)%w
+	// the next window, full: 9 of its previous one, 1 of its own
+	if err := rdb.HSet(ctx, counterKey('s', "stepped", p, store.SlidingWindow), "s", start+w, "c", 1, "p", 9).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if d, err := s.Limit(ctx, "stepped", p, store.SlidingWindow, store.Ask{}); err != nil || d.Allowed {
+			t.Fatalf("request %d after the clock stepped back: %+v, %v", i+1, d, err)
+		}
+	}
+}

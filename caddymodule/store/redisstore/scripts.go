@@ -18,10 +18,14 @@ end
 -- Sliding-window counter: the fixed window's count plus the previous
 -- window's count weighted by how much of it still overlaps. O(1) memory.
 -- The subject's fixed windows start offset ms into each period of window
--- (store.WindowOffset). A stored window that is not this one but started
--- less than a window before it (the previous one; or, after the offset
--- changed or the clock stepped back, one overlapping this) counts as the
--- previous window: never forgotten early. Only a window's first request
+-- (store.WindowOffset). A stored window that started less than a window
+-- before this one (the previous one; or, after the offset changed, one
+-- overlapping this) counts as the previous window: never forgotten early.
+-- One that starts after now's (the clock stepped back: a failover to a
+-- replica whose clock is behind; or the offset changed) stays the current
+-- window, counted in full, until it ends: taken for the previous one, its
+-- count would be weighted down and its own previous forgotten, admitting
+-- up to a limit more. Only a window's first request
 -- writes the whole hash and its expiry (the end of the next window, after
 -- which this window's count no longer matters); the others add to its
 -- count: a third or so of the script's time in Redis saved.
@@ -29,12 +33,14 @@ local function sliding_window(key, now, limit, window, n, ttl, offset)
   local v = redis.call('HMGET', key, 's', 'c', 'p')
   local start = now - ((now - offset) % window)
   local s, c, p = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  if s and s > start then start = s end
   local first = s ~= start
   if first then
     if s and s >= start - window then p = c else p = 0 end
     c = 0
   end
   local weight = (window - (now - start)) / window
+  if weight > 1 then weight = 1 end
   if p * weight + c + 1 > limit then
     local wait
     if c + 1 > limit then
