@@ -301,9 +301,12 @@ func (l *lease) recentPace(now instant) float64 {
 	return float64(l.admitted-oldest*paceMarkEvery) / elapsed.Seconds()
 }
 
-// admit admits one request from l at now, which has left > 0 (lapsed ones
-// dropped), from the grant whose next token must be admitted soonest.
-func (l *lease) admit(left int64, now instant) store.Decision {
+// admit admits one request from l at now (at on the wall clock), which
+// has left > 0 (lapsed ones dropped), from the grant whose next token must
+// be admitted soonest. Its Reset is the grant's, but never before at: a
+// sliding_log lease outlives the moment its grant's oldest logged request
+// dropped out of the window (the next ones drop out from about then on).
+func (l *lease) admit(left int64, now instant, at time.Time) store.Decision {
 	soonest := 0
 	for i := 1; i < len(l.grants); i++ {
 		if l.grants[i].due < l.grants[soonest].due {
@@ -318,7 +321,7 @@ func (l *lease) admit(left int64, now instant) store.Decision {
 	if l.admitted++; l.admitted%paceMarkEvery == 0 {
 		l.paceMarks[l.admitted/paceMarkEvery%int64(len(l.paceMarks))] = now
 	}
-	return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + left - 1, Reset: time.UnixMilli(l.resetMs)}
+	return store.Decision{Allowed: true, Limit: l.limit, Remaining: l.remaining + left - 1, Reset: time.UnixMilli(max(l.resetMs, at.UnixMilli()))}
 }
 
 // leaseShards spreads leases over independently locked maps. A power of two.
@@ -412,7 +415,7 @@ func (t *leaseTable) take(k leaseKey, at time.Time, epoch int64, fresh bool) (d 
 		r = &refill{done: make(chan struct{}), ask: store.Ask{Take: l.size}, admittedAt: l.admitted}
 		l.refills = append(l.refills, r)
 	}
-	return l.admit(left, now), true, r
+	return l.admit(left, now, at), true, r
 }
 
 // refilled records what the store decided for k's refill r (back by now),
@@ -623,7 +626,7 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		}
 		l.remaining = 0 // nothing beyond what leases hold, the store says
 		if left := l.left(now); left > 0 && ahead == nil {
-			return l.admit(left, now)
+			return l.admit(left, now, at)
 		}
 		return d
 	}

@@ -215,6 +215,22 @@ func TestLeaseTable(t *testing.T) {
 	}
 }
 
+// A sliding_log lease may last longer than its window: its requests'
+// X-RateLimit-Reset, the grant's (when the oldest request it counted drops
+// out of the window), is never before the request.
+func TestLeasedResetIsNeverPast(t *testing.T) {
+	k := leaseKey{kind: 's', subject: "198.51.100.7", policy: store.Policy{Limit: 40, Window: time.Second}}
+	t0 := time.Unix(1_800_000_000, 0)
+	tbl := newLeaseTable(30, store.SlidingLog)
+	d := store.Decision{Allowed: true, Limit: 40, Remaining: 10, Reset: t0.Add(time.Second), Granted: 30, Lease: 30 * time.Second, Staggered: true}
+	tbl.put(k, d, store.Ask{Take: 30, Spread: 30 * time.Second}, t0, 0, t0)
+	at := t0.Add(5 * time.Second)
+	got, ok, _ := tbl.take(k, at, 0, true)
+	if !ok || got.Reset.Before(at) {
+		t.Fatalf("taken 5s into a 30s lease of a 1s window: %+v %v; want a Reset no earlier than %v", got, ok, at)
+	}
+}
+
 // A sliding_log lease's i-th request may be admitted until the moment the
 // store logged it (store.StaggeredDeadline) and not after: one admitted
 // later would stay counted less than a full window. Those whose moment
