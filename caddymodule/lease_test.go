@@ -394,12 +394,7 @@ func TestLeasesThroughTheGateway(t *testing.T) {
 // as client_gone, not as store_error nor as a store call's error.
 func TestAClientThatLeavesIsNotAStoreOutage(t *testing.T) {
 	srv := redistest.Start(t)
-	g := startGatewayOn(t, srv, `
-	keygate {
-		rate_limit 1000000 24h
-		lease 64
-	}
-	reverse_proxy {upstream}`, "timeout 5s") // the refill's own failure comes long after the checks
+	g := startGatewayOn(t, srv, leasedSite, "timeout 5s") // the refill's own failure comes long after the checks
 	auth := bearer(generate(t, "--name", "impatient").Key)
 	held := heldAfterBusyTraffic(t, g, auth...)
 	counter := func(series string) float64 { return metricstest.Counter(t, adminAddr, series) }
@@ -543,12 +538,7 @@ func commandCalls(t *testing.T, rdb *redis.Client, command string) int64 {
 // lease is the record revision's it was granted for, so the old value asks
 // the store, which refuses it.
 func TestRotatedKeyDoesNotUseItsSuccessorsLease(t *testing.T) {
-	g := startRedisGateway(t, "", `
-	keygate {
-		rate_limit 1000000 24h
-		lease 64
-	}
-	reverse_proxy {upstream}`)
+	g := startRedisGateway(t, "", leasedSite)
 	old := generate(t, "--name", "rotated")
 	busyTraffic(t, g, bearer(old.Key)...) // its record cached, and a lease
 	var rotated keyView
@@ -646,12 +636,7 @@ func TestHeadersAfterWaitingForARefill(t *testing.T) {
 // call of its own after it (which would double the wait in an outage).
 func TestRequestsWaitForTheRefillOnItsWay(t *testing.T) {
 	srv := redistest.Start(t)
-	g := startGatewayOn(t, srv, `
-	keygate {
-		rate_limit 1000000 24h
-		lease 64
-	}
-	reverse_proxy {upstream}`, "timeout 2s")
+	g := startGatewayOn(t, srv, leasedSite, "timeout 2s")
 	k := generate(t, "--name", "waited-for")
 	auth := bearer(k.Key)
 	held := heldAfterBusyTraffic(t, g, auth...)
@@ -1149,6 +1134,15 @@ func instantDecision(tbl *leaseTable, k leaseKey, ask store.Ask, now time.Time) 
 	return d
 }
 
+// leasedSite is a site whose keys take leases of up to 64 from a limit
+// no test reaches.
+const leasedSite = `
+	keygate {
+		rate_limit 1000000 24h
+		lease 64
+	}
+	reverse_proxy {upstream}`
+
 // heldAfterBusyTraffic sends 200 requests (with headers) to a gateway
 // with leases, whose only traffic they are, lets a refill on its way come
 // back, and returns how many requests the gateway holds leased: granted
@@ -1215,12 +1209,7 @@ func busyTraffic(t *testing.T, g *gateway, headers ...string) {
 // normally stops its leases first.)
 func TestRefillDropsTheLeaseOfAnInvalidKey(t *testing.T) {
 	srv := redistest.Start(t)
-	g := startGatewayOn(t, srv, `
-	keygate {
-		rate_limit 1000000 24h
-		lease 64
-	}
-	reverse_proxy {upstream}`, "")
+	g := startGatewayOn(t, srv, leasedSite, "")
 	k := generate(t, "--name", "dropped")
 	held := heldAfterBusyTraffic(t, g, bearer(k.Key)...)
 
@@ -1378,12 +1367,7 @@ func TestLeaseTableIsBounded(t *testing.T) {
 // was granted under while no key had changed.
 func TestLeasesEndWithAFlushedRedis(t *testing.T) {
 	srv := redistest.Start(t)
-	g := startGatewayOn(t, srv, `
-	keygate {
-		rate_limit 1000000 24h
-		lease 64
-	}
-	reverse_proxy {upstream}`)
+	g := startGatewayOn(t, srv, leasedSite)
 	auth := bearer(generate(t, "--name", "flushed").Key)
 	heldAfterBusyTraffic(t, g, auth...)
 	if err := srv.Client(t).FlushAll(context.Background()).Err(); err != nil {
