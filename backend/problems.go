@@ -1,7 +1,9 @@
 package backend
 
 import (
+	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/keygate/keygate/internal/problem"
 )
@@ -52,5 +54,9 @@ var (
 	errSecretGone   = problem.New(http.StatusGone, "secret-gone", "Secret was previously viewed and permanently destroyed", "")
 	errPasscodeNeed = problem.New(http.StatusUnauthorized, "passcode-required", "Passcode required",
 		"Send the passcode hash in the X-Passcode-Hash header or the passcodeHash query parameter.")
-	errPasscodeWrong = problem.New(http.StatusUnauthorized, "wrong-passcode", "Wrong passcode", "")
+	errPasscodeWrong  = problem.New(http.StatusUnauthorized, "wrong-passcode", "Wrong passcode", "")
+	errPasscodeLocked = problem.New(http.StatusTooManyRequests, "passcode-attempts", "Too many wrong passcodes",
+		fmt.Sprintf("At most %d wrong passcodes are taken per secret in %d minutes; Retry-After says when the next is.",
+			MaxPasscodeAttempts, int(PasscodeAttemptWindow/time.Minute))).
+		WithError("Too many wrong passcodes. Try again later.")
 )

@@ -1,9 +1,6 @@
 package backend
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/hex"
 	"errors"
 	"net"
 	"net/http"
@@ -129,12 +126,10 @@ func (s *Server) handleCreateSecret(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-var errNoPasscode = errors.New("passcode required")
-var errBadPasscode = errors.New("wrong passcode")
-
 // handleGetSecret is SecLink's GET /api/v1/secrets/:id. The passcode is
 // checked inside the store's OpenSecret, before a view_once secret is
-// consumed, so a wrong guess never burns it.
+// consumed, so a wrong guess never burns it; and no more than
+// MaxPasscodeAttempts wrong ones are taken in a window (passcodes.go).
 func (s *Server) handleGetSecret(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if !isSecretID(id) {
@@ -145,20 +140,8 @@ func (s *Server) handleGetSecret(w http.ResponseWriter, r *http.Request) {
 	if given == "" {
 		given = r.URL.Query().Get("passcodeHash")
 	}
-	authorize := func(sec store.Secret) error {
-		if sec.PasscodeHash == "" {
-			return nil
-		}
-		if given == "" {
-			return errNoPasscode
-		}
-		a, b := sha256.Sum256([]byte(hexInOneCase(given))), sha256.Sum256([]byte(hexInOneCase(sec.PasscodeHash)))
-		if subtle.ConstantTimeCompare(a[:], b[:]) != 1 {
-			return errBadPasscode
-		}
-		return nil
-	}
-	sec, err := s.cfg.Store.OpenSecret(r.Context(), id, authorize)
+	sec, err := s.cfg.Store.OpenSecret(r.Context(), id, s.checkPasscode(r, id, given))
+	var locked *passcodeLocked
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, secretResponse{EncryptedBlob: sec.EncryptedBlob, IV: sec.IV, ExpiryType: sec.ExpiryType})
@@ -170,6 +153,8 @@ func (s *Server) handleGetSecret(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, errPasscodeNeed)
 	case errors.Is(err, errBadPasscode):
 		problem.Write(w, errPasscodeWrong)
+	case errors.As(err, &locked):
+		s.writePasscodeLocked(w, locked)
 	default:
 		s.storeError(w, r, err)
 	}
@@ -239,15 +224,4 @@ func printableASCII(s string) bool {
 		}
 	}
 	return true
-}
-
-// hexInOneCase is a passcode hash as it is compared: a SHA-256 in hex (64
-// hex digits) in lower case, whatever case the creator's tool wrote it in
-// (.NET's Convert.ToHexString writes upper case, the viewer and most tools
-// lower); any other form as it was sent.
-func hexInOneCase(h string) string {
-	if _, err := hex.DecodeString(h); err != nil || len(h) != 2*sha256.Size {
-		return h
-	}
-	return strings.ToLower(h)
 }

@@ -2,12 +2,15 @@ package backend_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +19,7 @@ import (
 	"github.com/keygate/keygate/backend"
 	"github.com/keygate/keygate/backend/store"
 	"github.com/keygate/keygate/backend/store/boltstore"
+	"github.com/keygate/keygate/backend/store/redisstore"
 )
 
 // createSecret posts body and returns the linkId.
@@ -134,7 +138,7 @@ func TestSecretsPasscode(t *testing.T) {
 		const hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 		id, _ := e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"view_once","passcodeHash":"` + hash + `"}`)
 		path := "/api/v1/secrets/" + id
-		for i := range 3 { // none of these burn it
+		for i := range 2 { // none of these burn it (4 wrong: within the limit)
 			resp, out := e.get(path, anonymous)
 			wantProblem(t, resp, out, http.StatusUnauthorized, "Passcode required")
 			resp, out = e.get(path, anonymous, header("X-Passcode-Hash", hash[:63]+"9"))
@@ -307,4 +311,220 @@ func TestSecretsExpireOnRead(t *testing.T) {
 	mu.Unlock()
 	resp, out = e.get("/api/v1/secrets/" + once)
 	wantProblem(t, resp, out, http.StatusNotFound, "Secret does not exist or has already been viewed")
+}
+
+// passcodeHash is the SHA-256 of "test": the right passcode of the
+// lockout tests.
+const passcodeHash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+// wrongGuess is the ith wrong passcode.
+func wrongGuess(i int) reqOpt {
+	return header("X-Passcode-Hash", fmt.Sprintf("%064x", i+1))
+}
+
+// wantLocked checks a 429 for too many wrong passcodes and returns its
+// Retry-After, whole seconds from 1 to the window.
+func wantLocked(t *testing.T, resp *http.Response, body []byte) int {
+	t.Helper()
+	wantProblem(t, resp, body, http.StatusTooManyRequests, "Too many wrong passcodes. Try again later.")
+	secs, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if err != nil || secs < 1 || secs > int(backend.PasscodeAttemptWindow/time.Second) {
+		t.Fatalf("Retry-After %q, want whole seconds from 1 to %v", resp.Header.Get("Retry-After"), backend.PasscodeAttemptWindow)
+	}
+	return secs
+}
+
+// After MaxPasscodeAttempts wrong passcodes a secret takes no passcode, not
+// even the right one, and is not burned by the refusals.
+func TestSecretsPasscodeLockout(t *testing.T) {
+	eachStore(t, func(t *testing.T, e *env) {
+		id, _ := e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"view_once","passcodeHash":"` + passcodeHash + `"}`)
+		path := "/api/v1/secrets/" + id
+		for i := range backend.MaxPasscodeAttempts {
+			resp, out := e.get(path, anonymous, wrongGuess(i))
+			wantProblem(t, resp, out, http.StatusUnauthorized, "Wrong passcode")
+		}
+		resp, out := e.get(path, anonymous, header("X-Passcode-Hash", passcodeHash))
+		if secs := wantLocked(t, resp, out); secs < int((backend.PasscodeAttemptWindow-time.Minute)/time.Second) {
+			t.Fatalf("Retry-After %d right after the lockout, want about %v", secs, backend.PasscodeAttemptWindow)
+		}
+		resp, out = e.get(path+"?passcodeHash="+passcodeHash, anonymous)
+		wantLocked(t, resp, out)
+		resp, out = e.get(path, anonymous, wrongGuess(99))
+		wantLocked(t, resp, out)
+		// Without a passcode the answer is still 401: it compares nothing.
+		resp, out = e.get(path, anonymous)
+		wantProblem(t, resp, out, http.StatusUnauthorized, "Passcode required")
+	})
+}
+
+// The lockout ends with its window, on the embedded store's fake clock:
+// Retry-After counts down to it, and the view_once secret refused meanwhile
+// is then read with the right passcode.
+func TestSecretsPasscodeLockoutEnds(t *testing.T) {
+	var (
+		mu  sync.Mutex
+		now = time.Now()
+	)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	set := func(t time.Time) { mu.Lock(); defer mu.Unlock(); now = t }
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"),
+		boltstore.Options{Config: store.Config{Now: clock}, SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	h, err := backend.New(backend.Config{Store: st, DataDir: t.TempDir(), UpstreamSecret: testSecret, Now: clock,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	e := &env{t: t, srv: srv, client: srv.Client(), st: st}
+
+	id, _ := e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"view_once","passcodeHash":"` + passcodeHash + `"}`)
+	path := "/api/v1/secrets/" + id
+	begun := clock().Truncate(time.Millisecond) // the store keeps the window in ms
+	set(begun)
+	for i := range backend.MaxPasscodeAttempts {
+		resp, out := e.get(path, wrongGuess(i))
+		wantProblem(t, resp, out, http.StatusUnauthorized, "Wrong passcode")
+	}
+	right := header("X-Passcode-Hash", passcodeHash)
+	window := backend.PasscodeAttemptWindow
+	for _, c := range []struct {
+		at    time.Duration // since the first wrong passcode
+		retry string
+	}{
+		{0, strconv.Itoa(int(window / time.Second))},
+		{time.Minute + 300*time.Millisecond, strconv.Itoa(int(window/time.Second) - 60)}, // 839.7 s: rounded up
+		{window - 500*time.Millisecond, "1"},
+		{window - time.Millisecond, "1"},
+	} {
+		set(begun.Add(c.at))
+		resp, out := e.get(path, right)
+		wantLocked(t, resp, out)
+		if got := resp.Header.Get("Retry-After"); got != c.retry {
+			t.Fatalf("%v into the window: Retry-After %s, want %s", c.at, got, c.retry)
+		}
+	}
+	set(begun.Add(window))
+	resp, out := e.get(path, right)
+	if resp.StatusCode != http.StatusOK || decode(t, out)["encryptedBlob"] != "ZW5j" {
+		t.Fatalf("right passcode once the window ended: %d %s", resp.StatusCode, out)
+	}
+}
+
+// The right passcode gives its attempt back: the readers of a secret that
+// may be read many times never lock it, even with wrong guesses held.
+func TestSecretsPasscodeRightNeverLocks(t *testing.T) {
+	eachStore(t, func(t *testing.T, e *env) {
+		id, _ := e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"7days","passcodeHash":"` + passcodeHash + `"}`)
+		path := "/api/v1/secrets/" + id
+		for i := range backend.MaxPasscodeAttempts - 1 {
+			resp, out := e.get(path, anonymous, wrongGuess(i))
+			wantProblem(t, resp, out, http.StatusUnauthorized, "Wrong passcode")
+		}
+		for i := range 20 {
+			resp, out := e.get(path, anonymous, header("X-Passcode-Hash", passcodeHash))
+			if resp.StatusCode != http.StatusOK || decode(t, out)["encryptedBlob"] != "ZW5j" {
+				t.Fatalf("read %d with the right passcode: %d %s", i+1, resp.StatusCode, out)
+			}
+		}
+		// The wrong ones still count: one more is taken, then none.
+		resp, out := e.get(path, anonymous, wrongGuess(50))
+		wantProblem(t, resp, out, http.StatusUnauthorized, "Wrong passcode")
+		resp, out = e.get(path, anonymous, wrongGuess(51))
+		wantLocked(t, resp, out)
+		resp, out = e.get(path, anonymous, header("X-Passcode-Hash", passcodeHash))
+		wantLocked(t, resp, out)
+	})
+}
+
+// Of many concurrent wrong guesses, from as many addresses, at most
+// MaxPasscodeAttempts are compared; the others get 429.
+func TestSecretsPasscodeGuessRace(t *testing.T) {
+	eachStore(t, func(t *testing.T, e *env) {
+		id, _ := e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"view_once","passcodeHash":"` + passcodeHash + `"}`)
+		const n = 50
+		var (
+			wg    sync.WaitGroup
+			mu    sync.Mutex
+			count = map[string]int{}
+		)
+		gate := make(chan struct{})
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-gate
+				req, _ := http.NewRequest("GET", e.srv.URL+"/api/v1/secrets/"+id, nil)
+				req.Header.Set("X-Keygate-Upstream-Secret", testSecret)
+				req.Header.Set("X-Keygate-Anonymous", "true")
+				req.Header.Set("X-Forwarded-For", fmt.Sprintf("2001:db8:%x::1", i))
+				wrongGuess(i)(req)
+				resp, err := e.client.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var p struct{ Error string }
+				err = json.NewDecoder(resp.Body).Decode(&p)
+				resp.Body.Close()
+				mu.Lock()
+				defer mu.Unlock()
+				count[fmt.Sprintf("%d %s", resp.StatusCode, p.Error)]++
+				if err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		close(gate)
+		wg.Wait()
+		wrong, locked := count["401 Wrong passcode"], count["429 Too many wrong passcodes. Try again later."]
+		if wrong != backend.MaxPasscodeAttempts || locked != n-backend.MaxPasscodeAttempts {
+			t.Fatalf("answers %v; want %d Wrong passcode and the other %d 429", count, backend.MaxPasscodeAttempts, n-backend.MaxPasscodeAttempts)
+		}
+		resp, out := e.get("/api/v1/secrets/"+id, anonymous, header("X-Passcode-Hash", passcodeHash))
+		wantLocked(t, resp, out)
+	})
+}
+
+// Only a passcode compared costs an attempt: reads of a secret without a
+// passcode (whatever passcode they send) make no reservation, and asking
+// for one with a passcode without sending any costs nothing; nor does
+// another secret's lockout touch them.
+func TestSecretsPasscodeAttemptsOnlyForGuesses(t *testing.T) {
+	eachStore(t, func(t *testing.T, e *env) {
+		plain, _ := e.createSecret(`{"encryptedBlob":"cGxhaW4=","iv":"aXY=","expiryType":"24hours"}`)
+		locked, _ := e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"24hours","passcodeHash":"` + passcodeHash + `"}`)
+		readPlain := func() {
+			t.Helper()
+			for i := range 10 {
+				resp, out := e.get("/api/v1/secrets/"+plain, anonymous, wrongGuess(i))
+				if resp.StatusCode != http.StatusOK || decode(t, out)["encryptedBlob"] != "cGxhaW4=" {
+					t.Fatalf("secret without a passcode: %d %s", resp.StatusCode, out)
+				}
+			}
+		}
+		readPlain()
+		for range 10 {
+			resp, out := e.get("/api/v1/secrets/"+locked, anonymous)
+			wantProblem(t, resp, out, http.StatusUnauthorized, "Passcode required")
+		}
+		for i := range backend.MaxPasscodeAttempts {
+			resp, out := e.get("/api/v1/secrets/"+locked, anonymous, wrongGuess(i))
+			wantProblem(t, resp, out, http.StatusUnauthorized, "Wrong passcode")
+		}
+		resp, out := e.get("/api/v1/secrets/"+locked, anonymous, wrongGuess(99))
+		wantLocked(t, resp, out)
+		readPlain()
+		if _, ok := e.st.(*redisstore.Store); ok {
+			keys, err := sharedRedis(t).Client(t).Keys(context.Background(), "*"+plain).Result()
+			if err != nil || len(keys) != 1 {
+				t.Fatalf("keys of the secret without a passcode: %v, %v; want only the secret", keys, err)
+			}
+		}
+	})
 }

@@ -6,8 +6,9 @@
 //
 // Every guarantee the HTTP API makes that depends on concurrency or time is
 // made here, by the store, atomically: exactly one creator of a slug wins,
-// exactly one reader of a view_once secret gets it, and an expired secret is
-// never returned even if no cleanup ever ran.
+// exactly one reader of a view_once secret gets it, no more than the limit
+// of passcode attempts on a secret are held in a window, and an expired
+// secret is never returned even if no cleanup ever ran.
 package store
 
 import (
@@ -122,7 +123,29 @@ type SecretStore interface {
 	// passcode must not burn it). Otherwise a view_once secret is destroyed
 	// and replaced by a tombstone: of any number of concurrent callers that
 	// pass authorize, exactly one gets the secret and the others get ErrGone.
+	// authorize runs outside the store's transactions, so it may call the
+	// store itself (the backend reserves a passcode attempt in it); it runs
+	// again, on the new secret, if the id was reused after expiry meanwhile.
 	OpenSecret(ctx context.Context, id string, authorize func(Secret) error) (Secret, error)
+
+	// ReservePasscodeAttempt reserves one of the limit passcode attempts that
+	// the secret id may have in a window: the window begins with the first
+	// reservation while none runs and lasts window (on Redis, by its own
+	// clock). Reservations are counted atomically: of any number of
+	// concurrent callers, across replicas, at most limit hold one per window.
+	//
+	// It returns a token that names the reservation (for
+	// ReleasePasscodeAttempt) and the end of the window; when limit are
+	// held already it reserves nothing and returns token "" and the end of the
+	// running window, after which reservations start afresh. The count is
+	// per id only: it neither needs nor checks a secret, and outlives nothing
+	// that matters, expiring with its window (or with its last release).
+	ReservePasscodeAttempt(ctx context.Context, id string, limit int, window time.Duration) (token string, until time.Time, err error)
+	// ReleasePasscodeAttempt gives back the reservation token names (the
+	// passcode was right): its slot is free again within the same window, and
+	// a window in which none is held any more ends. Releasing a token twice,
+	// or one whose window has ended, changes nothing.
+	ReleasePasscodeAttempt(ctx context.Context, id, token string) error
 }
 
 // Report is an abuse report about a secret.

@@ -2,11 +2,12 @@
 // embedded bbolt file, for single-machine deployments that run no Redis.
 //
 // bbolt serialises write transactions, so every read-modify-write here (slug
-// creation, visit counting, consuming a view_once secret) is one Update
-// transaction and therefore atomic, also across goroutines (concurrent visits
-// share one: visits.go). Expiry is checked on every read against the
-// store's clock; a janitor deletes expired records in the background, but
-// correctness never depends on it having run.
+// creation, visit counting, consuming a view_once secret, reserving a
+// passcode attempt: attempts.go) is one Update transaction and therefore
+// atomic, also across goroutines (concurrent visits share one: visits.go).
+// Expiry is checked on every read against the store's clock; a janitor
+// deletes expired records in the background, but correctness never depends
+// on it having run.
 package boltstore
 
 import (
@@ -33,6 +34,9 @@ var (
 	bucketSecrets = []byte("secrets") // id -> JSON store.Secret
 	bucketGone    = []byte("gone")    // id -> uint64 ms deadline of the tombstone
 	bucketReports = []byte("reports") // uint64 seq -> JSON store.Report
+	// passcode attempts: id -> JSON attemptsRecord (attempts.go). Added in
+	// schema 1 without a migration: Open creates it in an older file.
+	bucketAttempts = []byte("attempts")
 
 	keySchema = []byte("schema")
 )
@@ -77,7 +81,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketLinks, bucketOwners, bucketSecrets, bucketGone, bucketReports} {
+		for _, b := range [][]byte{bucketMeta, bucketLinks, bucketOwners, bucketSecrets, bucketGone, bucketReports, bucketAttempts} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -141,39 +145,39 @@ func (s *Store) janitor(every time.Duration) {
 // whole sweep.
 const sweepBatch = 250
 
-// Sweep deletes expired secrets and tombstones and returns how many records
-// it removed. Reads never need it; it only reclaims space. It finds them in
-// a read transaction, which writes do not wait for, and deletes them in
-// batches, each checked again in its write transaction.
+// Sweep deletes expired secrets, tombstones and passcode-attempt records
+// whose window has ended, and returns how many records it removed. Reads
+// never need it; it only reclaims space. It finds them in a read
+// transaction, which writes do not wait for, and deletes them in batches,
+// each checked again in its write transaction.
 func (s *Store) Sweep() (int, error) {
 	now := s.cfg.Now()
-	var secrets, tombstones [][]byte
+	sweeps := []struct {
+		bucket  []byte
+		expired func([]byte, time.Time) bool
+		keys    [][]byte
+	}{{bucket: bucketSecrets, expired: secretExpired}, {bucket: bucketGone, expired: tombstoneExpired},
+		{bucket: bucketAttempts, expired: attemptsExpired}}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		err := tx.Bucket(bucketSecrets).ForEach(func(k, v []byte) error {
-			if secretExpired(v, now) {
-				secrets = append(secrets, append([]byte(nil), k...))
+		for i := range sweeps {
+			sw := &sweeps[i]
+			err := tx.Bucket(sw.bucket).ForEach(func(k, v []byte) error {
+				if sw.expired(v, now) {
+					sw.keys = append(sw.keys, append([]byte(nil), k...))
+				}
+				return nil
+			})
+			if err != nil {
+				return err
 			}
-			return nil
-		})
-		if err != nil {
-			return err
 		}
-		return tx.Bucket(bucketGone).ForEach(func(k, v []byte) error {
-			if tombstoneExpired(v, now) {
-				tombstones = append(tombstones, append([]byte(nil), k...))
-			}
-			return nil
-		})
+		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
 	removed := 0
-	for _, sweep := range []struct {
-		bucket  []byte
-		keys    [][]byte
-		expired func([]byte, time.Time) bool
-	}{{bucketSecrets, secrets, secretExpired}, {bucketGone, tombstones, tombstoneExpired}} {
+	for _, sweep := range sweeps {
 		for batch := range slices.Chunk(sweep.keys, sweepBatch) {
 			n := 0
 			err := s.db.Update(func(tx *bolt.Tx) error {
@@ -408,11 +412,29 @@ func (s *Store) CreateSecret(ctx context.Context, sec store.Secret) error {
 	return nil
 }
 
+// errReplaced: the view_once secret authorised was replaced, its id reused
+// after expiry, before the write transaction consuming it began.
+var errReplaced = errors.New("boltstore: secret replaced")
+
 // OpenSecret implements store.SecretStore. A secret that is not view_once is
-// read in a read-only transaction; a view_once one is checked, authorised and
-// consumed in a single write transaction, which is what makes the reader
-// unique.
+// read in a read-only transaction; a view_once one is authorised, then
+// checked again and consumed in a single write transaction, which is what
+// makes the reader unique. authorize runs outside both transactions: it may
+// use the store (a write transaction in it would wait for its own).
+// Secrets are immutable, so the one authorised is the one consumed unless
+// its id was reused after expiry in between: then the new one is read and
+// authorised in turn.
 func (s *Store) OpenSecret(ctx context.Context, id string, authorize func(store.Secret) error) (store.Secret, error) {
+	for {
+		sec, err := s.openSecret(ctx, id, authorize)
+		if !errors.Is(err, errReplaced) {
+			return sec, err
+		}
+	}
+}
+
+// openSecret is one try of OpenSecret: errReplaced asks for another.
+func (s *Store) openSecret(ctx context.Context, id string, authorize func(store.Secret) error) (store.Secret, error) {
 	if err := ctxErr(ctx); err != nil {
 		return store.Secret{}, err
 	}
@@ -435,14 +457,9 @@ func (s *Store) OpenSecret(ctx context.Context, id string, authorize func(store.
 		if err != nil {
 			return err
 		}
-		// Secrets are immutable, so the one authorised above is this one
-		// unless its id was reused after expiry; authorise again to be exact.
-		if !cur.CreatedAt.Equal(sec.CreatedAt) && authorize != nil {
-			if err := authorize(cur); err != nil {
-				return err
-			}
+		if !cur.CreatedAt.Equal(sec.CreatedAt) {
+			return errReplaced
 		}
-		sec = cur
 		if err := b.Delete(key); err != nil {
 			return err
 		}

@@ -7,8 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/keygate/keygate/backend/store"
 	"github.com/keygate/keygate/backend/store/boltstore"
@@ -193,5 +196,152 @@ func TestSweepInBatches(t *testing.T) {
 		if _, err := s.OpenSecret(ctx, fmt.Sprintf("A%011d", i), nil); err != nil {
 			t.Fatalf("a living secret after the sweep: %v", err)
 		}
+	}
+}
+
+// TestAttemptsOnTheClock uses a fake clock: a window of passcode attempts
+// ends exactly when its time is up, counting then starts afresh, and Sweep
+// deletes a record only once its window has ended.
+func TestAttemptsOnTheClock(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now().Truncate(time.Millisecond)
+	clock := func() time.Time { return now }
+	s, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"), boltstore.Options{
+		Config: store.Config{Now: clock}, SweepInterval: -1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const id, limit, window = "AAAAAAAAAAA1", 5, 15 * time.Minute
+	reserve := func(want bool) (string, time.Time) {
+		t.Helper()
+		token, until, err := s.ReservePasscodeAttempt(ctx, id, limit, window)
+		if err != nil || (token != "") != want {
+			t.Fatalf("at %v: token %q, %v; want taken %v", now, token, err, want)
+		}
+		return token, until
+	}
+	begun := now
+	for range limit {
+		if _, until := reserve(true); !until.Equal(begun.Add(window)) {
+			t.Fatalf("window ends %v, want %v", until, begun.Add(window))
+		}
+		now = now.Add(time.Minute)
+	}
+	now = begun.Add(window - time.Millisecond)
+	if _, until := reserve(false); !until.Equal(begun.Add(window)) {
+		t.Fatalf("refused until %v, want %v", until, begun.Add(window))
+	}
+	if n, err := s.Sweep(); err != nil || n != 0 {
+		t.Fatalf("sweep within the window removed %d, %v", n, err)
+	}
+	now = begun.Add(window)
+	token, until := reserve(true)
+	if !until.Equal(now.Add(window)) {
+		t.Fatalf("the next window ends %v, want %v", until, now.Add(window))
+	}
+	if err := s.ReleasePasscodeAttempt(ctx, id, token); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Sweep(); err != nil || n != 0 { // the last release deleted it
+		t.Fatalf("sweep after the last release removed %d, %v", n, err)
+	}
+	reserve(true)
+	now = now.Add(window)
+	if n, err := s.Sweep(); err != nil || n != 1 {
+		t.Fatalf("sweep after the window removed %d, %v; want the attempts record", n, err)
+	}
+}
+
+// TestAuthorizeOutsideTransactions: when a view_once secret's id is reused
+// after expiry between its authorisation and its consumption, the new
+// secret is authorised again outside the store's transactions, where
+// authorize may reserve a passcode attempt (inside, it would wait forever
+// for the write lock its own transaction holds).
+func TestAuthorizeOutsideTransactions(t *testing.T) {
+	ctx := context.Background()
+	var (
+		mu  sync.Mutex
+		now = time.Now()
+	)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"), boltstore.Options{
+		Config: store.Config{Now: clock}, SweepInterval: -1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := store.Secret{ID: "AAAAAAAAAAA1", EncryptedBlob: "old", ExpiryType: store.ViewOnce, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+	if err := s.CreateSecret(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	authorized := 0
+	authorize := func(sec store.Secret) error {
+		authorized++
+		if _, _, err := s.ReservePasscodeAttempt(ctx, sec.ID, 5, time.Minute); err != nil {
+			return err
+		}
+		if authorized == 1 { // the old secret expires and its id is taken again
+			mu.Lock()
+			now = now.Add(2 * time.Hour)
+			mu.Unlock()
+			next := store.Secret{ID: old.ID, EncryptedBlob: "new", ExpiryType: store.ViewOnce, CreatedAt: clock(), ExpiresAt: clock().Add(time.Hour)}
+			return s.CreateSecret(ctx, next)
+		}
+		return nil
+	}
+	type result struct {
+		sec store.Secret
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sec, err := s.OpenSecret(ctx, old.ID, authorize)
+		done <- result{sec, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil || r.sec.EncryptedBlob != "new" || authorized != 2 {
+			t.Fatalf("got %+v, %v after %d authorisations; want the new secret, authorised too", r.sec, r.err, authorized)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OpenSecret hangs: authorize ran inside a write transaction") // s stays open: Close would hang too
+	}
+	_ = s.Close()
+}
+
+// TestOpenAddsTheAttemptsBucket: a file written before passcode attempts
+// were counted (schema 1, no attempts bucket) opens and counts them.
+func TestOpenAddsTheAttemptsBucket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "backend.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range []string{"meta", "links", "owners", "secrets", "gone", "reports"} {
+			if _, err := tx.CreateBucket([]byte(name)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket([]byte("meta")).Put([]byte("schema"), []byte("1"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := boltstore.Open(path, boltstore.Options{SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if token, _, err := s.ReservePasscodeAttempt(context.Background(), "AAAAAAAAAAA1", 5, time.Minute); err != nil || token == "" {
+		t.Fatalf("reserving in an older file: %q, %v", token, err)
+	}
+	if _, err := s.Sweep(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -12,6 +12,7 @@
 //	P seq:owner      string last owner id
 //	P secret:<id>    string JSON of store.Secret, expires at its ExpiresAt
 //	P gone:<id>      string tombstone of a read view_once secret, TTL-bound
+//	P attempts:<id>  hash   passcode attempts held: token -> 1, expires with its window
 //	P reports        list   JSON of store.Report, oldest first
 //
 // On a Redis Cluster (OpenCluster) the prefix is a hash tag, {kgb}:, so

@@ -133,6 +133,9 @@ func TestClusterKeysShareOneHashTag(t *testing.T) {
 	if err := s.AddReport(ctx, store.Report{SecretID: "abc", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
+	if _, _, err := s.ReservePasscodeAttempt(ctx, "abd", 5, time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	var holders []string
 	for _, node := range cluster.Nodes {
 		keys, err := node.Client(t).Keys(ctx, "*").Result()
@@ -148,9 +151,9 @@ func TestClusterKeysShareOneHashTag(t *testing.T) {
 			holders = append(holders, fmt.Sprintf("%s: %d keys", node.Addr, len(keys)))
 		}
 	}
-	// link, link seq, owners, owner seq, tombstone, reports
-	if len(holders) != 1 || !strings.HasSuffix(holders[0], ": 6 keys") {
-		t.Fatalf("keys by node: %v, want all 6 on one", holders)
+	// link, link seq, owners, owner seq, tombstone, reports, attempts
+	if len(holders) != 1 || !strings.HasSuffix(holders[0], ": 7 keys") {
+		t.Fatalf("keys by node: %v, want all 7 on one", holders)
 	}
 }
 
@@ -178,5 +181,62 @@ func TestViewOnceSurvivesARetriedScript(t *testing.T) {
 	twice.Armed.Store(false)
 	if _, err := st.OpenSecret(ctx, sec.ID, nil); !errors.Is(err, store.ErrGone) {
 		t.Fatalf("the next reader: %v, want ErrGone", err)
+	}
+}
+
+// The script that reserves a passcode attempt, run twice for one caller
+// (its first reply lost), holds one reservation, not two.
+func TestAttemptSurvivesARetriedScript(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	twice := new(redistest.ScriptsRunTwice)
+	rdb.AddHook(twice)
+	st := redisstore.New(rdb, "kgbtwice:", store.Config{})
+	ctx := context.Background()
+	const id, limit = "AAAAAAAAAAAT", 5
+	twice.Armed.Store(true)
+	for i := range limit {
+		if token, _, err := st.ReservePasscodeAttempt(ctx, id, limit, time.Hour); err != nil || token == "" {
+			t.Fatalf("reservation %d, its script run twice: %q, %v", i+1, token, err)
+		}
+	}
+	if token, _, err := st.ReservePasscodeAttempt(ctx, id, limit, time.Hour); err != nil || token != "" {
+		t.Fatalf("reservation %d: %q, %v; want it refused", limit+1, token, err)
+	}
+	if n, err := srv.Client(t).HLen(ctx, "kgbtwice:attempts:"+id).Result(); err != nil || n != limit {
+		t.Fatalf("%d reservations held (%v), want %d", n, err, limit)
+	}
+}
+
+// Reservations expire with their window, by Redis's clock; a hash found
+// without an expiry (none of the store's making) gets one instead of
+// locking the secret for good.
+func TestAttemptsExpireInRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s, err := redisstore.Open(ctx, srv.URL(), "", store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rdb := srv.Client(t)
+	const window = 15 * time.Minute
+	if _, _, err := s.ReservePasscodeAttempt(ctx, "AAAAAAAAAAA1", 5, window); err != nil {
+		t.Fatal(err)
+	}
+	if ttl, err := rdb.PTTL(ctx, redisstore.DefaultPrefix+"attempts:AAAAAAAAAAA1").Result(); err != nil || ttl <= window-time.Minute || ttl > window {
+		t.Fatalf("attempts TTL %v, %v; want about %v", ttl, err, window)
+	}
+	key := redisstore.DefaultPrefix + "attempts:AAAAAAAAAAA2"
+	if err := rdb.HSet(ctx, key, "a", 1, "b", 1, "c", 1, "d", 1, "e", 1).Err(); err != nil {
+		t.Fatal(err)
+	}
+	token, until, err := s.ReservePasscodeAttempt(ctx, "AAAAAAAAAAA2", 5, window)
+	if err != nil || token != "" || time.Until(until) <= window-time.Minute {
+		t.Fatalf("on a hash without expiry: %q until %v, %v; want refused for a window", token, until, err)
+	}
+	if ttl, err := rdb.PTTL(ctx, key).Result(); err != nil || ttl <= 0 || ttl > window {
+		t.Fatalf("TTL %v, %v after the reservation; want the window", ttl, err)
 	}
 }

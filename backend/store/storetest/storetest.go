@@ -36,6 +36,7 @@ const longTombstone = time.Hour
 func Run(t *testing.T, newStore Factory) {
 	t.Run("Links", func(t *testing.T) { RunLinks(t, newStore) })
 	t.Run("Secrets", func(t *testing.T) { RunSecrets(t, newStore) })
+	t.Run("PasscodeAttempts", func(t *testing.T) { RunPasscodeAttempts(t, newStore) })
 	t.Run("Reports", func(t *testing.T) { RunReports(t, newStore) })
 }
 
