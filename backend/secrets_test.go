@@ -273,42 +273,20 @@ func TestSecretsReport(t *testing.T) {
 // TestSecretsExpireOnRead: an expired secret is 404 even though no sweep
 // has run. The embedded store takes a fake clock, so no waiting.
 func TestSecretsExpireOnRead(t *testing.T) {
-	var (
-		mu  sync.Mutex
-		now = time.Now()
-	)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	st, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"),
-		boltstore.Options{Config: store.Config{Now: clock}, SweepInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	h, err := backend.New(backend.Config{Store: st, DataDir: t.TempDir(), UpstreamSecret: testSecret, Now: clock,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	e := &env{t: t, srv: srv, client: srv.Client(), st: st}
+	e, clock, set := envOnAClock(t)
 
 	hour, _ := e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"1hour"}`)
 	once, _ := e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"view_once"}`)
 	if resp, _ := e.get("/api/v1/secrets/" + hour); resp.StatusCode != 200 {
 		t.Fatalf("fresh: %d", resp.StatusCode)
 	}
-	mu.Lock()
-	now = now.Add(time.Hour + time.Millisecond)
-	mu.Unlock()
+	set(clock().Add(time.Hour + time.Millisecond))
 	resp, out := e.get("/api/v1/secrets/" + hour)
 	wantProblem(t, resp, out, http.StatusNotFound, "Secret does not exist or has already been viewed")
 	if resp, _ := e.get("/api/v1/secrets/" + once); resp.StatusCode != 200 { // lives 7 days
 		t.Fatalf("view_once after an hour: %d", resp.StatusCode)
 	}
-	mu.Lock()
-	now = now.Add(8 * 24 * time.Hour) // past the tombstone too
-	mu.Unlock()
+	set(clock().Add(8 * 24 * time.Hour)) // past the tombstone too
 	resp, out = e.get("/api/v1/secrets/" + once)
 	wantProblem(t, resp, out, http.StatusNotFound, "Secret does not exist or has already been viewed")
 }
@@ -362,26 +340,7 @@ func TestSecretsPasscodeLockout(t *testing.T) {
 // Retry-After counts down to it, and the view_once secret refused meanwhile
 // is then read with the right passcode.
 func TestSecretsPasscodeLockoutEnds(t *testing.T) {
-	var (
-		mu  sync.Mutex
-		now = time.Now()
-	)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	set := func(t time.Time) { mu.Lock(); defer mu.Unlock(); now = t }
-	st, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"),
-		boltstore.Options{Config: store.Config{Now: clock}, SweepInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	h, err := backend.New(backend.Config{Store: st, DataDir: t.TempDir(), UpstreamSecret: testSecret, Now: clock,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	e := &env{t: t, srv: srv, client: srv.Client(), st: st}
+	e, clock, set := envOnAClock(t)
 
 	id, _ := e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"view_once","passcodeHash":"` + passcodeHash + `"}`)
 	path := "/api/v1/secrets/" + id
@@ -527,4 +486,30 @@ func TestSecretsPasscodeAttemptsOnlyForGuesses(t *testing.T) {
 			}
 		}
 	})
+}
+
+// envOnAClock is a backend on the embedded store, both on a fake clock that
+// set moves, for tests of time without waiting.
+func envOnAClock(t *testing.T) (e *env, clock func() time.Time, set func(time.Time)) {
+	t.Helper()
+	var (
+		mu  sync.Mutex
+		now = time.Now()
+	)
+	clock = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	set = func(t time.Time) { mu.Lock(); defer mu.Unlock(); now = t }
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"),
+		boltstore.Options{Config: store.Config{Now: clock}, SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	h, err := backend.New(backend.Config{Store: st, DataDir: t.TempDir(), UpstreamSecret: testSecret, Now: clock,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return &env{t: t, srv: srv, client: srv.Client(), st: st}, clock, set
 }
