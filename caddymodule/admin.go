@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -384,7 +385,10 @@ func validRole(role string) bool {
 }
 
 // decodeBody reads r's body, one JSON object of at most maxAdminBody bytes
-// and nothing after it, into v.
+// and nothing after it, into v, a pointer to a struct whose json tags name
+// its members exactly: Go's decoder would take "NAME" for "name" and the
+// last of a repeated member, and a typo'd or doubled field would pass
+// unnoticed.
 func decodeBody(r *http.Request, v any) error {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody+1))
 	if err != nil {
@@ -400,6 +404,39 @@ func decodeBody(r *http.Request, v any) error {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return badRequest("invalid JSON body: more after the object")
+	}
+	return exactMembers(body, v)
+}
+
+// exactMembers checks that the members of the JSON object body are each
+// named exactly as a json tag of the struct v points to, and appear once.
+func exactMembers(body []byte, v any) error {
+	known := map[string]bool{}
+	t := reflect.TypeOf(v).Elem()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		known[name] = true
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.Token() // the object's '{': Decode read it whole already
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return badRequest("invalid JSON body: %v", err)
+		}
+		name, _ := tok.(string)
+		switch {
+		case !known[name]:
+			return badRequest("invalid JSON body: unknown field %q", name)
+		case seen[name]:
+			return badRequest("invalid JSON body: field %q given twice", name)
+		}
+		seen[name] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return badRequest("invalid JSON body: %v", err)
+		}
 	}
 	return nil
 }

@@ -176,8 +176,22 @@ func TestAdminAPIRefusals(t *testing.T) {
 	if !strings.Contains(mustCLI(t, "list"), "admin-api") {
 		t.Error("DELETE /keygate/keysadmin-api deleted the key admin-api")
 	}
-	if r := call(http.MethodPost, "/keygate/keys", `{"name": "a"} {"name": "b"}`); r.status != http.StatusBadRequest {
-		t.Errorf("two objects: %d, want 400", r.status)
+	for body, want := range map[string]string{
+		`{"name": "a"} {"name": "b"}`:         "more after the object",
+		`{"NAME": "a"}`:                       `unknown field "NAME"`, // Go's decoder alone takes it for name
+		`{"name": "a", "name": "b"}`:          `field "name" given twice`,
+		`{"name": "a", "Rate_Limit": "1/1s"}`: `unknown field "Rate_Limit"`,
+	} {
+		if r := call(http.MethodPost, "/keygate/keys", body); r.status != http.StatusBadRequest || !strings.Contains(r.problem["error"].(string), want) {
+			t.Errorf("%s: %d %v, want 400 saying %s", body, r.status, r.problem["error"], want)
+		}
+	}
+	var listed []keyView
+	mustJSON(t, mustCLI(t, "list", "--json"), &listed)
+	for _, k := range listed {
+		if k.Name == "a" || k.Name == "b" {
+			t.Errorf("key %s created from a refused body", k.Name)
+		}
 	}
 	big := `{"name": "big", "owner": "` + strings.Repeat("x", maxAdminBody) + `"}`
 	if r := call(http.MethodPost, "/keygate/keys", big); r.status != http.StatusRequestEntityTooLarge {
