@@ -295,3 +295,18 @@ func multipartBody(t *testing.T, field, filename string, content []byte) ([]byte
 	}
 	return b.Bytes(), mw.FormDataContentType()
 }
+
+// atOnce runs fn(0) … fn(n-1), each in a goroutine of its own, all released
+// together once started, and returns when all have: a race between n callers.
+func atOnce(n int, fn func(i int)) {
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-gate
+			fn(i)
+		})
+	}
+	close(gate)
+	wg.Wait()
+}

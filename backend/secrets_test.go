@@ -184,37 +184,28 @@ func TestSecretsViewOnceRace(t *testing.T) {
 		id, _ := e.createSecret(`{"encryptedBlob":"c2VjcmV0","iv":"aXY=","expiryType":"view_once"}`)
 		const n = 24
 		var (
-			wg    sync.WaitGroup
 			mu    sync.Mutex
 			count = map[int]int{}
 			blobs int
 		)
-		gate := make(chan struct{})
-		for range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-gate
-				req, _ := http.NewRequest("GET", e.srv.URL+"/api/v1/secrets/"+id, nil)
-				req.Header.Set("X-Keygate-Upstream-Secret", testSecret)
-				req.Header.Set("X-Keygate-Anonymous", "true")
-				resp, err := e.client.Do(req)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				mu.Lock()
-				defer mu.Unlock()
-				count[resp.StatusCode]++
-				if strings.Contains(string(body), "c2VjcmV0") {
-					blobs++
-				}
-			}()
-		}
-		close(gate)
-		wg.Wait()
+		atOnce(n, func(int) {
+			req, _ := http.NewRequest("GET", e.srv.URL+"/api/v1/secrets/"+id, nil)
+			req.Header.Set("X-Keygate-Upstream-Secret", testSecret)
+			req.Header.Set("X-Keygate-Anonymous", "true")
+			resp, err := e.client.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			count[resp.StatusCode]++
+			if strings.Contains(string(body), "c2VjcmV0") {
+				blobs++
+			}
+		})
 		if count[200] != 1 || count[410] != n-1 || blobs != 1 {
 			t.Fatalf("statuses %v, %d bodies with the blob; want one 200 and %d 410", count, blobs, n-1)
 		}
@@ -408,39 +399,30 @@ func TestSecretsPasscodeGuessRace(t *testing.T) {
 		id, _ := e.createSecret(`{"encryptedBlob":"ZW5j","iv":"aXY=","expiryType":"view_once","passcodeHash":"` + passcodeHash + `"}`)
 		const n = 50
 		var (
-			wg    sync.WaitGroup
 			mu    sync.Mutex
 			count = map[string]int{}
 		)
-		gate := make(chan struct{})
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-gate
-				req, _ := http.NewRequest("GET", e.srv.URL+"/api/v1/secrets/"+id, nil)
-				req.Header.Set("X-Keygate-Upstream-Secret", testSecret)
-				req.Header.Set("X-Keygate-Anonymous", "true")
-				req.Header.Set("X-Forwarded-For", fmt.Sprintf("2001:db8:%x::1", i))
-				wrongGuess(i)(req)
-				resp, err := e.client.Do(req)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				var p struct{ Error string }
-				err = json.NewDecoder(resp.Body).Decode(&p)
-				resp.Body.Close()
-				mu.Lock()
-				defer mu.Unlock()
-				count[fmt.Sprintf("%d %s", resp.StatusCode, p.Error)]++
-				if err != nil {
-					t.Error(err)
-				}
-			}()
-		}
-		close(gate)
-		wg.Wait()
+		atOnce(n, func(i int) {
+			req, _ := http.NewRequest("GET", e.srv.URL+"/api/v1/secrets/"+id, nil)
+			req.Header.Set("X-Keygate-Upstream-Secret", testSecret)
+			req.Header.Set("X-Keygate-Anonymous", "true")
+			req.Header.Set("X-Forwarded-For", fmt.Sprintf("2001:db8:%x::1", i))
+			wrongGuess(i)(req)
+			resp, err := e.client.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			var p struct{ Error string }
+			err = json.NewDecoder(resp.Body).Decode(&p)
+			resp.Body.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			count[fmt.Sprintf("%d %s", resp.StatusCode, p.Error)]++
+			if err != nil {
+				t.Error(err)
+			}
+		})
 		wrong, locked := count["401 Wrong passcode"], count["429 Too many wrong passcodes. Try again later."]
 		if wrong != backend.MaxPasscodeAttempts || locked != n-backend.MaxPasscodeAttempts {
 			t.Fatalf("answers %v; want %d Wrong passcode and the other %d 429", count, backend.MaxPasscodeAttempts, n-backend.MaxPasscodeAttempts)

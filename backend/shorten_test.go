@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -173,28 +172,19 @@ func TestShortLinkSlugRace(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *env) {
 		const n = 24
 		codes := make(chan int, n)
-		var wg sync.WaitGroup
-		gate := make(chan struct{})
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-gate
-				req, _ := http.NewRequest("POST", e.srv.URL+"/api/shortlinks",
-					strings.NewReader(fmt.Sprintf(`{"url":"https://racer%d.example","slug":"contested"}`, i)))
-				req.Header.Set("X-Keygate-Upstream-Secret", testSecret)
-				req.Header.Set("X-Keygate-Key-Id", fmt.Sprintf("key-%d", i))
-				resp, err := e.client.Do(req)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				resp.Body.Close()
-				codes <- resp.StatusCode
-			}()
-		}
-		close(gate)
-		wg.Wait()
+		atOnce(n, func(i int) {
+			req, _ := http.NewRequest("POST", e.srv.URL+"/api/shortlinks",
+				strings.NewReader(fmt.Sprintf(`{"url":"https://racer%d.example","slug":"contested"}`, i)))
+			req.Header.Set("X-Keygate-Upstream-Secret", testSecret)
+			req.Header.Set("X-Keygate-Key-Id", fmt.Sprintf("key-%d", i))
+			resp, err := e.client.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		})
 		close(codes)
 		count := map[int]int{}
 		for c := range codes {

@@ -46,11 +46,7 @@ func conformance(t *testing.T, open func(context.Context, string, string, store.
 func TestKeysUsePrefix(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := context.Background()
-	s, err := redisstore.Open(ctx, srv.URL(), "", store.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openOn(t, srv)
 	if _, err := s.CreateLink(ctx, store.NewLink{Slug: "x1", URL: "https://example.com", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
@@ -79,11 +75,7 @@ func TestKeysUsePrefix(t *testing.T) {
 func TestRedisDown(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := context.Background()
-	s, err := redisstore.Open(ctx, srv.URL(), "", store.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openOn(t, srv)
 	srv.Stop()
 	if _, err := s.GetLink(ctx, "x"); err == nil || errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("with redis down: %v, want a connection error", err)
@@ -161,11 +153,7 @@ func TestClusterKeysShareOneHashTag(t *testing.T) {
 // (its first reply lost), gives that reader the secret, not "already
 // viewed"; the next reader gets ErrGone.
 func TestViewOnceSurvivesARetriedScript(t *testing.T) {
-	rdb := redis.NewClient(&redis.Options{Addr: redistest.Start(t).Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	twice := new(redistest.ScriptsRunTwice)
-	rdb.AddHook(twice)
-	st := redisstore.New(rdb, "kgbtwice:", store.Config{})
+	st, twice := runningScriptsTwice(t, redistest.Start(t))
 	ctx := context.Background()
 	now := time.Now()
 	sec := store.Secret{ID: "AAAAAAAAAAAT", EncryptedBlob: "YmxvYg==", IV: "aXY=", ExpiryType: store.ViewOnce,
@@ -188,11 +176,7 @@ func TestViewOnceSurvivesARetriedScript(t *testing.T) {
 // (its first reply lost), holds one reservation, not two.
 func TestAttemptSurvivesARetriedScript(t *testing.T) {
 	srv := redistest.Start(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	twice := new(redistest.ScriptsRunTwice)
-	rdb.AddHook(twice)
-	st := redisstore.New(rdb, "kgbtwice:", store.Config{})
+	st, twice := runningScriptsTwice(t, srv)
 	ctx := context.Background()
 	const id, limit = "AAAAAAAAAAAT", 5
 	twice.Armed.Store(true)
@@ -215,11 +199,7 @@ func TestAttemptSurvivesARetriedScript(t *testing.T) {
 func TestAttemptsExpireInRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := context.Background()
-	s, err := redisstore.Open(ctx, srv.URL(), "", store.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openOn(t, srv)
 	rdb := srv.Client(t)
 	const window = 15 * time.Minute
 	if _, _, err := s.ReservePasscodeAttempt(ctx, "AAAAAAAAAAA1", 5, window); err != nil {
@@ -239,4 +219,27 @@ func TestAttemptsExpireInRedis(t *testing.T) {
 	if ttl, err := rdb.PTTL(ctx, key).Result(); err != nil || ttl <= 0 || ttl > window {
 		t.Fatalf("TTL %v, %v after the reservation; want the window", ttl, err)
 	}
+}
+
+// openOn opens a store on srv, without a prefix, closed when the test ends.
+func openOn(t *testing.T, srv *redistest.Server) *redisstore.Store {
+	t.Helper()
+	s, err := redisstore.Open(context.Background(), srv.URL(), "", store.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// runningScriptsTwice is a store on srv (prefix kgbtwice:) whose client
+// runs every script twice once the hook returned is armed, as go-redis
+// sends one again when it loses its reply.
+func runningScriptsTwice(t *testing.T, srv *redistest.Server) (*redisstore.Store, *redistest.ScriptsRunTwice) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	twice := new(redistest.ScriptsRunTwice)
+	rdb.AddHook(twice)
+	return redisstore.New(rdb, "kgbtwice:", store.Config{}), twice
 }
