@@ -18,6 +18,18 @@ import (
 	"github.com/keygate/keygate/backend/store/storetest"
 )
 
+// openWithoutJanitor opens a store in a temp dir, with cfg and no janitor
+// (the test sweeps), closed when the test ends.
+func openWithoutJanitor(t *testing.T, cfg store.Config) *boltstore.Store {
+	t.Helper()
+	s, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"), boltstore.Options{Config: cfg, SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, cfg store.Config) store.Store {
 		s, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"), boltstore.Options{Config: cfg})
@@ -128,13 +140,7 @@ func TestExpiryOnReadAndSweep(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	clock := func() time.Time { return now }
-	s, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"), boltstore.Options{
-		Config: store.Config{Now: clock, TombstoneTTL: time.Hour}, SweepInterval: -1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openWithoutJanitor(t, store.Config{Now: clock, TombstoneTTL: time.Hour})
 	week := store.Secret{ID: "AAAAAAAAAAA1", ExpiryType: store.OneWeek, CreatedAt: now, ExpiresAt: now.Add(7 * 24 * time.Hour)}
 	once := store.Secret{ID: "AAAAAAAAAAA2", ExpiryType: store.ViewOnce, CreatedAt: now, ExpiresAt: now.Add(7 * 24 * time.Hour)}
 	for _, sec := range []store.Secret{week, once} {
@@ -167,13 +173,7 @@ func TestSweepInBatches(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	clock := func() time.Time { return now }
-	s, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"), boltstore.Options{
-		Config: store.Config{Now: clock}, SweepInterval: -1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openWithoutJanitor(t, store.Config{Now: clock})
 	const expiring, living = 2500, 10
 	for i := range expiring + living {
 		ttl := time.Hour
@@ -206,13 +206,7 @@ func TestAttemptsOnTheClock(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now().Truncate(time.Millisecond)
 	clock := func() time.Time { return now }
-	s, err := boltstore.Open(filepath.Join(t.TempDir(), "backend.db"), boltstore.Options{
-		Config: store.Config{Now: clock}, SweepInterval: -1,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openWithoutJanitor(t, store.Config{Now: clock})
 	const id, limit, window = "AAAAAAAAAAA1", 5, 15 * time.Minute
 	reserve := func(want bool) (string, time.Time) {
 		t.Helper()
