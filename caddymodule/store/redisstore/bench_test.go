@@ -26,10 +26,7 @@ func BenchmarkCheckKey(b *testing.B) {
 	srv := redistest.Start(b)
 	s := open(b, srv, time.Second)
 	ctx := context.Background()
-	k, _ := storetest.NewKey(b, "bench")
-	if err := s.CreateKey(ctx, k); err != nil {
-		b.Fatal(err)
-	}
+	k, _ := storetest.MustCreate(b, s, "bench")
 	// as a gateway has it cached: with its current revision, so the
 	// script does not send the record back
 	k, err := s.KeyByName(ctx, k.Name)

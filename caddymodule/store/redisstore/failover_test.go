@@ -57,10 +57,7 @@ func TestSentinelFailover(t *testing.T) {
 func recoversFromFailover(t *testing.T, s *Store, primary, replica *redistest.Server, failover func()) {
 	t.Helper()
 	ctx := context.Background()
-	k, _ := storetest.NewKey(t, "failover")
-	if err := s.CreateKey(ctx, k); err != nil {
-		t.Fatal(err)
-	}
+	k, _ := storetest.MustCreate(t, s, "failover")
 	replica.CatchUp(t, primary)
 	check := func() error {
 		v, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: store.Policy{Limit: 1 << 40, Window: time.Minute}})

@@ -23,15 +23,7 @@ func TestNameIndexLeftoversNameNothing(t *testing.T) {
 	s := open(t, srv, time.Second)
 	rdb := srv.Client(t)
 	ctx := context.Background()
-	create := func(name string) store.Key {
-		t.Helper()
-		k, _ := storetest.NewKey(t, name)
-		if err := s.CreateKey(ctx, k); err != nil {
-			t.Fatalf("CreateKey(%s): %v", name, err)
-		}
-		return k
-	}
-	real := create("real")
+	real, _ := storetest.MustCreate(t, s, "real")
 
 	// an entry whose record is gone: a deletion that did not get to it
 	rdb.HSet(ctx, namesKey, "gone", "no-such-id", "gone-too", "no-such-id")
@@ -41,7 +33,7 @@ func TestNameIndexLeftoversNameNothing(t *testing.T) {
 	if rdb.HExists(ctx, namesKey, "gone").Val() {
 		t.Error("KeyByName left the entry of a missing record in place")
 	}
-	create("gone-too") // taken over
+	storetest.MustCreate(t, s, "gone-too") // taken over
 	rdb.HSet(ctx, namesKey, "gone", "no-such-id")
 	if _, err := s.UpdateKey(ctx, "real", func(k *store.Key) error { k.Name = "gone"; return nil }); err != nil {
 		t.Fatalf("rename onto a name whose record is gone: %v", err)
@@ -105,10 +97,7 @@ func TestChangesSurviveARetriedScript(t *testing.T) {
 	ctx := context.Background()
 	twice := new(redistest.ScriptsRunTwice)
 	s.client.AddHook(twice)
-	k, _ := storetest.NewKey(t, "twice")
-	if err := s.CreateKey(ctx, k); err != nil {
-		t.Fatal(err)
-	}
+	k, _ := storetest.MustCreate(t, s, "twice")
 	twice.Armed.Store(true)
 	fresh, _ := storetest.NewKey(t, "unused")
 	got, err := s.UpdateKey(ctx, "twice", func(k *store.Key) error { k.Name, k.Hash = "renamed", fresh.Hash; return nil })
@@ -139,10 +128,7 @@ func TestChangesOverlaidByAnotherSurviveALostReply(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := open(t, redistest.Start(t), time.Second)
 			ctx := context.Background()
-			k, _ := storetest.NewKey(t, "overlaid")
-			if err := s.CreateKey(ctx, k); err != nil {
-				t.Fatal(err)
-			}
+			k, _ := storetest.MustCreate(t, s, "overlaid")
 			fresh, _ := storetest.NewKey(t, "unused")
 			want := k
 			tc.change(&want, fresh)

@@ -79,10 +79,7 @@ func TestScriptsSurviveScriptFlush(t *testing.T) {
 	srv := redistest.Start(t)
 	s := open(t, srv, time.Second)
 	ctx := context.Background()
-	k, _ := storetest.NewKey(t, "flushed")
-	if err := s.CreateKey(ctx, k); err != nil {
-		t.Fatal(err)
-	}
+	k, _ := storetest.MustCreate(t, s, "flushed")
 	policy := store.Policy{Limit: 1000, Window: time.Minute}
 	check := func() error {
 		v, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: policy})

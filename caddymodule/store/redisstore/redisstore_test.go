@@ -37,10 +37,7 @@ func TestNoPlaintextInRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	s := open(t, srv, time.Second)
 	ctx := context.Background()
-	k, secret := storetest.NewKey(t, "secretive")
-	if err := s.CreateKey(ctx, k); err != nil {
-		t.Fatal(err)
-	}
+	k, secret := storetest.MustCreate(t, s, "secretive")
 	if _, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: store.Policy{Limit: 5, Window: time.Minute}, Algorithm: store.SlidingLog}); err != nil {
 		t.Fatal(err)
 	}
@@ -212,10 +209,7 @@ func TestEpochRolledBackDoesNotRepeatItself(t *testing.T) {
 	srv := redistest.Start(t)
 	s := open(t, srv, time.Second)
 	ctx := context.Background()
-	k, _ := storetest.NewKey(t, "changing")
-	if err := s.CreateKey(ctx, k); err != nil {
-		t.Fatal(err)
-	}
+	storetest.MustCreate(t, s, "changing")
 	before, err := s.Epoch(ctx)
 	if err != nil || before == 0 {
 		t.Fatalf("a fresh epoch: %d, %v; want a random start, not 0", before, err)

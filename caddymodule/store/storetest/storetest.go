@@ -65,7 +65,9 @@ func NewKey(t testing.TB, name string) (store.Key, string) {
 	}, g.Secret
 }
 
-func mustCreate(t *testing.T, s store.Store, name string) (store.Key, string) {
+// MustCreate stores a new key named name (NewKey) and returns it with its
+// secret, failing the test if the store refuses it.
+func MustCreate(t testing.TB, s store.Store, name string) (store.Key, string) {
 	t.Helper()
 	k, secret := NewKey(t, name)
 	if err := s.CreateKey(context.Background(), k); err != nil {
@@ -85,7 +87,7 @@ func check(t *testing.T, s store.Store, c store.Check) store.Verdict {
 
 func testCreateAndLookup(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	k, secret := mustCreate(t, s, "first")
+	k, secret := MustCreate(t, s, "first")
 	id, err := s.KeyIDByHash(ctx, apikey.Sum(secret))
 	if err != nil || id != k.ID {
 		t.Fatalf("KeyIDByHash = %q, %v; want %q", id, err, k.ID)
@@ -101,7 +103,7 @@ func testCreateAndLookup(t *testing.T, s store.Store) {
 		len(got.Roles) != 1 || got.Roles[0] != "upload" || !got.CreatedAt.Equal(k.CreatedAt) || got.Revision < 1 {
 		t.Fatalf("KeyByName = %+v, want %+v", got, k)
 	}
-	mustCreate(t, s, "second")
+	MustCreate(t, s, "second")
 	keys, err := s.Keys(ctx)
 	if err != nil || len(keys) != 2 {
 		t.Fatalf("Keys = %d keys, %v; want 2", len(keys), err)
@@ -123,12 +125,12 @@ func testCreateAndLookup(t *testing.T, s store.Store) {
 }
 
 func testNamesAreUnique(t *testing.T, s store.Store) {
-	mustCreate(t, s, "taken")
+	MustCreate(t, s, "taken")
 	k, _ := NewKey(t, "taken")
 	if err := s.CreateKey(context.Background(), k); !errors.Is(err, store.ErrNameTaken) {
 		t.Fatalf("second CreateKey(taken) err = %v, want ErrNameTaken", err)
 	}
-	mustCreate(t, s, "other")
+	MustCreate(t, s, "other")
 	_, err := s.UpdateKey(context.Background(), "other", func(k *store.Key) error { k.Name = "taken"; return nil })
 	if !errors.Is(err, store.ErrNameTaken) {
 		t.Fatalf("rename onto a taken name err = %v, want ErrNameTaken", err)
@@ -165,7 +167,7 @@ func testRenameRacesDelete(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	for i := range 20 {
 		from, to := fmt.Sprintf("from-%d", i), fmt.Sprintf("to-%d", i)
-		mustCreate(t, s, from)
+		MustCreate(t, s, from)
 		var wg sync.WaitGroup
 		wg.Go(func() {
 			_, err := s.UpdateKey(ctx, from, func(k *store.Key) error { k.Name = to; return nil })
@@ -192,7 +194,7 @@ func testRenameRacesDelete(t *testing.T, s store.Store) {
 			switch {
 			case err == nil && k.Name == name && listed[name] == 1:
 			case errors.Is(err, store.ErrNotFound) && listed[name] == 0:
-				mustCreate(t, s, name) // free: creatable
+				MustCreate(t, s, name) // free: creatable
 			default:
 				t.Fatalf("round %d: %s: KeyByName = %+v, %v; listed %d times", i, name, k, err, listed[name])
 			}
@@ -202,7 +204,7 @@ func testRenameRacesDelete(t *testing.T, s store.Store) {
 
 func testLifecycle(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	k, _ := mustCreate(t, s, "life")
+	k, _ := MustCreate(t, s, "life")
 
 	renamed, err := s.UpdateKey(ctx, "life", func(k *store.Key) error { k.Name = "renamed"; return nil })
 	if err != nil || renamed.Name != "renamed" || renamed.Revision <= k.Revision {
@@ -211,7 +213,7 @@ func testLifecycle(t *testing.T, s store.Store) {
 	if _, err := s.KeyByName(ctx, "life"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("old name still resolves: %v", err)
 	}
-	mustCreate(t, s, "life") // the old name is free again
+	MustCreate(t, s, "life") // the old name is free again
 
 	disabled, err := s.UpdateKey(ctx, "renamed", func(k *store.Key) error { k.Enabled = false; return nil })
 	if err != nil || disabled.Enabled {
@@ -261,7 +263,7 @@ func testLifecycle(t *testing.T, s store.Store) {
 
 func testFreshRecord(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	k, _ := mustCreate(t, s, "fresh")
+	k, _ := MustCreate(t, s, "fresh")
 	v := check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash})
 	rev := v.Fresh.Revision
 	if _, err := s.UpdateKey(ctx, "fresh", func(k *store.Key) error { k.Name = "fresher"; return nil }); err != nil {
@@ -354,7 +356,7 @@ func testEpoch(t *testing.T, s store.Store) {
 		}
 		return e
 	}
-	k, _ := mustCreate(t, s, "watched")
+	k, _ := MustCreate(t, s, "watched")
 	e := epoch()
 	check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: store.Policy{Limit: 5, Window: time.Minute}})
 	if epoch() != e {
@@ -410,7 +412,7 @@ func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 			}
 			return d
 		}
-		k, _ := mustCreate(t, s, "leased-"+name+"-"+string(a))
+		k, _ := MustCreate(t, s, "leased-"+name+"-"+string(a))
 		offsets["CheckKey/"+name] = store.WindowOffset('k', k.ID, p.Window)
 		takes["CheckKey/"+name] = func() store.Decision {
 			return check(t, s, store.Check{KeyID: k.ID, Hash: k.Hash, Revision: k.Revision, Policy: p, Algorithm: a, Ask: ask}).Limit
@@ -487,8 +489,8 @@ func testSlidingLogConcurrent(t *testing.T, s store.Store) {
 }
 
 func testKeyLimit(t *testing.T, s store.Store) {
-	a, _ := mustCreate(t, s, "a")
-	b, _ := mustCreate(t, s, "b")
+	a, _ := MustCreate(t, s, "a")
+	b, _ := MustCreate(t, s, "b")
 	p := store.Policy{Limit: 2, Window: time.Hour}
 	for i := range 3 {
 		v := check(t, s, store.Check{KeyID: a.ID, Hash: a.Hash, Policy: p, Algorithm: store.SlidingWindow})
@@ -509,7 +511,7 @@ func testKeyLimit(t *testing.T, s store.Store) {
 }
 
 func testLastUsed(t *testing.T, s store.Store) {
-	k, _ := mustCreate(t, s, "used")
+	k, _ := MustCreate(t, s, "used")
 	before, _ := s.KeyByName(context.Background(), "used")
 	if !before.LastUsedAt.IsZero() {
 		t.Fatalf("new key has last-used %v", before.LastUsedAt)
