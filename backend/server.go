@@ -184,8 +184,7 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if err := s.cfg.Store.Ping(ctx); err != nil {
 		s.log.Warn("health check: store unavailable", "err", err)
-		w.Header().Set("Retry-After", "1")
-		problem.Write(w, errUnavailable)
+		writeUnavailable(w)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

@@ -307,11 +307,17 @@ func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	s.log.Error("store error", "method", r.Method, "pattern", r.Pattern, "err", err)
 	if s.storeUnreachable(err) {
-		w.Header().Set("Retry-After", "1")
-		problem.Write(w, errUnavailable)
+		writeUnavailable(w)
 		return
 	}
 	problem.Write(w, errInternal)
+}
+
+// writeUnavailable answers 503 Storage unavailable, worth retrying in a
+// second (a load balancer may try another replica).
+func writeUnavailable(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "1")
+	problem.Write(w, errUnavailable)
 }
 
 // statusClientClosedRequest is nginx's and Caddy's 499.
