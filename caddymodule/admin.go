@@ -398,8 +398,7 @@ func decodeBody(r *http.Request, v any) error {
 		return adminError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("the body is larger than %d bytes", maxAdminBody)}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := dec.Decode(v); err != nil { // unknown members: exactMembers
 		return badRequest("invalid JSON body: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
