@@ -114,6 +114,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		algorithm  sliding_window|sliding_log
 //		keep_credentials                 # pass Authorization / X-API-Key upstream
 //		lease      <requests>            # admit up to this many per store round trip (see Handler.Lease)
+//		rate_limit_headers both|x-ratelimit|ietf|none   # default both
 //	}
 func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)
@@ -174,6 +175,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("lease must be a whole number of requests, at most %d, not %q", maxLease, n)
 			}
 			h.Lease = lease
+		case "rate_limit_headers":
+			if !d.AllArgs(&h.RateLimitHeaders) {
+				return d.ArgErr()
+			}
+			if _, err := rateLimitHeaderSet(h.RateLimitHeaders); err != nil {
+				return d.Err(err.Error())
+			}
 		default:
 			return d.Errf("unrecognized keygate subdirective: %s", d.Val())
 		}

@@ -82,6 +82,13 @@ func TestCaddyfileLease(t *testing.T) {
 	}
 }
 
+func TestCaddyfileRateLimitHeaders(t *testing.T) {
+	out, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(":80 {\n\tkeygate {\n\t\trate_limit 5 1m\n\t\trate_limit_headers x-ratelimit\n\t}\n}\n"), nil)
+	if err != nil || !strings.Contains(string(out), `"rate_limit_headers":"x-ratelimit"`) {
+		t.Fatalf("rate_limit_headers did not adapt: %v\n%s", err, out)
+	}
+}
+
 func TestCaddyfileErrors(t *testing.T) {
 	for _, tc := range []struct{ name, site, want string }{
 		{"unknown subdirective", "keygate {\n\tlimit 5 1m\n}", "unrecognized keygate subdirective"},
@@ -93,6 +100,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"missing args", "keygate {\n\trate_limit 5\n}", "wrong argument count"},
 		{"bad lease", "keygate {\n\tlease lots\n}", "whole number of requests"},
 		{"huge lease", "keygate {\n\tlease 1000001\n}", "at most 1000000"},
+		{"bad rate_limit_headers", "keygate {\n\trate_limit_headers draft\n}", "rate_limit_headers must be both, x-ratelimit, ietf or none"},
+		{"two rate_limit_headers", "keygate {\n\trate_limit_headers ietf x-ratelimit\n}", "wrong argument count"},
 		{"role never held", "keygate {\n\troles Upload\n}", `role "Upload" can never match`},
 		{"roles with anonymous", "keygate {\n\troles upload\n\tanonymous 20 1h\n}", "roles and anonymous exclude each other"},
 	} {
@@ -163,6 +172,7 @@ func TestHandlerValidate(t *testing.T) {
 		{Handler{Algorithm: store.SlidingWindow, Roles: []string{"upload", "Admin"}}, `role "Admin" can never match`},
 		{Handler{Algorithm: store.SlidingWindow, Lease: maxLease + 1}, "lease must be 0 to 1000000"},
 		{Handler{Algorithm: store.SlidingWindow, Lease: -1}, "lease must be 0 to 1000000"},
+		{Handler{Algorithm: store.SlidingWindow, RateLimitHeaders: "X-RateLimit"}, "rate_limit_headers must be"},
 		{Handler{Algorithm: store.SlidingWindow, Roles: []string{"upload"}, Anonymous: &Rate{Requests: 20, Window: caddy.Duration(time.Hour)}}, "roles and anonymous exclude each other"},
 	} {
 		if err := tc.h.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -372,6 +372,63 @@ func TestRateLimitHeadersAndRefusal(t *testing.T) {
 	}
 }
 
+// rate_limit_headers picks the headers of each route's responses; a 429
+// says when to retry whatever it picks.
+func TestRateLimitHeadersOption(t *testing.T) {
+	g := startRedisGateway(t, "", `
+	handle /x-ratelimit {
+		keygate {
+			rate_limit 1 1m
+			rate_limit_headers x-ratelimit
+		}
+		reverse_proxy {upstream}
+	}
+	handle /ietf {
+		keygate {
+			rate_limit 1 1m
+			rate_limit_headers ietf
+		}
+		reverse_proxy {upstream}
+	}
+	handle /none {
+		keygate {
+			anonymous 1 1m
+			rate_limit_headers none
+		}
+		reverse_proxy {upstream}
+	}`)
+	for path, want := range map[string][]string{
+		"/x-ratelimit": {"X-Ratelimit-Limit", "X-Ratelimit-Remaining", "X-Ratelimit-Reset"},
+		"/ietf":        {"Ratelimit-Policy", "Ratelimit"},
+		"/none":        nil,
+	} {
+		// a key per route: routes with the same limit share its counter
+		k := generate(t, "--name", "headers"+strings.ReplaceAll(path, "/", "-"))
+		for _, status := range []int{http.StatusOK, http.StatusTooManyRequests} {
+			r := g.get(path, bearer(k.Key)...)
+			if path == "/none" {
+				r = g.get(path)
+			}
+			if r.status != status {
+				t.Fatalf("%s: %d, want %d", path, r.status, status)
+			}
+			var got []string
+			for name := range r.header {
+				if strings.Contains(name, "Ratelimit") {
+					got = append(got, name)
+				}
+			}
+			slices.Sort(got)
+			if want := slices.Sorted(slices.Values(want)); !slices.Equal(got, want) {
+				t.Errorf("%s %d: rate-limit headers %v, want %v", path, status, got, want)
+			}
+			if status == http.StatusTooManyRequests && r.header.Get("Retry-After") == "" {
+				t.Errorf("%s: a 429 without Retry-After", path)
+			}
+		}
+	}
+}
+
 // wantRateHeaders checks both header styles of one decision.
 func wantRateHeaders(t *testing.T, r response, policy string, limit, windowSeconds, remaining int64) {
 	t.Helper()

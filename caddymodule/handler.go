@@ -79,11 +79,20 @@ type Handler struct {
 	// 1,000,000.
 	Lease int64 `json:"lease,omitempty"`
 
+	// RateLimitHeaders is which rate-limit headers limited responses carry:
+	// "both" (default), "x-ratelimit" (X-RateLimit-Limit, -Remaining and
+	// -Reset, which the replaced products' clients read), "ietf" (the IETF
+	// draft's RateLimit-Policy and RateLimit), or "none". Every 429 carries
+	// Retry-After whatever this says. Each header costs every hop that
+	// handles it (README, Performance).
+	RateLimitHeaders string `json:"rate_limit_headers,omitempty"`
+
 	app           *App
 	keyPolicy     store.Policy
 	keyPolicyHdr  string
 	anonPolicy    store.Policy
 	anonPolicyHdr string
+	headers       headerSet
 	logger        *zap.Logger
 	lastStoreLog  *atomic.Int64 // a pointer: modules are copied by value
 	leases        *leaseTable   // nil without Lease
@@ -116,6 +125,7 @@ func (h *Handler) attach(app *App) {
 	if h.Algorithm == "" {
 		h.Algorithm = store.SlidingWindow
 	}
+	h.headers, _ = rateLimitHeaderSet(h.RateLimitHeaders) // Validate refuses a bad value
 	h.keyPolicy = h.RateLimit.policy()
 	if !h.keyPolicy.IsZero() {
 		h.keyPolicyHdr = policyHeader(policyNameKey, h.keyPolicy)
@@ -149,6 +159,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.Lease < 0 || h.Lease > maxLease {
 		return fmt.Errorf("lease must be 0 to %d requests, got %d", maxLease, h.Lease)
+	}
+	if _, err := rateLimitHeaderSet(h.RateLimitHeaders); err != nil {
+		return err
 	}
 	if err := validRoles(h.Roles); err != nil {
 		return err
@@ -338,7 +351,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 func (h *Handler) admitKey(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler,
 	ident *identity, policy store.Policy, policyHdr string, d store.Decision, now time.Time) error {
 	if !policy.IsZero() {
-		setRateLimitHeaders(w.Header(), policyNameKey, policyHdr, d, now)
+		setRateLimitHeaders(w.Header(), h.headers, policyNameKey, policyHdr, d, now)
 		if !d.Allowed {
 			return h.refuse(outcomeLimited, problemRateLimited(policy, d.RetryAfter))
 		}
@@ -382,7 +395,7 @@ func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *c
 		// Unknown callers have nothing to fail open on.
 		return h.storeUnavailable(w, err)
 	}
-	setRateLimitHeaders(w.Header(), policyNameAddress, h.anonPolicyHdr, d, now)
+	setRateLimitHeaders(w.Header(), h.headers, policyNameAddress, h.anonPolicyHdr, d, now)
 	if !d.Allowed {
 		return h.refuse(outcomeLimited, problemRateLimited(h.anonPolicy, d.RetryAfter))
 	}

@@ -290,7 +290,7 @@ func BenchmarkRateLimitHeaders(b *testing.B) {
 	h := make(http.Header, 8)
 	b.ReportAllocs()
 	for b.Loop() {
-		setRateLimitHeaders(h, policyNameKey, policy, d, now)
+		setRateLimitHeaders(h, sendXRateLimit|sendIETF, policyNameKey, policy, d, now)
 	}
 }
 

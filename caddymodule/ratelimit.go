@@ -1,6 +1,7 @@
 package keygate
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -8,9 +9,10 @@ import (
 	"github.com/keygate/keygate/caddymodule/store"
 )
 
-// Rate-limit response headers. Both styles are sent: the X-RateLimit-*
-// trio that existing clients read (Reset in Unix milliseconds, as Shorturlx
-// documents it), and the IETF httpapi draft's structured fields.
+// Rate-limit response headers, in two styles: the X-RateLimit-* trio that
+// existing clients read (Reset in Unix milliseconds, as Shorturlx documents
+// it), and the IETF httpapi draft's structured fields. Handler's
+// RateLimitHeaders picks which go out; Retry-After goes with every 429.
 const (
 	headerLimit       = "X-Ratelimit-Limit"
 	headerRemaining   = "X-Ratelimit-Remaining"
@@ -22,6 +24,39 @@ const (
 	policyNameAddress = "ip"
 )
 
+// Values of Handler.RateLimitHeaders.
+const (
+	RateLimitHeadersBoth       = "both"
+	RateLimitHeadersXRateLimit = "x-ratelimit"
+	RateLimitHeadersIETF       = "ietf"
+	RateLimitHeadersNone       = "none"
+)
+
+// headerSet is which styles of rate-limit headers a handler sends.
+type headerSet uint8
+
+const (
+	sendXRateLimit headerSet = 1 << iota
+	sendIETF
+)
+
+// rateLimitHeaderSet reads a RateLimitHeaders value; "" is the default,
+// both.
+func rateLimitHeaderSet(v string) (headerSet, error) {
+	switch v {
+	case "", RateLimitHeadersBoth:
+		return sendXRateLimit | sendIETF, nil
+	case RateLimitHeadersXRateLimit:
+		return sendXRateLimit, nil
+	case RateLimitHeadersIETF:
+		return sendIETF, nil
+	case RateLimitHeadersNone:
+		return 0, nil
+	}
+	return 0, fmt.Errorf("rate_limit_headers must be %s, %s, %s or %s, not %q",
+		RateLimitHeadersBoth, RateLimitHeadersXRateLimit, RateLimitHeadersIETF, RateLimitHeadersNone, v)
+}
+
 // policyHeader renders a RateLimit-Policy field value, e.g.
 // `"key";q=100;w=600`. It depends only on the policy, so handlers compute
 // their default one once.
@@ -29,11 +64,15 @@ func policyHeader(name string, p store.Policy) string {
 	return `"` + name + `";q=` + strconv.FormatInt(p.Limit, 10) + ";w=" + strconv.FormatInt(ceilSeconds(p.Window), 10)
 }
 
-// setRateLimitHeaders writes the headers of one decision. Every limited
-// response pays for this, so all values are rendered into one buffer and
-// converted to one string, and the header slices share one backing array:
-// two allocations instead of one per value and one per slice.
-func setRateLimitHeaders(h http.Header, name, policy string, d store.Decision, now time.Time) {
+// setRateLimitHeaders writes the headers of one decision: those of the
+// styles in send, and Retry-After when refused. Every limited response
+// pays for this, so all values are rendered into one buffer and converted
+// to one string, and the header slices share one backing array: two
+// allocations instead of one per value and one per slice.
+func setRateLimitHeaders(h http.Header, send headerSet, name, policy string, d store.Decision, now time.Time) {
+	if send == 0 && d.Allowed {
+		return
+	}
 	var buf [128]byte
 	b := strconv.AppendInt(buf[:0], d.Limit, 10)
 	endLimit := len(b)
@@ -58,11 +97,15 @@ func setRateLimitHeaders(h http.Header, name, policy string, d store.Decision, n
 		values[i] = value
 		h[key] = values[i : i+1 : i+1]
 	}
-	set(0, headerLimit, s[:endLimit])
-	set(1, headerRemaining, s[endLimit:endRemaining])
-	set(2, headerReset, s[endRemaining:endReset])
-	set(3, headerPolicy, policy)
-	set(4, headerRateLimit, s[endReset:endRateLimit])
+	if send&sendXRateLimit != 0 {
+		set(0, headerLimit, s[:endLimit])
+		set(1, headerRemaining, s[endLimit:endRemaining])
+		set(2, headerReset, s[endRemaining:endReset])
+	}
+	if send&sendIETF != 0 {
+		set(3, headerPolicy, policy)
+		set(4, headerRateLimit, s[endReset:endRateLimit])
+	}
 	if !d.Allowed {
 		set(5, headerRetryAfter, s[endRateLimit:])
 	}

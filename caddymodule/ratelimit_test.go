@@ -35,7 +35,7 @@ func TestRateLimitHeaders(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := http.Header{}
-			setRateLimitHeaders(h, policyNameKey, policyHeader(policyNameKey, p), tc.d, now)
+			setRateLimitHeaders(h, sendXRateLimit|sendIETF, policyNameKey, policyHeader(policyNameKey, p), tc.d, now)
 			for k, want := range tc.want {
 				if got := h.Get(k); got != want {
 					t.Errorf("%s: %q, want %q", k, got, want)
@@ -48,6 +48,54 @@ func TestRateLimitHeaders(t *testing.T) {
 				t.Errorf("Remaining after Add to Limit: %q", got)
 			}
 		})
+	}
+}
+
+// TestRateLimitHeaderStyles checks that rate_limit_headers picks the
+// headers sent, and that a 429 says when to retry whatever it picks.
+func TestRateLimitHeaderStyles(t *testing.T) {
+	now := time.UnixMilli(1_700_000_000_000)
+	p := store.Policy{Limit: 100, Window: 10 * time.Minute}
+	allowed := store.Decision{Allowed: true, Limit: 100, Remaining: 57, Reset: now.Add(time.Minute)}
+	refused := store.Decision{Limit: 100, Reset: now.Add(time.Minute), RetryAfter: time.Second}
+	xRateLimit := []string{"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}
+	ietf := []string{"RateLimit-Policy", "RateLimit"}
+	for _, tc := range []struct {
+		value string
+		want  []string
+	}{
+		{"", append(xRateLimit, ietf...)},
+		{RateLimitHeadersBoth, append(xRateLimit, ietf...)},
+		{RateLimitHeadersXRateLimit, xRateLimit},
+		{RateLimitHeadersIETF, ietf},
+		{RateLimitHeadersNone, nil},
+	} {
+		send, err := rateLimitHeaderSet(tc.value)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.value, err)
+		}
+		for _, d := range []store.Decision{allowed, refused} {
+			h := http.Header{}
+			setRateLimitHeaders(h, send, policyNameKey, policyHeader(policyNameKey, p), d, now)
+			want := http.Header{}
+			for _, k := range tc.want {
+				want.Set(k, h.Get(k))
+			}
+			if !d.Allowed {
+				want.Set("Retry-After", "1")
+			}
+			if len(h) != len(want) {
+				t.Errorf("%q, allowed %v: headers %v, want only %v", tc.value, d.Allowed, h, tc.want)
+			}
+			for k := range want {
+				if h.Get(k) == "" {
+					t.Errorf("%q, allowed %v: no %s", tc.value, d.Allowed, k)
+				}
+			}
+		}
+	}
+	if _, err := rateLimitHeaderSet("X-RateLimit"); err == nil {
+		t.Error("rate_limit_headers X-RateLimit accepted")
 	}
 }
 

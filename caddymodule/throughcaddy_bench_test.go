@@ -45,8 +45,9 @@ func BenchmarkThroughCaddy(b *testing.B) {
 		// plain Caddy sending what keygate sends (the load benchmark's
 		// -same-headers): the rate-limit headers, and upstream the key's
 		// id and name in place of the key
-		{"plain-same-headers", benchheaders.Response("\t", false) + "\treverse_proxy {upstream} {\n" + benchheaders.Upstream("\t\t", false) + "\t}\n"},
+		{"plain-same-headers", benchheaders.Response("\t", false, "") + "\treverse_proxy {upstream} {\n" + benchheaders.Upstream("\t\t", false) + "\t}\n"},
 		{"sliding_window", keygateSite("rate_limit " + benchheaders.Limit)},
+		{"sliding_window-x-ratelimit", keygateSite("rate_limit " + benchheaders.Limit + "\n\t\trate_limit_headers x-ratelimit")},
 		{"sliding_log", keygateSite("rate_limit " + benchheaders.Limit + "\n\t\talgorithm sliding_log")},
 		{"anonymous", keygateSite("anonymous " + benchheaders.Limit)},
 	}
@@ -69,6 +70,7 @@ func BenchmarkThroughCaddy(b *testing.B) {
 		{"plain/with-key", "plain", key}, // the same request bytes as keygate's
 		{"plain/same-headers", "plain-same-headers", key},
 		{"keygate/sliding_window", "sliding_window", key},
+		{"keygate/sliding_window/x-ratelimit", "sliding_window-x-ratelimit", key},
 		{"keygate/sliding_log", "sliding_log", key},
 		{"keygate/anonymous", "anonymous", ""},
 	} {

@@ -19,20 +19,30 @@ const Limit = "1000000000 1m"
 // Response is a header directive that sets the rate-limit headers keygate
 // sets under the benchmarks' Limit (10⁹ requests a minute), with values as
 // long as those their requests get, for a key's limit or, anonymous, a
-// client IP's: set before reverse_proxy, as keygate sets them.
-func Response(indent string, anonymous bool) string {
+// client IP's: set before reverse_proxy, as keygate sets them. style is
+// keygate's rate_limit_headers ("" is its default, both); with none it
+// returns "".
+func Response(indent string, anonymous bool, style string) string {
 	name := "key"
 	if anonymous {
 		name = "ip"
 	}
-	return lines(indent,
-		"header {",
-		"\tX-Ratelimit-Limit 1000000000",
-		"\tX-Ratelimit-Remaining 999999999",
-		"\tX-Ratelimit-Reset 1764650000000",
-		"\tRatelimit-Policy `\""+name+"\";q=1000000000;w=60`",
-		"\tRatelimit `\""+name+"\";r=999999999;t=60`",
-		"}")
+	ls := []string{"header {"}
+	if style == "" || style == "both" || style == "x-ratelimit" {
+		ls = append(ls,
+			"\tX-Ratelimit-Limit 1000000000",
+			"\tX-Ratelimit-Remaining 999999999",
+			"\tX-Ratelimit-Reset 1764650000000")
+	}
+	if style == "" || style == "both" || style == "ietf" {
+		ls = append(ls,
+			"\tRatelimit-Policy `\""+name+"\";q=1000000000;w=60`",
+			"\tRatelimit `\""+name+"\";r=999999999;t=60`")
+	}
+	if len(ls) == 1 {
+		return ""
+	}
+	return lines(indent, append(ls, "}")...)
 }
 
 // Upstream is the reverse_proxy subdirectives that change the request sent

@@ -68,3 +68,26 @@ func TestCaddyfilesAdaptForEveryStoreAndMode(t *testing.T) {
 		})
 	}
 }
+
+// -rate-limit-headers reaches every keygate route, and with -same-headers
+// plain Caddy sends only the headers of that style.
+func TestCaddyfilesFollowRateLimitHeaders(t *testing.T) {
+	defer func(headers string, same bool) { *flagHeaders, *flagSameHdrs = headers, same }(*flagHeaders, *flagSameHdrs)
+	*flagHeaders, *flagSameHdrs = "x-ratelimit", true
+	for _, withKeygate := range []bool{true, false} {
+		body := caddyfile(withKeygate, "127.0.0.1:8080", "127.0.0.1:2999", "redis://127.0.0.1:6379/0", "127.0.0.1:9000", "")
+		out, warnings, err := caddyfileadapter.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(body), nil)
+		if err != nil || len(warnings) > 0 {
+			t.Fatalf("adapting:\n%s\nerr %v, warnings %v", body, err, warnings)
+		}
+		if withKeygate {
+			if n := strings.Count(string(out), `"rate_limit_headers":"x-ratelimit"`); n != len(routes) {
+				t.Errorf("%d keygate routes with rate_limit_headers x-ratelimit, want %d", n, len(routes))
+			}
+			continue
+		}
+		if !strings.Contains(string(out), "X-Ratelimit-Limit") || strings.Contains(string(out), "Ratelimit-Policy") {
+			t.Errorf("plain Caddy with -same-headers and x-ratelimit:\n%s", out)
+		}
+	}
+}

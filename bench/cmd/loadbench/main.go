@@ -60,6 +60,7 @@ var (
 	flagLease    = flag.Int("lease", 0, "keygate's lease option on every route (0: off, every request counted in Redis)")
 	flagLeaseUp  = flag.Duration("lease-warmup", 3*time.Minute, "with -lease: at most this long of unmeasured keygate runs before a configuration's first round, in slices of 30 s until its store calls per request are the least a lease allows, so its leases have grown to the size the load keeps them at, as in service (a lease at most doubles per grant: 10,000 keys take all of it)")
 	flagControl  = flag.Bool("control", false, "a second plain Caddy takes keygate's place: the ratios then measure this machine's noise, the same proxy against itself")
+	flagHeaders  = flag.String("rate-limit-headers", "", "keygate's rate_limit_headers option on every route (both, x-ratelimit, ietf, none; default: keygate's, both); with -same-headers plain Caddy sends the same")
 	flagSameHdrs = flag.Bool("same-headers", false, "plain Caddy also sends the headers keygate adds (rate-limit headers to the client, identity headers to the upstream, values of the same length) and drops the key: the ratios then measure keygate's work beyond what its headers cost")
 	flagPaced    = flag.Float64("paced", 0, "pace each configuration's load at about this fraction of plain Caddy's throughput (0 < f < 1; measured in a run of plain Caddy first): every connection waits a random think time between requests, the same for both proxies, so p50 and p99 compare what each proxy adds to a request at the same load (unpaced, both run flat out, and p50 is the connection count over the throughput)")
 	flagAccuracy = flag.Bool("accuracy", false, "run the accuracy test instead of the load benchmark")
@@ -94,6 +95,11 @@ func run(ctx context.Context) error {
 		}
 	default:
 		return fmt.Errorf("-store %q: redis or embedded", *flagStore)
+	}
+	switch *flagHeaders {
+	case "", "both", "x-ratelimit", "ietf", "none":
+	default:
+		return fmt.Errorf("-rate-limit-headers %q: both, x-ratelimit, ietf or none", *flagHeaders)
 	}
 	if *flagPaced < 0 || *flagPaced >= 1 {
 		return fmt.Errorf("-paced %v: a fraction of plain Caddy's throughput, above 0 and below 1", *flagPaced)
@@ -341,11 +347,14 @@ func caddyfile(withKeygate bool, site, admin, redisURL, upstream string, rateLim
 			if *flagLease > 0 {
 				kg += "\n\t\t\tlease " + strconv.Itoa(*flagLease)
 			}
+			if *flagHeaders != "" {
+				kg += "\n\t\t\trate_limit_headers " + *flagHeaders
+			}
 			fmt.Fprintf(&b, "\t\tkeygate {\n\t\t\t%s\n\t\t}\n", kg)
 		}
 		if !withKeygate && *flagSameHdrs {
 			anonymous := strings.HasPrefix(r.path, "/anon/")
-			b.WriteString(benchheaders.Response("\t\t", anonymous))
+			b.WriteString(benchheaders.Response("\t\t", anonymous, *flagHeaders))
 			fmt.Fprintf(&b, "\t\treverse_proxy %s {\n%s\t\t}\n\t}\n", upstream, benchheaders.Upstream("\t\t\t", anonymous))
 			continue
 		}
@@ -980,6 +989,9 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 	}
 	if *flagSameHdrs {
 		fmt.Print("same headers: plain Caddy sends the headers keygate adds and drops the key; the ratios are\nkeygate's work beyond what its headers cost\n\n")
+	}
+	if *flagHeaders != "" {
+		fmt.Printf("rate_limit_headers %s on every keygate route\n\n", *flagHeaders)
 	}
 	if *flagPaced > 0 {
 		fmt.Printf("paced at about %.2f of plain Caddy's throughput (a think time between requests): a ratio near 1\nsays keygate kept the pace; Δp50 is what it adds to a request's latency at that load\n\n", *flagPaced)
