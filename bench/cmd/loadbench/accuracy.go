@@ -11,14 +11,16 @@ import (
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
+
+	"github.com/keygate/keygate/caddymodule/store"
 )
 
 // accuracy runs three keygate instances on one Redis and fires many
 // concurrent requests with one key, spread over the instances, at a route
 // limited to -accuracy-limit per minute; it reports how many were admitted.
 // sliding_log must admit exactly the limit; sliding_window is exact within
-// one fixed window (the trials avoid the last seconds of a minute, where the
-// weighted previous window would come into play).
+// one fixed window (the trials avoid the last seconds of the key's window,
+// where the weighted previous window would come into play).
 func accuracy(ctx context.Context, procs *procSet, dir, redisURL, upstream string) error {
 	limit := *flagAccLimit
 	rate := strconv.FormatInt(limit, 10) + " 1m"
@@ -39,15 +41,21 @@ func accuracy(ctx context.Context, procs *procSet, dir, redisURL, upstream strin
 	}
 	var trials []trial
 	for t := range *flagAccTrial {
-		keys, err := createKeys(ctx, gws[0].admin, 1, "accuracy-"+strconv.Itoa(t)+"-")
+		keys, ids, err := createKeys(ctx, gws[0].admin, 1, "accuracy-"+strconv.Itoa(t)+"-")
 		if err != nil {
 			return err
 		}
+		offset := store.WindowOffset('k', ids[0], time.Minute)
 		for _, alg := range algorithms {
-			// Stay inside one fixed minute: the whole burst takes well under
-			// a second, so start at least 5 s before the minute ends.
-			if s := time.Now().Second(); s >= 55 {
-				time.Sleep(time.Duration(61-s) * time.Second)
+			// Stay inside one of the key's fixed windows: the whole burst
+			// takes well under a second, so start at least 5 s before the
+			// window ends.
+			if left := untilWindowEnd(time.Now(), offset, time.Minute); left < 5*time.Second {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(left + time.Second):
+				}
 			}
 			tr := trial{alg: alg, n: *flagAccReqs}
 			var next atomic.Int64
@@ -124,4 +132,12 @@ func accuracy(ctx context.Context, procs *procSet, dir, redisURL, upstream strin
 	}
 	fmt.Println("\nsliding_log admitted exactly the limit in every trial")
 	return nil
+}
+
+// untilWindowEnd is how long before the fixed window that holds now ends,
+// for windows of a subject starting at offset within each period of window
+// (store.WindowOffset), as the sliding_window script reckons them.
+func untilWindowEnd(now time.Time, offset, window time.Duration) time.Duration {
+	ms, w := now.UnixMilli()-offset.Milliseconds(), window.Milliseconds()
+	return time.Duration(w-((ms%w)+w)%w) * time.Millisecond
 }

@@ -83,7 +83,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context) error {
+func run(ctx context.Context) (err error) {
 	if *flagControl && (*flagLease > 0 || *flagAccuracy) {
 		return errors.New("-control runs plain Caddy on both sides: -lease and -accuracy do not apply")
 	}
@@ -120,11 +120,18 @@ func run(ctx context.Context) error {
 	}
 	dir := *flagWork
 	if dir == "" {
-		d, err := os.MkdirTemp("", "keygate-bench-")
-		if err != nil {
-			return err
+		d, mkErr := os.MkdirTemp("", "keygate-bench-")
+		if mkErr != nil {
+			return mkErr
 		}
-		defer os.RemoveAll(d)
+		// A failed run keeps its logs and configs: its error points at them.
+		defer func() {
+			if err != nil && ctx.Err() == nil {
+				fmt.Fprintf(os.Stderr, "loadbench: logs, configs and binaries kept in %s (remove it when done)\n", d)
+				return
+			}
+			os.RemoveAll(d)
+		}()
 		dir = d
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -405,9 +412,9 @@ func startProxy(ctx context.Context, procs *procSet, dir, name, bin string, with
 }
 
 // createKeys makes n keys through keygate's admin API, a few at a time.
-func createKeys(ctx context.Context, admin string, n int, prefix string) ([]string, error) {
-	keys := make([]string, n)
-	err := parallel(ctx, n, func(i int) error {
+func createKeys(ctx context.Context, admin string, n int, prefix string) (keys, ids []string, err error) {
+	keys, ids = make([]string, n), make([]string, n)
+	err = parallel(ctx, n, func(i int) error {
 		body := fmt.Sprintf(`{"name": %q}`, prefix+strconv.Itoa(i))
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+"/keygate/keys", strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
@@ -417,16 +424,17 @@ func createKeys(ctx context.Context, admin string, n int, prefix string) ([]stri
 		}
 		var v struct {
 			Key string `json:"key"`
+			ID  string `json:"id"`
 		}
 		raw, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusCreated || json.Unmarshal(raw, &v) != nil || v.Key == "" {
 			return fmt.Errorf("creating a key: %s: %s", resp.Status, raw)
 		}
-		keys[i] = v.Key
+		keys[i], ids[i] = v.Key, v.ID
 		return nil
 	})
-	return keys, err
+	return keys, ids, err
 }
 
 // touchAll sends one request per key to url, so the gateway's key cache is
@@ -827,7 +835,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 		for i := range n {
 			keys = append(keys, fmt.Sprintf("sk_control%032d", i))
 		}
-	} else if keys, err = createKeys(ctx, kg.admin, n, "bench-"); err != nil {
+	} else if keys, _, err = createKeys(ctx, kg.admin, n, "bench-"); err != nil {
 		return err
 	} else {
 		logf("created %d keys in %s", n, time.Since(start).Round(time.Millisecond))
@@ -965,7 +973,7 @@ func loadBench(ctx context.Context, procs *procSet, dir, redisURL, upstream stri
 			rw.kgBad += kr[i].non2xx
 			rw.sockErrors += pr[i].errors + kr[i].errors
 		}
-		rw.plainRPS, rw.kgRPS, rw.ratio = median(prps), median(krps), median(rw.ratios)
+		rw.plainRPS, rw.kgRPS, rw.ratio = median(prps), median(krps), medianRatio(rw.ratios)
 		rw.plainP50, rw.kgP50, rw.plainP99, rw.kgP99 = medianDur(p50s), medianDur(k50s), medianDur(p99s), medianDur(k99s)
 		rw.plainCPU, rw.kgCPU = medianCPU(pcpu), medianCPU(kcpu)
 		rw.plainSched, rw.kgSched = medianSched(psched), medianSched(ksched)

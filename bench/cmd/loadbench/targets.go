@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -19,7 +20,7 @@ const (
 // targetRow is what targets reads of a row of the results.
 type targetRow struct {
 	conns  int
-	rounds []float64 // keygate/plain of each round; the row's ratio is their median
+	rounds []float64 // keygate/plain of each round; the row's ratio is their medianRatio
 	dp50   time.Duration
 }
 
@@ -27,11 +28,13 @@ type targetRow struct {
 // and the mean ratio with its 95 % interval (meanInterval): the ratios of
 // single rows swing by several hundredths from run to run on a shared
 // machine (-control shows how far), so the mean says more than any one
-// row, and its interval how far this run's rounds let it move.
+// row, and its interval how far this run's rounds let it move. The mean is
+// geometric, as a mean of ratios must be: an arithmetic one of 2.0 and 0.5
+// says 1.25 whichever proxy was the faster.
 func targets[T any](rows []T, of func(T) targetRow) string {
 	type tally struct {
 		n, ratioMet, p50Met int
-		ratioSum            float64
+		logRatioSum         float64
 		rounds              [][]float64
 	}
 	var order []int
@@ -44,9 +47,9 @@ func targets[T any](rows []T, of func(T) targetRow) string {
 			by[tr.conns] = t
 			order = append(order, tr.conns)
 		}
-		ratio := median(tr.rounds)
+		ratio := medianRatio(tr.rounds)
 		t.n++
-		t.ratioSum += ratio
+		t.logRatioSum += math.Log(ratio)
 		t.rounds = append(t.rounds, tr.rounds)
 		if ratio >= targetRatio {
 			t.ratioMet++
@@ -61,13 +64,13 @@ func targets[T any](rows []T, of func(T) targetRow) string {
 		t := by[c]
 		lo, hi := meanInterval(t.rounds)
 		fmt.Fprintf(&b, "  %3d conns: ratio met in %d of %d rows (mean %.3f, 95%% interval %.3f-%.3f), p50 in %d of %d\n",
-			c, t.ratioMet, t.n, t.ratioSum/float64(t.n), lo, hi, t.p50Met, t.n)
+			c, t.ratioMet, t.n, math.Exp(t.logRatioSum/float64(t.n)), lo, hi, t.p50Met, t.n)
 	}
 	return b.String()
 }
 
-// meanInterval is a 95 % bootstrap interval of the mean of rows' ratios,
-// each row's ratio the median of its rounds: each resample draws every
+// meanInterval is a 95 % bootstrap interval of the geometric mean of
+// rows' ratios, each row's ratio the medianRatio of its rounds: each resample draws every
 // row's rounds again, with replacement, from the same row. Rounds are what
 // the machine's noise moves, so the interval is how far the mean could
 // land in another run like this one (with five rounds a row, somewhat
@@ -84,16 +87,30 @@ func meanInterval(rows [][]float64) (lo, hi float64) {
 		return 0, 0
 	}
 	for i := range means {
-		sum := 0.0
+		logSum := 0.0
 		for _, rounds := range rows {
 			draw = draw[:0]
 			for range rounds {
 				draw = append(draw, rounds[rng.IntN(len(rounds))])
 			}
-			sum += median(draw)
+			logSum += math.Log(medianRatio(draw))
 		}
-		means[i] = sum / float64(len(rows))
+		means[i] = math.Exp(logSum / float64(len(rows)))
 	}
 	slices.Sort(means)
 	return means[resamples*25/1000], means[resamples*975/1000-1]
+}
+
+// medianRatio is the median of ratios, taken as ratios must be: of an even
+// count, the geometric mean of the middle two, so that the median of the
+// inverse ratios is the inverse of the median.
+func medianRatio(ratios []float64) float64 {
+	logs := make([]float64, len(ratios))
+	for i, r := range ratios {
+		logs[i] = math.Log(r)
+	}
+	if len(logs) == 0 {
+		return 0
+	}
+	return math.Exp(median(logs))
 }
