@@ -74,7 +74,7 @@ var algorithms = []string{"sliding_window", "sliding_log"}
 
 func main() {
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	err := run(ctx)
 	stop()
 	if err != nil {
@@ -95,6 +95,9 @@ func run(ctx context.Context) (err error) {
 		}
 	default:
 		return fmt.Errorf("-store %q: redis or embedded", *flagStore)
+	}
+	if *flagRounds < 1 || *flagThreads < 1 {
+		return fmt.Errorf("-rounds %d, -threads %d: at least 1 each", *flagRounds, *flagThreads)
 	}
 	switch *flagHeaders {
 	case "", "both", "x-ratelimit", "ietf", "none":
@@ -193,7 +196,9 @@ func (p *procSet) start(name string, args []string, env []string, logPath string
 	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: a child outlives no loadbench killed without its cleanup
+	// (SIGKILL, a panic), which would leave proxies and Redis on the ports
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, err
