@@ -96,6 +96,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad window", "keygate {\n\tanonymous 5 soon\n}", "bad window"},
 		{"huge requests", "keygate {\n\trate_limit 1000000000000001 1m\n}", "from 1 to 1000000000000000"},
 		{"short window", "keygate {\n\tanonymous 5 500us\n}", "at least 1ms"},
+		{"window not whole ms", "keygate {\n\trate_limit 5 1500us\n}", "whole milliseconds"},
 		{"bad algorithm", "keygate {\n\talgorithm token_bucket\n}", "sliding_window or sliding_log"},
 		{"missing args", "keygate {\n\trate_limit 5\n}", "wrong argument count"},
 		{"bad lease", "keygate {\n\tlease lots\n}", "whole number of requests"},

@@ -10,9 +10,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
@@ -73,11 +75,25 @@ func apiKeyCommands() []*cobra.Command {
 			c.Flags().String("rate-limit", "", "The key's own limit, <requests>/<window>, e.g. 10000/1h")
 		}, cmdGenerate),
 		apiKeyCommand("list", "Lists keys: name, id, prefix, status, expiry, roles, last use", cobra.NoArgs, nil, cmdList),
-		apiKeyCommand("disable", "Revokes a key on every gateway at once", cobra.ExactArgs(1), nil, cmdAction("disable")),
-		apiKeyCommand("enable", "Re-enables a disabled key", cobra.ExactArgs(1), nil, cmdAction("enable")),
-		apiKeyCommand("delete", "Deletes a key", cobra.ExactArgs(1), nil, cmdDelete),
-		apiKeyCommand("rename", "Renames a key; names stay unique", cobra.ExactArgs(2), nil, cmdRename),
-		apiKeyCommand("rotate", "Gives a key a new secret; the old one is rejected at once", cobra.ExactArgs(1), nil, cmdAction("rotate")),
+		apiKeyCommand("disable", "Revokes a key on every gateway at once", keyNames(1), nil, cmdAction("disable")),
+		apiKeyCommand("enable", "Re-enables a disabled key", keyNames(1), nil, cmdAction("enable")),
+		apiKeyCommand("delete", "Deletes a key", keyNames(1), nil, cmdDelete),
+		apiKeyCommand("rename", "Renames a key; names stay unique", keyNames(2), nil, cmdRename),
+		apiKeyCommand("rotate", "Gives a key a new secret; the old one is rejected at once", keyNames(1), nil, cmdAction("rotate")),
+	}
+}
+
+// keyNames is cobra.ExactArgs(n), refusing an empty name too: with one,
+// `disable ""` would ask for /keygate/keys//disable, another request.
+func keyNames(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(n)(cmd, args); err != nil {
+			return err
+		}
+		if slices.Contains(args, "") {
+			return errors.New("a key name is required, not an empty one")
+		}
+		return nil
 	}
 }
 
@@ -94,18 +110,25 @@ func apiKeyCommand(use, short string, args cobra.PositionalArgs, flags func(*cob
 		if err != nil {
 			return fmt.Errorf("finding the admin address: %v", err)
 		}
-		return run(&adminClient{addr: addr, json: fs.Bool("json"), flags: fs, out: c.OutOrStdout()}, args)
+		return run(&adminClient{addr: addr, json: fs.Bool("json"), flags: fs, out: c.OutOrStdout(), errOut: c.ErrOrStderr()}, args)
 	}
 	return c
 }
 
 // adminClient calls the keygate admin API for the CLI.
 type adminClient struct {
-	addr  string
-	json  bool
-	flags caddycmd.Flags
-	out   io.Writer
+	addr   string
+	json   bool
+	flags  caddycmd.Flags
+	out    io.Writer
+	errOut io.Writer
+	// timeout bounds each call; 0 is adminClientTimeout
+	timeout time.Duration
 }
+
+// adminClientTimeout bounds a call from the CLI: the admin API gives up
+// after adminTimeout, and this leaves room for the exchange around it.
+const adminClientTimeout = adminTimeout + 5*time.Second
 
 // call sends one request and decodes a successful response into out.
 func (a *adminClient) call(method, path string, body, out any) error {
@@ -137,29 +160,60 @@ func (a *adminClient) call(method, path string, body, out any) error {
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	timeout := a.timeout
+	if timeout == 0 {
+		timeout = adminClientTimeout
+	}
 	client := &http.Client{
-		Timeout: adminTimeout + 5*time.Second,
+		Timeout: timeout,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, addr.Network, dialAddr)
 		}},
+		// keygate's admin API never redirects; whatever does is not it, and
+		// following would turn a POST into a GET of another path
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("calling the admin API at %s (is keygate running?): %v", a.addr, err)
+		var op *net.OpError
+		if method == http.MethodGet || errors.As(err, &op) && op.Op == "dial" {
+			return fmt.Errorf("calling the admin API at %s (is keygate running?): %v", a.addr, err)
+		}
+		// sent, so perhaps made: a change is finished even if its caller
+		// gives up waiting
+		return fmt.Errorf("calling the admin API at %s: %v; the change may have been made all the same: see keygate api-key list", a.addr, err)
 	}
 	defer resp.Body.Close()
-	dec := json.NewDecoder(io.LimitReader(resp.Body, 16<<20))
-	if resp.StatusCode >= 400 {
+	answer := io.LimitReader(resp.Body, 64<<20)
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		raw, _ := io.ReadAll(io.LimitReader(answer, 64<<10))
 		var p struct {
 			Error string `json:"error"`
 		}
-		if dec.Decode(&p) != nil || p.Error == "" {
-			return fmt.Errorf("admin API answered %s", resp.Status)
+		if json.Unmarshal(raw, &p) == nil && p.Error != "" {
+			return errors.New(p.Error)
 		}
-		return errors.New(p.Error)
+		if text := printableSnippet(raw, 1<<10); text != "" {
+			return fmt.Errorf("admin API answered %s (is %s keygate's admin API?): %s", resp.Status, a.addr, text)
+		}
+		return fmt.Errorf("admin API answered %s (is %s keygate's admin API?)", resp.Status, a.addr)
 	}
-	return dec.Decode(out)
+	return json.NewDecoder(answer).Decode(out)
+}
+
+// printableSnippet is at most limit bytes of b, trimmed, with anything but
+// printable text replaced: what a server that is not keygate's admin API
+// said, safe to print to a terminal.
+func printableSnippet(b []byte, limit int) string {
+	s := strings.ToValidUTF8(string(b[:min(len(b), limit)]), "")
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return ' '
+	}, s)
+	return strings.Join(strings.Fields(s), " ")
 }
 
 func keyPath(name string) string { return "/keygate/keys/" + url.PathEscape(name) }
@@ -252,12 +306,14 @@ func (a *adminClient) printKey(v keyView, headline string) error {
 }
 
 // printWarning prints the warning of a change that was made but not
-// announced to gateways (store.ErrUnannounced), if any.
+// announced to gateways (store.ErrUnannounced), if any, to stderr: the
+// change is made (exit status 0), and a script that discards the output
+// still shows it.
 func (a *adminClient) printWarning(warning string) error {
 	if warning == "" {
 		return nil
 	}
-	_, err := fmt.Fprintf(a.out, "Warning: %s.\n", warning)
+	_, err := fmt.Fprintf(a.errOut, "Warning: %s.\n", warning)
 	return err
 }
 

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/freeport"
 	"github.com/keygate/keygate/internal/redistest"
 )
 
@@ -124,10 +126,77 @@ func TestKeyLifecycleThroughCLI(t *testing.T) {
 		{[]string{"generate", "--name", "x", "--expires", "9999-12-31T23:00:00-01:00"}, "after the year 9999"},
 		{[]string{"revoke", "other"}, `unknown command "revoke"`}, // cobra's help and exit 0, unless refused
 		{[]string{}, "a subcommand is required"},
+		{[]string{"generate", "--name", "x", "--rate-limit", "10/1500us"}, "whole milliseconds"}, // was kept as 10/1ms
 	} {
 		if out, err := cli(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: err = %v (output %q), want it to mention %q", tc.args, err, out, tc.want)
 		}
+	}
+}
+
+// An empty key name is refused before any call: `disable ""` asked for
+// /keygate/keys//disable, which the admin server redirects to
+// /keygate/keys/disable, and the client followed the redirect: "method
+// POST not allowed on /keygate/keys/disable", and `rename disable ""` "a
+// name is required", as if the old name were missing.
+func TestCLIRefusesAnEmptyName(t *testing.T) {
+	startRedisGateway(t, "", protectedSite)
+	for _, name := range []string{"disable", "enable", "rotate", "rename", "delete"} {
+		generate(t, "--name", name)
+	}
+	for _, args := range [][]string{{"disable", ""}, {"enable", ""}, {"rotate", ""}, {"delete", ""}, {"rename", "", "x"}, {"rename", "disable", ""}} {
+		if out, err := cli(t, args...); err == nil || !strings.Contains(err.Error(), "a key name is required") {
+			t.Errorf("%q: err = %v (output %q), want a key name required", args, err, out)
+		}
+	}
+	var keys []keyView
+	if err := json.Unmarshal([]byte(mustCLI(t, "list", "--json")), &keys); err != nil || len(keys) != 5 {
+		t.Fatalf("list: %v, %+v", err, keys)
+	}
+	for _, k := range keys {
+		if k.Status != "active" {
+			t.Errorf("key %q is %s", k.Name, k.Status)
+		}
+	}
+}
+
+// A server that is not keygate's admin API (a wrong --address) answers
+// with a redirect, or text: the CLI says what it said, and fails; a change
+// whose answer does not come in time may have been made, and the CLI says
+// so instead of asking whether keygate runs.
+func TestCLIOnAServerThatIsNotTheAdminAPI(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/keygate/keys/moved/disable", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/keygate/keys/disable", http.StatusMovedPermanently)
+	})
+	mux.HandleFunc("/keygate/keys/down/disable", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "upstream down\x1b[2J", http.StatusBadGateway)
+	})
+	mux.HandleFunc("/keygate/keys/slow/rotate", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(500 * time.Millisecond)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"disable", "moved"}, "admin API answered 301 Moved Permanently (is " + addr + " keygate's admin API?)"},
+		{[]string{"disable", "down"}, "admin API answered 502 Bad Gateway (is " + addr + " keygate's admin API?): upstream down [2J"},
+	} {
+		if out, err := cli(t, append(tc.args, "--address", addr)...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: err = %v (output %q), want it to mention %q", tc.args, err, out, tc.want)
+		}
+	}
+	a := &adminClient{addr: addr, timeout: 100 * time.Millisecond}
+	err := a.call(http.MethodPost, "/keygate/keys/slow/rotate", nil, new(keyView))
+	if err == nil || !strings.Contains(err.Error(), "the change may have been made all the same") || strings.Contains(err.Error(), "is keygate running") {
+		t.Errorf("a rotation whose answer came late: %v", err)
+	}
+	free := "127.0.0.1:" + strconv.Itoa(freeport.Get(t))
+	if err := (&adminClient{addr: free}).call(http.MethodPost, "/keygate/keys", nil, new(keyView)); err == nil || !strings.Contains(err.Error(), "is keygate running?") {
+		t.Errorf("nothing listening: %v", err)
 	}
 }
 

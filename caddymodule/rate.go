@@ -37,6 +37,10 @@ func (r *Rate) validate(what string) error {
 	if time.Duration(r.Window) < time.Millisecond {
 		return fmt.Errorf("%s: window must be at least 1ms, got %s", what, time.Duration(r.Window))
 	}
+	if time.Duration(r.Window)%time.Millisecond != 0 {
+		// the stores count in milliseconds: 1500us would be 1ms
+		return fmt.Errorf("%s: window must be whole milliseconds, got %s", what, time.Duration(r.Window))
+	}
 	return nil
 }
 
@@ -55,8 +59,8 @@ func parseRate(s string) (store.Policy, error) {
 		return store.Policy{}, fmt.Errorf("rate limit %q: requests must be at most %d", s, int64(store.MaxLimit))
 	}
 	window, err := caddy.ParseDuration(strings.TrimSpace(w))
-	if err != nil || window < time.Millisecond {
-		return store.Policy{}, fmt.Errorf("rate limit %q: window must be a duration of at least 1ms, e.g. 1h", s)
+	if err != nil || window < time.Millisecond || window%time.Millisecond != 0 {
+		return store.Policy{}, fmt.Errorf("rate limit %q: window must be a duration of at least 1ms, in whole milliseconds, e.g. 1h", s)
 	}
 	return store.Policy{Limit: limit, Window: window}, nil
 }

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	// plug in Caddy modules here
@@ -12,5 +13,8 @@ import (
 )
 
 func main() {
+	// help and errors name the binary: `unknown command "revoke" for
+	// "keygate api-key"`, not "caddy api-key"
+	caddy.CustomBinaryName = "keygate"
 	caddycmd.Main()
 }
