@@ -15,6 +15,10 @@ const (
 	HeaderRoles          = "X-Keygate-Roles"
 	HeaderOwner          = "X-Keygate-Owner"
 	HeaderAnonymous      = "X-Keygate-Anonymous"
+	// HeaderClientIP is the client's address as the gateway worked it out
+	// (Caddy's {client_ip}: trusted_proxies honoured), set by the stack's
+	// Caddyfile. Read only from requests that carry the upstream secret.
+	HeaderClientIP = "X-Keygate-Client-Ip"
 )
 
 // sum hashes the secret so that the comparison below takes the same time

@@ -27,7 +27,11 @@ const (
 	maxIVLen       = 1024
 	maxPasscodeLen = 512
 	maxReasonLen   = 2000
-	idRetries      = 5
+	// maxReportBody fits the longest reason however a client escapes it:
+	// JSON encoders such as Python's escape non-ASCII as \uXXXX, 12 bytes
+	// for a character beyond the BMP.
+	maxReportBody = 12*maxReasonLen + 1<<10
+	idRetries     = 5
 )
 
 // lifetimes maps expiryType to how long the secret lives.
@@ -174,7 +178,7 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req reportRequest
-	spec := jsonBody{limit: 8 << 10, allowEmpty: true, tooBig: errBodyTooBig, bad: invalidSecret("The body must be empty or a JSON object.")}
+	spec := jsonBody{limit: maxReportBody, allowEmpty: true, tooBig: errBodyTooBig, bad: invalidSecret("The body must be empty or a JSON object.")}
 	if !readJSON(w, r, spec, &req) {
 		return
 	}
@@ -201,9 +205,15 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]string{"message": "Report received."})
 }
 
-// clientIP is the address the gateway saw: the last X-Forwarded-For entry is
-// the one the gateway itself appended; earlier ones are client claims.
+// clientIP is the client's address as the gateway saw it: the gateway's
+// X-Keygate-Client-Ip, else the last X-Forwarded-For entry, the one the
+// gateway itself appended (earlier ones are client claims; behind a
+// trusted proxy the last is that proxy, so the stack's Caddyfile sends the
+// header).
 func clientIP(r *http.Request) string {
+	if ip := net.ParseIP(strings.TrimSpace(r.Header.Get(HeaderClientIP))); ip != nil {
+		return ip.String()
+	}
 	if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
 		parts := strings.Split(xff, ",")
 		if ip := net.ParseIP(strings.TrimSpace(parts[len(parts)-1])); ip != nil {

@@ -253,10 +253,26 @@ func TestSecretsReport(t *testing.T) {
 			{"/api/v1/secrets/" + id + "/report", `not json`, 400, "Invalid payload or missing fields"},
 			{"/api/v1/secrets/" + id + "/report", `{"reason":42}`, 400, "Invalid payload or missing fields"},
 			{"/api/v1/secrets/" + id + "/report", `{"reason":"` + strings.Repeat("r", 2001) + `"}`, 400, "Invalid payload or missing fields"},
-			{"/api/v1/secrets/" + id + "/report", `{"reason":"` + strings.Repeat("r", 9000) + `"}`, 413, "Request body too large"},
+			{"/api/v1/secrets/" + id + "/report", `{"reason":"` + strings.Repeat("r", 30000) + `"}`, 413, "Request body too large"},
 		} {
 			resp, out := e.postJSON(c.path, c.body)
 			wantProblem(t, resp, out, c.status, c.err)
+		}
+		// the longest reason, escaped as Python's json= sends it (a
+		// surrogate pair, 12 bytes, a character): 24 KB, accepted
+		escaped := `{"reason": "` + strings.Repeat(`\ud83d\ude00`, maxReasonChars) + `"}`
+		if resp, out := e.postJSON("/api/v1/secrets/"+id+"/report", escaped); resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("a %d-byte report of %d escaped characters: %d %s", len(escaped), maxReasonChars, resp.StatusCode, out)
+		}
+		// behind a trusted proxy the last X-Forwarded-For entry is that
+		// proxy: the gateway's X-Keygate-Client-Ip names the client
+		resp, out = e.do("POST", "/api/v1/secrets/"+id+"/report", nil, "", anonymous,
+			header("X-Keygate-Client-Ip", "198.51.100.1"), header("X-Forwarded-For", "198.51.100.1, 10.0.0.5"))
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("report behind a proxy: %d %s", resp.StatusCode, out)
+		}
+		if newest, err := e.st.Reports(context.Background(), 1); err != nil || len(newest) != 1 || newest[0].RemoteIP != "198.51.100.1" {
+			t.Fatalf("the report behind a proxy: %+v, %v; want it from 198.51.100.1", newest, err)
 		}
 	})
 }
@@ -284,6 +300,9 @@ func TestSecretsExpireOnRead(t *testing.T) {
 
 // passcodeHash is the SHA-256 of "test": the right passcode of the
 // lockout tests.
+// maxReasonChars is the longest reason a report may give (in characters).
+const maxReasonChars = 2000
+
 const passcodeHash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 // wrongGuess is the ith wrong passcode.

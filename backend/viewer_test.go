@@ -140,3 +140,69 @@ globalThis.fetch = async () => answer();
 		t.Fatalf("the page said:\n%s\nwant:\n%s", out, want)
 	}
 }
+
+// viewerDOM is a stand-in for the page's DOM in node, its link's fragment
+// hash (with its #), and a fetch that counts its calls and answers answer().
+func viewerDOM(hash string) string {
+	return `const elements = {};
+globalThis.document = { getElementById: (id) => elements[id] ||= { id, hidden: id === "passcode-row", value: "",
+  listeners: {}, addEventListener(type, fn) { this.listeners[type] = fn; } } };
+globalThis.location = { pathname: "/s/AAAAAAAAAAAA", hash: ` + fmt.Sprintf("%q", hash) + ` };
+globalThis.history = { replaceState() {} };
+let answer, fetched = 0;
+globalThis.fetch = async () => { fetched++; return answer(); };
+`
+}
+
+// A link whose key a chat app damaged (a character added, cut short) or
+// that holds a key of another size is refused before anything is fetched:
+// fetching a view_once secret burns it, and the key would not open it.
+func TestViewerRefusesADamagedKeyBeforeFetching(t *testing.T) {
+	key := base64.RawURLEncoding.EncodeToString(make([]byte, 32))
+	for name, hash := range map[string]string{
+		"a dot added":     "#" + key + ".",
+		"a bracket added": "#" + key + ")",
+		"cut short":       "#" + key[:20],
+		"a 128-bit key":   "#" + base64.RawURLEncoding.EncodeToString(make([]byte, 16)),
+	} {
+		out := runViewerScript(t, viewerDOM(hash), `
+answer = () => ({ status: 200, ok: true, json: async () => ({ encryptedBlob: "AAAA", iv: "AAAAAAAAAAAAAAAA", expiryType: "view_once" }) });
+(async () => {
+  if (elements.reveal.listeners.click) await elements.reveal.listeners.click();
+  console.log(fetched, elements.reveal.hidden, elements.status.textContent);
+})().catch((e) => { console.error(e); process.exit(1); });
+`)
+		want := "0 true This link's key (the part after #) is damaged: it is not a 256-bit key. Ask the sender for the whole link; the secret was not opened.\n"
+		if out != want {
+			t.Errorf("%s: the page printed:\n%s\nwant:\n%s", name, out, want)
+		}
+	}
+	// the whole key, in either alphabet, is taken
+	for _, hash := range []string{"#" + key, "#" + base64.StdEncoding.EncodeToString(make([]byte, 32))} {
+		out := runViewerScript(t, viewerDOM(hash), `console.log(elements.reveal.hidden === true, (elements.status || {}).textContent || "");`)
+		if out != "false \n" {
+			t.Errorf("%s: the page printed %q, want Reveal offered and nothing said", hash, out)
+		}
+	}
+}
+
+// Asked for a passcode, Reveal with the field empty asks for it again
+// without a request: a wrong passcode spends one of a secret's few tries.
+func TestViewerSpendsNoTryOnAnEmptyPasscode(t *testing.T) {
+	out := runViewerScript(t, viewerDOM("#"+base64.RawURLEncoding.EncodeToString(make([]byte, 32))), `
+answer = () => ({ status: 401, ok: false, json: async () => ({ error: "Invalid API key or wrong passcode." }) });
+(async () => {
+  await elements.reveal.listeners.click();
+  console.log(fetched, elements.status.textContent);
+  await elements.reveal.listeners.click();
+  console.log(fetched, elements.status.textContent);
+  elements.passcode.value = "guess";
+  await elements.reveal.listeners.click();
+  console.log(fetched, elements.status.textContent);
+})().catch((e) => { console.error(e); process.exit(1); });
+`)
+	want := "1 This secret needs a passcode.\n1 Enter the passcode.\n2 Wrong passcode.\n"
+	if out != want {
+		t.Fatalf("the page printed:\n%s\nwant:\n%s", out, want)
+	}
+}

@@ -114,6 +114,9 @@ type stack struct {
 	keygate string
 	kind    storeKind
 	gateway *proc
+	// the backend's binary and environment, for its subcommands
+	backendBin string
+	backendEnv []string
 }
 
 // startStack starts a backend and a gateway (the root Caddyfile) on free
@@ -175,6 +178,7 @@ func startStack(t *testing.T, kind storeKind, gatewayEnv ...string) *stack {
 		backendEnv = append(backendEnv, "BACKEND_REDIS_URL="+backendRedisURL)
 		backendEnv = append(backendEnv, deployment...)
 	}
+	s.backendBin, s.backendEnv = backendBin, backendEnv
 	backend := s.start("backend", backendBin, nil, backendEnv...)
 	s.waitReady(backend, "backend /healthz", func() error {
 		resp, err := http.Get("http://" + s.Backend + "/healthz")
@@ -230,6 +234,29 @@ type proc struct {
 // start runs bin with the stack's environment plus env. It is stopped
 // (SIGTERM, then SIGKILL) when the test ends, and its output is logged if
 // the test failed.
+// reports is what `backend reports` prints, one JSON object a report: the
+// store the stack's backend uses, on Redis (the embedded one is locked
+// while the backend runs).
+func (s *stack) reports() []map[string]any {
+	s.t.Helper()
+	cmd := exec.Command(s.backendBin, "reports")
+	cmd.Env = append(append([]string(nil), s.env...), s.backendEnv...)
+	cmd.Dir = s.home
+	out, err := cmd.Output()
+	if err != nil {
+		s.t.Fatalf("backend reports: %v\n%s", err, out)
+	}
+	var list []map[string]any
+	for dec := json.NewDecoder(bytes.NewReader(out)); dec.More(); {
+		var r map[string]any
+		if err := dec.Decode(&r); err != nil {
+			s.t.Fatalf("backend reports printed %q: %v", out, err)
+		}
+		list = append(list, r)
+	}
+	return list
+}
+
 func (s *stack) start(name, bin string, args []string, env ...string) *proc {
 	s.t.Helper()
 	cmd := exec.Command(bin, args...)

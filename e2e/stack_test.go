@@ -783,6 +783,20 @@ func TestTrustedProxies(t *testing.T) {
 		wantProblem(t, "the first client sending an X-Forwarded-For of its own", shorten(s, "198.51.100.7, 203.0.113.1"),
 			http.StatusTooManyRequests, "Too much request. Try again later.")
 	})
+	// an abuse report names the client behind the proxy, not the proxy
+	t.Run("reports", func(t *testing.T) {
+		s := startStack(t, withRedis, "KEYGATE_TRUSTED_PROXIES=127.0.0.1/8 ::1")
+		key := s.generateKey("reporter")
+		r := postJSON(t, s.Base+"/api/v1/secrets", `{"encryptedBlob":"c2VjcmV0","iv":"aXY=","expiryType":"1hour"}`,
+			"Authorization", "Bearer "+key.Key)
+		wantStatus(t, "POST /api/v1/secrets", r, http.StatusCreated)
+		r = postJSON(t, s.Base+"/api/v1/secrets/"+str(r.JSON(t), "linkId")+"/report", `{"reason":"phishing"}`,
+			"X-Forwarded-For", "203.0.113.9")
+		wantStatus(t, "POST /api/v1/secrets/<id>/report", r, http.StatusAccepted)
+		if list := s.reports(); len(list) != 1 || list[0]["remoteIp"] != "203.0.113.9" {
+			t.Fatalf("backend reports: %v, want one report from 203.0.113.9", list)
+		}
+	})
 	t.Run("not trusted", func(t *testing.T) {
 		s := startStack(t, withEmbedded)
 		spend(s, "203.0.113.1")

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -85,7 +86,7 @@ func TestReportsCommandFailsClearly(t *testing.T) {
 		want string
 	}{
 		{[]string{"-data", data}, "locked by another process"},
-		{[]string{"-data", filepath.Join(data, "missing")}, "no data directory"},
+		{[]string{"-data", filepath.Join(data, "missing")}, "no embedded store"},
 		{[]string{"-data", data, "-n", "0"}, "-n must be at least 1"},
 		{[]string{"-data", data, "extra"}, "unexpected arguments"},
 	} {
@@ -93,5 +94,13 @@ func TestReportsCommandFailsClearly(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("reports %q: %v, want an error saying %q", c.args, err, c.want)
 		}
+	}
+	// a directory without a store is left without one
+	empty := t.TempDir()
+	if err := reports(context.Background(), []string{"-data", empty}, envMap(nil), io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "no embedded store") {
+		t.Errorf("reports -data <an empty directory>: %v, want an error saying there is no embedded store", err)
+	}
+	if entries, _ := os.ReadDir(empty); len(entries) > 0 {
+		t.Errorf("reports -data <an empty directory> left %v in it", entries)
 	}
 }
