@@ -804,3 +804,23 @@ func TestTrustedProxies(t *testing.T) {
 			http.StatusTooManyRequests, "Too much request. Try again later.")
 	})
 }
+
+// KEYGATE_RATE_LIMIT_HEADERS picks the rate-limit headers of every route:
+// both styles by default, the X-RateLimit-* trio alone with x-ratelimit.
+func TestRateLimitHeadersSetting(t *testing.T) {
+	for setting, want := range map[string]bool{"": true, "x-ratelimit": false} {
+		var env []string
+		if setting != "" {
+			env = append(env, "KEYGATE_RATE_LIMIT_HEADERS="+setting)
+		}
+		s := startStack(t, withEmbedded, env...)
+		r := postJSON(t, s.Base+"/api/shorten", `{"url":"https://example.com/headers"}`)
+		wantStatus(t, "POST /api/shorten", r, http.StatusCreated)
+		if r.Header.Get("X-RateLimit-Limit") != "10" {
+			t.Errorf("KEYGATE_RATE_LIMIT_HEADERS=%q: X-RateLimit-Limit %q, want 10", setting, r.Header.Get("X-RateLimit-Limit"))
+		}
+		if got := r.Header.Get("RateLimit-Policy") != ""; got != want {
+			t.Errorf("KEYGATE_RATE_LIMIT_HEADERS=%q: RateLimit-Policy %q", setting, r.Header.Get("RateLimit-Policy"))
+		}
+	}
+}

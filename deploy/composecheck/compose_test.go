@@ -216,6 +216,7 @@ func TestGateway(t *testing.T) {
 	// with the Caddyfile's defaults when it has none of them.
 	passed := []struct{ name, byDefault, set string }{
 		{"KEYGATE_LEASE", "0", "64"},
+		{"KEYGATE_RATE_LIMIT_HEADERS", "both", "x-ratelimit"},
 		{"KEYGATE_ON_STORE_ERROR", "closed", "open"},
 		{"KEYGATE_LOG_LEVEL", "INFO", "DEBUG"},
 		{"KEYGATE_TRUSTED_PROXIES", "", "private_ranges"},
