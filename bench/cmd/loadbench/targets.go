@@ -70,13 +70,13 @@ func targets[T any](rows []T, of func(T) targetRow) string {
 }
 
 // meanInterval is a 95 % bootstrap interval of the geometric mean of
-// rows' ratios, each row's ratio the medianRatio of its rounds: each resample draws every
-// row's rounds again, with replacement, from the same row. Rounds are what
-// the machine's noise moves, so the interval is how far the mean could
-// land in another run like this one (with five rounds a row, somewhat
-// narrower than the truth: a bootstrap of few samples underestimates their
-// spread). The draws are seeded, so the same rounds print the same
-// interval.
+// rows' ratios, each row's ratio the medianRatio of its rounds: each
+// resample draws every row's rounds again, with replacement, from the same
+// row. Rounds are what the machine's noise moves, so the interval is how
+// far the mean could land in another run like this one (with five rounds a
+// row, somewhat narrower than the truth: a bootstrap of few samples
+// underestimates their spread). The draws are seeded, so the same rounds
+// print the same interval.
 func meanInterval(rows [][]float64) (lo, hi float64) {
 	const resamples = 2000
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -105,12 +105,12 @@ func meanInterval(rows [][]float64) (lo, hi float64) {
 // count, the geometric mean of the middle two, so that the median of the
 // inverse ratios is the inverse of the median.
 func medianRatio(ratios []float64) float64 {
+	if len(ratios) == 0 {
+		return 0
+	}
 	logs := make([]float64, len(ratios))
 	for i, r := range ratios {
 		logs[i] = math.Log(r)
-	}
-	if len(logs) == 0 {
-		return 0
 	}
 	return math.Exp(median(logs))
 }
