@@ -297,6 +297,10 @@ func TestStoreNotServingIs503(t *testing.T) {
 	}
 	resp, body := e.postJSON("/api/shorten", `{"url":"https://example.com"}`, asKey("k1", "n", "o"))
 	wantUnavailable(t, resp, body)
+	// a secret the replica does not hold may have been created on the
+	// primary since (a demoted primary after a failover): not a 404
+	resp, body = e.get("/api/v1/secrets/AAAAAAAAAAAA", anonymous)
+	wantUnavailable(t, resp, body)
 	// nor is there a connection free within the timeout
 	if !st.Unavailable(fmt.Errorf("waiting: %w", goredis.ErrPoolTimeout)) {
 		t.Error("ErrPoolTimeout is not taken for Redis not serving")

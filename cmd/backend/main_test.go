@@ -137,6 +137,20 @@ func (p *backendProc) stop() {
 	}
 }
 
+// callRetrying is call, sent again while the answer is 503 (Storage
+// unavailable, worth retrying) for at most 10 s.
+func callRetrying(t *testing.T, method, url, body, secret string) (int, string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, answer := call(t, method, url, body, secret)
+		if code != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			return code, answer
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func call(t *testing.T, method, url, body, secret string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
@@ -224,16 +238,17 @@ func TestRunBehindRedisSentinel(t *testing.T) {
 }
 
 // servesLinksAndSecrets makes a link and a view_once secret and reads
-// them back through p.
+// them back through p, retrying 503s as a client would: right after a
+// failover a request may still reach the demoted primary.
 func servesLinksAndSecrets(t *testing.T, p *backendProc, slug string) {
 	t.Helper()
-	if code, body := call(t, "POST", p.base+"/api/shortlinks", `{"url":"https://example.com","slug":"`+slug+`"}`, "shh"); code != 200 {
+	if code, body := callRetrying(t, "POST", p.base+"/api/shortlinks", `{"url":"https://example.com","slug":"`+slug+`"}`, "shh"); code != 200 {
 		t.Fatalf("create link: %d %s", code, body)
 	}
-	if code, body := call(t, "GET", p.base+"/"+slug, "", "shh"); code != 302 {
+	if code, body := callRetrying(t, "GET", p.base+"/"+slug, "", "shh"); code != 302 {
 		t.Fatalf("visit: %d %s, want 302", code, body)
 	}
-	code, body := call(t, "POST", p.base+"/api/v1/secrets", `{"encryptedBlob":"...","iv":"...","expiryType":"view_once"}`, "shh")
+	code, body := callRetrying(t, "POST", p.base+"/api/v1/secrets", `{"encryptedBlob":"...","iv":"...","expiryType":"view_once"}`, "shh")
 	if code != 201 {
 		t.Fatalf("create secret: %d %s", code, body)
 	}
@@ -242,7 +257,7 @@ func servesLinksAndSecrets(t *testing.T, p *backendProc, slug string) {
 		t.Fatalf("create secret: %s, %v", body, err)
 	}
 	for _, want := range []int{200, 410} {
-		if code, body := call(t, "GET", p.base+"/api/v1/secrets/"+created.LinkID, "", "shh"); code != want {
+		if code, body := callRetrying(t, "GET", p.base+"/api/v1/secrets/"+created.LinkID, "", "shh"); code != want {
 			t.Fatalf("read secret: %d %s, want %d", code, body, want)
 		}
 	}

@@ -331,10 +331,12 @@ return v
 func (s *Store) OpenSecret(ctx context.Context, id string, authorize func(store.Secret) error) (store.Secret, error) {
 	secretKey, goneKey := s.key("secret:", id), s.key("gone:", id)
 	raw, err := s.rdb.Get(ctx, secretKey).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return store.Secret{}, s.missing(ctx, goneKey)
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, redis.Nil):
+		if raw, err = s.missing(ctx, secretKey, goneKey); err != nil {
+			return store.Secret{}, err
+		}
+	case err != nil:
 		return store.Secret{}, fmt.Errorf("redisstore: reading secret: %w", err)
 	}
 	sec, err := decodeSecret(raw)
@@ -370,15 +372,38 @@ func (s *Store) OpenSecret(ctx context.Context, id string, authorize func(store.
 	}
 }
 
-func (s *Store) missing(ctx context.Context, goneKey string) error {
-	n, err := s.rdb.Exists(ctx, goneKey).Result()
+// secretMissing reads again, on the primary, a secret a plain GET did not
+// find: it answers the secret if it is there, else 1 for its tombstone or
+// 0 for neither. Its first command writes (deletes a key never set, a
+// no-op), so a replica refuses the script with READONLY (a 503 worth
+// retrying) instead of answering from its copy: after a failover the
+// client still holds connections to the demoted primary until it hears of
+// the new one, and a secret created since is not there yet.
+var secretMissing = redis.NewScript(`
+redis.call('DEL', KEYS[3])
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+return redis.call('EXISTS', KEYS[2])
+`)
+
+// missing tells a secret that a plain read did not find from one that is
+// not there (store.ErrNotFound) or gone (store.ErrGone), on the primary;
+// see secretMissing.
+func (s *Store) missing(ctx context.Context, secretKey, goneKey string) ([]byte, error) {
+	res, err := secretMissing.Run(ctx, s.rdb, []string{secretKey, goneKey, s.key("never-set")}).Result()
 	if err != nil {
-		return fmt.Errorf("redisstore: reading tombstone: %w", err)
+		return nil, fmt.Errorf("redisstore: reading a secret not found: %w", err)
 	}
-	if n == 1 {
-		return store.ErrGone
+	switch v := res.(type) {
+	case string:
+		return []byte(v), nil
+	case int64:
+		if v == 1 {
+			return nil, store.ErrGone
+		}
+		return nil, store.ErrNotFound
 	}
-	return store.ErrNotFound
+	return nil, fmt.Errorf("redisstore: reading a secret not found: unexpected reply %T", res)
 }
 
 func decodeSecret(raw []byte) (store.Secret, error) {
