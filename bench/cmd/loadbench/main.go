@@ -591,6 +591,10 @@ func parseWrk(out string) (result, error) {
 			r.p99 = d
 		}
 	}
+	if r.p50 == 0 || r.p99 == 0 {
+		// a table of zeros would pass for a proxy with no latency
+		return r, fmt.Errorf("no 50%% and 99%% latency in wrk output (--latency):\n%s", out)
+	}
 	if m := reNon2xx.FindStringSubmatch(out); m != nil {
 		r.non2xx, _ = strconv.ParseInt(m[1], 10, 64)
 	}
