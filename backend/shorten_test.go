@@ -305,7 +305,18 @@ func TestStoreNotServingIs503(t *testing.T) {
 	if !st.Unavailable(fmt.Errorf("waiting: %w", goredis.ErrPoolTimeout)) {
 		t.Error("ErrPoolTimeout is not taken for Redis not serving")
 	}
+	// Redis 6 reports a script's write refused by a replica inside an ERR
+	redis6 := redisReply("ERR Error running script (call to f_0123): @user_script:2: @user_script: 2: -READONLY You can't write against a read only replica.")
+	if !st.Unavailable(fmt.Errorf("redisstore: reading a secret not found: %w", redis6)) {
+		t.Error("Redis 6's READONLY inside a script error is not taken for Redis not serving")
+	}
 }
+
+// redisReply is an error reply as go-redis returns one (redis.Error).
+type redisReply string
+
+func (e redisReply) Error() string { return string(e) }
+func (redisReply) RedisError()     {}
 
 // backendOnItsOwnRedis is a backend on a Redis of its own, for tests that
 // take it down.

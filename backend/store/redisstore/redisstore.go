@@ -147,7 +147,15 @@ func New(rdb redis.UniversalClient, prefix string, cfg store.Config) *Store {
 func (s *Store) Unavailable(err error) bool {
 	return errors.Is(err, redis.ErrPoolTimeout) || redis.IsLoadingError(err) || redis.IsReadOnlyError(err) ||
 		redis.IsMasterDownError(err) || redis.IsClusterDownError(err) || redis.IsTryAgainError(err) ||
-		redis.HasErrorPrefix(err, "BUSY") || redis.IsMaxClientsError(err)
+		redis.HasErrorPrefix(err, "BUSY") || redis.IsMaxClientsError(err) || scriptWriteOnReplica(err)
+}
+
+// scriptWriteOnReplica is a script's write refused by a replica as Redis 6
+// reports it: "ERR Error running script … -READONLY You can't write …"
+// (Redis 7 keeps READONLY first, which IsReadOnlyError knows).
+func scriptWriteOnReplica(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr) && strings.Contains(rerr.Error(), "READONLY You can't write against a read only replica")
 }
 
 // Ping implements store.Store.
