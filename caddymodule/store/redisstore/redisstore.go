@@ -295,6 +295,11 @@ func (s *Store) KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error) 
 	defer cancel()
 	id, err := s.client.Get(ctx, hashKey(h)).Result()
 	if errors.Is(err, redis.Nil) {
+		// asked of the primary before it is taken for unknown: see
+		// hashNotFoundScript
+		id, err = hashNotFoundScript.Run(ctx, s.client, []string{hashKey(h), "{" + hashKey(h) + "}:never-set"}).Text()
+	}
+	if errors.Is(err, redis.Nil) {
 		return "", store.ErrNotFound
 	}
 	return id, err

@@ -2,12 +2,14 @@ package redisstore
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/caddymodule/store/storetest"
 	"github.com/keygate/keygate/internal/redistest"
@@ -29,6 +31,30 @@ func TestOpenDoesNotQuoteThePassword(t *testing.T) {
 	_, err := Open("redis://:s3cr%et@localhost:6379/0", time.Second)
 	if err == nil || strings.Contains(err.Error(), "s3cr") {
 		t.Fatalf("a URL that does not parse: %v, want an error without its password", err)
+	}
+}
+
+// After a failover the client keeps connections to the demoted primary,
+// now a replica, until it hears of the new one: a hash that replica does
+// not hold may be a key created since, so a miss is asked of the primary,
+// which a replica refuses (READONLY) instead of calling the key unknown.
+func TestUnknownHashIsNotAReplicasWord(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	ctx := context.Background()
+	k, _ := storetest.MustCreate(t, s, "known")
+	if _, err := s.KeyIDByHash(ctx, apikey.Sum("sk_unknown")); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("an unknown hash on the primary: %v, want store.ErrNotFound", err)
+	}
+	// a primary that is not there: the replica keeps serving reads
+	if err := srv.Client(t).ReplicaOf(ctx, "127.0.0.1", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := s.KeyIDByHash(ctx, k.Hash); err != nil || id != k.ID {
+		t.Fatalf("a known hash on the replica: %q, %v", id, err)
+	}
+	if _, err := s.KeyIDByHash(ctx, apikey.Sum("sk_unknown")); !redis.IsReadOnlyError(err) {
+		t.Fatalf("an unknown hash on the replica: %v, want READONLY", err)
 	}
 }
 

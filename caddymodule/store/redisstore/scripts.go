@@ -175,6 +175,20 @@ func newHotScript(src string) hotScript {
 	return hotScript{Script: s, sha: s.Hash()}
 }
 
+// hashNotFoundScript reads again a key hash that a plain GET did not find.
+// Its first command writes (deletes a key never set, a no-op; KEYS[2],
+// named with KEYS[1] as its hash tag, so both are in one slot), so a
+// replica refuses it with READONLY (a store error: 503, or fail-open's
+// rules) instead of answering from its copy: after a failover the client
+// holds connections to the demoted primary until it hears of the new one,
+// and a key created since is not there yet. Only hashes that match no key
+// pay for it; the negative cache spares a repeated one for a second.
+// KEYS[1] the hash's index entry. Returns the key id, or nil.
+var hashNotFoundScript = redis.NewScript(`
+redis.call('DEL', KEYS[2])
+return redis.call('GET', KEYS[1])
+`)
+
 // updateScript writes a changed record if nobody changed it meanwhile.
 // KEYS[1] record; ARGV[1] expected revision; ARGV[2..] field/value pairs.
 // Returns 1 on success, 0 when the revision moved on, -1 when gone.
