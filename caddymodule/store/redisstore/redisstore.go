@@ -293,11 +293,12 @@ func parseDecision(v []any, limit int64, a store.Algorithm, ahead bool) store.De
 func (s *Store) KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error) {
 	ctx, cancel := withTimeout(ctx, s.hot.timeout)
 	defer cancel()
-	id, err := s.client.Get(ctx, hashKey(h)).Result()
+	key := hashKey(h)
+	id, err := s.client.Get(ctx, key).Result()
 	if errors.Is(err, redis.Nil) {
 		// asked of the primary before it is taken for unknown: see
 		// hashNotFoundScript
-		id, err = hashNotFoundScript.Run(ctx, s.client, []string{hashKey(h), "{" + hashKey(h) + "}:never-set"}).Text()
+		id, err = hashNotFoundScript.Run(ctx, s.client, []string{key, "{" + key + "}:never-set"}).Text()
 	}
 	if errors.Is(err, redis.Nil) {
 		return "", store.ErrNotFound
