@@ -6,7 +6,8 @@
 //
 // Keys (P is the prefix, "kgb:" by default):
 //
-//	P link:<slug>    hash   id url ownerId createdAt visitCount lastVisitedAt (ms)
+//	P link:<slug>    hash   id url ownerId createdAt visitCount lastVisitedAt (ms),
+//	                        ct vt: the tokens of its creation and last visit
 //	P seq:link       string last link id
 //	P owners         hash   owner key -> owner id
 //	P seq:owner      string last owner id
@@ -189,12 +190,20 @@ func fromMS(v int64) time.Time {
 // ---- links
 
 // createLink allocates an id only when the slug is free, so that losers of a
-// race leave no gaps in the sequence.
+// race leave no gaps in the sequence. The link holds its creator's token
+// (ARGV[4], random): go-redis sends a script again when it loses the reply,
+// and the second run, finding the link, must answer its creator with the
+// link it made, not "slug taken".
 var createLink = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'ct') == ARGV[4] then
+    return tonumber(redis.call('HGET', KEYS[1], 'id'))
+  end
+  return 0
+end
 local id = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'id', id, 'url', ARGV[1], 'ownerId', ARGV[2],
-  'createdAt', ARGV[3], 'visitCount', 0, 'lastVisitedAt', 0)
+  'createdAt', ARGV[3], 'visitCount', 0, 'lastVisitedAt', 0, 'ct', ARGV[4])
 return id
 `)
 
@@ -203,7 +212,7 @@ func (s *Store) CreateLink(ctx context.Context, nl store.NewLink) (store.Link, e
 	created := nl.CreatedAt // kept in ms, truncated
 	id, err := createLink.Run(ctx, s.rdb,
 		[]string{s.key("link:", nl.Slug), s.key("seq:link")},
-		nl.URL, nl.OwnerID, ms(created)).Int64()
+		nl.URL, nl.OwnerID, ms(created), rand.Text()).Int64()
 	if err != nil {
 		return store.Link{}, fmt.Errorf("redisstore: creating link: %w", err)
 	}
@@ -223,17 +232,23 @@ func (s *Store) GetLink(ctx context.Context, slug string) (store.Link, error) {
 }
 
 // visitLink counts the visit only if the link exists (HINCRBY alone would
-// conjure up a half-empty hash for unknown slugs).
+// conjure up a half-empty hash for unknown slugs). The link keeps its last
+// visit's token (ARGV[2], random), so a second run of the same visit's
+// script (go-redis sends it again when it loses the reply) does not count
+// it again; unless another visit came in between, which this does not
+// tell apart (a count one too high, against keeping a token per visit).
 var visitLink = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-redis.call('HINCRBY', KEYS[1], 'visitCount', 1)
-redis.call('HSET', KEYS[1], 'lastVisitedAt', ARGV[1])
+if redis.call('HGET', KEYS[1], 'vt') ~= ARGV[2] then
+  redis.call('HINCRBY', KEYS[1], 'visitCount', 1)
+  redis.call('HSET', KEYS[1], 'lastVisitedAt', ARGV[1], 'vt', ARGV[2])
+end
 return redis.call('HGETALL', KEYS[1])
 `)
 
 // VisitLink implements store.LinkStore.
 func (s *Store) VisitLink(ctx context.Context, slug string, at time.Time) (store.Link, error) {
-	vals, err := visitLink.Run(ctx, s.rdb, []string{s.key("link:", slug)}, ms(at)).StringSlice()
+	vals, err := visitLink.Run(ctx, s.rdb, []string{s.key("link:", slug)}, ms(at), rand.Text()).StringSlice()
 	if err != nil {
 		return store.Link{}, fmt.Errorf("redisstore: visiting link: %w", err)
 	}

@@ -172,6 +172,28 @@ func TestViewOnceSurvivesARetriedScript(t *testing.T) {
 	}
 }
 
+// The scripts that create and visit a link, run twice for one caller (the
+// first reply lost), create it for that caller (not "slug taken") and
+// count one visit, not two; another caller still finds the slug taken.
+func TestLinkSurvivesARetriedScript(t *testing.T) {
+	st, twice := runningScriptsTwice(t, redistest.Start(t))
+	ctx := context.Background()
+	twice.Armed.Store(true)
+	link, err := st.CreateLink(ctx, store.NewLink{Slug: "promo", URL: "https://example.com/", OwnerID: 1, CreatedAt: time.Now()})
+	if err != nil || link.ID != 1 {
+		t.Fatalf("the creator, its script run twice: %+v, %v; want link 1", link, err)
+	}
+	if _, err := st.CreateLink(ctx, store.NewLink{Slug: "promo", URL: "https://example.org/", OwnerID: 2, CreatedAt: time.Now()}); !errors.Is(err, store.ErrSlugTaken) {
+		t.Fatalf("another creator: %v, want ErrSlugTaken", err)
+	}
+	for want := int64(1); want <= 2; want++ {
+		got, err := st.VisitLink(ctx, "promo", time.Now())
+		if err != nil || got.VisitCount != want || got.URL != "https://example.com/" {
+			t.Fatalf("visit %d, its script run twice: %+v, %v; want visitCount %d", want, got, err, want)
+		}
+	}
+}
+
 // The script that reserves a passcode attempt, run twice for one caller
 // (its first reply lost), holds one reservation, not two.
 func TestAttemptSurvivesARetriedScript(t *testing.T) {
