@@ -22,6 +22,9 @@ import (
 var (
 	ErrNotFound  = errors.New("no API key with that name")
 	ErrNameTaken = errors.New("an API key with that name already exists")
+	// ErrContended is a change given up after other changes to the same
+	// key kept landing first; nothing of it was made.
+	ErrContended = errors.New("key changed concurrently too often; try again")
 	// ErrUnannounced wraps the error of a change that was made but whose
 	// epoch (Store.Epoch) could not be moved: gateways holding leases may
 	// admit the key as it was for up to MaxLease. UpdateKey returns the

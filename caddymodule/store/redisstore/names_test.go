@@ -179,3 +179,130 @@ func (h *replyLostAfterScript) ProcessHook(next redis.ProcessHook) redis.Process
 func (*replyLostAfterScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
+
+// A rename back to the name a rename of the same key is leaving, made
+// before that one released it, keeps the name: the first rename's release
+// is of the entry it read, which the second claimed afresh. (With entries
+// of the id alone, the release removed the name the record now holds: the
+// key unnamed, unlisted, not to be revoked, its secret still admitted.)
+func TestRenameBackBeforeTheReleaseKeepsTheName(t *testing.T) {
+	s := open(t, redistest.Start(t), time.Second)
+	ctx := context.Background()
+	k, _ := storetest.MustCreate(t, s, "a")
+	back := &changeBefore{
+		match: func(cmd redis.Cmder) bool {
+			args := cmd.Args()
+			return cmd.Name() == "evalsha" && len(args) > 4 && args[1] == releaseNameScript.Hash() && args[4] == "a"
+		},
+		then: func() {
+			if _, err := s.UpdateKey(ctx, "b", func(k *store.Key) error { k.Name = "a"; return nil }); err != nil {
+				t.Errorf("renaming b back to a: %v", err)
+			}
+		},
+	}
+	back.armed.Store(true)
+	s.client.AddHook(back)
+	if _, err := s.UpdateKey(ctx, "a", func(k *store.Key) error { k.Name = "b"; return nil }); err != nil {
+		t.Fatalf("renaming a to b: %v", err)
+	}
+	if back.armed.Load() {
+		t.Fatal("the rename back never ran")
+	}
+	if got, err := s.KeyByName(ctx, "a"); err != nil || got.ID != k.ID {
+		t.Fatalf("KeyByName(a) = %+v, %v; want the key", got, err)
+	}
+	if keys, err := s.Keys(ctx); err != nil || len(keys) != 1 || keys[0].Name != "a" {
+		t.Fatalf("Keys = %+v, %v; want the key once, as a", keys, err)
+	}
+}
+
+// A deletion that a rename overtakes, between its lookup of the name and
+// its removal of the record, does not delete the renamed key: the name it
+// was asked to delete names no key by then.
+func TestDeletionOvertakenByARenameLeavesTheKey(t *testing.T) {
+	s := open(t, redistest.Start(t), time.Second)
+	ctx := context.Background()
+	k, _ := storetest.MustCreate(t, s, "a")
+	rename := &changeBefore{
+		match: func(cmd redis.Cmder) bool {
+			name := cmd.Name()
+			return (name == "del" || name == "evalsha") && slices.Contains(cmd.Args(), any(recordKey(k.ID)))
+		},
+		then: func() {
+			if _, err := s.UpdateKey(ctx, "a", func(k *store.Key) error { k.Name = "b"; return nil }); err != nil {
+				t.Errorf("renaming a to b: %v", err)
+			}
+		},
+	}
+	rename.armed.Store(true)
+	s.client.AddHook(rename)
+	if err := s.DeleteKey(ctx, "a"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("DeleteKey(a) err = %v, want ErrNotFound: a was renamed first", err)
+	}
+	if rename.armed.Load() {
+		t.Fatal("the rename never ran")
+	}
+	if got, err := s.KeyByName(ctx, "b"); err != nil || got.ID != k.ID {
+		t.Fatalf("KeyByName(b) = %+v, %v; want the renamed key, not deleted", got, err)
+	}
+	if id, err := s.KeyIDByHash(ctx, k.Hash); err != nil || id != k.ID {
+		t.Fatalf("the key's hash: %q, %v; want it still indexed", id, err)
+	}
+}
+
+// changeBefore is a go-redis hook that, once armed, runs then (another
+// change) before the first command that match accepts, and that command
+// after it.
+type changeBefore struct {
+	armed atomic.Bool
+	match func(redis.Cmder) bool
+	then  func()
+}
+
+func (*changeBefore) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *changeBefore) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.armed.Load() && h.match(cmd) && h.armed.CompareAndSwap(true, false) {
+			h.then()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (*changeBefore) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A change that other changes keep overtaking is given up with
+// store.ErrContended (the admin API's 409), having made nothing.
+func TestChangeOvertakenTooOftenIsContended(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	k, _ := storetest.MustCreate(t, s, "busy")
+	var overtake *changeBefore
+	overtake = &changeBefore{
+		match: func(cmd redis.Cmder) bool {
+			args := cmd.Args()
+			return cmd.Name() == "evalsha" && len(args) > 1 && args[1] == updateScript.Hash()
+		},
+		then: func() {
+			rdb.HIncrBy(ctx, recordKey(k.ID), "v", 1) // another replica's change
+			overtake.armed.Store(true)
+		},
+	}
+	overtake.armed.Store(true)
+	s.client.AddHook(overtake)
+	if _, err := s.UpdateKey(ctx, "busy", func(k *store.Key) error { k.Name = "renamed"; return nil }); !errors.Is(err, store.ErrContended) {
+		t.Fatalf("UpdateKey err = %v, want ErrContended", err)
+	}
+	overtake.armed.Store(false)
+	if got, err := s.KeyByName(ctx, "busy"); err != nil || got.ID != k.ID {
+		t.Fatalf("KeyByName(busy) = %+v, %v; want the key, unchanged", got, err)
+	}
+	if _, err := s.KeyByName(ctx, "renamed"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("KeyByName(renamed) err = %v; want ErrNotFound", err)
+	}
+}

@@ -9,7 +9,7 @@
 //	keygate:{k:<id>}:<algorithm>:<limit>:<ms> the key's rate-limit counter
 //	keygate:{s:<subject>}:<algorithm>:...     an anonymous subject's counter
 //	keygate:h:<sha256 hex>                    key hash -> id
-//	keygate:names                             name -> id (hash)
+//	keygate:names                             name -> id:claim token (hash)
 //	keygate:epoch                             moved by every key change (leases)
 //
 // No key name ever contains a secret; records hold only its SHA-256.
@@ -315,9 +315,10 @@ func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 	k.Revision = 1
 	err := s.client.HSet(ctx, recordKey(k.ID), recordFields(k)...).Err()
 	if err == nil {
-		if err = s.claimName(ctx, k.Name, k.ID); err == nil {
+		var entry string
+		if entry, err = s.claimName(ctx, k.Name, k.ID); err == nil {
 			if err = s.client.Set(ctx, hashKey(k.Hash), k.ID, 0).Err(); err != nil {
-				s.releaseName(ctx, k.Name, k.ID)
+				s.releaseName(ctx, k.Name, entry)
 			}
 		}
 	}
@@ -344,7 +345,7 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 	cmds := make([]*redis.MapStringStringCmd, len(names))
 	_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, name := range names {
-			cmds[i] = p.HGetAll(ctx, recordKey(entries[name]))
+			cmds[i] = p.HGetAll(ctx, recordKey(entryID(entries[name])))
 		}
 		return nil
 	})
@@ -353,7 +354,7 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 	}
 	keys := make([]store.Key, 0, len(names))
 	for i, cmd := range cmds {
-		k, err := keyUnder(names[i], entries[names[i]], cmd.Val())
+		k, err := keyUnder(names[i], entryID(entries[names[i]]), cmd.Val())
 		switch {
 		case err == nil:
 			keys = append(keys, k)
@@ -368,21 +369,29 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 // KeyByName implements store.Store. Only a record under the name is found
 // by it (names.go); an entry whose record is gone is removed on the way.
 func (s *Store) KeyByName(ctx context.Context, name string) (store.Key, error) {
-	id, err := s.client.HGet(ctx, namesKey, name).Result()
+	k, _, err := s.keyByName(ctx, name)
+	return k, err
+}
+
+// keyByName is KeyByName, with the name's entry as read (names.go).
+func (s *Store) keyByName(ctx context.Context, name string) (store.Key, string, error) {
+	entry, err := s.client.HGet(ctx, namesKey, name).Result()
 	if errors.Is(err, redis.Nil) {
-		return store.Key{}, store.ErrNotFound
+		return store.Key{}, "", store.ErrNotFound
 	}
 	if err != nil {
-		return store.Key{}, err
+		return store.Key{}, "", err
 	}
+	id := entryID(entry)
 	m, err := s.client.HGetAll(ctx, recordKey(id)).Result()
 	if err != nil {
-		return store.Key{}, err
+		return store.Key{}, "", err
 	}
 	if len(m) == 0 {
-		s.releaseName(context.WithoutCancel(ctx), name, id) // mended if it can be; else the next claim does
+		s.releaseName(context.WithoutCancel(ctx), name, entry) // mended if it can be; else the next claim does
 	}
-	return keyUnder(name, id, m)
+	k, err := keyUnder(name, id, m)
+	return k, entry, err
 }
 
 // keyUnder is the key that name's entry (id) names, its record's fields m:
@@ -411,7 +420,7 @@ func keyUnder(name, id string, m map[string]string) (store.Key, error) {
 func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.Key) error) (store.Key, error) {
 	ctx = context.WithoutCancel(ctx) // each command is bounded by the client's timeouts
 	for range 10 {
-		old, err := s.KeyByName(ctx, name)
+		old, oldEntry, err := s.keyByName(ctx, name)
 		if err != nil {
 			return store.Key{}, err
 		}
@@ -420,9 +429,10 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 			return store.Key{}, err
 		}
 		renamed, rotated := k.Name != old.Name, k.Hash != old.Hash
-		undo := func() { s.releaseClaims(ctx, k, renamed, rotated) }
+		var entry string // the new name's, claimed by this change
+		undo := func() { s.releaseClaims(ctx, k, entry, rotated) }
 		if renamed {
-			if err := s.claimName(ctx, k.Name, k.ID); err != nil {
+			if entry, err = s.claimName(ctx, k.Name, k.ID); err != nil {
 				return store.Key{}, err
 			}
 		}
@@ -463,14 +473,14 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 		}
 		// what is left behind here names nothing; an error is no failure
 		if renamed {
-			s.releaseName(ctx, old.Name, k.ID)
+			s.releaseName(ctx, old.Name, oldEntry)
 		}
 		if rotated {
 			s.client.Del(ctx, hashKey(old.Hash))
 		}
 		return k, s.bumpEpoch(ctx)
 	}
-	return store.Key{}, errors.New("key changed concurrently too often; try again")
+	return store.Key{}, store.ErrContended
 }
 
 // holds reports whether k's record holds k's change: an update whose reply
@@ -490,42 +500,73 @@ func (s *Store) holds(ctx context.Context, k store.Key, marked bool) (bool, erro
 	return err == nil && (n == k.Revision || marked && n > k.Revision), nil
 }
 
-// releaseClaims lets go of the name and the hash index that a change to k
-// claimed (renamed, rotated) and did not make: unless k's record holds
-// them, as it does when the change was made after all and another landed
+// releaseClaims lets go of the name entry and the hash index that a change
+// to k claimed (entry, if it renamed k; rotated) and did not make: unless
+// k's record holds them, as it does when the change was made after all and another landed
 // on top (releasing them then would leave the key unnamed, or its only
 // secret unindexed). If the record cannot be read they are left: they name
 // nothing while it does not hold them (names.go).
-func (s *Store) releaseClaims(ctx context.Context, k store.Key, renamed, rotated bool) {
+func (s *Store) releaseClaims(ctx context.Context, k store.Key, entry string, rotated bool) {
 	v, err := s.client.HMGet(ctx, recordKey(k.ID), "n", "h").Result()
 	if err != nil {
 		return
 	}
-	if renamed && v[0] != any(k.Name) {
-		s.releaseName(ctx, k.Name, k.ID)
+	if entry != "" && v[0] != any(k.Name) {
+		s.releaseName(ctx, k.Name, entry)
 	}
 	if rotated && v[1] != any(k.Hash.String()) {
 		s.client.Del(ctx, hashKey(k.Hash))
 	}
 }
 
-// DeleteKey implements store.Store. The record goes first: from then on
-// every replica rejects the key, and its name and hash name nothing
-// (names.go), so their removal after may fail without harm. Once begun it
-// is finished, even if the caller leaves.
+// deleteRecordScript deletes a key's record if it is still under the name
+// it was found by: a rename that came in between makes the name another
+// key's or no one's. KEYS[1] the record; ARGV[1] the name. Returns the
+// record's hash (hex) when deleted, 0 when the record is under another
+// name, nil when there is none.
+var deleteRecordScript = redis.NewScript(`
+local v = redis.call('HMGET', KEYS[1], 'n', 'h')
+if not v[1] then return false end
+if v[1] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return v[2]
+`)
+
+// DeleteKey implements store.Store. The record goes first, if it is still
+// under the name: from then on every replica rejects the key, and its name
+// and hash name nothing (names.go), so their removal after may fail
+// without harm. Once begun it is finished, even if the caller leaves.
 func (s *Store) DeleteKey(ctx context.Context, name string) error {
 	ctx = context.WithoutCancel(ctx) // each command is bounded by the client's timeouts
-	k, err := s.KeyByName(ctx, name)
-	if err != nil {
-		return err
+	for range 10 {
+		k, entry, err := s.keyByName(ctx, name)
+		if err != nil {
+			return err
+		}
+		hashes := []string{hashKey(k.Hash)}
+		res, err := deleteRecordScript.Run(ctx, s.client, []string{recordKey(k.ID)}, name).Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			// gone already: deleted by this call (go-redis sent the script
+			// again after losing its reply) or by another
+		case err != nil:
+			s.bumpEpoch(ctx) // the record may be gone: gateways are told in case
+			return err
+		case res == int64(0):
+			continue // renamed meanwhile: whose is the name now?
+		default:
+			// the hash the record held, a rotation's since it was read
+			if h, _ := res.(string); len(h) == 2*len(k.Hash) && "keygate:h:"+h != hashes[0] {
+				hashes = append(hashes, "keygate:h:"+h)
+			}
+		}
+		for _, h := range hashes { // one by one: they live in different cluster slots
+			s.client.Del(ctx, h)
+		}
+		s.releaseName(ctx, name, entry)
+		return s.bumpEpoch(ctx)
 	}
-	if err := s.client.Del(ctx, recordKey(k.ID)).Err(); err != nil {
-		s.bumpEpoch(ctx) // the record may be gone: gateways are told in case
-		return err
-	}
-	s.client.Del(ctx, hashKey(k.Hash))
-	s.releaseName(ctx, k.Name, k.ID)
-	return s.bumpEpoch(ctx)
+	return store.ErrContended
 }
 
 // The epoch never comes back to a value a lease was granted under while
