@@ -213,6 +213,9 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 		k, err := s.KeyByName(ctx, name)
 		return http.StatusOK, viewOf(k, time.Now()), err
 	case action == "" && r.Method == http.MethodDelete:
+		if err := noBody(r); err != nil {
+			return 0, nil, err
+		}
 		warning, err := unannounced(s.DeleteKey(ctx, name))
 		if err != nil {
 			return 0, nil, err
@@ -226,6 +229,11 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 		return 0, nil, methodNotAllowed(r, "POST")
 	}
 
+	if action != "rename" {
+		if err := noBody(r); err != nil {
+			return 0, nil, err
+		}
+	}
 	var secret string
 	var change func(*store.Key) error
 	switch action {
@@ -390,13 +398,42 @@ func validRole(role string) bool {
 // last of a repeated member, and a typo'd or doubled field would pass
 // unnoticed.
 func decodeBody(r *http.Request, v any) error {
+	body, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return badRequest("a JSON object is required as the body")
+	}
+	return decodeObject(body, v)
+}
+
+// noBody checks that a call that takes no body has none: nothing, or an
+// empty JSON object (what JSON clients send by default). A body that says
+// something would be ignored, so it is refused, as an unknown member is.
+func noBody(r *http.Request) error {
+	body, err := readBody(r)
+	if err != nil || len(bytes.TrimSpace(body)) == 0 {
+		return err
+	}
+	return decodeObject(body, &struct{}{})
+}
+
+// readBody reads an admin call's body, up to maxAdminBody.
+func readBody(r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody+1))
 	if err != nil {
-		return badRequest("reading the body: %v", err)
+		return nil, badRequest("reading the body: %v", err)
 	}
 	if len(body) > maxAdminBody {
-		return adminError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("the body is larger than %d bytes", maxAdminBody)}
+		return nil, adminError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("the body is larger than %d bytes", maxAdminBody)}
 	}
+	return body, nil
+}
+
+// decodeObject decodes body, one JSON object and nothing after it, into
+// the struct v points to.
+func decodeObject(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(v); err != nil { // unknown members: exactMembers
 		return badRequest("invalid JSON body: %v", err)

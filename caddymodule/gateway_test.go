@@ -206,6 +206,9 @@ func TestCLIOnAServerThatIsNotTheAdminAPI(t *testing.T) {
 func TestAdminAPIRefusals(t *testing.T) {
 	startRedisGateway(t, "", protectedSite)
 	generate(t, "--name", "admin-api")
+	var before []keyView
+	mustJSON(t, mustCLI(t, "list", "--json"), &before)
+	listedBefore := before[0]
 	call := func(method, path, body string) response {
 		t.Helper()
 		req, err := http.NewRequest(method, "http://"+adminAddr+path, strings.NewReader(body))
@@ -255,12 +258,35 @@ func TestAdminAPIRefusals(t *testing.T) {
 			t.Errorf("%s: %d %v, want 400 saying %s", body, r.status, r.problem["error"], want)
 		}
 	}
+	if r := call(http.MethodPost, "/keygate/keys", " "); r.status != http.StatusBadRequest || !strings.Contains(r.problem["error"].(string), "a JSON object is required") {
+		t.Errorf("no body: %d %v, want 400 saying a JSON object is required", r.status, r.problem["error"])
+	}
+	// a body where none is taken would be ignored: refused, as an unknown
+	// member is (an empty object, JSON clients' default, is none)
+	for _, c := range []struct{ method, path, body, want string }{
+		{http.MethodPost, "/keygate/keys/admin-api/rotate", `{"expires": "2030-01-01"}`, `unknown field "expires"`},
+		{http.MethodPost, "/keygate/keys/admin-api/disable", `not-json`, "invalid JSON body"},
+		{http.MethodDelete, "/keygate/keys/admin-api", `{"name": "admin-api"}`, `unknown field "name"`},
+	} {
+		if r := call(c.method, c.path, c.body); r.status != http.StatusBadRequest || !strings.Contains(r.problem["error"].(string), c.want) {
+			t.Errorf("%s %s with %s: %d %v, want 400 saying %s", c.method, c.path, c.body, r.status, r.problem["error"], c.want)
+		}
+	}
 	var listed []keyView
 	mustJSON(t, mustCLI(t, "list", "--json"), &listed)
 	for _, k := range listed {
 		if k.Name == "a" || k.Name == "b" {
 			t.Errorf("key %s created from a refused body", k.Name)
 		}
+		if k.Name == "admin-api" && (!k.Enabled || k.Prefix != listedBefore.Prefix) {
+			t.Errorf("key admin-api changed by a refused call: %+v, was %+v", k, listedBefore)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/keygate/keys/admin-api/disable", strings.NewReader("{}"))
+	if resp, err := client.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("disable with an empty JSON object: %v, %v; want 200", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	big := `{"name": "big", "owner": "` + strings.Repeat("x", maxAdminBody) + `"}`
 	if r := call(http.MethodPost, "/keygate/keys", big); r.status != http.StatusRequestEntityTooLarge {
