@@ -651,6 +651,13 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		// go unused under an epoch no longer current.
 		return d
 	}
+	if d.Leased(ahead != nil) > 0 && start > l.refillRefused {
+		// the store, asked since, granted a lease: it is up and the limit
+		// has room, which is what the wait after a refusal waits for (a
+		// refill not worth a call at the end of the last window would
+		// otherwise hold the new window's first refill ahead back)
+		l.refillRefused = 0
+	}
 	g := newGrant(start, d, ahead != nil)
 	ends := start.add(d.Lease)
 	overtaken := false
@@ -682,9 +689,14 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		l.ends, l.remaining = max(l.ends, ends), d.Remaining
 	default:
 		// Concurrent requests brought several leases: keep them all, each
-		// with its own deadlines, with the lowest remaining.
+		// with its own deadlines, with the lowest remaining. One that
+		// brought none (a request that asked for itself alone while
+		// another's lease was on its way) leaves the pace and sizes to the
+		// lease it joins, as an overtaken one does: taken over, they would
+		// be a grant of one's, a third of which is never left to refill at.
 		l.grants = append(l.grants, g)
 		l.ends, l.remaining = max(l.ends, ends), min(l.remaining, d.Remaining)
+		overtaken = d.Leased(false) == 0
 	}
 	if !overtaken {
 		// A grant joining what is held may top it up with a few: that does

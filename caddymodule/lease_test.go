@@ -1426,3 +1426,48 @@ func TestALeaseAskedForOutlivesItsClient(t *testing.T) {
 		t.Fatalf("%d store calls for two keys whose leases were granted while their clients left, want 0", n)
 	}
 }
+
+// A request that asked for itself alone, while another's lease was on its
+// way, and whose answer came back after that lease, joins it without
+// taking over its bookkeeping: the lease is still refilled ahead once a
+// third of it is left. (Taken over, the lease counted as a grant of one,
+// a third of which is never left: no refill went ahead, and the lease ran
+// dry under its requests.) Nor does the refill not worth a call at the end
+// of the window before hold the new window's first refill ahead back.
+func TestAOneRequestGrantAfterALeaseKeepsItsRefillAhead(t *testing.T) {
+	for _, alg := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
+		t.Run(string(alg), func(t *testing.T) {
+			tbl := newLeaseTable(64, alg)
+			k := leaseKey{kind: 'k', subject: "id", policy: store.Policy{Limit: 1_000_000, Window: time.Minute}}
+			t0 := time.Unix(1_800_000_000, 0).Truncate(time.Minute)
+			end := t0.Add(time.Minute)
+			steadyTraffic(tbl, k, t0, end, 10*time.Millisecond, false)
+
+			now := end.Add(time.Millisecond)
+			tbl.take(k, now, 0, true)
+			first := tbl.want(k, now, 0)
+			later := now.Add(time.Millisecond)
+			one := tbl.want(k, later, 0)
+			if first.Take < 2 || one.Take != 1 {
+				t.Fatalf("asks %+v then %+v; want a lease, then one request", first, one)
+			}
+			tbl.put(k, instantDecision(tbl, k, first, now), first, now, 0, now.Add(2*time.Millisecond))
+			tbl.put(k, instantDecision(tbl, k, one, later), one, later, 0, later.Add(2*time.Millisecond))
+
+			at := later.Add(3 * time.Millisecond)
+			for taken := 1; ; taken++ {
+				_, ok, r := tbl.take(k, at, 0, true)
+				if !ok {
+					t.Fatalf("the lease of %d ran dry after %d requests with no refill ahead", first.Take-1, taken-1)
+				}
+				if r != nil {
+					if left := first.Take - 1 - int64(taken); left*refillAhead > first.Take {
+						t.Fatalf("refilled ahead with %d of %d left, want a third", left, first.Take)
+					}
+					return
+				}
+				at = at.Add(10 * time.Millisecond)
+			}
+		})
+	}
+}
