@@ -94,6 +94,7 @@ type sharedStore struct {
 	store.Store
 	keys   *keyCache
 	epochs epochWatch // polled only once a handler uses leases
+	leases leaseTables
 }
 
 // Destruct closes the store when the last config using it is gone: the

@@ -68,7 +68,9 @@ type Handler struct {
 	// moment the store logged it, staggered across the lease (sliding_log),
 	// and refills it in the background before it runs out, holding at most
 	// twice this many with what its refills ask for (or a hundredth of the
-	// limit, if more); see lease.go.
+	// limit, if more); see lease.go. Routes with the same lease and
+	// algorithm share this gateway's leases, as they share the store's
+	// counters, across config reloads too.
 	// Limits still hold across every gateway; the costs are that requests
 	// leased but unused in time were counted, that X-RateLimit-Remaining
 	// reflects other gateways only at each lease, and that a disabled,
@@ -135,7 +137,7 @@ func (h *Handler) attach(app *App) {
 		h.anonPolicyHdr = policyHeader(policyNameAddress, h.anonPolicy)
 	}
 	if h.Lease > 1 {
-		h.leases = newLeaseTable(h.Lease, h.Algorithm)
+		h.leases = app.shared.leases.get(h.Lease, h.Algorithm)
 		app.shared.epochs.acquire(app.shared, time.Duration(app.Timeout))
 	}
 }

@@ -374,6 +374,42 @@ func newLeaseTable(max int64, a store.Algorithm) *leaseTable {
 	return t
 }
 
+// leaseTables are a gateway's leases: one table per lease size and
+// algorithm, shared by every route that uses them, in every config while
+// the store lives (across reloads), as the store's counters are shared by
+// every route of the same limit. So what one route leased, another route
+// of the same limit admits from, its headers counting down with it, and a
+// gateway's bounds on what it holds (holdMost, maxLeasesPerShard) are the
+// gateway's, not each route's. (With a table per route, a key that spent
+// its limit through one route's leases was refused on another route of
+// the same limit while the first still held its requests.)
+type leaseTables struct {
+	mu     sync.Mutex
+	tables map[leaseTableID]*leaseTable
+}
+
+type leaseTableID struct {
+	max       int64
+	algorithm store.Algorithm
+}
+
+// get returns the table of leases of at most max under a, made on first
+// use.
+func (ts *leaseTables) get(max int64, a store.Algorithm) *leaseTable {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	id := leaseTableID{max, a}
+	t := ts.tables[id]
+	if t == nil {
+		if ts.tables == nil {
+			ts.tables = make(map[leaseTableID]*leaseTable)
+		}
+		t = newLeaseTable(max, a)
+		ts.tables[id] = t
+	}
+	return t
+}
+
 func (t *leaseTable) shard(k leaseKey) *leaseShard {
 	return &t.shards[maphash.String(t.seed, k.subject)&(leaseShards-1)]
 }

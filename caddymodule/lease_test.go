@@ -1471,3 +1471,33 @@ func TestAOneRequestGrantAfterALeaseKeepsItsRefillAhead(t *testing.T) {
 		})
 	}
 }
+
+// Routes of one limit share the store's counter, and so the gateway's
+// leases of it: a key's requests through two such routes, alternating,
+// are all admitted up to the limit, the headers counting down one by one
+// across both. (With a lease table per route, what one route leased the
+// other could not admit from: the key was refused before its limit, and
+// each route counted down its own.)
+func TestRoutesOfOneLimitShareTheGatewaysLeases(t *testing.T) {
+	const limited = `
+		keygate {
+			rate_limit 20 1h
+			lease 8
+		}
+		reverse_proxy {upstream}`
+	g := startRedisGateway(t, "", "handle /a* {"+limited+"\n\t}\n\thandle {"+limited+"\n\t}")
+	k := generate(t, "--name", "two-routes")
+	for i := range 20 {
+		path := []string{"/a", "/b"}[i%2]
+		r := g.get(path, bearer(k.Key)...)
+		if r.status != http.StatusOK {
+			t.Fatalf("request %d (%s): %d %s", i+1, path, r.status, r.body)
+		}
+		if rem := r.header.Get("X-RateLimit-Remaining"); rem != strconv.Itoa(20-1-i) {
+			t.Fatalf("request %d (%s): X-RateLimit-Remaining %s, want %d", i+1, path, rem, 20-1-i)
+		}
+	}
+	if r := g.get("/b", bearer(k.Key)...); r.status != http.StatusTooManyRequests {
+		t.Fatalf("request 21: %d, want 429", r.status)
+	}
+}
