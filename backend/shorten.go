@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/mail"
+	"net/netip"
 	"net/url"
 	"strings"
 	"syscall"
@@ -232,13 +233,31 @@ func validTarget(raw string) (string, bool) {
 	if err != nil || u.Opaque != "" || u.User != nil || u.Hostname() == "" {
 		return "", false
 	}
-	if u.Scheme = strings.ToLower(u.Scheme); u.Scheme != "http" && u.Scheme != "https" {
+	if u.Scheme = strings.ToLower(u.Scheme); u.Scheme != "http" && u.Scheme != "https" || !validTargetHost(u.Hostname()) {
 		return "", false
 	}
 	if p := u.Port(); p != "" && !isDigits(p) {
 		return "", false
 	}
 	return u.String(), true
+}
+
+// validTargetHost accepts an IP address or a name of letters, digits, '-', '_'
+// and '.' (and non-ASCII ones: an internationalized name as typed). Go's
+// URL parser also takes <, >, " and the like in a host, which no browser
+// does, and which a page that puts a link's url in an href would render
+// as markup.
+func validTargetHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c >= 0x80) {
+			return false
+		}
+	}
+	return h != ""
 }
 
 func isDigits(s string) bool {

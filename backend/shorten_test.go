@@ -100,6 +100,11 @@ func TestShortLinkErrors(t *testing.T) {
 			{`{"url":"https://bank.example@evil.example/"}`, 400, "Invalid URL"},
 			{`{"url":"https://example.com/\r\nSet-Cookie: x=1"}`, 400, "Invalid URL"},
 			{`{"url":"https://example.com:port/"}`, 400, "Invalid URL"},
+			// hosts no browser takes, which a page that puts a link's url in
+			// an href would render as markup
+			{`{"url":"https://<x>/"}`, 400, "Invalid URL"},
+			{`{"url":"https://a\"onmouseover=alert(1)/"}`, 400, "Invalid URL"},
+			{`{"url":"https://ex{ample}.com/"}`, 400, "Invalid URL"},
 			{`{"url":"https://example.com/` + strings.Repeat("a", 5000) + `"}`, 400, "Invalid URL"},
 			{`{"url":"https://example.com","slug":"api"}`, 400, "Slug is reserved"},
 			{`{"url":"https://example.com","slug":"API"}`, 400, "Slug is reserved"},
