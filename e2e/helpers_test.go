@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/internal/freeport"
 	"github.com/keygate/keygate/internal/gobuild"
 	"github.com/keygate/keygate/internal/redistest"
@@ -262,6 +263,8 @@ func (s *stack) start(name, bin string, args []string, env ...string) *proc {
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(append([]string(nil), s.env...), env...)
 	cmd.Dir = s.home
+	// killed with the test binary, should it die without its cleanups
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	p := &proc{name: name, cmd: cmd, logs: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
@@ -355,6 +358,22 @@ type apiKey struct {
 	ID    string `json:"id"`
 	Name  string `json:"name"`
 	Owner string `json:"owner"`
+}
+
+// clearOfWindowEnd waits, if need be, until the sliding windows of window
+// of a key id (kind 'k') or an anonymous subject (kind 's', "ip:<address>")
+// have at least margin to run: they start at an offset of their own
+// (store.WindowOffset), and a burst that crosses a window's end finds its
+// leases ended with it and the last window's count weighed in, not the
+// one-by-one countdown a test checks.
+func clearOfWindowEnd(t *testing.T, kind byte, subject string, window, margin time.Duration) {
+	t.Helper()
+	offset := store.WindowOffset(kind, subject, window)
+	ms, w := time.Now().UnixMilli()-offset.Milliseconds(), window.Milliseconds()
+	if left := time.Duration(w-((ms%w)+w)%w) * time.Millisecond; left < margin {
+		t.Logf("waiting %v for %s's window to end", left.Round(time.Millisecond), subject)
+		time.Sleep(left + 100*time.Millisecond)
+	}
 }
 
 // generateKey creates a key with the real CLI against the admin API. flags

@@ -584,6 +584,7 @@ func TestSkippingTheGatewayIsRefused(t *testing.T) {
 func TestShortLinksRateLimit(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s *stack) {
 		key := s.generateKey("limited") // no own limit: the route's applies
+		clearOfWindowEnd(t, 'k', key.ID, time.Minute, 15*time.Second)
 		create := func(k apiKey) response {
 			return postJSON(t, s.Base+"/api/shortlinks", `{"url":"https://example.com"}`, "X-API-Key", k.Key)
 		}
@@ -765,22 +766,24 @@ func TestExamplesMatchReferenceDocs(t *testing.T) {
 // proxy callers do not share one bucket; and only a trusted proxy's word is
 // taken, so a client cannot name another address to escape its limit.
 func TestTrustedProxies(t *testing.T) {
-	shorten := func(s *stack, forwardedFor string) response {
+	shorten := func(t *testing.T, s *stack, forwardedFor string) response {
 		return postJSON(t, s.Base+"/api/shorten", `{"url":"https://example.com/anonymous"}`, "X-Forwarded-For", forwardedFor)
 	}
-	spend := func(s *stack, forwardedFor string) {
+	// spend uses up the client's 10 requests in 10 minutes
+	spend := func(t *testing.T, s *stack, forwardedFor, subject string) {
+		clearOfWindowEnd(t, 's', subject, 10*time.Minute, 15*time.Second)
 		for i := 1; i <= 10; i++ {
-			wantStatus(t, fmt.Sprintf("request %d from %s", i, forwardedFor), shorten(s, forwardedFor), http.StatusCreated)
+			wantStatus(t, fmt.Sprintf("request %d from %s", i, forwardedFor), shorten(t, s, forwardedFor), http.StatusCreated)
 		}
-		wantProblem(t, "request 11 from "+forwardedFor, shorten(s, forwardedFor), http.StatusTooManyRequests, "Too much request. Try again later.")
+		wantProblem(t, "request 11 from "+forwardedFor, shorten(t, s, forwardedFor), http.StatusTooManyRequests, "Too much request. Try again later.")
 	}
 	t.Run("trusted", func(t *testing.T) {
 		s := startStack(t, withEmbedded, "KEYGATE_TRUSTED_PROXIES=127.0.0.1/8 ::1")
-		spend(s, "203.0.113.1")
-		wantStatus(t, "another client behind the proxy", shorten(s, "203.0.113.2"), http.StatusCreated)
+		spend(t, s, "203.0.113.1", "ip:203.0.113.1")
+		wantStatus(t, "another client behind the proxy", shorten(t, s, "203.0.113.2"), http.StatusCreated)
 		// the proxy appends the address it saw to what the client sent:
 		// the right-most one it did not add itself is the client
-		wantProblem(t, "the first client sending an X-Forwarded-For of its own", shorten(s, "198.51.100.7, 203.0.113.1"),
+		wantProblem(t, "the first client sending an X-Forwarded-For of its own", shorten(t, s, "198.51.100.7, 203.0.113.1"),
 			http.StatusTooManyRequests, "Too much request. Try again later.")
 	})
 	// an abuse report names the client behind the proxy, not the proxy
@@ -799,8 +802,8 @@ func TestTrustedProxies(t *testing.T) {
 	})
 	t.Run("not trusted", func(t *testing.T) {
 		s := startStack(t, withEmbedded)
-		spend(s, "203.0.113.1")
-		wantProblem(t, "the same client naming another address", shorten(s, "203.0.113.2"),
+		spend(t, s, "203.0.113.1", "ip:127.0.0.1") // the address the gateway saw
+		wantProblem(t, "the same client naming another address", shorten(t, s, "203.0.113.2"),
 			http.StatusTooManyRequests, "Too much request. Try again later.")
 	})
 }
