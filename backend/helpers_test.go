@@ -58,6 +58,9 @@ var (
 // are kept apart by prefix. TestMain stops it.
 func sharedRedis(t *testing.T) *redistest.Server {
 	redisOnce.Do(func() { redisSrv = redistest.Start(&mainTB{T: t}) })
+	if redisSrv == nil { // Start failed the test that first asked: each after fails too
+		t.Fatal("the shared redis-server did not start (see the first test that needed it)")
+	}
 	return redisSrv
 }
 

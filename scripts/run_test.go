@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -31,12 +32,16 @@ func runScript(t *testing.T, state string, port, adminPort, backendPort int) (ke
 	cmd := exec.Command("./run")
 	cmd.Env = append(os.Environ(),
 		"KEYGATE_STATE_DIR="+state,
+		"KEYGATE_BIN_DIR="+filepath.Join(state, "bin"), // not the repository's bin/
 		fmt.Sprintf("KEYGATE_LISTEN=http://127.0.0.1:%d", port),
 		fmt.Sprintf("KEYGATE_ADMIN=127.0.0.1:%d", adminPort),
 		fmt.Sprintf("KEYGATE_BACKEND=127.0.0.1:%d", backendPort),
 		"KEYGATE_REDIS=", "BACKEND_REDIS_URL=", "KEYGATE_UPSTREAM_SECRET=",
 	)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C goes to the process group
+	// Ctrl-C goes to the process group; and should the test binary die
+	// without its cleanups, TERM goes to the script, whose trap stops
+	// keygate and the backend
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

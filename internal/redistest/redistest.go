@@ -153,6 +153,9 @@ func (s *Server) launch() error {
 // and the error carries what it printed (errExited when it exited first).
 func spawn(addr string, args ...string) (*exec.Cmd, chan struct{}, error) {
 	cmd := exec.Command("redis-server", args...)
+	// killed with the test binary, should it die without its cleanups (a
+	// timeout's panic, a signal): no server left on the port
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var out bytes.Buffer // one writer for both: exec then writes from one goroutine
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
