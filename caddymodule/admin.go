@@ -129,9 +129,22 @@ type adminError struct {
 	status int
 	msg    string
 	allow  string // the Allow header of a 405
+	key    string // a rotation's new secret, when it may have been made
 }
 
 func (e adminError) Error() string { return e.msg }
+
+// write sends e as problem+json, with its Allow header and its key member.
+func (e adminError) write(w http.ResponseWriter) {
+	if e.allow != "" {
+		w.Header().Set("Allow", e.allow)
+	}
+	title := http.StatusText(e.status)
+	problem.WriteValue(w, e.status, struct {
+		problem.Details
+		Key string `json:"key,omitempty"`
+	}{problem.Details{Type: problem.TypeBase + "admin", Title: title, Status: e.status, Detail: e.msg, Error: e.msg}, e.key})
+}
 
 func badRequest(format string, args ...any) error {
 	return adminError{status: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
@@ -151,11 +164,7 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			caddy.Log().Named("keygate.admin").Error("admin call failed", zap.Error(err))
 			ae = adminError{status: http.StatusServiceUnavailable, msg: "key store unavailable: " + err.Error()}
 		}
-		if ae.allow != "" {
-			w.Header().Set("Allow", ae.allow)
-		}
-		title := http.StatusText(ae.status)
-		problem.Write(w, problem.Details{Type: problem.TypeBase + "admin", Title: title, Status: ae.status, Detail: ae.msg, Error: ae.msg})
+		ae.write(w)
 		return nil
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -258,6 +267,13 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 		change = func(k *store.Key) error { k.Hash, k.Prefix = g.Hash, g.Display; return nil }
 	}
 	k, err := s.UpdateKey(ctx, name, change)
+	if errors.Is(err, store.ErrUnconfirmed) && secret != "" {
+		// still a failure (a script retries it), but the secret is shown:
+		// if the rotation was made, it is the only one that works
+		caddy.Log().Named("keygate.admin").Error("rotation not confirmed", zap.Error(err))
+		return 0, nil, adminError{status: http.StatusServiceUnavailable, key: secret,
+			msg: "key store unavailable: " + err.Error() + "; if the key's old secret is refused now, the rotation was made and the secret in key is the one that works; else rotate again"}
+	}
 	warning, err := unannounced(err)
 	if err != nil {
 		return 0, nil, err

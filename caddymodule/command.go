@@ -190,8 +190,12 @@ func (a *adminClient) call(method, path string, body, out any) error {
 		raw, _ := io.ReadAll(io.LimitReader(answer, 64<<10))
 		var p struct {
 			Error string `json:"error"`
+			Key   string `json:"key"` // a rotation not confirmed: the secret in case it was made
 		}
 		if json.Unmarshal(raw, &p) == nil && p.Error != "" {
+			if p.Key != "" {
+				return fmt.Errorf("%s:\n\n    %s\n", p.Error, p.Key)
+			}
 			return errors.New(p.Error)
 		}
 		if text := printableSnippet(raw, 1<<10); text != "" {

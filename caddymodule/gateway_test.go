@@ -160,6 +160,21 @@ func TestCLIRefusesAnEmptyName(t *testing.T) {
 	}
 }
 
+// A rotation the store did not confirm is a failure (exit status 1), but
+// the CLI shows the new secret the admin API sent with it: if the
+// rotation was made, it is the only one that works.
+func TestCLIShowsAnUnconfirmedRotationsSecret(t *testing.T) {
+	const secret = "sk_0123456789abcdef0123456789abcdef0123456789abcdef"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		adminError{status: http.StatusServiceUnavailable, msg: "key store unavailable: it may have been made", key: secret}.write(w)
+	}))
+	defer srv.Close()
+	out, err := cli(t, "rotate", "k", "--address", strings.TrimPrefix(srv.URL, "http://"))
+	if err == nil || !strings.Contains(err.Error(), "it may have been made") || !strings.Contains(err.Error(), "\n    "+secret+"\n") {
+		t.Fatalf("rotate: err = %v (output %q); want the failure with the secret on a line of its own", err, out)
+	}
+}
+
 // A server that is not keygate's admin API (a wrong --address) answers
 // with a redirect, or text: the CLI says what it said, and fails; a change
 // whose answer does not come in time may have been made, and the CLI says

@@ -25,6 +25,11 @@ var (
 	// ErrContended is a change given up after other changes to the same
 	// key kept landing first; nothing of it was made.
 	ErrContended = errors.New("key changed concurrently too often; try again")
+	// ErrUnconfirmed wraps the error of a change whose write's answer was
+	// lost and could not be read back (the store failing mid-change): it
+	// may have been made. UpdateKey returns the key as changed with it, so
+	// that a rotation's new secret is not lost in case it was.
+	ErrUnconfirmed = errors.New("the key store did not confirm the change: it may have been made")
 	// ErrUnannounced wraps the error of a change that was made but whose
 	// epoch (Store.Epoch) could not be moved: gateways holding leases may
 	// admit the key as it was for up to MaxLease. UpdateKey returns the

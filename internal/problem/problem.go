@@ -40,16 +40,20 @@ func (d Details) WithError(msg string) Details {
 
 // Write sends d as the whole response. Headers already set on w (such as
 // WWW-Authenticate or Retry-After) are kept.
-func Write(w http.ResponseWriter, d Details) {
-	body, err := json.Marshal(d)
-	if err != nil { // cannot happen: Details holds only strings and an int
-		http.Error(w, d.Title, d.Status)
+func Write(w http.ResponseWriter, d Details) { WriteValue(w, d.Status, d) }
+
+// WriteValue sends v, a problem (a struct embedding Details, with members
+// of its own: RFC 9457's extension members), as the whole response.
+func WriteValue(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil { // cannot happen: problems hold strings and ints
+		http.Error(w, http.StatusText(status), status)
 		return
 	}
 	h := w.Header()
 	h.Set("Content-Type", ContentType)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(d.Status)
+	w.WriteHeader(status)
 	_, _ = w.Write(append(body, '\n'))
 }

@@ -306,3 +306,53 @@ func TestChangeOvertakenTooOftenIsContended(t *testing.T) {
 		t.Fatalf("KeyByName(renamed) err = %v; want ErrNotFound", err)
 	}
 }
+
+// A rotation whose record write's answer is lost, and cannot be read back
+// either, may have been made: UpdateKey says so (store.ErrUnconfirmed) and
+// returns the key as changed, so that the admin API can show the new
+// secret, the only one that works if it was.
+func TestUnconfirmedRotationReturnsTheKey(t *testing.T) {
+	s := open(t, redistest.Start(t), time.Second)
+	ctx := context.Background()
+	k, _ := storetest.MustCreate(t, s, "rotated")
+	fresh, _ := storetest.NewKey(t, "unused")
+	s.client.AddHook(&lostThenUnreadable{record: recordKey(k.ID)})
+	got, err := s.UpdateKey(ctx, "rotated", func(k *store.Key) error { k.Hash, k.Prefix = fresh.Hash, fresh.Prefix; return nil })
+	if !errors.Is(err, store.ErrUnconfirmed) || got.Hash != fresh.Hash {
+		t.Fatalf("UpdateKey = hash %s, %v; want the new hash and ErrUnconfirmed", got.Hash, err)
+	}
+	if k, err := s.KeyByName(ctx, "rotated"); err != nil || k.Hash != fresh.Hash {
+		t.Fatalf("KeyByName = %+v, %v; the rotation was made", k, err)
+	}
+}
+
+// lostThenUnreadable is a go-redis hook that reports the first script on
+// record (its write) lost after it ran, and fails the hmget after it.
+type lostThenUnreadable struct {
+	record string
+	step   atomic.Int32
+}
+
+func (*lostThenUnreadable) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *lostThenUnreadable) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		name := cmd.Name()
+		switch {
+		case h.step.Load() == 0 && (name == "eval" || name == "evalsha") && len(cmd.Args()) > 3 && cmd.Args()[3] == h.record:
+			if err := next(ctx, cmd); err != nil {
+				return err // NOSCRIPT: go-redis sends EVAL next
+			}
+			h.step.Store(1)
+			return errors.New("i/o timeout: reply lost")
+		case h.step.Load() == 1 && name == "hmget":
+			h.step.Store(2)
+			return errors.New("i/o timeout: no answer")
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (*lostThenUnreadable) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}

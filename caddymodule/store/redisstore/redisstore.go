@@ -455,7 +455,7 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 				// not known: what was claimed is left, naming nothing unless
 				// the record holds it; gateways are told in case it does
 				s.bumpEpoch(ctx)
-				return store.Key{}, cmp.Or(err, herr)
+				return k, fmt.Errorf("%w: %w", store.ErrUnconfirmed, cmp.Or(err, herr))
 			case held:
 				res = 1
 			case err != nil:
