@@ -137,7 +137,7 @@ func (h *Handler) attach(app *App) {
 		h.anonPolicyHdr = policyHeader(policyNameAddress, h.anonPolicy)
 	}
 	if h.Lease > 1 {
-		h.leases = app.shared.leases.get(h.Lease, h.Algorithm)
+		h.leases = app.shared.leases.get(h.Lease, h.Algorithm, time.Duration(app.Timeout))
 		app.shared.epochs.acquire(app.shared, time.Duration(app.Timeout))
 	}
 }

@@ -342,7 +342,7 @@ const maxLeasesPerShard = 100_000 / leaseShards
 const (
 	refillAhead     = 3           // refill when a third of the last grant is left
 	refillWait      = time.Second // after a refill failed or was refused, before the next
-	askHold         = time.Second // a request's lease asked for holds others' asks to one, at most this long
+	askHold         = time.Second // a request's lease asked for holds others' asks to one, at most this long (or the store's timeout)
 	refillRunway    = 4           // refill when what is left lasts less than four times what refills take
 	refillsOnTheWay = 4           // at most, per lease
 	holdLeases      = 2           // refills ahead hold at most twice the configured lease, with what is left,
@@ -356,7 +356,11 @@ const (
 type leaseTable struct {
 	max       int64
 	algorithm store.Algorithm
-	seed      maphash.Seed
+	// how long a request's lease asked for holds others' asks to one:
+	// askHold, or the store's timeout if longer, since its call may take
+	// that long and still bring the lease back
+	askHold time.Duration
+	seed    maphash.Seed
 	shards    [leaseShards]leaseShard
 }
 
@@ -367,7 +371,7 @@ type leaseShard struct {
 }
 
 func newLeaseTable(max int64, a store.Algorithm) *leaseTable {
-	t := &leaseTable{max: max, algorithm: a, seed: maphash.MakeSeed()}
+	t := &leaseTable{max: max, algorithm: a, askHold: askHold, seed: maphash.MakeSeed()}
 	for i := range t.shards {
 		t.shards[i].leases = make(map[leaseKey]*lease)
 	}
@@ -393,18 +397,19 @@ type leaseTableID struct {
 	algorithm store.Algorithm
 }
 
-// get returns the table of leases of at most max under a, made on first
-// use.
-func (ts *leaseTables) get(max int64, a store.Algorithm) *leaseTable {
+// get returns the table of leases of at most most under a, made on first
+// use, for a store whose calls take up to timeout.
+func (ts *leaseTables) get(most int64, a store.Algorithm, timeout time.Duration) *leaseTable {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	id := leaseTableID{max, a}
+	id := leaseTableID{most, a}
 	t := ts.tables[id]
 	if t == nil {
 		if ts.tables == nil {
 			ts.tables = make(map[leaseTableID]*leaseTable)
 		}
-		t = newLeaseTable(max, a)
+		t = newLeaseTable(most, a)
+		t.askHold = max(askHold, timeout)
 		ts.tables[id] = t
 	}
 	return t
@@ -497,7 +502,7 @@ func (t *leaseTable) want(k leaseKey, now time.Time, epoch int64) store.Ask {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	l := sh.leases[k]
-	if l != nil && l.asking != 0 && instantOf(now).sub(l.asking) < askHold {
+	if l != nil && l.asking != 0 && instantOf(now).sub(l.asking) < t.askHold {
 		return store.Ask{Take: 1}
 	}
 	ask := t.ask(l, k, now, epoch, nil)

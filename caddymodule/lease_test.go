@@ -1472,6 +1472,33 @@ func TestAOneRequestGrantAfterALeaseKeepsItsRefillAhead(t *testing.T) {
 	}
 }
 
+// A lease asked for holds the others' asks to one for as long as its call
+// may take, the store's timeout, if that is over askHold: a call slower
+// than askHold but within the timeout still brings its lease back, and
+// each request asking for a lease of its own meanwhile would bring one
+// too (an anonymous client has no epoch to stop them).
+func TestALeaseAskedForHoldsOthersForTheStoresTimeout(t *testing.T) {
+	var tables leaseTables
+	tbl := tables.get(64, store.SlidingWindow, 5*time.Second)
+	if again := tables.get(64, store.SlidingWindow, 5*time.Second); again != tbl {
+		t.Fatal("a second get made another table")
+	}
+	k := leaseKey{kind: 's', subject: "ip:192.0.2.1", policy: store.Policy{Limit: 1_000_000, Window: time.Minute}}
+	t0 := time.Unix(1_800_000_000, 0).Truncate(time.Minute)
+	end := t0.Add(time.Minute)
+	steadyTraffic(tbl, k, t0, end, 10*time.Millisecond, false)
+	now := end.Add(time.Millisecond)
+	if first := tbl.want(k, now, 0); first.Take < 2 {
+		t.Fatalf("first ask %+v, want a lease", first)
+	}
+	if ask := tbl.want(k, now.Add(4*time.Second), 0); ask.Take != 1 {
+		t.Fatalf("4 s on, within the store's 5 s timeout, another asks for %d, want 1", ask.Take)
+	}
+	if ask := tbl.want(k, now.Add(5*time.Second), 0); ask.Take < 2 {
+		t.Fatalf("after the store's timeout another asks for %d, want a lease", ask.Take)
+	}
+}
+
 // Routes of one limit share the store's counter, and so the gateway's
 // leases of it: a key's requests through two such routes, alternating,
 // are all admitted up to the limit, the headers counting down one by one
