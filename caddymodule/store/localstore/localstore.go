@@ -389,10 +389,17 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 	s.index(rec)
 	s.mu.Unlock()
 	if err := s.persist(); err != nil {
+		// Undone, under a revision of its own: requests may have read rec
+		// meanwhile, and a gateway keeps a record until its revision moves,
+		// so the next change must not give rec's revision to another.
+		back := &record{key: oldRec.key}
+		back.key.Revision = k.Revision + 1
+		back.lastUsed.Store(rec.lastUsed.Load())
 		s.mu.Lock()
 		s.unindex(rec)
-		s.index(oldRec)
+		s.index(back)
 		s.mu.Unlock()
+		s.epoch.Add(1)
 		return store.Key{}, err
 	}
 	s.epoch.Add(1)

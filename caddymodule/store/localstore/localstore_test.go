@@ -214,6 +214,39 @@ func TestConcurrentAdminCalls(t *testing.T) {
 	}
 }
 
+// A change whose file write fails is undone, and its revision is never
+// given to another record: requests may have read the undone one, and a
+// gateway keeps a record until its revision moves (here, the name it
+// sends upstream would stay the undone rename's).
+func TestAFailedWriteLeavesItsRevisionUnused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "keygate")
+	s := openAt(t, filepath.Join(dir, "keys.json"))
+	ctx := context.Background()
+	storetest.MustCreate(t, s, "k")
+	k, err := s.KeyByName(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil { // the write's temp file has nowhere to go
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateKey(ctx, "k", func(k *store.Key) error { k.Name = "undone"; return nil }); err == nil {
+		t.Fatal("a change whose file could not be written was made")
+	}
+	undone := k.Revision + 1 // what the failed change's record had
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.KeyByName(ctx, "k")
+	if err != nil || got.Revision == undone {
+		t.Fatalf("after the failed change: %+v, %v; want the key under a revision other than %d", got, err, undone)
+	}
+	next, err := s.UpdateKey(ctx, "k", func(k *store.Key) error { k.Name = "made"; return nil })
+	if err != nil || next.Revision == undone {
+		t.Fatalf("the next change: revision %d, %v; want one other than the undone change's %d", next.Revision, err, undone)
+	}
+}
+
 func TestCorruptFileIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
