@@ -38,6 +38,11 @@ type keyCache struct {
 	mu      sync.RWMutex
 	known   map[apikey.Hash]*cachedKey
 	unknown map[apikey.Hash]time.Time // hash -> until when it is known not to exist
+	// when the full negative cache was last swept of what ended: at most
+	// once per unknownTTL, since under a flood a sweep frees nothing until
+	// the flood's first entries end, and each would walk them all holding
+	// the lock every request's get waits for
+	sweptAt time.Time
 }
 
 func newKeyCache() *keyCache {
@@ -77,13 +82,17 @@ func (c *keyCache) markUnknown(h apikey.Hash, now time.Time) {
 	defer c.mu.Unlock()
 	delete(c.known, h)
 	if len(c.unknown) >= maxUnknown {
+		if now.Sub(c.sweptAt) < unknownTTL {
+			return // under a flood, stop remembering rather than grow
+		}
+		c.sweptAt = now
 		for k, until := range c.unknown {
 			if !now.Before(until) {
 				delete(c.unknown, k)
 			}
 		}
 		if len(c.unknown) >= maxUnknown {
-			return // under a flood, stop remembering rather than grow
+			return
 		}
 	}
 	c.unknown[h] = now.Add(unknownTTL)
