@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/freeport"
+	"github.com/keygate/keygate/internal/metricstest"
 	"github.com/keygate/keygate/internal/redistest"
 )
 
@@ -309,6 +310,46 @@ func TestAdminAPIRefusals(t *testing.T) {
 	}
 	if strings.Contains(mustCLI(t, "list"), "big") {
 		t.Error("a key was created from a refused body")
+	}
+}
+
+// A key this gateway knows to be expired or disabled is refused as
+// invalid (401) on a route that wants roles it lacks, as on a gateway that
+// has not seen it, not for its roles (403); and a key that matches none is
+// the store's answer, not a store error in the metrics.
+func TestInvalidKeysOnARolesRoute(t *testing.T) {
+	g := startRedisGateway(t, "", `
+	handle /upload* {
+		keygate {
+			roles upload
+		}
+		reverse_proxy {upstream}
+	}
+	handle {
+		keygate
+		reverse_proxy {upstream}
+	}`)
+	expiring := generate(t, "--name", "expiring", "--roles", "read", "--expires", time.Now().Add(1500*time.Millisecond).UTC().Format(time.RFC3339))
+	disabled := generate(t, "--name", "disabled", "--roles", "read")
+	for _, k := range []keyView{expiring, disabled} {
+		if r := g.get("/x", bearer(k.Key)...); r.status != http.StatusOK {
+			t.Fatalf("%s on /x: %d", k.Name, r.status)
+		}
+		wantProblem(t, g.get("/upload", bearer(k.Key)...), http.StatusForbidden, "API key lacks the required role")
+	}
+	mustCLI(t, "disable", "disabled")
+	// the gateway learns it is disabled; and expiring expires
+	wantProblem(t, g.get("/x", bearer(disabled.Key)...), http.StatusUnauthorized, "Invalid API key")
+	time.Sleep(1600 * time.Millisecond)
+	for _, k := range []keyView{expiring, disabled} {
+		wantProblem(t, g.get("/upload", bearer(k.Key)...), http.StatusUnauthorized, "Invalid API key")
+	}
+
+	const lookupErrors = `keygate_store_errors_total{op="lookup"}`
+	before := metricstest.Counter(t, adminAddr, lookupErrors)
+	wantProblem(t, g.get("/x", "X-API-Key", "sk_"+strings.Repeat("ab", 24)), http.StatusUnauthorized, "Invalid API key")
+	if after := metricstest.Counter(t, adminAddr, lookupErrors); after != before {
+		t.Errorf("%s went from %v to %v for a key that matches none", lookupErrors, before, after)
 	}
 }
 

@@ -258,8 +258,10 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 	}
 
 	ident := entry.record.Load()
-	if ident.key.Revision > 0 && !ident.hasAnyRole(h.Roles) {
-		// refused before it costs a store call or a token
+	if ident.key.Revision > 0 && ident.key.Enabled && !ident.key.Expired(now) && !ident.hasAnyRole(h.Roles) {
+		// refused before it costs a store call or a token; a key known
+		// disabled or expired is the store's to refuse (401, as on a
+		// gateway that has not seen it), not a role's
 		return h.refuseRole(w)
 	}
 

@@ -1,6 +1,7 @@
 package keygate
 
 import (
+	"errors"
 	"time"
 
 	"github.com/keygate/keygate/caddymodule/store"
@@ -143,7 +144,7 @@ func (m *metrics) observeStore(op storeOp, start time.Time, err error) {
 	if m.timeStoreCalls {
 		m.storeDuration[op].Observe(time.Since(start).Seconds())
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, store.ErrNotFound) { // "no such key" is an answer
 		m.storeErrors[op].Inc()
 	}
 }
