@@ -33,7 +33,8 @@ func init() {
 //	}
 //
 // Given twice, it is an error: Caddy keeps the last, and a second block
-// (from an import, say) would silently drop the first's redis.
+// (from an import, say) would silently drop the first's redis. So is an
+// option given twice in the block.
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	if existing != nil {
 		return nil, d.Err("the keygate global option is given more than once; merge the blocks")
@@ -52,7 +53,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	var given onlyOnce
 	for d.NextBlock(0) {
+		if err := given.check(d); err != nil {
+			return err
+		}
 		switch d.Val() {
 		case "redis":
 			if !d.AllArgs(&a.Redis) {
@@ -60,11 +65,13 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "redis_cluster":
 			// an argument lets the stack's Caddyfile set it from the
-			// environment ({$KEYGATE_REDIS_CLUSTER:false})
+			// environment ("{$KEYGATE_REDIS_CLUSTER:false}"); one that is
+			// empty (the variable set to nothing) is false, as the
+			// backend reads BACKEND_REDIS_CLUSTER
 			a.RedisCluster = true
 			if d.NextArg() {
 				on, err := strconv.ParseBool(d.Val())
-				if err != nil {
+				if err != nil && d.Val() != "" {
 					return d.Errf("redis_cluster takes true or false, not %q", d.Val())
 				}
 				a.RedisCluster = on
@@ -116,6 +123,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		lease      <requests>            # admit up to this many per store round trip (see Handler.Lease)
 //		rate_limit_headers both|x-ratelimit|ietf|none   # default both
 //	}
+//
+// Each subdirective but roles (whose lists add up) is given at most once:
+// a second rate_limit, from an import say, would silently replace the
+// first.
 func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)
 	err := handler.UnmarshalCaddyfile(h.Dispenser)
@@ -129,7 +140,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	var given onlyOnce
 	for d.NextBlock(0) {
+		if d.Val() != "roles" {
+			if err := given.check(d); err != nil {
+				return err
+			}
+		}
 		switch d.Val() {
 		case "rate_limit":
 			r, err := parseRateArgs(d)
@@ -192,6 +209,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// onlyOnce refuses an option given a second time in one block, where the
+// last would silently win.
+type onlyOnce map[string]bool
+
+func (o *onlyOnce) check(d *caddyfile.Dispenser) error {
+	if *o == nil {
+		*o = onlyOnce{}
+	}
+	if (*o)[d.Val()] {
+		return d.Errf("%s is given more than once", d.Val())
+	}
+	(*o)[d.Val()] = true
+	return nil
+}
+
 // parseRateArgs reads "<requests> <window>".
 func parseRateArgs(d *caddyfile.Dispenser) (*Rate, error) {
 	name := d.Val()
@@ -221,6 +253,9 @@ func parseErrorRenderer(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, er
 	h.Next() // consume directive name
 	if h.NextArg() {
 		return nil, h.ArgErr()
+	}
+	if h.NextBlock(0) {
+		return nil, h.Err("keygate_errors takes no block")
 	}
 	return ErrorRenderer{}, nil
 }

@@ -105,6 +105,10 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"two rate_limit_headers", "keygate {\n\trate_limit_headers ietf x-ratelimit\n}", "wrong argument count"},
 		{"role never held", "keygate {\n\troles Upload\n}", `role "Upload" can never match`},
 		{"roles with anonymous", "keygate {\n\troles upload\n\tanonymous 20 1h\n}", "roles and anonymous exclude each other"},
+		// the last would silently win (roles add up instead)
+		{"two rate_limits", "keygate {\n\trate_limit 5 1m\n\trate_limit 6 1m\n}", "rate_limit is given more than once"},
+		{"two leases", "keygate {\n\tlease 8\n\tlease 64\n}", "lease is given more than once"},
+		{"keygate_errors with a block", "handle_errors {\n\tkeygate_errors {\n\t\tverbose\n\t}\n}", "keygate_errors takes no block"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(":80 {\n"+tc.site+"\n}\n"), nil)
@@ -120,13 +124,14 @@ func TestCaddyfileErrors(t *testing.T) {
 		t.Errorf("two keygate global options: %v, want an error", err)
 	}
 	for global, want := range map[string]string{
-		"on_store_error maybe":   "closed or open",
-		"redis_cluster maybe":    "true or false",
-		"redis_cluster true 1":   "wrong argument count",
-		"redis_sentinel":         "wrong argument count",
-		"redis redis://a b":      "wrong argument count",
-		"timeout 0s":             "bad duration",
-		"unknown_global_option ": "unrecognized keygate option",
+		"on_store_error maybe": "closed or open",
+		"redis_cluster maybe":  "true or false",
+		"redis_cluster true 1": "wrong argument count",
+		"redis_sentinel":       "wrong argument count",
+		"redis redis://a b":    "wrong argument count",
+		"timeout 0s":           "bad duration",
+		"redis redis://a:6379\n\t\tredis redis://b:6379": "redis is given more than once",
+		"unknown_global_option ":                         "unrecognized keygate option",
 	} {
 		_, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte("{\n\tkeygate {\n\t\t"+global+"\n\t}\n}\n:80\n"), nil)
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -143,7 +148,10 @@ func TestCaddyfileRedisClusterAndSentinel(t *testing.T) {
 		"redis_cluster true":      `"redis_cluster":true`,
 		"redis_sentinel mymaster": `"redis_sentinel":"mymaster"`,
 		// what the stack's Caddyfile gives with its variables unset
-		"redis_cluster false":                       `"redis":"redis://node1:6379?addr=node2:6379"}`,
+		"redis_cluster false": `"redis":"redis://node1:6379?addr=node2:6379"}`,
+		// with KEYGATE_REDIS_CLUSTER set to nothing (Caddy's default applies
+		// only to a variable unset): off, as the backend takes it
+		`redis_cluster ""`:                          `"redis":"redis://node1:6379?addr=node2:6379"}`,
 		`redis_sentinel ""`:                         `"redis":"redis://node1:6379?addr=node2:6379"}`,
 		"redis_cluster false\n\t\tredis_sentinel m": `"redis_sentinel":"m"`,
 	} {

@@ -154,6 +154,8 @@ func startStack(t *testing.T, kind storeKind, gatewayEnv ...string) *stack {
 		fallthrough
 	case withRedis:
 		redisURL = redistest.Start(t).URL()
+		// set to nothing, as an env file may: a plain Redis all the same
+		deployment = []string{"KEYGATE_REDIS_CLUSTER=", "BACKEND_REDIS_CLUSTER="}
 	case withEmbeddedBackend:
 		redisURL = redistest.Start(t).URL()
 	case withRedisCluster:
