@@ -187,6 +187,9 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 	defer cancel()
 	s := app.shared
 
+	if r.URL.Path == "/keygate/health" {
+		return health(ctx, app, r)
+	}
 	rest, ok := strings.CutPrefix(r.URL.Path, "/keygate/keys")
 	if !ok || rest != "" && rest[0] != '/' { // /keygate/keysX is no key's path
 		return 0, nil, adminError{status: http.StatusNotFound, msg: "unknown keygate admin path " + r.URL.Path}
@@ -281,6 +284,28 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 	v := viewOf(k, time.Now())
 	v.Key, v.Warning = secret, warning
 	return http.StatusOK, v, nil
+}
+
+// healthView is GET /keygate/health's answer.
+type healthView struct {
+	Status string `json:"status"` // "ok"
+	Store  string `json:"store"`  // embedded, redis, redis cluster or redis sentinel
+}
+
+// health answers GET /keygate/health: 200 once a config with keygate is
+// running and its store answers (one call, bounded by the store's
+// timeout), else 503; for a container's health probe, which the site's
+// routes would count against a limit.
+func health(ctx context.Context, app *App, r *http.Request) (int, any, error) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return 0, nil, methodNotAllowed(r, "GET, HEAD")
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(app.Timeout))
+	defer cancel()
+	if _, err := app.shared.Epoch(ctx); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, healthView{Status: "ok", Store: app.storeName()}, nil
 }
 
 // unannounced takes a change that was made but not announced to gateways

@@ -161,6 +161,32 @@ func TestCLIRefusesAnEmptyName(t *testing.T) {
 	}
 }
 
+// GET /keygate/health is 200 while the key store answers and 503 while it
+// does not: what the stack's container health probe asks.
+func TestAdminHealth(t *testing.T) {
+	g := startRedisGateway(t, "", protectedSite)
+	health := func() (int, map[string]any) {
+		t.Helper()
+		resp, err := client.Get("http://" + adminAddr + "/keygate/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, body
+	}
+	if status, body := health(); status != http.StatusOK || body["status"] != "ok" || body["store"] != "redis" {
+		t.Fatalf("with Redis up: %d %v, want 200 ok, redis", status, body)
+	}
+	g.redis.Stop()
+	if status, body := health(); status != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(body["error"]), "key store unavailable") {
+		t.Fatalf("with Redis stopped: %d %v, want 503 key store unavailable", status, body)
+	}
+}
+
 // A rotation the store did not confirm is a failure (exit status 1), but
 // the CLI shows the new secret the admin API sent with it: if the
 // rotation was made, it is the only one that works.

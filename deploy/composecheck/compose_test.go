@@ -191,6 +191,13 @@ func TestGateway(t *testing.T) {
 		t.Fatalf("build %+v, want the Dockerfile's gateway target", g.Build)
 	}
 
+	// healthy once the config runs and the key store answers: keygate's
+	// health on the admin API, not an admin route that answers whatever
+	// the store does
+	if hc := g.HealthCheck; hc == nil || !strings.Contains(strings.Join(hc.Test, " "), "localhost:2019/keygate/health") {
+		t.Errorf("healthcheck %+v: want keygate's /keygate/health on the admin API", hc)
+	}
+
 	// keygate run with the root Caddyfile, mounted read-only.
 	cmd := g.Command
 	i := slices.Index(cmd, "--config")
