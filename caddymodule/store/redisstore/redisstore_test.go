@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -275,5 +276,43 @@ func TestWindowCounterAfterTheClockSteppedBack(t *testing.T) {
 		if d, err := s.Limit(ctx, "stepped", p, store.SlidingWindow, store.Ask{}); err != nil || d.Allowed {
 			t.Fatalf("request %d after the clock stepped back: %+v, %v", i+1, d, err)
 		}
+	}
+}
+
+// A sliding_log member's name ("<ms>-<count>") may come again once Redis's
+// clock stepped back (a failover to a replica whose clock is behind): the
+// log then holds names of the times to come. The request is still counted,
+// under another name, and the limit holds exactly. (Added under the taken
+// name, it replaced that member and the count stayed: every request in
+// such a millisecond was admitted.)
+func TestLogAfterTheClockSteppedBack(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	ctx := context.Background()
+	rdb := srv.Client(t)
+	const logged, room = 5000, 10
+	p := store.Policy{Limit: logged + room, Window: time.Minute}
+	// what a primary 5 s ahead wrote: for each of the 5 s to come, the
+	// name a request would be given then, with the log at its size now
+	now := redisTime(t, rdb).UnixMilli()
+	members := make([]redis.Z, 0, logged)
+	for ms := now; ms < now+logged; ms++ {
+		members = append(members, redis.Z{Score: float64(ms), Member: fmt.Sprintf("%d-%d", ms, logged)})
+	}
+	if err := rdb.ZAdd(ctx, counterKey('s', "stepped", p, store.SlidingLog), members...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	admitted := 0
+	for range 2 * room {
+		d, err := s.Limit(ctx, "stepped", p, store.SlidingLog, store.Ask{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Allowed {
+			admitted++
+		}
+	}
+	if admitted != room {
+		t.Fatalf("%d of %d requests admitted with room for %d", admitted, 2*room, room)
 	}
 }

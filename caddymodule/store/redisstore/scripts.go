@@ -72,7 +72,12 @@ local function sliding_window(key, now, limit, window, n, ttl, offset)
 end
 
 -- Sliding log: one sorted-set member per admitted request. Exact. Members
--- are "<ms>-<count>", unique because the count only grows within one ms.
+-- are "<ms>-<count>", unique because the count only grows within one ms;
+-- unless Redis's clock stepped back (a failover to a replica whose clock
+-- is behind), where a name may come again: added NX, such a request is
+-- added under another name instead, at the latest moment of its lease
+-- (counted that much longer, never less), rather than counted as one with
+-- the request that had the name.
 -- A lease's requests beyond the caller's own (all of them, asked ahead)
 -- are logged one after another across the lease: the i-th of m at now +
 -- floor(i * ttl / m), the latest moment the caller may admit it
@@ -97,16 +102,23 @@ local function sliding_log(key, now, limit, window, n, ttl, ahead)
   -- batches: unpack takes at most a few thousand values
   local m, members, prefix = g - 1, {now, now .. '-' .. count}, now .. '-' .. count .. '-'
   if ahead then m, members = g, {} end
+  local added = 0 -- of the g requests' members
   for i = 1, m do
     members[#members + 1] = now + math.floor(i * ttl / m)
     members[#members + 1] = prefix .. i
     if #members == 1000 then
-      redis.call('ZADD', key, unpack(members))
+      added = added + redis.call('ZADD', key, 'NX', unpack(members))
       members = {}
     end
   end
   if #members > 0 then
-    redis.call('ZADD', key, unpack(members))
+    added = added + redis.call('ZADD', key, 'NX', unpack(members))
+  end
+  local late, j = now, 0
+  if m > 0 then late = now + ttl end
+  while added < g do
+    j = j + 1
+    added = added + redis.call('ZADD', key, 'NX', late, prefix .. 'r' .. j)
   end
   local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   redis.call('PEXPIRE', key, tonumber(newest[2]) + window - now)
