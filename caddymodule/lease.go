@@ -361,7 +361,7 @@ type leaseTable struct {
 	// that long and still bring the lease back
 	askHold time.Duration
 	seed    maphash.Seed
-	shards    [leaseShards]leaseShard
+	shards  [leaseShards]leaseShard
 }
 
 type leaseShard struct {
