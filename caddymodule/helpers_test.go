@@ -128,7 +128,11 @@ func startRedisGateway(t *testing.T, globalExtra, siteBody string) *gateway {
 // startGatewayOn loads a gateway config that uses an existing Redis.
 func startGatewayOn(t *testing.T, r *redistest.Server, siteBody string, globalExtra ...string) *gateway {
 	t.Helper()
-	g := startGateway(t, fmt.Sprintf("keygate {\n\t\tredis %s\n\t\ttimeout 300ms\n\t\t%s\n\t}", r.URL(), strings.Join(globalExtra, "\n")), siteBody)
+	extra := strings.Join(globalExtra, "\n\t\t")
+	if !strings.Contains(extra, "timeout ") { // an option is given once
+		extra += "\n\t\ttimeout 300ms"
+	}
+	g := startGateway(t, fmt.Sprintf("keygate {\n\t\tredis %s\n\t\t%s\n\t}", r.URL(), extra), siteBody)
 	g.redis = r
 	return g
 }
