@@ -142,7 +142,10 @@ func (s *Store) Close() error {
 
 func recordKey(id string) string { return "keygate:{k:" + id + "}" }
 
-func hashKey(h apikey.Hash) string { return "keygate:h:" + h.String() }
+func hashKey(h apikey.Hash) string { return hashKeyHex(h.String()) }
+
+// hashKeyHex is hashKey of a hash in hex, as records hold it.
+func hashKeyHex(h string) string { return "keygate:h:" + h }
 
 // counterKey names the counter of a key id (kind 'k') or an anonymous
 // subject (kind 's') under one policy and algorithm:
@@ -502,9 +505,9 @@ func (s *Store) holds(ctx context.Context, k store.Key, marked bool) (bool, erro
 
 // releaseClaims lets go of the name entry and the hash index that a change
 // to k claimed (entry, if it renamed k; rotated) and did not make: unless
-// k's record holds them, as it does when the change was made after all and another landed
-// on top (releasing them then would leave the key unnamed, or its only
-// secret unindexed). If the record cannot be read they are left: they name
+// k's record holds them, as it does when the change was made after all and
+// another landed on top (releasing them then would leave the key unnamed,
+// or its only secret unindexed). If the record cannot be read they are left: they name
 // nothing while it does not hold them (names.go).
 func (s *Store) releaseClaims(ctx context.Context, k store.Key, entry string, rotated bool) {
 	v, err := s.client.HMGet(ctx, recordKey(k.ID), "n", "h").Result()
@@ -556,8 +559,8 @@ func (s *Store) DeleteKey(ctx context.Context, name string) error {
 			continue // renamed meanwhile: whose is the name now?
 		default:
 			// the hash the record held, a rotation's since it was read
-			if h, _ := res.(string); len(h) == 2*len(k.Hash) && "keygate:h:"+h != hashes[0] {
-				hashes = append(hashes, "keygate:h:"+h)
+			if h, _ := res.(string); len(h) == 2*len(k.Hash) && hashKeyHex(h) != hashes[0] {
+				hashes = append(hashes, hashKeyHex(h))
 			}
 		}
 		for _, h := range hashes { // one by one: they live in different cluster slots
