@@ -228,7 +228,9 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 		if err := noBody(r); err != nil {
 			return 0, nil, err
 		}
-		warning, err := unannounced(s.DeleteKey(ctx, name))
+		err := s.DeleteKey(ctx, name)
+		noteChange(s, err)
+		warning, err := unannounced(err)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -270,6 +272,7 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 		change = func(k *store.Key) error { k.Hash, k.Prefix = g.Hash, g.Display; return nil }
 	}
 	k, err := s.UpdateKey(ctx, name, change)
+	noteChange(s, err)
 	if errors.Is(err, store.ErrUnconfirmed) && secret != "" {
 		// still a failure (a script retries it), but the secret is shown:
 		// if the rotation was made, it is the only one that works
@@ -284,6 +287,15 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 	v := viewOf(k, time.Now())
 	v.Key, v.Warning = secret, warning
 	return http.StatusOK, v, nil
+}
+
+// noteChange tells this process's gateways that a change, which ended
+// with err, may have changed a key (epochWatch.changedAt): unless err says
+// it changed nothing.
+func noteChange(s *sharedStore, err error) {
+	if !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrNameTaken) && !errors.Is(err, store.ErrContended) {
+		s.epochs.noteChange(time.Now())
+	}
 }
 
 // healthView is GET /keygate/health's answer.

@@ -33,6 +33,22 @@ type epochWatch struct {
 	// clock: a wall clock stepped back would keep a stale epoch fresh);
 	// 0: never
 	confirmed atomic.Int64
+	// when this gateway last learned that some key changed (wall clock,
+	// Unix nanoseconds; 0: never): a poll that read a new epoch, or a
+	// change made through this process's admin API. A key validated
+	// before it may be the one that changed, so on_store_error open does
+	// not let it through an outage (Handler.failOpen).
+	changedAt atomic.Int64
+}
+
+// noteChange records that a key changed, as learned at.
+func (w *epochWatch) noteChange(at time.Time) {
+	for {
+		old := w.changedAt.Load()
+		if at.UnixNano() <= old || w.changedAt.CompareAndSwap(old, at.UnixNano()) {
+			return
+		}
+	}
 }
 
 // acquire is a handler with leases beginning to use the epoch: the first
@@ -90,6 +106,9 @@ func (w *epochWatch) poll(ctx context.Context, s store.Store, timeout time.Durat
 		// leases of keys stop once the last confirmation is too old; a
 		// poll whose polling was stopped on its way confirms nothing
 		return
+	}
+	if w.confirmed.Load() != 0 && e != w.epoch.Load() {
+		w.noteChange(time.Now())
 	}
 	w.epoch.Store(e)
 	w.confirmed.Store(max(int64(instantOf(asked)), 1))

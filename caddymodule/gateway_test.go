@@ -762,6 +762,31 @@ func TestStoreOutageOpenRefusesKeysKnownInvalid(t *testing.T) {
 	wantProblem(t, g.get("/api/x", bearer(expiring.Key)...), http.StatusUnauthorized, "Invalid API key")
 }
 
+// A key validated before this gateway learned of a key change (here a
+// rotation through its admin API) may be the one that changed: an outage
+// does not let it through, while a key validated since still passes.
+// (Else a rotated-away secret, the leaked one, passed for fail_open_grace.)
+func TestStoreOutageOpenRefusesKeysValidatedBeforeAChange(t *testing.T) {
+	g := startRedisGateway(t, "on_store_error open", protectedSite)
+	rotated := generate(t, "--name", "rotated", "--roles", "upload")
+	busy := generate(t, "--name", "busy", "--roles", "upload")
+	for _, k := range []keyView{rotated, busy} {
+		if r := g.get("/api/x", bearer(k.Key)...); r.status != http.StatusOK {
+			t.Fatalf("%s before the rotation: %d %s", k.Name, r.status, r.body)
+		}
+	}
+	mustCLI(t, "rotate", rotated.Name)
+	if r := g.get("/api/x", bearer(busy.Key)...); r.status != http.StatusOK {
+		t.Fatalf("busy after the rotation: %d %s", r.status, r.body)
+	}
+
+	g.redis.Stop()
+	wantProblem(t, g.get("/api/x", bearer(rotated.Key)...), http.StatusServiceUnavailable, "Key store unavailable")
+	if r := g.get("/api/x", bearer(busy.Key)...); r.status != http.StatusOK {
+		t.Fatalf("a key validated since the change, during the outage: %d %s", r.status, r.body)
+	}
+}
+
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)

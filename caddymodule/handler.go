@@ -368,7 +368,8 @@ func (h *Handler) admitKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 // storeFailed finishes a keyed request whose store call failed with err:
 // 503, or with on_store_error open, a key this gateway validated recently
 // passes, unlimited, until the store is back; unless its record, as the
-// store last gave it, says it is disabled or expired since.
+// store last gave it, says it is disabled or expired since (401), or it
+// was validated before this gateway last learned of a key change (503).
 func (h *Handler) storeFailed(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, next caddyhttp.Handler,
 	err error, entry *cachedKey, ident *identity, now time.Time) error {
 	if !h.failOpen(err, entry, now) {
@@ -376,6 +377,11 @@ func (h *Handler) storeFailed(w http.ResponseWriter, r *http.Request, repl *cadd
 	}
 	if !ident.key.Enabled || ident.key.Expired(now) {
 		return h.refuseInvalid(w)
+	}
+	if entry.validatedAt.Load() <= h.app.shared.epochs.changedAt.Load() {
+		// validated before this gateway last learned of a key change: it
+		// may be the key that changed (a rotated-away or deleted secret)
+		return h.storeUnavailable(w, err)
 	}
 	ident.inject(r.Header, repl)
 	h.app.metrics.decision(outcomeFailOpen).Inc()
