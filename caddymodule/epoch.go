@@ -37,7 +37,7 @@ type epochWatch struct {
 	// Unix nanoseconds; 0: never): a poll that read a new epoch, or a
 	// change made through this process's admin API. A key validated
 	// before it may be the one that changed, so on_store_error open does
-	// not let it through an outage (Handler.failOpen).
+	// not let it through an outage (Handler.storeFailed).
 	changedAt atomic.Int64
 }
 
