@@ -2,23 +2,24 @@ package redisstore
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/caddymodule/store"
 )
 
-// The name index (namesKey) maps each key's name to an entry: its id and,
-// after a colon, the token of the change that claimed the name (an entry
-// without one, as older versions wrote, is just the id). A record and
-// its name entry live in different hash slots, so no script can change
-// both at once: a change writes one, then the other, and can be cut off
-// between them (an outage, a failed command). So the index is read with
-// its records, and mended as it is read:
+// The name index (namesKey) maps each key's name to its id, and, under
+// the field "/claim/<name>" (no name holds a '/'), the token of the change
+// that claimed the name; absent where a version before tokens claimed it.
+// The name's own field stays the bare id, as every version reads it, so
+// gateways of older versions sharing the Redis (a rolling upgrade) read
+// the index as they always did. A record and its name entry live in
+// different hash slots, so no script can change both at once: a change
+// writes one, then the other, and can be cut off between them (an outage,
+// a failed command). So the index is read with its records, and mended as
+// it is read:
 //
 //   - an entry whose record is gone (a deletion, or a creation undone, that
 //     did not get to the entry; or a deletion that a rename raced) names
@@ -39,32 +40,54 @@ import (
 // A creation writes the record before its name entry, so an entry whose
 // record is missing is never one in the making.
 
-// entryID is the key id a name entry holds.
-func entryID(entry string) string {
-	id, _, _ := strings.Cut(entry, ":")
-	return id
+// nameEntry is what the index holds for a name: the key id, and the token
+// of the change that claimed the name ("" if none).
+type nameEntry struct{ id, token string }
+
+// claimField is the index field of name's claim token.
+func claimField(name string) string { return claimPrefix + name }
+
+const claimPrefix = "/claim/"
+
+// readName reads name's entry; found is false if it has none.
+func (s *Store) readName(ctx context.Context, name string) (e nameEntry, found bool, err error) {
+	v, err := s.client.HMGet(ctx, namesKey, name, claimField(name)).Result()
+	if err != nil {
+		return nameEntry{}, false, err
+	}
+	id, found := v[0].(string)
+	token, _ := v[1].(string)
+	return nameEntry{id, token}, found, nil
 }
 
-// newEntry is a name entry for id, claimed by a change of its own.
-func newEntry(id string) string {
-	return id + ":" + strconv.FormatUint(rand.Uint64(), 36)
-}
+// claimNameScript sets a name's entry if it has none. KEYS[1] the name
+// index; ARGV[1] name, ARGV[2] id, ARGV[3] token. Returns 1 if set.
+var claimNameScript = redis.NewScript(`
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[1], '` + claimPrefix + `' .. ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+`)
 
 // releaseNameScript removes a name's entry if it is still the one read.
-// KEYS[1] the name index; ARGV[1] name, ARGV[2] entry. Returns 1 if removed.
+// KEYS[1] the name index; ARGV[1] name, ARGV[2] id, ARGV[3] token ("":
+// none). Returns 1 if removed.
 var releaseNameScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
+local v = redis.call('HMGET', KEYS[1], ARGV[1], '` + claimPrefix + `' .. ARGV[1])
+if v[1] == ARGV[2] and (v[2] or '') == ARGV[3] then
+  return redis.call('HDEL', KEYS[1], ARGV[1], '` + claimPrefix + `' .. ARGV[1]) > 0 and 1 or 0
 end
 return 0
 `)
 
 // replaceNameScript replaces a name's entry if it is still the one read.
-// KEYS[1] the name index; ARGV[1] name, ARGV[2] old entry, ARGV[3] new one.
-// Returns 1 if replaced.
+// KEYS[1] the name index; ARGV[1] name, ARGV[2] old id, ARGV[3] old token,
+// ARGV[4] new id, ARGV[5] new token. Returns 1 if replaced.
 var replaceNameScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local v = redis.call('HMGET', KEYS[1], ARGV[1], '` + claimPrefix + `' .. ARGV[1])
+if v[1] == ARGV[2] and (v[2] or '') == ARGV[3] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[4], '` + claimPrefix + `' .. ARGV[1], ARGV[5])
   return 1
 end
 return 0
@@ -76,45 +99,45 @@ return 0
 // id's (a change of the same key under way, or one cut off before it
 // released it) is claimed afresh, so that the other change's release of it
 // leaves it in place.
-func (s *Store) claimName(ctx context.Context, name, id string) (string, error) {
-	entry := newEntry(id)
+func (s *Store) claimName(ctx context.Context, name, id string) (nameEntry, error) {
+	e := nameEntry{id, strconv.FormatUint(rand.Uint64(), 36)}
 	for range 3 {
-		ok, err := s.client.HSetNX(ctx, namesKey, name, entry).Result()
+		set, err := claimNameScript.Run(ctx, s.client, []string{namesKey}, name, e.id, e.token).Int()
 		if err != nil {
-			return "", err
+			return nameEntry{}, err
 		}
-		if ok {
-			return entry, nil
+		if set == 1 {
+			return e, nil
 		}
-		holder, err := s.client.HGet(ctx, namesKey, name).Result()
-		if errors.Is(err, redis.Nil) {
+		holder, found, err := s.readName(ctx, name)
+		if err != nil {
+			return nameEntry{}, err
+		}
+		if !found {
 			continue // released meanwhile: claim it again
 		}
-		if err != nil {
-			return "", err
-		}
-		if holderID := entryID(holder); holderID != id {
-			n, err := s.client.Exists(ctx, recordKey(holderID)).Result()
+		if holder.id != id {
+			n, err := s.client.Exists(ctx, recordKey(holder.id)).Result()
 			if err != nil {
-				return "", err
+				return nameEntry{}, err
 			}
 			if n > 0 {
-				return "", store.ErrNameTaken
+				return nameEntry{}, store.ErrNameTaken
 			}
 		}
-		replaced, err := replaceNameScript.Run(ctx, s.client, []string{namesKey}, name, holder, entry).Int()
+		replaced, err := replaceNameScript.Run(ctx, s.client, []string{namesKey}, name, holder.id, holder.token, e.id, e.token).Int()
 		if err != nil {
-			return "", err
+			return nameEntry{}, err
 		}
 		if replaced == 1 {
-			return entry, nil
+			return e, nil
 		}
 		// the entry changed meanwhile: look again
 	}
-	return "", store.ErrNameTaken
+	return nameEntry{}, store.ErrNameTaken
 }
 
-// releaseName removes name's entry if it is still entry.
-func (s *Store) releaseName(ctx context.Context, name, entry string) error {
-	return releaseNameScript.Run(ctx, s.client, []string{namesKey}, name, entry).Err()
+// releaseName removes name's entry if it is still e.
+func (s *Store) releaseName(ctx context.Context, name string, e nameEntry) error {
+	return releaseNameScript.Run(ctx, s.client, []string{namesKey}, name, e.id, e.token).Err()
 }

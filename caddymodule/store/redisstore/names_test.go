@@ -156,8 +156,8 @@ func TestChangesOverlaidByAnotherSurviveALostReply(t *testing.T) {
 }
 
 // replyLostAfterScript is a go-redis hook that, once armed, lets the next
-// script run, runs then (another change landing on top), and reports the
-// script's reply lost.
+// script on a record run, runs then (another change landing on top), and
+// reports the script's reply lost.
 type replyLostAfterScript struct {
 	armed atomic.Bool
 	then  func()
@@ -167,8 +167,9 @@ func (*replyLostAfterScript) DialHook(next redis.DialHook) redis.DialHook { retu
 
 func (h *replyLostAfterScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		name := cmd.Name()
-		if err := next(ctx, cmd); err != nil || name != "eval" && name != "evalsha" || !h.armed.CompareAndSwap(true, false) {
+		name, args := cmd.Name(), cmd.Args()
+		onIndex := len(args) > 3 && args[3] == namesKey // a claim's script, not the record's
+		if err := next(ctx, cmd); err != nil || name != "eval" && name != "evalsha" || onIndex || !h.armed.CompareAndSwap(true, false) {
 			return err // NOSCRIPT included: go-redis sends EVAL next
 		}
 		h.then()
@@ -355,4 +356,53 @@ func (h *lostThenUnreadable) ProcessHook(next redis.ProcessHook) redis.ProcessHo
 
 func (*lostThenUnreadable) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
+}
+
+// The index keeps each name's field the bare key id, as versions before
+// claim tokens wrote and read it, the token in a field of its own: a
+// gateway of an older version sharing the Redis (a rolling upgrade) finds
+// keys by name as before. An entry such a version claimed, without a
+// token, is released and replaced as any other; listings show names only.
+func TestNameIndexStaysReadableByOlderVersions(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	k, _ := storetest.MustCreate(t, s, "k")
+	if id, err := rdb.HGet(ctx, namesKey, "k").Result(); err != nil || id != k.ID {
+		t.Fatalf("the name's field after a creation: %q, %v; want the bare id %s", id, err, k.ID)
+	}
+	if _, err := s.UpdateKey(ctx, "k", func(k *store.Key) error { k.Name = "renamed"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := rdb.HGet(ctx, namesKey, "renamed").Result(); err != nil || id != k.ID {
+		t.Fatalf("the name's field after a rename: %q, %v; want the bare id %s", id, err, k.ID)
+	}
+	if n := rdb.Exists(ctx, namesKey).Val(); n != 1 || rdb.HExists(ctx, namesKey, "k").Val() || rdb.HExists(ctx, namesKey, claimField("k")).Val() {
+		t.Fatal("the old name, or its claim, was left in the index")
+	}
+
+	// as an older version claims: the id alone
+	legacy, _ := storetest.MustCreate(t, s, "legacy")
+	rdb.HDel(ctx, namesKey, claimField("legacy"))
+	if _, err := s.UpdateKey(ctx, "legacy", func(k *store.Key) error { k.Name = "modern"; return nil }); err != nil {
+		t.Fatalf("renaming an entry without a token: %v", err)
+	}
+	if got, err := s.KeyByName(ctx, "modern"); err != nil || got.ID != legacy.ID {
+		t.Fatalf("KeyByName(modern) = %+v, %v", got, err)
+	}
+	if rdb.HExists(ctx, namesKey, "legacy").Val() {
+		t.Fatal("the token-less old name was not released")
+	}
+	keys, err := s.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, k := range keys {
+		names = append(names, k.Name)
+	}
+	if slices.Sort(names); !slices.Equal(names, []string{"modern", "renamed"}) {
+		t.Fatalf("Keys = %v; want modern and renamed, no claim fields", names)
+	}
 }

@@ -9,7 +9,7 @@
 //	keygate:{k:<id>}:<algorithm>:<limit>:<ms> the key's rate-limit counter
 //	keygate:{s:<subject>}:<algorithm>:...     an anonymous subject's counter
 //	keygate:h:<sha256 hex>                    key hash -> id
-//	keygate:names                             name -> id:claim token (hash)
+//	keygate:names                             name -> id, /claim/<name> -> token (hash)
 //	keygate:epoch                             moved by every key change (leases)
 //
 // No key name ever contains a secret; records hold only its SHA-256.
@@ -318,7 +318,7 @@ func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 	k.Revision = 1
 	err := s.client.HSet(ctx, recordKey(k.ID), recordFields(k)...).Err()
 	if err == nil {
-		var entry string
+		var entry nameEntry
 		if entry, err = s.claimName(ctx, k.Name, k.ID); err == nil {
 			if err = s.client.Set(ctx, hashKey(k.Hash), k.ID, 0).Err(); err != nil {
 				s.releaseName(ctx, k.Name, entry)
@@ -343,12 +343,14 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 	}
 	names := make([]string, 0, len(entries))
 	for name := range entries {
-		names = append(names, name)
+		if !strings.HasPrefix(name, claimPrefix) { // a claim's token, not a name
+			names = append(names, name)
+		}
 	}
 	cmds := make([]*redis.MapStringStringCmd, len(names))
 	_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, name := range names {
-			cmds[i] = p.HGetAll(ctx, recordKey(entryID(entries[name])))
+			cmds[i] = p.HGetAll(ctx, recordKey(entries[name]))
 		}
 		return nil
 	})
@@ -357,7 +359,7 @@ func (s *Store) Keys(ctx context.Context) ([]store.Key, error) {
 	}
 	keys := make([]store.Key, 0, len(names))
 	for i, cmd := range cmds {
-		k, err := keyUnder(names[i], entryID(entries[names[i]]), cmd.Val())
+		k, err := keyUnder(names[i], entries[names[i]], cmd.Val())
 		switch {
 		case err == nil:
 			keys = append(keys, k)
@@ -377,23 +379,22 @@ func (s *Store) KeyByName(ctx context.Context, name string) (store.Key, error) {
 }
 
 // keyByName is KeyByName, with the name's entry as read (names.go).
-func (s *Store) keyByName(ctx context.Context, name string) (store.Key, string, error) {
-	entry, err := s.client.HGet(ctx, namesKey, name).Result()
-	if errors.Is(err, redis.Nil) {
-		return store.Key{}, "", store.ErrNotFound
+func (s *Store) keyByName(ctx context.Context, name string) (store.Key, nameEntry, error) {
+	entry, found, err := s.readName(ctx, name)
+	switch {
+	case err != nil:
+		return store.Key{}, nameEntry{}, err
+	case !found:
+		return store.Key{}, nameEntry{}, store.ErrNotFound
 	}
+	m, err := s.client.HGetAll(ctx, recordKey(entry.id)).Result()
 	if err != nil {
-		return store.Key{}, "", err
-	}
-	id := entryID(entry)
-	m, err := s.client.HGetAll(ctx, recordKey(id)).Result()
-	if err != nil {
-		return store.Key{}, "", err
+		return store.Key{}, nameEntry{}, err
 	}
 	if len(m) == 0 {
 		s.releaseName(context.WithoutCancel(ctx), name, entry) // mended if it can be; else the next claim does
 	}
-	k, err := keyUnder(name, id, m)
+	k, err := keyUnder(name, entry.id, m)
 	return k, entry, err
 }
 
@@ -432,7 +433,7 @@ func (s *Store) UpdateKey(ctx context.Context, name string, change func(*store.K
 			return store.Key{}, err
 		}
 		renamed, rotated := k.Name != old.Name, k.Hash != old.Hash
-		var entry string // the new name's, claimed by this change
+		var entry nameEntry // the new name's, claimed by this change
 		undo := func() { s.releaseClaims(ctx, k, entry, rotated) }
 		if renamed {
 			if entry, err = s.claimName(ctx, k.Name, k.ID); err != nil {
@@ -509,12 +510,12 @@ func (s *Store) holds(ctx context.Context, k store.Key, marked bool) (bool, erro
 // another landed on top (releasing them then would leave the key unnamed,
 // or its only secret unindexed). If the record cannot be read they are left: they name
 // nothing while it does not hold them (names.go).
-func (s *Store) releaseClaims(ctx context.Context, k store.Key, entry string, rotated bool) {
+func (s *Store) releaseClaims(ctx context.Context, k store.Key, entry nameEntry, rotated bool) {
 	v, err := s.client.HMGet(ctx, recordKey(k.ID), "n", "h").Result()
 	if err != nil {
 		return
 	}
-	if entry != "" && v[0] != any(k.Name) {
+	if entry.id != "" && v[0] != any(k.Name) {
 		s.releaseName(ctx, k.Name, entry)
 	}
 	if rotated && v[1] != any(k.Hash.String()) {
