@@ -248,8 +248,10 @@ func validTarget(raw string) (string, bool) {
 // does, and which a page that puts a link's url in an href would render
 // as markup.
 func validTargetHost(h string) bool {
-	if _, err := netip.ParseAddr(h); err == nil {
-		return true
+	if addr, err := netip.ParseAddr(h); err == nil {
+		// a zone is the sender's own interface, no public target's; and
+		// Go's parser takes anything in it, markup included
+		return addr.Zone() == ""
 	}
 	for i := 0; i < len(h); i++ {
 		c := h[i]

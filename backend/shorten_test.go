@@ -105,6 +105,7 @@ func TestShortLinkErrors(t *testing.T) {
 			{`{"url":"https://<x>/"}`, 400, "Invalid URL"},
 			{`{"url":"https://a\"onmouseover=alert(1)/"}`, 400, "Invalid URL"},
 			{`{"url":"https://ex{ample}.com/"}`, 400, "Invalid URL"},
+			{`{"url":"https://[fe80::1%25\"onmouseover=\"alert(1)]/"}`, 400, "Invalid URL"}, // an IPv6 zone
 			{`{"url":"https://example.com/` + strings.Repeat("a", 5000) + `"}`, 400, "Invalid URL"},
 			{`{"url":"https://example.com","slug":"api"}`, 400, "Slug is reserved"},
 			{`{"url":"https://example.com","slug":"API"}`, 400, "Slug is reserved"},
