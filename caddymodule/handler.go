@@ -143,10 +143,12 @@ func (h *Handler) attach(app *App) {
 }
 
 // Cleanup lets go of what attach took: the epoch's polling stops with
-// the last handler with leases.
+// the last handler with leases, and a table of leases with the last
+// handler using it.
 func (h *Handler) Cleanup() error {
 	if h.leases != nil {
 		h.app.shared.epochs.release()
+		h.app.shared.leases.release(h.Lease, h.Algorithm)
 	}
 	return nil
 }

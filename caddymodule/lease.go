@@ -386,10 +386,18 @@ func newLeaseTable(max int64, a store.Algorithm) *leaseTable {
 // gateway's bounds on what it holds (holdMost, maxLeasesPerShard) are the
 // gateway's, not each route's. (With a table per route, a key that spent
 // its limit through one route's leases was refused on another route of
-// the same limit while the first still held its requests.)
+// the same limit while the first still held its requests.) A table goes
+// when the last handler using it does (a reload that changes lease or
+// algorithm), not before: a reload provisions the new config's handlers
+// before it cleans up the old one's.
 type leaseTables struct {
 	mu     sync.Mutex
-	tables map[leaseTableID]*leaseTable
+	tables map[leaseTableID]*usedTable
+}
+
+type usedTable struct {
+	*leaseTable
+	users int // handlers using it (get, release)
 }
 
 type leaseTableID struct {
@@ -406,13 +414,26 @@ func (ts *leaseTables) get(most int64, a store.Algorithm, timeout time.Duration)
 	t := ts.tables[id]
 	if t == nil {
 		if ts.tables == nil {
-			ts.tables = make(map[leaseTableID]*leaseTable)
+			ts.tables = make(map[leaseTableID]*usedTable)
 		}
-		t = newLeaseTable(most, a)
+		t = &usedTable{leaseTable: newLeaseTable(most, a)}
 		t.askHold = max(askHold, timeout)
 		ts.tables[id] = t
 	}
-	return t
+	t.users++
+	return t.leaseTable
+}
+
+// release lets go of a table get returned: the last user's release drops it.
+func (ts *leaseTables) release(most int64, a store.Algorithm) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	id := leaseTableID{most, a}
+	if t := ts.tables[id]; t != nil {
+		if t.users--; t.users <= 0 {
+			delete(ts.tables, id)
+		}
+	}
 }
 
 func (t *leaseTable) shard(k leaseKey) *leaseShard {

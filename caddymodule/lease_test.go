@@ -1499,6 +1499,27 @@ func TestALeaseAskedForHoldsOthersForTheStoresTimeout(t *testing.T) {
 	}
 }
 
+// A table of leases lives while a handler uses it: through a reload that
+// keeps the handlers' lease and algorithm (the new config's handlers get
+// it before the old one's let go), not past its last user (a reload that
+// changes them), whose leases nothing would use or sweep again.
+func TestLeaseTablesGoWithTheirLastUser(t *testing.T) {
+	var tables leaseTables
+	old := tables.get(64, store.SlidingWindow, 0)
+	if again := tables.get(64, store.SlidingWindow, 0); again != old {
+		t.Fatal("a handler of the same lease and algorithm got another table")
+	}
+	tables.release(64, store.SlidingWindow)
+	if kept := tables.get(64, store.SlidingWindow, 0); kept != old {
+		t.Fatal("the table went while a handler still used it")
+	}
+	tables.release(64, store.SlidingWindow)
+	tables.release(64, store.SlidingWindow)
+	if fresh := tables.get(64, store.SlidingWindow, 0); fresh == old {
+		t.Fatal("the table outlived its last user")
+	}
+}
+
 // Routes of one limit share the store's counter, and so the gateway's
 // leases of it: a key's requests through two such routes, alternating,
 // are all admitted up to the limit, the headers counting down one by one
