@@ -290,10 +290,11 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 }
 
 // noteChange tells this process's gateways that a change, which ended
-// with err, may have changed a key (epochWatch.changedAt): unless err says
-// it changed nothing.
+// with err, changed a key or may have (epochWatch.changedAt). Other errors
+// are changes not made (a store down before the change began, a name
+// taken): noted, they would keep every key from failing open in an outage.
 func noteChange(s *sharedStore, err error) {
-	if !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrNameTaken) && !errors.Is(err, store.ErrContended) {
+	if err == nil || errors.Is(err, store.ErrUnannounced) || errors.Is(err, store.ErrUnconfirmed) {
 		s.epochs.noteChange(time.Now())
 	}
 }

@@ -764,7 +764,8 @@ func TestStoreOutageOpenRefusesKeysKnownInvalid(t *testing.T) {
 
 // A key validated before this gateway learned of a key change (here a
 // rotation through its admin API) may be the one that changed: an outage
-// does not let it through, while a key validated since still passes.
+// does not let it through, while a key validated since still passes; an
+// attempted change that the store, down, never began is no change.
 // (Else a rotated-away secret, the leaked one, passed for fail_open_grace.)
 func TestStoreOutageOpenRefusesKeysValidatedBeforeAChange(t *testing.T) {
 	g := startRedisGateway(t, "on_store_error open", protectedSite)
@@ -782,6 +783,11 @@ func TestStoreOutageOpenRefusesKeysValidatedBeforeAChange(t *testing.T) {
 
 	g.redis.Stop()
 	wantProblem(t, g.get("/api/x", bearer(rotated.Key)...), http.StatusServiceUnavailable, "Key store unavailable")
+	// a change the store could not begin changed nothing: the keys
+	// validated since the rotation still pass
+	if _, err := cli(t, "disable", rotated.Name); err == nil {
+		t.Fatal("a disable with the store down succeeded")
+	}
 	if r := g.get("/api/x", bearer(busy.Key)...); r.status != http.StatusOK {
 		t.Fatalf("a key validated since the change, during the outage: %d %s", r.status, r.body)
 	}

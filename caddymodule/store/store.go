@@ -28,7 +28,8 @@ var (
 	// ErrUnconfirmed wraps the error of a change whose write's answer was
 	// lost and could not be read back (the store failing mid-change): it
 	// may have been made. UpdateKey returns the key as changed with it, so
-	// that a rotation's new secret is not lost in case it was.
+	// that a rotation's new secret is not lost in case it was; DeleteKey
+	// returns it when the record's deletion failed so.
 	ErrUnconfirmed = errors.New("the key store did not confirm the change: it may have been made")
 	// ErrUnannounced wraps the error of a change that was made but whose
 	// epoch (Store.Epoch) could not be moved: gateways holding leases may

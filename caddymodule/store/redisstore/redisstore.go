@@ -555,7 +555,7 @@ func (s *Store) DeleteKey(ctx context.Context, name string) error {
 			// again after losing its reply) or by another
 		case err != nil:
 			s.bumpEpoch(ctx) // the record may be gone: gateways are told in case
-			return err
+			return fmt.Errorf("%w: %w", store.ErrUnconfirmed, err)
 		case res == int64(0):
 			continue // renamed meanwhile: whose is the name now?
 		default:
