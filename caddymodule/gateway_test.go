@@ -355,7 +355,8 @@ func TestInvalidKeysOnARolesRoute(t *testing.T) {
 		keygate
 		reverse_proxy {upstream}
 	}`)
-	expiring := generate(t, "--name", "expiring", "--roles", "read", "--expires", time.Now().Add(1500*time.Millisecond).UTC().Format(time.RFC3339))
+	// RFC 3339 in whole seconds: at least 2 s to go
+	expiring := generate(t, "--name", "expiring", "--roles", "read", "--expires", time.Now().Add(3*time.Second).UTC().Format(time.RFC3339))
 	disabled := generate(t, "--name", "disabled", "--roles", "read")
 	for _, k := range []keyView{expiring, disabled} {
 		if r := g.get("/x", bearer(k.Key)...); r.status != http.StatusOK {
@@ -366,7 +367,7 @@ func TestInvalidKeysOnARolesRoute(t *testing.T) {
 	mustCLI(t, "disable", "disabled")
 	// the gateway learns it is disabled; and expiring expires
 	wantProblem(t, g.get("/x", bearer(disabled.Key)...), http.StatusUnauthorized, "Invalid API key")
-	time.Sleep(1600 * time.Millisecond)
+	time.Sleep(time.Until(*expiring.ExpiresAt))
 	for _, k := range []keyView{expiring, disabled} {
 		wantProblem(t, g.get("/upload", bearer(k.Key)...), http.StatusUnauthorized, "Invalid API key")
 	}
