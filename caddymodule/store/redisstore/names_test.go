@@ -159,11 +159,10 @@ func TestChangesOverlaidByAnotherSurviveALostReply(t *testing.T) {
 // script on a record run, runs then (another change landing on top), and
 // reports the script's reply lost.
 type replyLostAfterScript struct {
+	commandHook
 	armed atomic.Bool
 	then  func()
 }
-
-func (*replyLostAfterScript) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (h *replyLostAfterScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
@@ -175,10 +174,6 @@ func (h *replyLostAfterScript) ProcessHook(next redis.ProcessHook) redis.Process
 		h.then()
 		return errors.New("i/o timeout: reply lost")
 	}
-}
-
-func (*replyLostAfterScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 // A rename back to the name a rename of the same key is leaving, made
@@ -255,12 +250,11 @@ func TestDeletionOvertakenByARenameLeavesTheKey(t *testing.T) {
 // change) before the first command that match accepts, and that command
 // after it.
 type changeBefore struct {
+	commandHook
 	armed atomic.Bool
 	match func(redis.Cmder) bool
 	then  func()
 }
-
-func (*changeBefore) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (h *changeBefore) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
@@ -269,10 +263,6 @@ func (h *changeBefore) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		}
 		return next(ctx, cmd)
 	}
-}
-
-func (*changeBefore) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 // A change that other changes keep overtaking is given up with
@@ -330,11 +320,10 @@ func TestUnconfirmedRotationReturnsTheKey(t *testing.T) {
 // lostThenUnreadable is a go-redis hook that reports the first script on
 // record (its write) lost after it ran, and fails the hmget after it.
 type lostThenUnreadable struct {
+	commandHook
 	record string
 	step   atomic.Int32
 }
-
-func (*lostThenUnreadable) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (h *lostThenUnreadable) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
@@ -352,10 +341,6 @@ func (h *lostThenUnreadable) ProcessHook(next redis.ProcessHook) redis.ProcessHo
 		}
 		return next(ctx, cmd)
 	}
-}
-
-func (*lostThenUnreadable) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
 }
 
 // The index keeps each name's field the bare key id, as versions before
@@ -405,4 +390,14 @@ func TestNameIndexStaysReadableByOlderVersions(t *testing.T) {
 	if slices.Sort(names); !slices.Equal(names, []string{"modern", "renamed"}) {
 		t.Fatalf("Keys = %v; want modern and renamed, no claim fields", names)
 	}
+}
+
+// commandHook passes dials and pipelines through: the hooks above act on
+// single commands.
+type commandHook struct{}
+
+func (commandHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (commandHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
