@@ -68,6 +68,9 @@ type config struct {
 	logLevel                slog.Level
 }
 
+// embeddedStorePath is where the embedded store lives, without -redis.
+func (c config) embeddedStorePath() string { return filepath.Join(c.dataDir, "backend.db") }
+
 // redisConfig says which Redis holds the store; an empty URL means the
 // embedded store.
 type redisConfig struct {
@@ -195,7 +198,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return err
 	}
-	storeDesc := "embedded " + filepath.Join(c.dataDir, "backend.db")
+	storeDesc := "embedded " + c.embeddedStorePath()
 	switch {
 	case c.redis.cluster:
 		storeDesc = "redis cluster"
@@ -237,7 +240,7 @@ func openStore(ctx context.Context, c config) (store.Store, error) {
 	case r.url == "" && (r.cluster || r.sentinel != ""):
 		return nil, errors.New("-redis-cluster and -redis-sentinel need -redis, the URL of the nodes or Sentinels")
 	case r.url == "":
-		return boltstore.Open(filepath.Join(c.dataDir, "backend.db"), boltstore.Options{})
+		return boltstore.Open(c.embeddedStorePath(), boltstore.Options{})
 	}
 	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 )
 
 // reports is the `backend reports` command: it prints the newest abuse
@@ -36,7 +35,7 @@ func reports(ctx context.Context, args []string, getenv func(string) string, std
 	}
 	if c.redis.url == "" {
 		// opening would create an empty database where none is
-		if _, err := os.Stat(filepath.Join(c.dataDir, "backend.db")); err != nil {
+		if _, err := os.Stat(c.embeddedStorePath()); err != nil {
 			return fmt.Errorf("reports: no embedded store in %s (-data, or -redis for a Redis store): %w", c.dataDir, err)
 		}
 	}
