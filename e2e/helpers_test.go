@@ -370,9 +370,9 @@ type apiKey struct {
 // one-by-one countdown a test checks.
 func clearOfWindowEnd(t *testing.T, kind byte, subject string, window, margin time.Duration) {
 	t.Helper()
-	offset := store.WindowOffset(kind, subject, window)
-	ms, w := time.Now().UnixMilli()-offset.Milliseconds(), window.Milliseconds()
-	if left := time.Duration(w-((ms%w)+w)%w) * time.Millisecond; left < margin {
+	offset := store.WindowOffset(kind, subject, window).Milliseconds()
+	ms, w := time.Now().UnixMilli(), window.Milliseconds()
+	if left := time.Duration(store.WindowStart(ms, offset, w)+w-ms) * time.Millisecond; left < margin {
 		t.Logf("waiting %v for %s's window to end", left.Round(time.Millisecond), subject)
 		time.Sleep(left + 100*time.Millisecond)
 	}

@@ -94,6 +94,18 @@ func WindowOffset(kind byte, subject string, window time.Duration) time.Duration
 	return time.Duration(h%uint64(ms)) * time.Millisecond
 }
 
+// WindowStart is when the fixed window that holds now starts, in Unix
+// milliseconds, for windows of window ms that begin offset ms
+// (WindowOffset) into each period: how both stores reckon a subject's
+// sliding_window windows (the Redis script in Lua).
+func WindowStart(now, offset, window int64) int64 {
+	r := (now - offset) % window
+	if r < 0 {
+		r += window
+	}
+	return now - r
+}
+
 // Algorithm names a sliding-window rate-limiting algorithm.
 type Algorithm string
 

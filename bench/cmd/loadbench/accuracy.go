@@ -138,6 +138,6 @@ func accuracy(ctx context.Context, procs *procSet, dir, redisURL, upstream strin
 // for windows of a subject starting at offset within each period of window
 // (store.WindowOffset), as the sliding_window script reckons them.
 func untilWindowEnd(now time.Time, offset, window time.Duration) time.Duration {
-	ms, w := now.UnixMilli()-offset.Milliseconds(), window.Milliseconds()
-	return time.Duration(w-((ms%w)+w)%w) * time.Millisecond
+	ms, w := now.UnixMilli(), window.Milliseconds()
+	return time.Duration(store.WindowStart(ms, offset.Milliseconds(), w)+w-ms) * time.Millisecond
 }

@@ -120,7 +120,7 @@ func (l *limiter) take(ck counterKey, now int64) store.Decision {
 // keep the compiler from fusing multiply-adds, so every rounding matches
 // Lua's doubles.
 func (c *counter) slidingWindow(now, limit, window int64) (allowed bool, remaining, reset, retry int64) {
-	start := now - mod(now-c.offset, window)
+	start := store.WindowStart(now, c.offset, window)
 	s, cur, prev := c.start, c.cur, c.prev
 	if s > start {
 		start = s // the clock stepped back: the stored window stays current
@@ -163,14 +163,6 @@ func (c *counter) slidingWindow(now, limit, window int64) (allowed bool, remaini
 }
 
 // mod is Lua's %: the remainder with the sign of the divisor.
-func mod(a, b int64) int64 {
-	r := a % b
-	if r < 0 {
-		r += b
-	}
-	return r
-}
-
 // slidingLog is sliding_log from scripts.go: exact, one time per admitted
 // request, none older than the window.
 func (c *counter) slidingLog(now, limit, window int64) (allowed bool, remaining, reset, retry int64) {

@@ -267,7 +267,7 @@ func TestWindowCounterAfterTheClockSteppedBack(t *testing.T) {
 	p := store.Policy{Limit: 10, Window: time.Minute}
 	w, off := p.Window.Milliseconds(), store.WindowOffset('s', "stepped", p.Window).Milliseconds()
 	now := redisTime(t, rdb).UnixMilli()
-	start := now - ((now-off)%w+w)%w
+	start := store.WindowStart(now, off, w)
 	// the next window, full: 9 of its previous one, 1 of its own
 	if err := rdb.HSet(ctx, counterKey('s', "stepped", p, store.SlidingWindow), "s", start+w, "c", 1, "p", 9).Err(); err != nil {
 		t.Fatal(err)
