@@ -234,9 +234,6 @@ type proc struct {
 	err    error // valid once exited is closed
 }
 
-// start runs bin with the stack's environment plus env. It is stopped
-// (SIGTERM, then SIGKILL) when the test ends, and its output is logged if
-// the test failed.
 // reports is what `backend reports` prints, one JSON object a report: the
 // store the stack's backend uses, on Redis (the embedded one is locked
 // while the backend runs).
@@ -260,6 +257,9 @@ func (s *stack) reports() []map[string]any {
 	return list
 }
 
+// start runs bin with the stack's environment plus env. It is stopped
+// (SIGTERM, then SIGKILL) when the test ends, and its output is logged if
+// the test failed.
 func (s *stack) start(name, bin string, args []string, env ...string) *proc {
 	s.t.Helper()
 	cmd := exec.Command(bin, args...)
