@@ -34,7 +34,6 @@ type targetRow struct {
 func targets[T any](rows []T, of func(T) targetRow) string {
 	type tally struct {
 		n, ratioMet, p50Met int
-		logRatioSum         float64
 		rounds              [][]float64
 	}
 	var order []int
@@ -49,7 +48,6 @@ func targets[T any](rows []T, of func(T) targetRow) string {
 		}
 		ratio := medianRatio(tr.rounds)
 		t.n++
-		t.logRatioSum += math.Log(ratio)
 		t.rounds = append(t.rounds, tr.rounds)
 		if ratio >= targetRatio {
 			t.ratioMet++
@@ -64,7 +62,7 @@ func targets[T any](rows []T, of func(T) targetRow) string {
 		t := by[c]
 		lo, hi := meanInterval(t.rounds)
 		fmt.Fprintf(&b, "  %3d conns: ratio met in %d of %d rows (mean %.3f, 95%% interval %.3f-%.3f), p50 in %d of %d\n",
-			c, t.ratioMet, t.n, math.Exp(t.logRatioSum/float64(t.n)), lo, hi, t.p50Met, t.n)
+			c, t.ratioMet, t.n, meanRatio(t.rounds), lo, hi, t.p50Met, t.n)
 	}
 	return b.String()
 }
@@ -81,24 +79,32 @@ func meanInterval(rows [][]float64) (lo, hi float64) {
 	const resamples = 2000
 	rng := rand.New(rand.NewPCG(1, 2))
 	means := make([]float64, resamples)
-	var draw []float64
 	rows = slices.DeleteFunc(slices.Clone(rows), func(rounds []float64) bool { return len(rounds) == 0 })
 	if len(rows) == 0 {
 		return 0, 0
 	}
+	drawn := make([][]float64, len(rows))
 	for i := range means {
-		logSum := 0.0
-		for _, rounds := range rows {
-			draw = draw[:0]
+		for j, rounds := range rows {
+			drawn[j] = drawn[j][:0]
 			for range rounds {
-				draw = append(draw, rounds[rng.IntN(len(rounds))])
+				drawn[j] = append(drawn[j], rounds[rng.IntN(len(rounds))])
 			}
-			logSum += math.Log(medianRatio(draw))
 		}
-		means[i] = math.Exp(logSum / float64(len(rows)))
+		means[i] = meanRatio(drawn)
 	}
 	slices.Sort(means)
 	return means[resamples*25/1000], means[resamples*975/1000-1]
+}
+
+// meanRatio is the geometric mean of rows' ratios, each row's the
+// medianRatio of its rounds.
+func meanRatio(rows [][]float64) float64 {
+	logSum := 0.0
+	for _, rounds := range rows {
+		logSum += math.Log(medianRatio(rounds))
+	}
+	return math.Exp(logSum / float64(len(rows)))
 }
 
 // medianRatio is the median of ratios, taken as ratios must be: of an even
@@ -108,9 +114,5 @@ func medianRatio(ratios []float64) float64 {
 	if len(ratios) == 0 {
 		return 0
 	}
-	logs := make([]float64, len(ratios))
-	for i, r := range ratios {
-		logs[i] = math.Log(r)
-	}
-	return math.Exp(median(logs))
+	return math.Exp(medianBy(ratios, math.Log))
 }
