@@ -17,6 +17,7 @@ type Forwarder struct {
 
 	mu     sync.Mutex
 	target string
+	delay  time.Duration
 	ln     net.Listener
 	conns  []net.Conn
 }
@@ -36,6 +37,15 @@ func Forward(tb testing.TB, target string) *Forwarder {
 
 // URL is the go-redis URL of the forwarder (database 0).
 func (f *Forwarder) URL() string { return "redis://" + f.Addr + "/0" }
+
+// Delay holds what clients send for d before it reaches Redis, on every
+// connection, as a slow network or a busy Redis would: each call then takes
+// at least d.
+func (f *Forwarder) Delay(d time.Duration) {
+	f.mu.Lock()
+	f.delay = d
+	f.mu.Unlock()
+}
 
 // PointTo sends the connections that come in from now on to target.
 func (f *Forwarder) PointTo(target string) {
@@ -61,8 +71,8 @@ func (f *Forwarder) serve() {
 		f.mu.Lock()
 		f.conns = append(f.conns, in, out)
 		f.mu.Unlock()
-		go pipe(in, out)
-		go pipe(out, in)
+		go f.forwardRequests(out, in)
+		go pipe(in, out) // replies, as they come
 	}
 }
 
@@ -70,6 +80,42 @@ func pipe(dst, src net.Conn) {
 	_, _ = io.Copy(dst, src)
 	_ = dst.Close()
 	_ = src.Close()
+}
+
+// forwardRequests copies src to dst, each read held for the delay set
+// when it was read (in order: a later read is never written first).
+func (f *Forwarder) forwardRequests(dst, src net.Conn) {
+	type chunk struct {
+		data []byte
+		due  time.Time
+	}
+	chunks := make(chan chunk, 1024)
+	go func() {
+		defer close(chunks)
+		for {
+			buf := make([]byte, 32<<10)
+			n, err := src.Read(buf)
+			if n > 0 {
+				f.mu.Lock()
+				due := time.Now().Add(f.delay)
+				f.mu.Unlock()
+				chunks <- chunk{buf[:n], due}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for c := range chunks {
+		time.Sleep(time.Until(c.due))
+		if _, err := dst.Write(c.data); err != nil {
+			break
+		}
+	}
+	_ = dst.Close()
+	_ = src.Close()
+	for range chunks { // until the reader ends on the closed src
+	}
 }
 
 func (f *Forwarder) close() {

@@ -43,12 +43,23 @@ const maxBatch = 128
 var errStoreClosed = errors.New("redis store closed")
 
 type scriptCall struct {
-	cmd      *redis.Cmd
-	script   *redis.Script // to fall back to EVAL after NOSCRIPT
-	keys     []string
-	enqueued time.Time
+	ctx    context.Context // the caller's: once it ends, the call is not sent
+	cmd    *redis.Cmd
+	script *redis.Script // to fall back to EVAL after NOSCRIPT
+	keys   []string
+	// deadline is when the caller gives up: the store timeout from when
+	// it was made, or its context's deadline if that comes first
+	deadline time.Time
 	done     chan struct{}
 }
+
+// waitTimers are the pipelined callers' timers, reused: one per call would
+// cost two allocations on the hot path.
+var waitTimers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
 
 type pipeliner struct {
 	client  redis.UniversalClient
@@ -148,8 +159,10 @@ func newPipeliner(client redis.UniversalClient, timeout time.Duration) *pipeline
 
 // run evaluates script with keys and args, directly when no other call is
 // in flight, else as part of the sender's next pipeline, and returns its
-// reply. A pipelined call gives up when ctx ends; it is then still sent (it
-// may already be on the wire) but nobody reads its reply.
+// reply. A pipelined call gives up when ctx ends or the store timeout
+// passes, whichever comes first, however long the batch it is in takes; if
+// it is still queued then, it is not sent (once on the wire it may be
+// counted, but nobody reads its reply).
 func (p *pipeliner) run(ctx context.Context, script hotScript, keys []string, args ...any) ([]any, error) {
 	cmdArgs := make([]any, 0, 3+len(keys)+len(args))
 	cmdArgs = append(cmdArgs, "evalsha", script.sha, len(keys))
@@ -167,24 +180,38 @@ func (p *pipeliner) run(ctx context.Context, script hotScript, keys []string, ar
 		}
 	}
 	c := &scriptCall{
+		ctx:      ctx,
 		cmd:      redis.NewCmd(ctx, cmdArgs...),
 		script:   script.Script,
 		keys:     keys,
-		enqueued: time.Now(),
+		deadline: time.Now().Add(p.timeout),
 		done:     make(chan struct{}),
 	}
+	if d, ok := ctx.Deadline(); ok && d.Before(c.deadline) {
+		c.deadline = d
+	}
+	timer := waitTimers.Get().(*time.Timer)
+	timer.Reset(time.Until(c.deadline))
+	defer func() {
+		timer.Stop()
+		waitTimers.Put(timer)
+	}()
 	select {
 	case p.calls <- c:
 	case <-p.stopped.Done():
 		return nil, errStoreClosed
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-timer.C:
+		return nil, context.DeadlineExceeded
 	}
 	select {
 	case <-c.done:
 		return c.cmd.Slice()
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-timer.C:
+		return nil, context.DeadlineExceeded
 	case <-p.stopped.Done():
 		return nil, errStoreClosed
 	}
@@ -248,24 +275,43 @@ func (p *pipeliner) send() {
 }
 
 // exec sends one batch on l and wakes its callers; cmds has room for the
-// batch's commands. Its deadline is the oldest call's enqueue time plus the
-// store timeout, so a call never waits for Redis much longer than the
-// timeout, however long it queued.
+// batch's commands. The calls whose callers gave up while queued are not
+// sent (Redis would count requests that were answered without it). The
+// others go out with the latest of their deadlines: each caller stops
+// waiting at its own (see run), and a call that queued long behind a slow
+// batch does not take down those that queued after it, which have time
+// left (with the oldest call's deadline, every call queued behind a batch
+// failed once a round trip took more than half the timeout).
 func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
-	ctx, cancel := context.WithDeadline(p.stopped, batch[0].enqueued.Add(p.timeout))
-	defer cancel()
+	now := time.Now()
+	var deadline time.Time
 	cmds = cmds[:0]
 	for _, c := range batch {
+		if err := c.ctx.Err(); err != nil || !now.Before(c.deadline) {
+			if err == nil {
+				err = context.DeadlineExceeded
+			}
+			c.cmd.SetErr(err)
+			continue
+		}
 		cmds = append(cmds, c.cmd)
+		if c.deadline.After(deadline) {
+			deadline = c.deadline
+		}
 	}
-	pipe := l.pipeline(p.client)
-	_ = pipe.BatchProcess(ctx, cmds...) // one allocation, not one per doubling
-	clear(cmds)                         // the pipeline has them; let them go with their calls
-	// Every command carries its own error (Exec's is the first of them, or
-	// the connection's), but one go-redis never sent: it leaves those
-	// without a reply or an error when the connection was in a bad state.
-	_, err := pipe.Exec(ctx)
-	l.done(err)
+	ctx, cancel := context.WithDeadline(p.stopped, deadline)
+	defer cancel()
+	var err error
+	if len(cmds) > 0 {
+		pipe := l.pipeline(p.client)
+		_ = pipe.BatchProcess(ctx, cmds...) // one allocation, not one per doubling
+		clear(cmds)                         // the pipeline has them; let them go with their calls
+		// Every command carries its own error (Exec's is the first of them,
+		// or the connection's), but one go-redis never sent: it leaves those
+		// without a reply or an error when the connection was in a bad state.
+		_, err = pipe.Exec(ctx)
+		l.done(err)
+	}
 
 	// After a Redis restart or SCRIPT FLUSH the scripts are gone: load them
 	// with EVAL, one call at a time (rare, and Redis caches them again).

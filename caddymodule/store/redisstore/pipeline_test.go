@@ -167,6 +167,109 @@ func TestHungRedisTimesOut(t *testing.T) {
 	waitRecovered(t, s)
 }
 
+// A call made while a batch is on the wire waits for that batch's reply
+// before it goes out, so with Redis slow (a round trip of more than half
+// the timeout) a call that queued long may fail; the calls that queued
+// after it, in the same batch, have the timeout from when each was made.
+// (With the batch's deadline its oldest call's, they failed with it.)
+func TestSlowRedisFailsOnlyTheCallsThatQueuedTooLong(t *testing.T) {
+	const timeout, roundTrip = time.Second, 600 * time.Millisecond
+	s, slow := openSlow(t, timeout)
+	slow.Delay(roundTrip)
+	ctx := context.Background()
+	p := store.Policy{Limit: 1000, Window: time.Minute}
+	start := time.Now()
+	calls := []struct {
+		at          time.Duration // after start
+		wantSuccess bool
+	}{
+		{0, true},                       // direct, back at 600 ms
+		{50 * time.Millisecond, true},   // pipelined, sent at once: back at 650
+		{100 * time.Millisecond, false}, // queued: sent at 650, back at 1250, gives up at 1100
+		{500 * time.Millisecond, true},  // queued, same batch: gives up at 1500
+	}
+	var wg sync.WaitGroup
+	for i, call := range calls {
+		time.Sleep(time.Until(start.Add(call.at)))
+		wg.Go(func() {
+			made := time.Now()
+			_, err := s.Limit(ctx, fmt.Sprint("slow", i), p, store.SlidingWindow, store.Ask{})
+			took := time.Since(made)
+			switch {
+			case call.wantSuccess && err != nil:
+				t.Errorf("call %d (made at %s) failed after %s: %v", i, call.at, took, err)
+			case !call.wantSuccess && err == nil:
+				t.Errorf("call %d (made at %s) succeeded after %s, more than the timeout", i, call.at, took)
+			case err != nil && took > timeout+200*time.Millisecond:
+				t.Errorf("call %d failed after %s, %s past its timeout", i, took, took-timeout)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// A call whose caller gave up while it queued behind a slow batch (its
+// client left, or its deadline passed) is not sent afterwards: Redis would
+// count a request that was answered without it.
+func TestCallsGivenUpInTheQueueAreNotSent(t *testing.T) {
+	const timeout, roundTrip = time.Second, 400 * time.Millisecond
+	s, slow := openSlow(t, timeout)
+	slow.Delay(roundTrip)
+	p := store.Policy{Limit: 1000, Window: time.Minute}
+	var wg sync.WaitGroup
+	for i := range 2 { // one direct, one pipelined: the sender is busy
+		wg.Go(func() {
+			if _, err := s.Limit(context.Background(), fmt.Sprint("busy", i), p, store.SlidingWindow, store.Ask{}); err != nil {
+				t.Error(err)
+			}
+		})
+		time.Sleep(20 * time.Millisecond)
+	}
+	gone, leave := context.WithCancel(context.Background())
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	for _, ctx := range []context.Context{gone, short, gone, short} {
+		wg.Go(func() {
+			if _, err := s.Limit(ctx, "given up", p, store.SlidingWindow, store.Ask{}); err == nil {
+				t.Error("a call given up while queued succeeded")
+			}
+		})
+	}
+	time.Sleep(20 * time.Millisecond)
+	leave()
+	wg.Wait()
+
+	slow.Delay(0)
+	time.Sleep(roundTrip) // what was sent meanwhile reaches Redis first
+	d, err := s.Limit(context.Background(), "given up", p, store.SlidingWindow, store.Ask{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Remaining != p.Limit-1 {
+		t.Errorf("Redis counted %d calls given up while queued", p.Limit-1-d.Remaining)
+	}
+}
+
+// openSlow is a store whose Redis is reached through a forwarder that may
+// be slowed, with the scripts loaded and both of the hot path's lines open:
+// a test that slows it then times only its own calls.
+func openSlow(t *testing.T, timeout time.Duration) (*Store, *redistest.Forwarder) {
+	srv := redistest.Start(t)
+	if err := limitScript.Load(context.Background(), srv.Client(t)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	slow := redistest.Forward(t, srv.Addr)
+	s, err := Open(slow.URL(), timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	if failed, err := concurrentCalls(s, 64); failed > 0 {
+		t.Fatalf("%d of 64 calls failed: %v", failed, err)
+	}
+	return s, slow
+}
+
 // A call that must dial, to a Redis that never answers (a blackholed
 // address), fails within the store timeout: go-redis bounds each dial by
 // DialTimeout but tries one five times, and retries the command.
