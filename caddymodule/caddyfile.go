@@ -116,6 +116,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //
 //	keygate [<matcher>] {
 //		rate_limit <requests> <window>   # per key; a key's own limit wins
+//		ignore_key_limits                # ... but not here: every key gets rate_limit
 //		anonymous  <requests> <window>   # let keyless callers in, limited per client IP
 //		roles      <role...>             # the key must hold one of them, else 403
 //		algorithm  sliding_window|sliding_log
@@ -182,6 +183,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.KeepCredentials = true
+		case "ignore_key_limits":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.IgnoreKeyLimits = true
 		case "lease":
 			var n string
 			if !d.AllArgs(&n) {

@@ -550,6 +550,41 @@ func TestRateLimitHeadersAndRefusal(t *testing.T) {
 	}
 }
 
+// ignore_key_limits holds a key with a limit of its own to the route's:
+// Short Link's 20 a minute is its contract, whatever tier a key has
+// elsewhere.
+func TestIgnoreKeyLimits(t *testing.T) {
+	g := startRedisGateway(t, "", `
+	handle /contract {
+		keygate {
+			rate_limit 2 1m
+			ignore_key_limits
+		}
+		reverse_proxy {upstream}
+	}
+	handle {
+		keygate {
+			rate_limit 2 1m
+		}
+		reverse_proxy {upstream}
+	}`)
+	paid := generate(t, "--name", "paid", "--rate-limit", "100/1h")
+	for i := range 2 {
+		r := g.get("/contract", bearer(paid.Key)...)
+		if r.status != http.StatusOK {
+			t.Fatalf("/contract request %d: %d", i+1, r.status)
+		}
+		wantRateHeaders(t, r, "key", 2, 60, int64(1-i))
+	}
+	wantProblem(t, g.get("/contract", bearer(paid.Key)...), http.StatusTooManyRequests, "Too much request. Try again later.")
+	// elsewhere its own limit wins, as before
+	r := g.get("/other", bearer(paid.Key)...)
+	if r.status != http.StatusOK {
+		t.Fatalf("/other: %d", r.status)
+	}
+	wantRateHeaders(t, r, "key", 100, 3600, 99)
+}
+
 // rate_limit_headers picks the headers of each route's responses; a 429
 // says when to retry whatever it picks.
 func TestRateLimitHeadersOption(t *testing.T) {

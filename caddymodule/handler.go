@@ -37,9 +37,17 @@ func init() {
 // handle_errors { keygate_errors } renders as problem+json.
 type Handler struct {
 	// RateLimit limits each key on this route. A key created with its own
-	// limit uses that instead. Counters are shared by every route with the
-	// same limit, window and algorithm. Default: no per-key limit.
+	// limit uses that instead, unless IgnoreKeyLimits. Counters are shared
+	// by every route with the same limit, window and algorithm. Default: no
+	// per-key limit.
 	RateLimit *Rate `json:"rate_limit,omitempty"`
+
+	// IgnoreKeyLimits holds every key to RateLimit on this route, a key
+	// created with a limit of its own too: for a route whose limit is part
+	// of its contract (Short Link's 20 requests a minute), where a key's
+	// own limit is another product's tier. Without RateLimit, keys are then
+	// not limited here. Default: false, a key's own limit wins.
+	IgnoreKeyLimits bool `json:"ignore_key_limits,omitempty"`
 
 	// Anonymous lets requests without any key through, limited per client
 	// IP (per /64 for IPv6) at this rate. The client IP honours the
@@ -390,10 +398,11 @@ func (h *Handler) storeFailed(w http.ResponseWriter, r *http.Request, repl *cadd
 	return next.ServeHTTP(w, r)
 }
 
-// policyFor is the limit a key is held to on this route: its own, else the
-// route's. The second result is its RateLimit-Policy header value.
+// policyFor is the limit a key is held to on this route: its own (unless
+// IgnoreKeyLimits), else the route's. The second result is its
+// RateLimit-Policy header value.
 func (h *Handler) policyFor(ident *identity) (store.Policy, string) {
-	if ident.ownPolicyHdr != "" {
+	if ident.ownPolicyHdr != "" && !h.IgnoreKeyLimits {
 		return ident.key.RateLimit, ident.ownPolicyHdr
 	}
 	return h.keyPolicy, h.keyPolicyHdr
