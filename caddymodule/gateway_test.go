@@ -386,8 +386,9 @@ func TestRefusals(t *testing.T) {
 	uploader := generate(t, "--name", "uploader", "--roles", "upload")
 	expiring := generate(t, "--name", "expiring", "--roles", "upload", "--expires", time.Now().Add(1500*time.Millisecond).UTC().Format(time.RFC3339))
 
+	// Short Link's text for an X-API-Key header that "doesn't exist"
 	r := g.get("/api/x")
-	wantProblem(t, r, http.StatusUnauthorized, "API key required")
+	wantProblem(t, r, http.StatusUnauthorized, "Invalid API key")
 	if got := r.header.Get("WWW-Authenticate"); got != `Bearer realm="keygate"` {
 		t.Errorf("missing key WWW-Authenticate = %q", got)
 	}

@@ -40,10 +40,14 @@ func invalidKey(detail, msg string) *Problem {
 // The fixed refusals. Their texts are the contract with existing clients
 // (see shared/reference): change them only with the README's catalogue.
 var (
-	// Shlink answers a missing key as an invalid one, detail and all
+	// A missing key is an invalid one, to every replaced product: Shlink
+	// answers it so, detail and all, and Short Link's "Invalid API key" is
+	// for an X-API-Key header that "is invalid or doesn't exist". Its
+	// WWW-Authenticate, without an error code (RFC 6750, 3.1), tells it
+	// apart.
 	problemMissingKey = invalidKey(
 		"Provided API key does not exist or is invalid",
-		"API key required")
+		"Invalid API key")
 	problemMalformedKey = invalidKey(
 		"Provided API key does not exist or is invalid",
 		"Invalid API key format")

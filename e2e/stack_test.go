@@ -636,7 +636,9 @@ func TestMissingOrBadKey(t *testing.T) {
 		} {
 			what := c.method + " " + c.path
 			r := mustDo(t, c.method, s.Base+c.path, strings.NewReader(c.body), "Content-Type", "application/json")
-			wantProblem(t, what+" without a key", r, http.StatusUnauthorized, "API key required")
+			// Short Link: 401 "Invalid API key" when the X-API-Key header
+			// "is invalid or doesn't exist"
+			wantProblem(t, what+" without a key", r, http.StatusUnauthorized, "Invalid API key")
 			if !strings.HasPrefix(r.Header.Get("WWW-Authenticate"), "Bearer") {
 				t.Errorf("%s: WWW-Authenticate %q, want Bearer", what, r.Header.Get("WWW-Authenticate"))
 			}
