@@ -431,8 +431,8 @@ func race(t *testing.T, n int, send func() (response, bool)) (map[int]int, []res
 // gateway: exactly one wins, the others get the doc's 409.
 func TestSlugRace(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s *stack) {
-		key := s.generateKey("racer", "--rate-limit", "10000/1h")
-		const n = 30
+		key := s.generateKey("racer")
+		const n = 20 // Short Link's limit a minute
 		count, all := race(t, n, func() (response, bool) {
 			return do(t, http.MethodPost, s.Base+"/api/shortlinks", strings.NewReader(`{"url":"https://example.com/race","slug":"race-slug"}`),
 				"Content-Type", "application/json", "X-API-Key", key.Key)
@@ -622,6 +622,45 @@ func TestShortLinksRateLimit(t *testing.T) {
 			t.Errorf("/api/shorten: X-RateLimit-Limit %q, want the default 100", l)
 		}
 	}, withRedisLeases, withRedisCluster)
+}
+
+// TestStackRouteLimits: each product's routes have the limits of its docs
+// (README, the stack's limits table), and products do not draw on one
+// another's budgets.
+func TestStackRouteLimits(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *stack) {
+		limitOf := func(what string, r response, status int, limit string) {
+			t.Helper()
+			wantStatus(t, what, r, status)
+			if l := r.Header.Get("X-RateLimit-Limit"); l != limit {
+				t.Errorf("%s: X-RateLimit-Limit %q, want %s", what, l, limit)
+			}
+		}
+		paid := s.generateKey("paid", "--rate-limit", "50000/1h")
+		plain := s.generateKey("plain")
+		// Short Link's and Shorturlx's limits are their contracts; SecLink's
+		// keys have 10,000 an hour "or more".
+		limitOf("paid key, Short Link", postJSON(t, s.Base+"/api/shortlinks", `{"url":"https://example.com/paid"}`, "X-API-Key", paid.Key), http.StatusOK, "20")
+		limitOf("paid key, Shorturlx", postJSON(t, s.Base+"/api/shorten", `{"url":"https://example.com/paid"}`, "X-API-Key", paid.Key), http.StatusCreated, "100")
+		secret := `{"encryptedBlob":"c2VjcmV0","iv":"aXY=","expiryType":"1hour"}`
+		limitOf("paid key, SecLink", postJSON(t, s.Base+"/api/v1/secrets", secret, "Authorization", "Bearer "+paid.Key), http.StatusCreated, "50000")
+		r := postJSON(t, s.Base+"/api/v1/secrets", secret, "Authorization", "Bearer "+plain.Key)
+		limitOf("plain key, SecLink", r, http.StatusCreated, "10000")
+		id := str(r.JSON(t), "linkId")
+		limitOf("plain key, Slink", mustDo(t, http.MethodGet, s.Base+"/api/user/sharex-config?baseUrl=http://x&apiKey=k", nil, "X-API-Key", plain.Key), http.StatusOK, "1000")
+
+		// An anonymous reader who followed 20 short links can still read a
+		// secret: SecLink's 20 an hour is its own.
+		checkShortLink(t, postJSON(t, s.Base+"/api/shortlinks", `{"url":"https://example.com/often","slug":"often"}`, "X-API-Key", plain.Key), "often", "https://example.com/often")
+		for i := range 20 {
+			limitOf(fmt.Sprintf("redirect %d", i+1), mustDo(t, http.MethodHead, s.Base+"/often", nil), http.StatusFound, "600")
+		}
+		r = mustDo(t, http.MethodGet, s.Base+"/api/v1/secrets/"+id, nil)
+		limitOf("anonymous secret read after 20 redirects", r, http.StatusOK, "20")
+		if rem := r.Header.Get("X-RateLimit-Remaining"); rem != "19" {
+			t.Errorf("anonymous secret read: X-RateLimit-Remaining %q, want 19", rem)
+		}
+	})
 }
 
 // TestMissingOrBadKey: the write APIs need a key (but Shorturlx's, below);
