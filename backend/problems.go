@@ -13,9 +13,11 @@ import (
 var (
 	errNotFromGateway = problem.New(http.StatusForbidden, "not-from-gateway", "Forbidden",
 		"This service only answers requests forwarded by the keygate gateway.")
-	errNotFound    = problem.New(http.StatusNotFound, "not-found", "Not found", "")
-	errMethod      = problem.New(http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed", "")
-	errInternal    = problem.New(http.StatusInternalServerError, "internal", "Internal error", "The server encountered a problem.")
+	errNotFound = problem.New(http.StatusNotFound, "not-found", "Not found", "")
+	errMethod   = problem.New(http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed", "")
+	// SecLink's words for a 500: the one doc to give any
+	errInternal = problem.New(http.StatusInternalServerError, "internal", "Internal error", "The server encountered a problem.").
+			WithError("Server encountered a problem")
 	errUnavailable = problem.New(http.StatusServiceUnavailable, "unavailable", "Storage unavailable", "")
 	errBadJSON     = problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body", "The request body must be a JSON object.")
 	errBodyTooBig  = problem.New(http.StatusRequestEntityTooLarge, "body-too-large", "Request body too large", "")

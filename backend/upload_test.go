@@ -143,6 +143,18 @@ func TestUploadErrors(t *testing.T) {
 // TestUploadTooLargeNotRead announces a body far over the limit and sends
 // only its first bytes: the 413 must come without the server waiting for
 // (or reading) the rest.
+// A failure of the server's own (here its image directory gone) is a 500
+// with SecLink's words for it, not a 4xx blaming the client.
+func TestUploadServerFailure(t *testing.T) {
+	e := newEnv(t, "bolt", envOpts{})
+	if err := os.RemoveAll(filepath.Join(e.dataDir, "images")); err != nil {
+		t.Fatal(err)
+	}
+	body, ctype := multipartBody(t, "image", "a.png", pngBytes(t))
+	resp, out := e.do("POST", "/api/external/upload", body, ctype)
+	wantProblem(t, resp, out, http.StatusInternalServerError, "Server encountered a problem")
+}
+
 func TestUploadTooLargeNotRead(t *testing.T) {
 	e := newEnv(t, "bolt", envOpts{maxUpload: 1 << 20})
 	conn, err := net.Dial("tcp", e.srv.Listener.Addr().String())
