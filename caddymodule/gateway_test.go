@@ -339,10 +339,11 @@ func TestAdminAPIRefusals(t *testing.T) {
 	}
 }
 
-// A key this gateway knows to be expired or disabled is refused as
+// A key that is expired, disabled, rotated away or deleted is refused as
 // invalid (401) on a route that wants roles it lacks, as on a gateway that
-// has not seen it, not for its roles (403); and a key that matches none is
-// the store's answer, not a store error in the metrics.
+// has not seen it, not for its roles (403), though this gateway cached it
+// while it was good and has not seen it since; and a key that matches none
+// is the store's answer, not a store error in the metrics.
 func TestInvalidKeysOnARolesRoute(t *testing.T) {
 	g := startRedisGateway(t, "", `
 	handle /upload* {
@@ -358,18 +359,25 @@ func TestInvalidKeysOnARolesRoute(t *testing.T) {
 	// RFC 3339 in whole seconds: at least 2 s to go
 	expiring := generate(t, "--name", "expiring", "--roles", "read", "--expires", time.Now().Add(3*time.Second).UTC().Format(time.RFC3339))
 	disabled := generate(t, "--name", "disabled", "--roles", "read")
-	for _, k := range []keyView{expiring, disabled} {
+	rotated := generate(t, "--name", "rotated", "--roles", "read")
+	deleted := generate(t, "--name", "deleted", "--roles", "read")
+	all := []keyView{expiring, disabled, rotated, deleted}
+	for _, k := range all {
 		if r := g.get("/x", bearer(k.Key)...); r.status != http.StatusOK {
 			t.Fatalf("%s on /x: %d", k.Name, r.status)
 		}
 		wantProblem(t, g.get("/upload", bearer(k.Key)...), http.StatusForbidden, "API key lacks the required role")
 	}
 	mustCLI(t, "disable", "disabled")
-	// the gateway learns it is disabled; and expiring expires
-	wantProblem(t, g.get("/x", bearer(disabled.Key)...), http.StatusUnauthorized, "Invalid API key")
+	mustCLI(t, "rotate", "rotated")
+	mustCLI(t, "delete", "deleted")
 	time.Sleep(time.Until(*expiring.ExpiresAt))
-	for _, k := range []keyView{expiring, disabled} {
-		wantProblem(t, g.get("/upload", bearer(k.Key)...), http.StatusUnauthorized, "Invalid API key")
+	for _, k := range all {
+		r := g.get("/upload", bearer(k.Key)...)
+		wantProblem(t, r, http.StatusUnauthorized, "Invalid API key")
+		if !strings.Contains(r.header.Get("WWW-Authenticate"), `error="invalid_token"`) {
+			t.Errorf("%s: WWW-Authenticate %q", k.Name, r.header.Get("WWW-Authenticate"))
+		}
 	}
 
 	const lookupErrors = `keygate_store_errors_total{op="lookup"}`

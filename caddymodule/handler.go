@@ -269,10 +269,10 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 
 	ident := entry.record.Load()
 	if ident.key.Revision > 0 && ident.key.Enabled && !ident.key.Expired(now) && !ident.hasAnyRole(h.Roles) {
-		// refused before it costs a store call or a token; a key known
-		// disabled or expired is the store's to refuse (401, as on a
-		// gateway that has not seen it), not a role's
-		return h.refuseRole(w)
+		// refused before it costs a token; a key known disabled or
+		// expired is the store's to refuse (401, as on a gateway that has
+		// not seen it), not a role's
+		return h.refuseLackingRole(ctx, w, entry, hash)
 	}
 
 	if h.leases != nil && ident.key.Revision > 0 && !ident.key.Expired(now) {
@@ -586,6 +586,31 @@ func (h *Handler) storeUnavailable(w http.ResponseWriter, err error) error {
 func (h *Handler) refuseInvalid(w http.ResponseWriter) error {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="keygate", error="invalid_token"`)
 	return h.refuse(outcomeInvalid, problemInvalidKey)
+}
+
+// refuseLackingRole refuses a key whose cached record lacks the route's
+// roles. The store is asked first, without counting the request: the key
+// may have been disabled, deleted or rotated away since this gateway cached
+// it, and such a key gets 401 as it would anywhere, not a 403 saying that
+// it is good for other routes. If the store cannot say, it is 403 all the
+// same: a refusal either way. (Roles never change under one secret.)
+func (h *Handler) refuseLackingRole(ctx context.Context, w http.ResponseWriter, entry *cachedKey, hash apikey.Hash) error {
+	ident := entry.record.Load()
+	verdict, err := h.checkKey(ctx, time.Now(), ident.key.ID, hash, ident.key.Revision, store.Policy{}, store.Ask{})
+	if err == nil {
+		if verdict.Fresh != nil {
+			entry.record.Store(newIdentity(verdict.Fresh))
+		}
+		switch verdict.Status {
+		case store.KeyValid:
+		case store.KeyUnknown:
+			h.app.shared.keys.markUnknown(hash, time.Now())
+			return h.refuseInvalid(w)
+		default:
+			return h.refuseInvalid(w)
+		}
+	}
+	return h.refuseRole(w)
 }
 
 func (h *Handler) refuseRole(w http.ResponseWriter) error {
