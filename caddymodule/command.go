@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -19,6 +20,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+
+	"github.com/keygate/keygate/caddymodule/apikey"
+	"github.com/keygate/keygate/internal/problem"
 )
 
 func init() {
@@ -182,28 +186,72 @@ func (a *adminClient) call(method, path string, body, out any) error {
 		}
 		// sent, so perhaps made: a change is finished even if its caller
 		// gives up waiting
-		return fmt.Errorf("calling the admin API at %s: %v; the change may have been made all the same: see keygate api-key list", a.addr, err)
+		return fmt.Errorf("calling the admin API at %s: %v; the change may have been made all the same: "+
+			"see keygate api-key list (a key made or rotated so, whose secret never came, needs another rotate)", a.addr, err)
 	}
 	defer resp.Body.Close()
 	answer := io.LimitReader(resp.Body, 64<<20)
+	mediaType, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		raw, _ := io.ReadAll(io.LimitReader(answer, 64<<10))
 		var p struct {
+			Type  string `json:"type"`
 			Error string `json:"error"`
 			Key   string `json:"key"` // a rotation not confirmed: the secret in case it was made
 		}
-		if json.Unmarshal(raw, &p) == nil && p.Error != "" {
-			if p.Key != "" {
-				return fmt.Errorf("%s:\n\n    %s\n", p.Error, p.Key)
+		// keygate's admin problems, or Caddy's admin API's own errors
+		// (an origin refused, no keygate in the binary): not a site's
+		// refusal at a wrong --address, which would read as the CLI's
+		if json.Unmarshal(raw, &p) == nil && p.Error != "" &&
+			(mediaType == problem.ContentType && p.Type == problem.TypeBase+"admin" || mediaType == "application/json") {
+			msg := printableSnippet([]byte(p.Error), 1<<10)
+			if apikey.WellFormed(p.Key) {
+				return &unconfirmedKeyError{msg: msg, key: p.Key}
 			}
-			return errors.New(p.Error)
+			return errors.New(msg)
 		}
 		if text := printableSnippet(raw, 1<<10); text != "" {
 			return fmt.Errorf("admin API answered %s (is %s keygate's admin API?): %s", resp.Status, a.addr, text)
 		}
 		return fmt.Errorf("admin API answered %s (is %s keygate's admin API?)", resp.Status, a.addr)
 	}
-	return json.NewDecoder(answer).Decode(out)
+	if mediaType != "application/json" || json.NewDecoder(answer).Decode(out) != nil {
+		return a.notAdminAPI(resp.Status)
+	}
+	if v, ok := out.(interface{ wellFormed() bool }); ok && !v.wellFormed() {
+		return a.notAdminAPI(resp.Status)
+	}
+	return nil
+}
+
+// notAdminAPI is the error of a success that is not the admin API's
+// answer: a wrong --address (a site whose upstream answers JSON) must not
+// read as a key disabled.
+func (a *adminClient) notAdminAPI(status string) error {
+	return fmt.Errorf("admin API answered %s with something else than keygate's answer (is %s keygate's admin API?)", status, a.addr)
+}
+
+// unconfirmedKeyError is a change the admin API could not confirm whose new
+// secret it sent all the same: if the change was made, it is the only one
+// that works.
+type unconfirmedKeyError struct{ msg, key string }
+
+func (e *unconfirmedKeyError) Error() string { return fmt.Sprintf("%s:\n\n    %s\n", e.msg, e.key) }
+
+// The answers the CLI takes as the admin API's: one without a key's id and
+// name is not (see notAdminAPI).
+func (v *keyView) wellFormed() bool     { return v.ID != "" && v.Name != "" }
+func (v *deletedView) wellFormed() bool { return v.Deleted != "" }
+
+type keyViews []keyView
+
+func (vs *keyViews) wellFormed() bool {
+	for i := range *vs {
+		if !(*vs)[i].wellFormed() {
+			return false
+		}
+	}
+	return *vs != nil // null is no list
 }
 
 // printableSnippet is at most limit bytes of b, trimmed, with anything but
@@ -241,11 +289,14 @@ func cmdGenerate(a *adminClient, _ []string) error {
 	if err := a.call(http.MethodPost, "/keygate/keys", req, &v); err != nil {
 		return err
 	}
+	if v.Name != req.Name || !apikey.WellFormed(v.Key) {
+		return a.notAdminAPI("a key")
+	}
 	return a.printKey(v, "Generated API key %q. Store it now: it will not be shown again.\n")
 }
 
 func cmdList(a *adminClient, _ []string) error {
-	var views []keyView
+	var views keyViews
 	if err := a.call(http.MethodGet, "/keygate/keys", nil, &views); err != nil {
 		return err
 	}
@@ -264,8 +315,21 @@ func cmdList(a *adminClient, _ []string) error {
 func cmdAction(action string) func(*adminClient, []string) error {
 	return func(a *adminClient, args []string) error {
 		var v keyView
-		if err := a.call(http.MethodPost, keyPath(args[0])+"/"+action, nil, &v); err != nil {
+		err := a.call(http.MethodPost, keyPath(args[0])+"/"+action, nil, &v)
+		var unconfirmed *unconfirmedKeyError
+		if errors.As(err, &unconfirmed) && a.json {
+			// the secret where a script reads it, not in its log
+			_ = a.printJSON(struct {
+				Error string `json:"error"`
+				Key   string `json:"key"`
+			}{unconfirmed.msg, unconfirmed.key})
+			return errors.New(unconfirmed.msg + " (the new secret is in the JSON printed)")
+		}
+		if err != nil {
 			return err
+		}
+		if v.Name != args[0] || action == "rotate" && !apikey.WellFormed(v.Key) {
+			return a.notAdminAPI("a key")
 		}
 		if action == "rotate" {
 			return a.printKey(v, "Rotated API key %q; the old secret is rejected from now on. Store the new one now: it will not be shown again.\n")
@@ -279,10 +343,16 @@ func cmdDelete(a *adminClient, args []string) error {
 	if err := a.call(http.MethodDelete, keyPath(args[0]), nil, &out); err != nil {
 		return err
 	}
-	if a.json {
-		return a.printJSON(out)
+	if out.Deleted != args[0] {
+		return a.notAdminAPI("a deletion")
 	}
-	fmt.Fprintf(a.out, "API key %q deleted.\n", args[0])
+	if a.json {
+		if err := a.printJSON(out); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(a.out, "API key %q deleted.\n", args[0])
+	}
 	return a.printWarning(out.Warning)
 }
 
@@ -291,6 +361,9 @@ func cmdRename(a *adminClient, args []string) error {
 	if err := a.call(http.MethodPost, keyPath(args[0])+"/rename", renameRequest{Name: args[1]}, &v); err != nil {
 		return err
 	}
+	if v.Name != args[1] {
+		return a.notAdminAPI("a key")
+	}
 	return a.printKey(v, "API key renamed to %q.\n")
 }
 
@@ -298,7 +371,10 @@ func cmdRename(a *adminClient, args []string) error {
 // one, the secret on its own line (easy to copy, easy to pipe).
 func (a *adminClient) printKey(v keyView, headline string) error {
 	if a.json {
-		return a.printJSON(v)
+		if err := a.printJSON(v); err != nil {
+			return err
+		}
+		return a.printWarning(v.Warning)
 	}
 	fmt.Fprintf(a.out, headline, v.Name)
 	if v.Key != "" {
@@ -310,9 +386,9 @@ func (a *adminClient) printKey(v keyView, headline string) error {
 }
 
 // printWarning prints the warning of a change that was made but not
-// announced to gateways (store.ErrUnannounced), if any, to stderr: the
-// change is made (exit status 0), and a script that discards the output
-// still shows it.
+// announced to gateways (store.ErrUnannounced), if any, to stderr (with
+// --json too, where it is in the JSON as well): the change is made (exit
+// status 0), and a script that discards the output still shows it.
 func (a *adminClient) printWarning(warning string) error {
 	if warning == "" {
 		return nil

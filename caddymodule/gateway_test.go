@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/freeport"
+	"github.com/keygate/keygate/internal/problem"
 	"github.com/keygate/keygate/internal/metricstest"
 	"github.com/keygate/keygate/internal/redistest"
 )
@@ -196,9 +197,18 @@ func TestCLIShowsAnUnconfirmedRotationsSecret(t *testing.T) {
 		adminError{status: http.StatusServiceUnavailable, msg: "key store unavailable: it may have been made", key: secret}.write(w)
 	}))
 	defer srv.Close()
-	out, err := cli(t, "rotate", "k", "--address", strings.TrimPrefix(srv.URL, "http://"))
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	out, err := cli(t, "rotate", "k", "--address", addr)
 	if err == nil || !strings.Contains(err.Error(), "it may have been made") || !strings.Contains(err.Error(), "\n    "+secret+"\n") {
 		t.Fatalf("rotate: err = %v (output %q); want the failure with the secret on a line of its own", err, out)
+	}
+	// --json: the secret in the JSON on stdout, where a script reads it,
+	// not in the error (a CI log)
+	stdout, _, err := cliStreams(t, "rotate", "k", "--json", "--address", addr)
+	var printed struct{ Error, Key string }
+	if jerr := json.Unmarshal([]byte(stdout), &printed); err == nil || jerr != nil || printed.Key != secret ||
+		!strings.Contains(printed.Error, "it may have been made") || strings.Contains(err.Error(), secret) {
+		t.Fatalf("rotate --json: err = %v, stdout %q; want a failure, the secret in the JSON only", err, stdout)
 	}
 }
 
@@ -217,6 +227,23 @@ func TestCLIOnAServerThatIsNotTheAdminAPI(t *testing.T) {
 	mux.HandleFunc("/keygate/keys/slow/rotate", func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(500 * time.Millisecond)
 	})
+	// a site whose upstream answers JSON: no key's answer, not a success
+	mux.HandleFunc("/keygate/keys/json/disable", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"ok": true}`)
+	})
+	mux.HandleFunc("/keygate/keys/text/disable", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"id": "x", "name": "text"}`) // right shape, as text/plain
+	})
+	// a site's refusal is not the CLI's error
+	mux.HandleFunc("/keygate/keys/site/disable", func(w http.ResponseWriter, r *http.Request) {
+		problem.Write(w, problemMissingKey.Details)
+	})
+	// the admin API's own error is printed, but not what it would do to
+	// a terminal
+	mux.HandleFunc("/keygate/keys/escape/disable", func(w http.ResponseWriter, r *http.Request) {
+		adminError{status: http.StatusNotFound, msg: "no API key \x1b[2Jthat name"}.write(w)
+	})
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
@@ -226,8 +253,12 @@ func TestCLIOnAServerThatIsNotTheAdminAPI(t *testing.T) {
 	}{
 		{[]string{"disable", "moved"}, "admin API answered 301 Moved Permanently (is " + addr + " keygate's admin API?)"},
 		{[]string{"disable", "down"}, "admin API answered 502 Bad Gateway (is " + addr + " keygate's admin API?): upstream down [2J"},
+		{[]string{"disable", "json"}, "admin API answered 200 OK with something else than keygate's answer (is " + addr + " keygate's admin API?)"},
+		{[]string{"disable", "text"}, "admin API answered 200 OK with something else than keygate's answer"},
+		{[]string{"disable", "site"}, "admin API answered 401 Unauthorized (is " + addr + " keygate's admin API?): {"},
+		{[]string{"disable", "escape"}, "no API key [2Jthat name"},
 	} {
-		if out, err := cli(t, append(tc.args, "--address", addr)...); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if out, err := cli(t, append(tc.args, "--address", addr)...); err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\x1b") {
 			t.Errorf("%q: err = %v (output %q), want it to mention %q", tc.args, err, out, tc.want)
 		}
 	}
@@ -862,9 +893,16 @@ func TestChangeMadeButUnannouncedIsASuccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	var rotated keyView
-	mustJSON(t, mustCLI(t, "rotate", "k", "--json"), &rotated)
+	stdout, stderr, err := cliStreams(t, "rotate", "k", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustJSON(t, stdout, &rotated)
 	if rotated.Key == "" || rotated.Key == k.Key || !strings.Contains(rotated.Warning, "may admit it as it was") {
 		t.Fatalf("rotate with the epoch not moved = %+v; want the new key and a warning", rotated)
+	}
+	if !strings.Contains(stderr, "Warning: key changed, but gateways") { // what a script shows
+		t.Errorf("rotate --json: stderr %q, want the warning", stderr)
 	}
 	if r := g.get("/api/x", bearer(rotated.Key)...); r.status != http.StatusOK {
 		t.Fatalf("the new secret: %d", r.status)
@@ -874,9 +912,13 @@ func TestChangeMadeButUnannouncedIsASuccess(t *testing.T) {
 		t.Errorf("disable printed %q, want the warning", out)
 	}
 	var deleted deletedView
-	mustJSON(t, mustCLI(t, "delete", "k", "--json"), &deleted)
-	if deleted.Deleted != "k" || deleted.Warning == "" {
-		t.Fatalf("delete = %+v, want k deleted with a warning", deleted)
+	stdout, stderr, err = cliStreams(t, "delete", "k", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustJSON(t, stdout, &deleted)
+	if deleted.Deleted != "k" || deleted.Warning == "" || !strings.Contains(stderr, "Warning:") {
+		t.Fatalf("delete = %+v, stderr %q; want k deleted with a warning, on stderr too", deleted, stderr)
 	}
 }
 

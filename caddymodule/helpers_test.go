@@ -185,23 +185,31 @@ func (g *gateway) get(path string, headers ...string) response {
 }
 
 // cli runs `keygate api-key <args>` against the in-process admin API and
-// returns its output.
+// returns what it printed, stdout then stderr.
 func cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	stdout, stderr, err := cliStreams(t, args...)
+	return stdout + stderr, err
+}
+
+// cliStreams runs `keygate api-key <args>` as cli does and returns its
+// stdout and stderr apart.
+func cliStreams(t *testing.T, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	// as in the binary: api-key below a root
 	root := &cobra.Command{Use: "keygate", SilenceErrors: true, SilenceUsage: true}
 	apiKey := &cobra.Command{Use: "api-key", SilenceErrors: true, SilenceUsage: true}
 	apiKeyParent(apiKey)
 	root.AddCommand(apiKey)
-	var out bytes.Buffer
+	var out, errOut bytes.Buffer
 	root.SetOut(&out)
-	root.SetErr(&out)
+	root.SetErr(&errOut)
 	if !slices.Contains(args, "--address") {
 		args = append(args, "--address", adminAddr)
 	}
 	root.SetArgs(append([]string{"api-key"}, args...))
-	err := root.Execute()
-	return out.String(), err
+	err = root.Execute()
+	return out.String(), errOut.String(), err
 }
 
 // mustCLI runs the CLI and fails the test on error.
