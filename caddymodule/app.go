@@ -140,7 +140,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	} else {
 		path := filepath.Join(caddy.AppDataDir(), "keygate", "keys.json")
 		a.poolKey = "file|" + path
-		open = func() (store.Store, error) { return localstore.Open(path) }
+		open = func() (store.Store, error) { return localstore.Open(path, a.logger.Named("store")) }
 	}
 	val, loaded, err := stores.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
 		s, err := open()

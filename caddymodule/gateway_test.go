@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/freeport"
-	"github.com/keygate/keygate/internal/problem"
 	"github.com/keygate/keygate/internal/metricstest"
+	"github.com/keygate/keygate/internal/problem"
 	"github.com/keygate/keygate/internal/redistest"
 )
 

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
 )
@@ -42,7 +44,9 @@ type Store struct {
 	byName  map[string]string
 	order   []string // every key's id, sorted: the file's order
 
-	fileSize      int // of the last write, under writeMu
+	fileSize      int      // of the last write, under writeMu
+	lock          *os.File // held until Close (lockFile)
+	logger        *zap.Logger
 	lastUsedDirty atomic.Bool
 	epoch         atomic.Int64 // bumped by every change to a key
 	limits        *limiter
@@ -66,10 +70,24 @@ type record struct {
 
 var _ store.Store = (*Store)(nil)
 
-// Open loads (or creates) the key file at path.
-func Open(path string) (*Store, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+// lockSuffix names the lock file beside the key file (lockFile).
+const lockSuffix = ".lock"
+
+// Open loads (or creates) the key file at path, which this process then
+// owns until Close: another Open of it, in this process or another, fails
+// (lockFile). logger (nil: none) hears of failures no caller sees: a
+// background write of last-used times that failed.
+func Open(path string, logger *zap.Logger) (*Store, error) {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating key store directory: %v", err)
+	}
+	lock, err := lockFile(path + lockSuffix)
+	if err != nil {
+		return nil, err
 	}
 	s := &Store{
 		path:   path,
@@ -78,13 +96,37 @@ func Open(path string) (*Store, error) {
 		byName: make(map[string]string),
 		limits: newLimiter(),
 		stop:   make(chan struct{}),
+		lock:   lock,
+		logger: logger,
 	}
 	if err := s.load(); err != nil {
+		lock.Close()
 		return nil, err
 	}
+	s.tighten(dir)
 	s.done.Add(1)
 	go s.background()
 	return s, nil
+}
+
+// tighten makes the key file 0600 and its directory 0700, as writes create
+// them: a file restored from a backup at 0644 would show the keys' hashes
+// and names to every user of the host until the next change rewrote it.
+// Best effort: a directory that is not this process's to change is warned
+// of.
+func (s *Store) tighten(dir string) {
+	for _, f := range []struct {
+		path string
+		mode os.FileMode
+	}{{dir, 0o700}, {s.path, 0o600}} {
+		info, err := os.Stat(f.path)
+		if err != nil || info.Mode().Perm()&^f.mode == 0 {
+			continue
+		}
+		if err := os.Chmod(f.path, f.mode); err != nil {
+			s.logger.Warn("key store readable by others", zap.String("path", f.path), zap.Error(err))
+		}
+	}
 }
 
 // fileKey is a key as the file holds it.
@@ -442,9 +484,17 @@ func (s *Store) background() {
 		case <-s.stop:
 			return
 		case now := <-tick.C:
-			s.flushLastUsed()
+			s.flushInBackground()
 			s.limits.sweep(now.UnixMilli())
 		}
+	}
+}
+
+// flushInBackground writes out last-used times, logging a failure, which
+// no caller would see (a full disk); the next tick tries again.
+func (s *Store) flushInBackground() {
+	if err := s.flushLastUsed(); err != nil {
+		s.logger.Error("writing last-used times", zap.Error(err))
 	}
 }
 
@@ -467,6 +517,7 @@ func (s *Store) Close() error {
 		close(s.stop)
 		s.done.Wait()
 		s.closeErr = s.flushLastUsed()
+		s.lock.Close() // after the last write
 	})
 	return s.closeErr
 }

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/caddymodule/store/storetest"
@@ -20,7 +23,7 @@ import (
 
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := Open(filepath.Join(t.TempDir(), "keygate", "keys.json"))
+		s, err := Open(filepath.Join(t.TempDir(), "keygate", "keys.json"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -32,7 +35,7 @@ func TestConformance(t *testing.T) {
 // Close is harmless).
 func openAt(t *testing.T, path string) *Store {
 	t.Helper()
-	s, err := Open(path)
+	s, err := Open(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +162,7 @@ func TestFileHoldsOneKeyALineInIDOrder(t *testing.T) {
 
 func TestFileIsPrivateAndHoldsNoSecret(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
-	s, err := Open(path)
+	s, err := Open(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,18 +250,83 @@ func TestAFailedWriteLeavesItsRevisionUnused(t *testing.T) {
 	}
 }
 
+// One process at a time owns a key file: a second Open (here in the same
+// process; another process's is refused alike) would rewrite the file from
+// what it holds, dropping the first one's changes.
+func TestSecondOpenIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	first := openAt(t, path)
+	storetest.MustCreate(t, first, "on-first")
+	_, err := Open(path, nil)
+	if err == nil || !strings.Contains(err.Error(), "in use by another keygate (process "+strconv.Itoa(os.Getpid())+")") {
+		t.Fatalf("second Open: %v, want refused as in use", err)
+	}
+	second := reopen(t, first) // once closed, it may be opened again
+	if _, err := second.KeyByName(context.Background(), "on-first"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A key file and directory readable by others (restored from a backup) are
+// made private when opened, not at the next change.
+func TestLooseFileIsTightened(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "keygate")
+	path := filepath.Join(dir, "keys.json")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(`{"version": 1, "keys": []}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	openAt(t, path)
+	for p, want := range map[string]os.FileMode{dir: 0o700, path: 0o600} {
+		if info, err := os.Stat(p); err != nil || info.Mode().Perm() != want {
+			t.Errorf("%s: %v (%v), want %v", p, info.Mode().Perm(), err, want)
+		}
+	}
+}
+
+// A background write of last-used times that fails is logged: no caller
+// would hear of it.
+func TestFailedBackgroundWriteIsLogged(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "keygate")
+	core, logs := observer.New(zap.ErrorLevel)
+	s, err := Open(filepath.Join(dir, "keys.json"), zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	k, _ := storetest.MustCreate(t, s, "used")
+	if _, err := s.CheckKey(context.Background(), store.Check{KeyID: k.ID, Hash: k.Hash}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	s.flushInBackground()
+	if logs.FilterMessage("writing last-used times").Len() != 1 {
+		t.Fatalf("logged %v, want the failed write", logs.All())
+	}
+}
+
 func TestCorruptFileIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(path); err == nil || !strings.Contains(err.Error(), "corrupt") {
+	if _, err := Open(path, nil); err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("Open(corrupt) err = %v", err)
 	}
 }
 
 func BenchmarkCheckKey(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "keys.json"))
+	s, err := Open(filepath.Join(b.TempDir(), "keys.json"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -287,7 +355,7 @@ func BenchmarkCheckKey(b *testing.B) {
 func BenchmarkCreateKeyAmong(b *testing.B) {
 	for _, n := range []int{100, 10_000} {
 		b.Run(strconv.Itoa(n), func(b *testing.B) {
-			s, err := Open(filepath.Join(b.TempDir(), "keys.json"))
+			s, err := Open(filepath.Join(b.TempDir(), "keys.json"), nil)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -314,7 +382,7 @@ func BenchmarkCreateKeyAmong(b *testing.B) {
 // last-used times (every flushEvery) with 10,000 keys, all of them used
 // since the last: a burst of CPU on a gateway's busy path every ten seconds.
 func BenchmarkFlushLastUsed(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "keys.json"))
+	s, err := Open(filepath.Join(b.TempDir(), "keys.json"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
