@@ -58,6 +58,7 @@ const (
 	maxAdminBody  = 64 << 10
 	maxNameLength = 100
 	adminTimeout  = 10 * time.Second
+	importTimeout = 5 * time.Minute
 )
 
 // keyView is a key as the admin API and the CLI show it.
@@ -187,8 +188,16 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 	defer cancel()
 	s := app.shared
 
-	if r.URL.Path == "/keygate/health" {
+	switch r.URL.Path {
+	case "/keygate/health":
 		return health(ctx, app, r)
+	case "/keygate/export":
+		return exportKeys(ctx, s, r)
+	case "/keygate/import":
+		// a budget of its own: thousands of keys, each a few store calls
+		ctx, cancel := context.WithTimeout(r.Context(), importTimeout)
+		defer cancel()
+		return importKeys(ctx, s, r)
 	}
 	rest, ok := strings.CutPrefix(r.URL.Path, "/keygate/keys")
 	if !ok || rest != "" && rest[0] != '/' { // /keygate/keysX is no key's path

@@ -1,8 +1,10 @@
 package keygate
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -138,7 +140,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return s, nil
 		}
 	} else {
-		path := filepath.Join(caddy.AppDataDir(), "keygate", "keys.json")
+		path := embeddedKeyFile()
 		a.poolKey = "file|" + path
 		open = func() (store.Store, error) { return localstore.Open(path, a.logger.Named("store")) }
 	}
@@ -155,8 +157,31 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.shared = val.(*sharedStore)
 	if !loaded {
 		a.logger.Info("key store opened", zap.String("store", a.storeName()))
+		if a.Redis != "" {
+			a.warnOfEmbeddedKeys(embeddedKeyFile())
+		}
 	}
 	return nil
+}
+
+// embeddedKeyFile is where the embedded store keeps its keys.
+func embeddedKeyFile() string { return filepath.Join(caddy.AppDataDir(), "keygate", "keys.json") }
+
+// warnOfEmbeddedKeys warns, as a gateway moves to Redis, of keys the
+// embedded store holds, which Redis does not serve until they are imported:
+// otherwise every client would get 401 with nothing in the log to say why.
+func (a *App) warnOfEmbeddedKeys(path string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	var f store.Export
+	if json.Unmarshal(data, &f) != nil || len(f.Keys) == 0 {
+		return
+	}
+	a.logger.Warn("the embedded key store holds keys that Redis does not serve until they are imported "+
+		"(keygate api-key import FILE; keys already in Redis are skipped), then move the file away",
+		zap.String("file", path), zap.Int("keys", len(f.Keys)))
 }
 
 // Validate checks the configuration.

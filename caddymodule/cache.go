@@ -97,3 +97,11 @@ func (c *keyCache) markUnknown(h apikey.Hash, now time.Time) {
 	}
 	c.unknown[h] = now.Add(unknownTTL)
 }
+
+// forgetUnknown forgets that h matched no key: a key with it was just
+// imported, and its callers, refused until now, get in at once.
+func (c *keyCache) forgetUnknown(h apikey.Hash) {
+	c.mu.Lock()
+	delete(c.unknown, h)
+	c.mu.Unlock()
+}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -22,13 +23,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keygate/keygate/caddymodule/apikey"
+	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/internal/problem"
 )
 
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "api-key",
-		Usage: "generate|list|disable|enable|delete|rename|rotate [--address <admin>] [--json]",
+		Usage: "generate|list|disable|enable|delete|rename|rotate|export|import [--address <admin>] [--json]",
 		Short: "Manages keygate API keys through a running keygate's admin API",
 		Long: `
 Manages the API keys of a running keygate, through its admin API (like
@@ -42,6 +44,8 @@ rotate, and never again: only its SHA-256 is stored.
   keygate api-key disable NAME | enable NAME | delete NAME
   keygate api-key rename OLD NEW
   keygate api-key rotate NAME
+  keygate api-key export > keys-export.json
+  keygate api-key import FILE|-     (an export, or the embedded store's keys.json)
 
 --json prints every result as JSON. Errors go to stderr with a non-zero
 exit status.
@@ -84,6 +88,8 @@ func apiKeyCommands() []*cobra.Command {
 		apiKeyCommand("delete", "Deletes a key", keyNames(1), nil, cmdDelete),
 		apiKeyCommand("rename", "Renames a key; names stay unique", keyNames(2), nil, cmdRename),
 		apiKeyCommand("rotate", "Gives a key a new secret; the old one is rejected at once", keyNames(1), nil, cmdAction("rotate")),
+		apiKeyCommand("export", "Prints every key with its hash (no secret), for import into another store", cobra.NoArgs, nil, cmdExport),
+		apiKeyCommand("import", "Creates the keys of an export, or of the embedded store's keys.json, in this gateway's store (FILE, or - for stdin)", cobra.ExactArgs(1), nil, cmdImport),
 	}
 }
 
@@ -114,7 +120,7 @@ func apiKeyCommand(use, short string, args cobra.PositionalArgs, flags func(*cob
 		if err != nil {
 			return fmt.Errorf("finding the admin address: %v", err)
 		}
-		return run(&adminClient{addr: addr, json: fs.Bool("json"), flags: fs, out: c.OutOrStdout(), errOut: c.ErrOrStderr()}, args)
+		return run(&adminClient{addr: addr, json: fs.Bool("json"), flags: fs, in: c.InOrStdin(), out: c.OutOrStdout(), errOut: c.ErrOrStderr()}, args)
 	}
 	return c
 }
@@ -124,6 +130,7 @@ type adminClient struct {
 	addr   string
 	json   bool
 	flags  caddycmd.Flags
+	in     io.Reader // import's "-"
 	out    io.Writer
 	errOut io.Writer
 	// timeout bounds each call; 0 is adminClientTimeout
@@ -365,6 +372,59 @@ func cmdRename(a *adminClient, args []string) error {
 		return a.notAdminAPI("a key")
 	}
 	return a.printKey(v, "API key renamed to %q.\n")
+}
+
+// exportAnswer is GET /keygate/export's answer.
+type exportAnswer store.Export
+
+func (e *exportAnswer) wellFormed() bool { return e.Version == store.ExportVersion && e.Keys != nil }
+
+// cmdExport prints the export as JSON (whatever --json says): hashes and
+// names, no secret, but keep it as private as the store.
+func cmdExport(a *adminClient, _ []string) error {
+	var e exportAnswer
+	if err := a.call(http.MethodGet, "/keygate/export", nil, &e); err != nil {
+		return err
+	}
+	return a.printJSON(e)
+}
+
+func (r *importResult) wellFormed() bool { return r.Imported != nil && r.Skipped != nil }
+
+func cmdImport(a *adminClient, args []string) error {
+	var src io.Reader = a.in
+	if args[0] != "-" {
+		f, err := os.Open(args[0])
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		src = f
+	}
+	body, err := io.ReadAll(io.LimitReader(src, maxImportBody+1))
+	switch {
+	case err != nil:
+		return fmt.Errorf("reading %s: %v", args[0], err)
+	case len(body) > maxImportBody:
+		return fmt.Errorf("%s is larger than %d bytes", args[0], maxImportBody)
+	case !json.Valid(body):
+		return fmt.Errorf("%s is not JSON: an export (keygate api-key export) or the embedded store's keys.json is", args[0])
+	}
+	if a.timeout == 0 {
+		a.timeout = importTimeout + 5*time.Second
+	}
+	var res importResult
+	if err := a.call(http.MethodPost, "/keygate/import", json.RawMessage(body), &res); err != nil {
+		return err
+	}
+	if a.json {
+		return a.printJSON(res)
+	}
+	fmt.Fprintf(a.out, "Imported %d keys; skipped %d.\n", len(res.Imported), len(res.Skipped))
+	for _, k := range res.Skipped {
+		fmt.Fprintf(a.out, "skipped %q: %s\n", k.Name, k.Reason)
+	}
+	return nil
 }
 
 // printKey prints a key: JSON, or a headline and, when the response holds

@@ -6,7 +6,6 @@ package localstore
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,7 +23,6 @@ import (
 )
 
 const (
-	fileVersion = 1
 	// lastUsedEvery matches redisstore: last-used moves at most this often.
 	lastUsedEvery = 10 * time.Second
 	// flushEvery is how often changed last-used times are written out.
@@ -69,6 +67,16 @@ type record struct {
 }
 
 var _ store.Store = (*Store)(nil)
+
+// newRecord is the record of k, its last-used time in lastUsed.
+func newRecord(k store.Key) *record {
+	rec := &record{key: k}
+	rec.key.LastUsedAt = time.Time{}
+	if !k.LastUsedAt.IsZero() {
+		rec.lastUsed.Store(k.LastUsedAt.UnixMilli())
+	}
+	return rec
+}
 
 // lockSuffix names the lock file beside the key file (lockFile).
 const lockSuffix = ".lock"
@@ -129,28 +137,6 @@ func (s *Store) tighten(dir string) {
 	}
 }
 
-// fileKey is a key as the file holds it.
-type fileKey struct {
-	ID         string    `json:"id"`
-	Name       string    `json:"name"`
-	Prefix     string    `json:"prefix"`
-	Hash       string    `json:"sha256"`
-	Roles      []string  `json:"roles,omitempty"`
-	Owner      string    `json:"owner,omitempty"`
-	Enabled    bool      `json:"enabled"`
-	ExpiresAt  time.Time `json:"expires_at,omitzero"`
-	Limit      int64     `json:"rate_limit,omitempty"`
-	WindowMS   int64     `json:"rate_window_ms,omitempty"`
-	CreatedAt  time.Time `json:"created_at"`
-	Revision   int64     `json:"revision"`
-	LastUsedAt time.Time `json:"last_used_at,omitzero"` // last: see record.appendLine
-}
-
-type file struct {
-	Version int       `json:"version"`
-	Keys    []fileKey `json:"keys"`
-}
-
 func (s *Store) load() error {
 	data, err := os.ReadFile(s.path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -159,28 +145,19 @@ func (s *Store) load() error {
 	if err != nil {
 		return fmt.Errorf("reading key store: %v", err)
 	}
-	var f file
+	var f store.Export
 	if err := json.Unmarshal(data, &f); err != nil {
 		return fmt.Errorf("key store %s is corrupt: %v", s.path, err)
 	}
-	if f.Version != fileVersion {
-		return fmt.Errorf("key store %s has version %d; this keygate reads version %d", s.path, f.Version, fileVersion)
+	if f.Version != store.ExportVersion {
+		return fmt.Errorf("key store %s has version %d; this keygate reads version %d", s.path, f.Version, store.ExportVersion)
 	}
 	for _, fk := range f.Keys {
-		raw, err := hex.DecodeString(fk.Hash)
-		var k store.Key
-		if err != nil || len(raw) != len(k.Hash) {
-			return fmt.Errorf("key store %s: key %q has a malformed hash", s.path, fk.Name)
+		k, err := fk.Key()
+		if err != nil {
+			return fmt.Errorf("key store %s: %v", s.path, err)
 		}
-		copy(k.Hash[:], raw)
-		k.ID, k.Name, k.Prefix, k.Roles, k.Owner, k.Enabled = fk.ID, fk.Name, fk.Prefix, fk.Roles, fk.Owner, fk.Enabled
-		k.ExpiresAt, k.CreatedAt, k.Revision = fk.ExpiresAt, fk.CreatedAt, fk.Revision
-		k.RateLimit = store.Policy{Limit: fk.Limit, Window: time.Duration(fk.WindowMS) * time.Millisecond}
-		rec := &record{key: k}
-		if !fk.LastUsedAt.IsZero() {
-			rec.lastUsed.Store(fk.LastUsedAt.UnixMilli())
-		}
-		s.index(rec)
+		s.index(newRecord(k))
 	}
 	return nil
 }
@@ -223,7 +200,7 @@ func (s *Store) persist() error {
 	}
 	s.mu.RUnlock()
 	buf := make([]byte, 0, s.fileSize+512)
-	buf = fmt.Appendf(buf, "{\n  \"version\": %d,\n  \"keys\": [", fileVersion)
+	buf = fmt.Appendf(buf, "{\n  \"version\": %d,\n  \"keys\": [", store.ExportVersion)
 	for i, rec := range recs {
 		if i > 0 {
 			buf = append(buf, ',')
@@ -240,15 +217,12 @@ func (s *Store) persist() error {
 }
 
 // appendLine appends rec's line in the file to b: what json.Marshal makes of
-// its fileKey, the fixed part encoded once. The caller holds writeMu.
+// its store.ExportedKey, the fixed part encoded once. The caller holds writeMu.
 func (rec *record) appendLine(b []byte) ([]byte, error) {
 	if rec.fixed == nil {
 		k := rec.key
-		fixed, err := json.Marshal(fileKey{
-			ID: k.ID, Name: k.Name, Prefix: k.Prefix, Hash: k.Hash.String(), Roles: k.Roles, Owner: k.Owner,
-			Enabled: k.Enabled, ExpiresAt: k.ExpiresAt, Limit: k.RateLimit.Limit, WindowMS: k.RateLimit.Window.Milliseconds(),
-			CreatedAt: k.CreatedAt, Revision: k.Revision,
-		})
+		k.LastUsedAt = time.Time{} // appended below, as it moves
+		fixed, err := json.Marshal(store.Exported(k))
 		if err != nil {
 			return b, err
 		}
@@ -372,7 +346,7 @@ func (s *Store) CreateKey(_ context.Context, k store.Key) error {
 	}
 	k.Revision = 1
 	k.Roles = slices.Clone(k.Roles)
-	rec := &record{key: k}
+	rec := newRecord(k) // an imported key's last use too
 	s.index(rec)
 	s.mu.Unlock()
 	if err := s.persist(); err != nil {

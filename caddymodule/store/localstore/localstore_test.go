@@ -140,7 +140,7 @@ func TestFileHoldsOneKeyALineInIDOrder(t *testing.T) {
 	used := 0
 	for _, line := range keyLines {
 		line = strings.TrimSuffix(strings.TrimSpace(line), ",")
-		var fk fileKey
+		var fk store.ExportedKey
 		if err := json.Unmarshal([]byte(line), &fk); err != nil {
 			t.Fatalf("line %s: %v", line, err)
 		}

@@ -1,0 +1,62 @@
+package store
+
+import (
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/keygate/keygate/caddymodule/apikey"
+)
+
+// ExportVersion is the version of the Export format.
+const ExportVersion = 1
+
+// Export is every key of a store with its hash (a store holds no secret):
+// what the admin API's GET /keygate/export answers and POST /keygate/import
+// takes, and what the embedded store keeps in its keys.json, so that its
+// file can be imported into Redis as it is.
+type Export struct {
+	Version int           `json:"version"`
+	Keys    []ExportedKey `json:"keys"`
+}
+
+// ExportedKey is one key of an Export.
+type ExportedKey struct {
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	Prefix     string    `json:"prefix"`
+	Hash       string    `json:"sha256"` // lowercase hex
+	Roles      []string  `json:"roles,omitempty"`
+	Owner      string    `json:"owner,omitempty"`
+	Enabled    bool      `json:"enabled"`
+	ExpiresAt  time.Time `json:"expires_at,omitzero"`
+	Limit      int64     `json:"rate_limit,omitempty"`
+	WindowMS   int64     `json:"rate_window_ms,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	Revision   int64     `json:"revision"`
+	LastUsedAt time.Time `json:"last_used_at,omitzero"` // last: the embedded store appends it
+}
+
+// Exported is k as an Export holds it.
+func Exported(k Key) ExportedKey {
+	return ExportedKey{
+		ID: k.ID, Name: k.Name, Prefix: k.Prefix, Hash: k.Hash.String(), Roles: k.Roles, Owner: k.Owner,
+		Enabled: k.Enabled, ExpiresAt: k.ExpiresAt, Limit: k.RateLimit.Limit, WindowMS: k.RateLimit.Window.Milliseconds(),
+		CreatedAt: k.CreatedAt, Revision: k.Revision, LastUsedAt: k.LastUsedAt,
+	}
+}
+
+// Key is the key e holds; an error if its hash is not 64 hex digits.
+func (e ExportedKey) Key() (Key, error) {
+	k := Key{
+		ID: e.ID, Name: e.Name, Prefix: e.Prefix, Roles: e.Roles, Owner: e.Owner, Enabled: e.Enabled,
+		ExpiresAt: e.ExpiresAt, CreatedAt: e.CreatedAt, LastUsedAt: e.LastUsedAt, Revision: e.Revision,
+		RateLimit: Policy{Limit: e.Limit, Window: time.Duration(e.WindowMS) * time.Millisecond},
+	}
+	raw, err := hex.DecodeString(e.Hash)
+	if err != nil || len(raw) != len(apikey.Hash{}) {
+		return Key{}, fmt.Errorf("key %q has a malformed sha256", e.Name)
+	}
+	copy(k.Hash[:], raw)
+	return k, nil
+}

@@ -1,0 +1,181 @@
+package keygate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/keygate/keygate/caddymodule/store"
+)
+
+// Moving keys between stores: GET /keygate/export answers every key with
+// its hash (store.Export, the embedded store's keys.json format), and POST
+// /keygate/import creates the keys of such a body in this gateway's store,
+// with their ids and hashes: their secrets keep working. So keys move from
+// the embedded store to Redis (import its keys.json), from one Redis to
+// another, or into a backup.
+
+// maxImportBody bounds an import: about 200,000 keys.
+const maxImportBody = 64 << 20
+
+// importResult is the answer to an import.
+type importResult struct {
+	Imported []string     `json:"imported"` // names
+	Skipped  []skippedKey `json:"skipped"`
+}
+
+// skippedKey is a key of an import that was not created, and why.
+type skippedKey struct {
+	Name   string `json:"name"`
+	Reason string `json:"reason"`
+}
+
+// exportKeys answers GET /keygate/export.
+func exportKeys(ctx context.Context, s store.Store, r *http.Request) (int, any, error) {
+	if r.Method != http.MethodGet {
+		return 0, nil, methodNotAllowed(r, "GET")
+	}
+	keys, err := s.Keys(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	out := store.Export{Version: store.ExportVersion, Keys: make([]store.ExportedKey, 0, len(keys))}
+	for _, k := range keys {
+		out.Keys = append(out.Keys, store.Exported(k))
+	}
+	return http.StatusOK, out, nil
+}
+
+// importKeys answers POST /keygate/import. Every key is checked before
+// any is created, as a creation checks it (a 400 names the first that is
+// not valid). A key whose hash, id or name the store has already is
+// skipped, so an import cut short (the store failed) is finished by
+// running it again.
+func importKeys(ctx context.Context, s *sharedStore, r *http.Request) (int, any, error) {
+	if r.Method != http.MethodPost {
+		return 0, nil, methodNotAllowed(r, "POST")
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxImportBody+1))
+	if err != nil {
+		return 0, nil, badRequest("reading the body: %v", err)
+	}
+	if len(body) > maxImportBody {
+		return 0, nil, adminError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("the body is larger than %d bytes", maxImportBody)}
+	}
+	var in store.Export
+	if err := decodeObject(body, &in); err != nil {
+		return 0, nil, err
+	}
+	if in.Version != store.ExportVersion {
+		return 0, nil, badRequest("version %d: this keygate imports version %d (GET /keygate/export, or the embedded store's keys.json)", in.Version, store.ExportVersion)
+	}
+	keys := make([]store.Key, 0, len(in.Keys))
+	for i, e := range in.Keys {
+		k, err := importedKey(e)
+		if err != nil {
+			return 0, nil, badRequest("keys[%d]: %v", i, err)
+		}
+		keys = append(keys, k)
+	}
+
+	existing, err := s.Keys(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	ids := make(map[string]bool, len(existing))
+	for _, k := range existing {
+		ids[k.ID] = true
+	}
+	res := importResult{Imported: []string{}, Skipped: []skippedKey{}}
+	for _, k := range keys {
+		skip := func(reason string) { res.Skipped = append(res.Skipped, skippedKey{k.Name, reason}) }
+		if ids[k.ID] {
+			skip("a key with its id is in the store")
+			continue
+		}
+		switch _, err := s.KeyIDByHash(ctx, k.Hash); {
+		case err == nil:
+			skip("a key with its secret is in the store")
+			continue
+		case !errors.Is(err, store.ErrNotFound):
+			return 0, nil, importCutShort(res, len(keys), err)
+		}
+		switch err := s.CreateKey(ctx, k); {
+		case errors.Is(err, store.ErrNameTaken):
+			skip("its name is taken")
+		case err != nil:
+			return 0, nil, importCutShort(res, len(keys), err)
+		default:
+			ids[k.ID] = true
+			res.Imported = append(res.Imported, k.Name)
+			// refused here until now (clients of a store just moved):
+			// in at once, not after the negative cache's second (other
+			// gateways' caches forget it within that)
+			s.keys.forgetUnknown(k.Hash)
+		}
+	}
+	return http.StatusOK, res, nil
+}
+
+// importedKey is e as the store will hold it, checked as a creation would
+// check it, and with an id of keygate's shape, which names the key's
+// records in Redis.
+func importedKey(e store.ExportedKey) (store.Key, error) {
+	k, err := e.Key()
+	if err != nil {
+		return store.Key{}, err
+	}
+	if !validKeyID(k.ID) {
+		return store.Key{}, fmt.Errorf("key %q: id %q is not 16 lowercase hex digits", k.Name, k.ID)
+	}
+	if err := validName(k.Name); err != nil {
+		return store.Key{}, err
+	}
+	if err := validLabel("owner", k.Owner); err != nil {
+		return store.Key{}, err
+	}
+	// the display prefix ends in "…": printable, not ASCII
+	if len(k.Prefix) > maxNameLength || !utf8.ValidString(k.Prefix) || strings.IndexFunc(k.Prefix, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return store.Key{}, fmt.Errorf("key %q: prefix %q: printable text of at most %d bytes only", k.Name, k.Prefix, maxNameLength)
+	}
+	for _, role := range k.Roles {
+		if !validRole(role) {
+			return store.Key{}, fmt.Errorf("key %q: role %q: use lowercase letters, digits and _ . : - only", k.Name, role)
+		}
+	}
+	if p := k.RateLimit; (p.Limit != 0 || p.Window != 0) &&
+		(p.Limit <= 0 || p.Limit > store.MaxLimit || p.Window < time.Millisecond) {
+		return store.Key{}, fmt.Errorf("key %q: rate limit %d per %d ms: requests from 1 to %d, a window of at least 1 ms",
+			k.Name, p.Limit, p.Window.Milliseconds(), int64(store.MaxLimit))
+	}
+	if k.ExpiresAt.Year() > 9999 {
+		return store.Key{}, fmt.Errorf("key %q: expiry after the year 9999", k.Name)
+	}
+	return k, nil
+}
+
+// validKeyID is the shape of the ids createKey makes.
+func validKeyID(id string) bool {
+	if len(id) != 16 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// importCutShort is the error of an import the store failed in the middle of.
+func importCutShort(res importResult, total int, err error) error {
+	return adminError{status: http.StatusServiceUnavailable, msg: fmt.Sprintf(
+		"key store unavailable: %v; %d of %d keys imported, %d skipped: import again (the keys already in the store are skipped)",
+		err, len(res.Imported), total, len(res.Skipped))}
+}

@@ -1,0 +1,138 @@
+package keygate
+
+import (
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+// Moving from the embedded store to Redis: the embedded store's keys.json,
+// imported into Redis, keeps every key's secret working, with its id,
+// roles, owner, limit and state; an import run again skips what is there;
+// and an export of Redis imports into another Redis alike.
+func TestImportMovesKeysBetweenStores(t *testing.T) {
+	g := startGateway(t, "", protectedSite) // embedded
+	mover := generate(t, "--name", "moving-a", "--roles", "upload", "--owner", "alice", "--rate-limit", "50/1h", "--expires", "2099-01-01")
+	off := generate(t, "--name", "moving-b", "--roles", "upload")
+	mustCLI(t, "disable", "moving-b")
+	if r := g.get("/api/x", bearer(mover.Key)...); r.status != http.StatusOK {
+		t.Fatalf("on the embedded store: %d", r.status)
+	}
+
+	g = startRedisGateway(t, "", protectedSite)
+	wantProblem(t, g.get("/api/x", bearer(mover.Key)...), http.StatusUnauthorized, "Invalid API key")
+	keysFile := filepath.Join(caddy.AppDataDir(), "keygate", "keys.json")
+	var res importResult
+	mustJSON(t, mustCLI(t, "import", keysFile, "--json"), &res)
+	if !slices.Contains(res.Imported, "moving-a") || !slices.Contains(res.Imported, "moving-b") {
+		t.Fatalf("import of keys.json = %+v, want moving-a and moving-b imported", res)
+	}
+	r := g.get("/api/x", bearer(mover.Key)...)
+	if r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Key-Id") != mover.ID || r.upstreamSaw.Get("X-Keygate-Owner") != "alice" {
+		t.Fatalf("the moved key on Redis: %d, upstream saw %v", r.status, r.upstreamSaw)
+	}
+	wantRateHeaders(t, r, "key", 50, 3600, 49)
+	wantProblem(t, g.get("/api/x", bearer(off.Key)...), http.StatusUnauthorized, "Invalid API key")
+	var listed []keyView
+	mustJSON(t, mustCLI(t, "list", "--json"), &listed)
+	i := slices.IndexFunc(listed, func(v keyView) bool { return v.Name == "moving-a" })
+	if i < 0 {
+		t.Fatalf("moving-a not listed: %+v", listed)
+	}
+	if moved := listed[i]; moved.ID != mover.ID || moved.ExpiresAt == nil || !moved.ExpiresAt.Equal(*mover.ExpiresAt) ||
+		!slices.Equal(moved.Roles, []string{"upload"}) || moved.RateLimit != "50/1h" || moved.Owner != "alice" || moved.Status != "active" {
+		t.Fatalf("moved key = %+v, want %+v's id, roles, owner, limit and expiry", moved, mover)
+	}
+
+	// again: everything is there already
+	out := mustCLI(t, "import", keysFile)
+	if !strings.Contains(out, "Imported 0 keys;") || !strings.Contains(out, `skipped "moving-a": a key with its id is in the store`) {
+		t.Fatalf("second import printed %q", out)
+	}
+
+	// an export of Redis, into another Redis
+	export := mustCLI(t, "export")
+	var e store.Export
+	mustJSON(t, export, &e)
+	if e.Version != store.ExportVersion || len(e.Keys) < 2 || strings.Contains(export, mover.Key) {
+		t.Fatalf("export = %s", export)
+	}
+	file := filepath.Join(t.TempDir(), "export.json")
+	if err := os.WriteFile(file, []byte(export), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g = startGatewayOn(t, redistest.Start(t), protectedSite)
+	generate(t, "--name", "moving-b") // another key has its name there
+	mustJSON(t, mustCLI(t, "import", file, "--json"), &res)
+	if !slices.Contains(res.Imported, "moving-a") || !slices.Contains(res.Skipped, skippedKey{"moving-b", "its name is taken"}) {
+		t.Fatalf("import of the export = %+v", res)
+	}
+	if r := g.get("/api/x", bearer(mover.Key)...); r.status != http.StatusOK {
+		t.Fatalf("the key moved twice: %d", r.status)
+	}
+}
+
+// An import is checked whole before anything is created: a bad key (here
+// its id not keygate's shape, which names Redis keys) or another version
+// is a 400 that creates nothing.
+func TestImportRefusesBadInputWhole(t *testing.T) {
+	startRedisGateway(t, "", protectedSite)
+	good := `{"id": "0123456789abcdef", "name": "fine", "prefix": "sk_0123…", "sha256": "` + strings.Repeat("ab", 32) + `", "enabled": true, "created_at": "2026-01-01T00:00:00Z", "revision": 3}`
+	for body, want := range map[string]string{
+		`{"version": 1, "keys": [` + good + `, {"id": "x:{k}", "name": "bad", "sha256": "` + strings.Repeat("cd", 32) + `"}]}`: `keys[1]: key "bad": id "x:{k}" is not 16 lowercase hex digits`,
+		`{"version": 1, "keys": [` + good + `, {"id": "0123456789abcdee", "name": "bad", "sha256": "short"}]}`:                 `keys[1]: key "bad" has a malformed sha256`,
+		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"rate_limit": 5, "enabled"`, 1) + `]}`:                `rate limit 5 per 0 ms`,
+		`{"version": 2, "keys": [` + good + `]}`:             "version 2: this keygate imports version 1",
+		`{"version": 1, "keys": [` + good + `], "extra": 1}`: `unknown field "extra"`,
+	} {
+		file := filepath.Join(t.TempDir(), "import.json")
+		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := cli(t, "import", file); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("import %s: %v (%q), want %q", body, err, out, want)
+		}
+	}
+	var listed []keyView
+	mustJSON(t, mustCLI(t, "list", "--json"), &listed)
+	if len(listed) != 0 {
+		t.Fatalf("refused imports created %+v", listed)
+	}
+	if out, err := cli(t, "import", "/nonexistent/keys.json"); err == nil {
+		t.Errorf("a missing file: %q", out)
+	}
+}
+
+// A gateway moving to Redis warns of the keys the embedded store holds,
+// which Redis does not serve until they are imported: else every client
+// gets 401 with nothing in the log to say why.
+func TestMovingToRedisWarnsOfEmbeddedKeys(t *testing.T) {
+	dir := t.TempDir()
+	core, logs := observer.New(zap.WarnLevel)
+	a := &App{logger: zap.New(core)}
+	a.warnOfEmbeddedKeys(filepath.Join(dir, "none.json")) // no file: nothing to say
+	empty := filepath.Join(dir, "empty.json")
+	full := filepath.Join(dir, "keys.json")
+	for path, body := range map[string]string{
+		empty: `{"version": 1, "keys": []}`,
+		full:  `{"version": 1, "keys": [{"id": "0123456789abcdef", "name": "k", "sha256": "` + strings.Repeat("ab", 32) + `"}]}`,
+	} {
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		a.warnOfEmbeddedKeys(path)
+	}
+	if logs.Len() != 1 || logs.All()[0].ContextMap()["file"] != full || logs.All()[0].ContextMap()["keys"] != int64(1) {
+		t.Fatalf("logged %+v, want one warning of keys.json's key", logs.All())
+	}
+}
