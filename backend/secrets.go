@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -17,7 +18,9 @@ const (
 	SecretIDLen = 12
 	// ViewOnceLifetime bounds how long an unread view_once secret is kept.
 	ViewOnceLifetime = 7 * 24 * time.Hour
-	// SharePathPrefix is where shareUrl points: <base>/s/<linkId>.
+	// SharePathPrefix also opens the viewer: <base>/s/<linkId>, the
+	// shareUrl of earlier versions. shareUrl is <base>/<linkId>, as
+	// SecLink's doc has it (handleRedirect).
 	SharePathPrefix = "/s/"
 	// HeaderPasscodeHash carries the reader's passcode hash; the query
 	// parameter passcodeHash is the alternative for clients that cannot set
@@ -115,6 +118,13 @@ func (s *Server) handleCreateSecret(w http.ResponseWriter, r *http.Request) {
 	var err error
 	for range idRetries { // a collision needs astronomically bad luck; retry anyway
 		sec.ID = randomID(SecretIDLen)
+		// shareUrl, <base>/<linkId>, must not be a short link's
+		if _, err = s.cfg.Store.GetLink(r.Context(), sec.ID); err == nil {
+			err = store.ErrIDTaken
+			continue
+		} else if !errors.Is(err, store.ErrNotFound) {
+			break
+		}
 		if err = s.cfg.Store.CreateSecret(r.Context(), sec); !errors.Is(err, store.ErrIDTaken) {
 			break
 		}
@@ -125,9 +135,28 @@ func (s *Server) handleCreateSecret(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusCreated, createSecretResponse{
 		LinkID:    sec.ID,
-		ShareURL:  baseURL(r) + SharePathPrefix + sec.ID,
+		ShareURL:  baseURL(r) + "/" + sec.ID,
 		ExpiresAt: sec.ExpiresAt.UnixMilli(),
 	})
+}
+
+// errPeek is secretExists's authorize: it stops OpenSecret before a
+// view_once secret is consumed.
+var errPeek = errors.New("peek")
+
+// secretExists says whether a secret with that id exists or did (a
+// view_once secret read, for as long as its tombstone lives), without
+// reading it out: its <base>/<linkId> is then taken, for a short link's
+// slug too.
+func (s *Server) secretExists(ctx context.Context, id string) (bool, error) {
+	_, err := s.cfg.Store.OpenSecret(ctx, id, func(store.Secret) error { return errPeek })
+	switch {
+	case errors.Is(err, errPeek), errors.Is(err, store.ErrGone):
+		return true, nil
+	case errors.Is(err, store.ErrNotFound):
+		return false, nil
+	}
+	return false, err
 }
 
 // handleGetSecret is SecLink's GET /api/v1/secrets/:id. The passcode is

@@ -44,7 +44,7 @@ func TestSecretsDocExample(t *testing.T) {
 		if keysOf(m) != "expiresAt,linkId,shareUrl" || len(id) != 12 || strings.Trim(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789") != "" {
 			t.Fatalf("response %v", m)
 		}
-		if m["shareUrl"] != "https://seclink.local/s/"+id {
+		if m["shareUrl"] != "https://seclink.local/"+id { // the doc's https://seclink.local/A1b2C3d4E5f6
 			t.Fatalf("shareUrl %v", m["shareUrl"])
 		}
 		exp := time.UnixMilli(int64(m["expiresAt"].(float64)))

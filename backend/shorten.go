@@ -182,6 +182,17 @@ func (s *Server) createLink(w http.ResponseWriter, r *http.Request, customSlugOK
 // that is taken is the caller's 409; a generated one is simply redrawn.
 func (s *Server) storeLink(ctx context.Context, nl store.NewLink) (store.Link, error) {
 	if nl.Slug != "" {
+		if isSecretID(nl.Slug) {
+			// <base>/<slug> would be a secret's shareUrl: one who knows a
+			// linkId must not be able to send its readers (and the key in
+			// the link's fragment, which a redirect carries) elsewhere
+			switch taken, err := s.secretExists(ctx, nl.Slug); {
+			case err != nil:
+				return store.Link{}, err
+			case taken:
+				return store.Link{}, store.ErrSlugTaken
+			}
+		}
 		return s.cfg.Store.CreateLink(ctx, nl)
 	}
 	for i := range genSlugRetries {
@@ -302,6 +313,17 @@ func (s *Server) handleRedirect(w http.ResponseWriter, r *http.Request) {
 		l, err = s.cfg.Store.VisitLink(r.Context(), slug, s.cfg.Now())
 	}
 	switch {
+	case errors.Is(err, store.ErrNotFound) && isSecretID(slug):
+		// no link: perhaps a secret's shareUrl, <base>/<linkId>
+		switch exists, err := s.secretExists(r.Context(), slug); {
+		case err != nil:
+			s.storeError(w, r, err)
+		case exists:
+			serveViewer(w)
+		default:
+			problem.Write(w, errLinkNotFound)
+		}
+		return
 	case errors.Is(err, store.ErrNotFound):
 		problem.Write(w, errLinkNotFound)
 		return

@@ -10,7 +10,7 @@ import (
 	"github.com/keygate/keygate/internal/problem"
 )
 
-// viewerHTML is the page a secret's shareUrl (<base>/s/<linkId>) opens: it
+// viewerHTML is the page a secret's shareUrl (<base>/<linkId>) opens: it
 // fetches the secret when the recipient presses Reveal, and decrypts it in
 // the browser with the key in the link's fragment (see its script).
 //
@@ -44,6 +44,12 @@ func (s *Server) handleViewer(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, errSecretMissing)
 		return
 	}
+	serveViewer(w)
+}
+
+// serveViewer writes the viewer page, which reads the linkId from the
+// path's last segment: /s/<linkId> or /<linkId>.
+func serveViewer(w http.ResponseWriter) {
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Content-Security-Policy", viewerCSP)

@@ -51,6 +51,47 @@ func TestShareURLOpensTheViewer(t *testing.T) {
 		}
 		resp, out = e.get("/s/not-an-id", anonymous)
 		wantProblem(t, resp, out, http.StatusNotFound, "Secret does not exist or has already been viewed")
+		// the shareUrl of earlier versions still opens it
+		if resp, _ := e.get("/s/"+id, anonymous); resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/html; charset=utf-8" {
+			t.Fatalf("/s/<linkId>: %d", resp.StatusCode)
+		}
+	})
+}
+
+// shareUrl, <base>/<linkId>, shares its path with short links: a path of a
+// linkId's shape that is no link opens the viewer while the secret exists
+// (or its tombstone: the page says it was viewed), else it is the short
+// link's 404; and a custom slug may not take a secret's linkId, which
+// would send its readers, and the key in the link's fragment, elsewhere.
+func TestShareURLAndShortLinksShareRoot(t *testing.T) {
+	eachStore(t, func(t *testing.T, e *env) {
+		id, _ := e.createSecret(`{"encryptedBlob":"YmxvYg==","iv":"aXY=","expiryType":"view_once"}`, asKey("k1", "n", "o"))
+		resp, out := e.postJSON("/api/shortlinks", `{"url":"https://evil.example/","slug":"`+id+`"}`, asKey("k2", "m", "p"))
+		wantProblem(t, resp, out, http.StatusConflict, "Slug already exists")
+		resp, out = e.postJSON("/api/shorten", `{"url":"https://evil.example/","customSlug":"`+id+`"}`, asKey("k2", "m", "p"))
+		wantProblem(t, resp, out, http.StatusConflict, "Slug already exists")
+
+		if resp, _ := e.get("/api/v1/secrets/"+id, anonymous); resp.StatusCode != http.StatusOK {
+			t.Fatalf("reading the secret: %d", resp.StatusCode)
+		}
+		// viewed: a tombstone still holds the path
+		resp, out = e.get("/"+id, anonymous)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(out), "<script>") {
+			t.Fatalf("/<linkId> of a viewed secret: %d %s", resp.StatusCode, out)
+		}
+		resp, out = e.postJSON("/api/shortlinks", `{"url":"https://evil.example/","slug":"`+id+`"}`, asKey("k2", "m", "p"))
+		wantProblem(t, resp, out, http.StatusConflict, "Slug already exists")
+
+		// a link with a slug of that shape is a link like any other
+		resp, out = e.postJSON("/api/shortlinks", `{"url":"https://example.com/","slug":"summersale24"}`, asKey("k2", "m", "p"))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("slug summersale24: %d %s", resp.StatusCode, out)
+		}
+		if resp, _ := e.do(http.MethodGet, "/summersale24", nil, "", anonymous); resp.StatusCode != http.StatusFound {
+			t.Fatalf("/summersale24: %d", resp.StatusCode)
+		}
+		resp, out = e.get("/AAAAAAAAAAAA", anonymous) // neither
+		wantProblem(t, resp, out, http.StatusNotFound, "Link not found")
 	})
 }
 

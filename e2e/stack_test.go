@@ -192,8 +192,8 @@ func TestReferenceCurlExamples(t *testing.T) {
 			wantStatus(t, "POST /api/v1/secrets", r, http.StatusCreated)
 			m := r.JSON(t)
 			id := str(m, "linkId")
-			if !secretIDPattern.MatchString(id) || str(m, "shareUrl") != s.Base+"/s/"+id {
-				t.Fatalf("create secret: %s; want a 12-character linkId and shareUrl %s/s/<linkId>", r.Body, s.Base)
+			if !secretIDPattern.MatchString(id) || str(m, "shareUrl") != s.Base+"/"+id {
+				t.Fatalf("create secret: %s; want a 12-character linkId and shareUrl %s/<linkId>, as the doc's", r.Body, s.Base)
 			}
 			// view_once: kept 7 days at most while unread, in Unix ms.
 			exp, _ := m["expiresAt"].(float64)
@@ -243,8 +243,8 @@ func TestReferencePythonExamples(t *testing.T) {
 			if sub == nil {
 				t.Fatalf("printed %q, want {'linkId': ..., 'shareUrl': ..., 'expiresAt': ...}", out)
 			}
-			if sub[2] != s.Base+"/s/"+sub[1] {
-				t.Errorf("shareUrl %q, want %s/s/%s", sub[2], s.Base, sub[1])
+			if sub[2] != s.Base+"/"+sub[1] {
+				t.Errorf("shareUrl %q, want %s/%s", sub[2], s.Base, sub[1])
 			}
 			r := mustDo(t, http.MethodGet, s.Base+"/api/v1/secrets/"+sub[1], nil)
 			wantStatus(t, "read", r, http.StatusOK)
