@@ -117,6 +117,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	keygate [<matcher>] {
 //		rate_limit <requests> <window>   # per key; a key's own limit wins
 //		ignore_key_limits                # ... but not here: every key gets rate_limit
+//		zone       <name>                # counters of this zone's routes only (default: shared by limit)
 //		anonymous  <requests> <window>   # let keyless callers in, limited per client IP
 //		roles      <role...>             # the key must hold one of them, else 403
 //		algorithm  sliding_window|sliding_log
@@ -183,6 +184,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.KeepCredentials = true
+		case "zone":
+			if !d.AllArgs(&h.Zone) {
+				return d.ArgErr()
+			}
+			if !validZone(h.Zone) || h.Zone == "" {
+				return d.Errf("zone %q: lowercase letters, digits and _ . - only, 1 to %d", h.Zone, maxZoneLength)
+			}
 		case "ignore_key_limits":
 			if d.NextArg() {
 				return d.ArgErr()

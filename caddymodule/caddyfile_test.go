@@ -108,6 +108,10 @@ func TestCaddyfileErrors(t *testing.T) {
 		// the last would silently win (roles add up instead)
 		{"two rate_limits", "keygate {\n\trate_limit 5 1m\n\trate_limit 6 1m\n}", "rate_limit is given more than once"},
 		{"two leases", "keygate {\n\tlease 8\n\tlease 64\n}", "lease is given more than once"},
+		{"zone with a brace", "keygate {\n\tzone {k:x}\n}", "lowercase letters, digits and _ . - only"},
+		{"zone in capitals", "keygate {\n\tzone Shortlink\n}", "lowercase letters, digits and _ . - only"},
+		{"zone without a name", "keygate {\n\tzone\n}", "wrong argument count"},
+		{"ignore_key_limits with an argument", "keygate {\n\tignore_key_limits yes\n}", "wrong argument count"},
 		{"keygate_errors with a block", "handle_errors {\n\tkeygate_errors {\n\t\tverbose\n\t}\n}", "keygate_errors takes no block"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -625,6 +625,49 @@ func TestIgnoreKeyLimits(t *testing.T) {
 	wantRateHeaders(t, r, "key", 100, 3600, 99)
 }
 
+// Routes in different zones keep their budgets apart, though their limits
+// match; routes without a zone share one, as before; anonymous callers
+// alike; with leases too.
+func TestZonesKeepBudgetsApart(t *testing.T) {
+	for _, lease := range []string{"0", "64"} {
+		t.Run("lease "+lease, func(t *testing.T) {
+			route := func(path, zone string) string {
+				if zone != "" {
+					zone = "zone " + zone
+				}
+				return `
+	handle ` + path + ` {
+		keygate {
+			rate_limit 1 1m
+			anonymous 1 1m
+			lease ` + lease + `
+			` + zone + `
+		}
+		reverse_proxy {upstream}
+	}`
+			}
+			g := startRedisGateway(t, "", route("/alpha", "alpha")+route("/beta", "beta")+route("/plain", "")+route("/also-plain", ""))
+			k := generate(t, "--name", "zoned-"+lease)
+			for _, who := range [][]string{bearer(k.Key), nil} {
+				for _, step := range []struct {
+					path   string
+					status int
+				}{
+					{"/alpha", http.StatusOK},
+					{"/alpha", http.StatusTooManyRequests},
+					{"/beta", http.StatusOK}, // its own zone
+					{"/plain", http.StatusOK},
+					{"/also-plain", http.StatusTooManyRequests}, // no zone: one budget with /plain
+				} {
+					if r := g.get(step.path, who...); r.status != step.status {
+						t.Fatalf("key %v, %s: %d, want %d", who != nil, step.path, r.status, step.status)
+					}
+				}
+			}
+		})
+	}
+}
+
 // rate_limit_headers picks the headers of each route's responses; a 429
 // says when to retry whatever it picks.
 func TestRateLimitHeadersOption(t *testing.T) {

@@ -38,9 +38,18 @@ func init() {
 type Handler struct {
 	// RateLimit limits each key on this route. A key created with its own
 	// limit uses that instead, unless IgnoreKeyLimits. Counters are shared
-	// by every route with the same limit, window and algorithm. Default: no
-	// per-key limit.
+	// by every route with the same limit, window, algorithm and Zone.
+	// Default: no per-key limit.
 	RateLimit *Rate `json:"rate_limit,omitempty"`
+
+	// Zone names this route's counters. Routes in one zone (and without
+	// one, all of them) share a key's counter when their limit, window and
+	// algorithm match, and a client IP's likewise: one budget however many
+	// routes it covers. Routes in different zones never share one, so two
+	// products behind one gateway each have their own budget, whatever
+	// their limits. Lowercase letters, digits and _ . -, at most 64.
+	// Default: none.
+	Zone string `json:"zone,omitempty"`
 
 	// IgnoreKeyLimits holds every key to RateLimit on this route, a key
 	// created with a limit of its own too: for a route whose limit is part
@@ -138,10 +147,12 @@ func (h *Handler) attach(app *App) {
 	h.headers, _ = rateLimitHeaderSet(h.RateLimitHeaders) // Validate refuses a bad value
 	h.keyPolicy = h.RateLimit.policy()
 	if !h.keyPolicy.IsZero() {
+		h.keyPolicy.Zone = h.Zone
 		h.keyPolicyHdr = policyHeader(policyNameKey, h.keyPolicy)
 	}
 	h.anonPolicy = h.Anonymous.policy()
 	if !h.anonPolicy.IsZero() {
+		h.anonPolicy.Zone = h.Zone
 		h.anonPolicyHdr = policyHeader(policyNameAddress, h.anonPolicy)
 	}
 	if h.Lease > 1 {
@@ -169,6 +180,9 @@ func (h *Handler) Validate() error {
 	if err := h.RateLimit.validate("rate_limit"); err != nil {
 		return err
 	}
+	if !validZone(h.Zone) {
+		return fmt.Errorf("zone %q: lowercase letters, digits and _ . - only, at most %d", h.Zone, maxZoneLength)
+	}
 	if h.Lease < 0 || h.Lease > maxLease {
 		return fmt.Errorf("lease must be 0 to %d requests, got %d", maxLease, h.Lease)
 	}
@@ -191,6 +205,23 @@ func rolesWithAnonymous(h *Handler) error {
 		return errors.New("roles and anonymous exclude each other: a caller without a key would pass where a key without the role is refused; put them on separate routes")
 	}
 	return nil
+}
+
+// maxZoneLength bounds a zone's name, which names Redis keys.
+const maxZoneLength = 64
+
+// validZone accepts "" (no zone) and names of [a-z0-9_.-]: safe in a Redis
+// key's name, and never a hash tag's braces.
+func validZone(z string) bool {
+	if len(z) > maxZoneLength {
+		return false
+	}
+	for i := 0; i < len(z); i++ {
+		if c := z[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 // maxLease bounds the lease option: far beyond any use (a lease is at most
@@ -403,7 +434,9 @@ func (h *Handler) storeFailed(w http.ResponseWriter, r *http.Request, repl *cadd
 // RateLimit-Policy header value.
 func (h *Handler) policyFor(ident *identity) (store.Policy, string) {
 	if ident.ownPolicyHdr != "" && !h.IgnoreKeyLimits {
-		return ident.key.RateLimit, ident.ownPolicyHdr
+		own := ident.key.RateLimit
+		own.Zone = h.Zone
+		return own, ident.ownPolicyHdr
 	}
 	return h.keyPolicy, h.keyPolicyHdr
 }

@@ -647,7 +647,12 @@ func TestStackRouteLimits(t *testing.T) {
 		r := postJSON(t, s.Base+"/api/v1/secrets", secret, "Authorization", "Bearer "+plain.Key)
 		limitOf("plain key, SecLink", r, http.StatusCreated, "10000")
 		id := str(r.JSON(t), "linkId")
-		limitOf("plain key, Slink", mustDo(t, http.MethodGet, s.Base+"/api/user/sharex-config?baseUrl=http://x&apiKey=k", nil, "X-API-Key", plain.Key), http.StatusOK, "1000")
+		limitOf("plain key, Slink", mustDo(t, http.MethodGet, s.Base+"/api/user/sharex-config?baseUrl=http://x&apiKey=k", nil, "X-API-Key", plain.Key), http.StatusOK, "100")
+		// Slink's 100 per 10 minutes and Shorturlx's are budgets apart
+		// (zones): the key's first request on each
+		if r := postJSON(t, s.Base+"/api/shorten", `{"url":"https://example.com/plain"}`, "X-API-Key", plain.Key); r.Header.Get("X-RateLimit-Remaining") != "99" {
+			t.Errorf("plain key's first Shorturlx request after a Slink one: X-RateLimit-Remaining %q, want 99", r.Header.Get("X-RateLimit-Remaining"))
+		}
 
 		// An anonymous reader who followed 20 short links can still read a
 		// secret: SecLink's 20 an hour is its own.

@@ -62,10 +62,14 @@ func (k *Key) Expired(now time.Time) bool {
 	return !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)
 }
 
-// Policy is a rate limit: at most Limit requests in any Window.
+// Policy is a rate limit: at most Limit requests in any Window. Its
+// counters are a subject's per Limit, Window, algorithm and Zone: a route
+// names a Zone to keep its budget apart from other routes of the same
+// limit (a key's own limit, which has none, takes its route's).
 type Policy struct {
 	Limit  int64         `json:"limit"`
 	Window time.Duration `json:"window"`
+	Zone   string        `json:"zone,omitempty"` // empty: shared by every route without one
 }
 
 // IsZero reports whether the policy is unset (no limiting).

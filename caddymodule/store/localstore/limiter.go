@@ -35,6 +35,7 @@ type counterKey struct {
 	algorithm store.Algorithm
 	limit     int64
 	window    int64 // ms
+	zone      string
 }
 
 // counter is the state of one counter. Only the fields of its algorithm

@@ -13,7 +13,7 @@ import (
 
 func TestSlidingLogAtTheEdges(t *testing.T) {
 	l := newLimiter()
-	ck := counterKey{'s', "203.0.113.7", store.SlidingLog, 3, 1000}
+	ck := counterKey{'s', "203.0.113.7", store.SlidingLog, 3, 1000, ""}
 	for i, at := range []int64{10_000, 10_100, 10_200} {
 		if d := l.take(ck, at); !d.Allowed || d.Remaining != int64(2-i) || d.Reset.UnixMilli() != 11_000 {
 			t.Fatalf("request %d at %d: %+v", i, at, d)
@@ -35,7 +35,7 @@ func TestSlidingLogAtTheEdges(t *testing.T) {
 // A clock that steps back must never let more than the limit in.
 func TestSlidingLogClockStepsBack(t *testing.T) {
 	l := newLimiter()
-	ck := counterKey{'k', "id", store.SlidingLog, 2, 1000}
+	ck := counterKey{'k', "id", store.SlidingLog, 2, 1000, ""}
 	l.take(ck, 5_000)
 	l.take(ck, 4_000) // the clock went back a second
 	if d := l.take(ck, 4_100); d.Allowed {
@@ -47,7 +47,7 @@ func TestSlidingLogClockStepsBack(t *testing.T) {
 // and never takes more slots than the limit.
 func TestSlidingLogRing(t *testing.T) {
 	l := newLimiter()
-	ck := counterKey{'k', "id", store.SlidingLog, 20, 100}
+	ck := counterKey{'k', "id", store.SlidingLog, 20, 100, ""}
 	now := int64(1_000_000)
 	admitted := 0
 	for range 1000 {
@@ -74,7 +74,7 @@ func TestSlidingLogRing(t *testing.T) {
 
 func TestSlidingWindowWeighsThePreviousWindow(t *testing.T) {
 	l := newLimiter()
-	ck := counterKey{'k', "id", store.SlidingWindow, 10, 1000}
+	ck := counterKey{'k', "id", store.SlidingWindow, 10, 1000, ""}
 	// the subject's windows start at 100_000 + its offset
 	at := func(ms int64) int64 { return ms + store.WindowOffset('k', "id", time.Second).Milliseconds() }
 	for range 10 {
@@ -105,7 +105,7 @@ func TestSlidingWindowWeighsThePreviousWindow(t *testing.T) {
 // one, in full, with its own previous window, until it ends.
 func TestSlidingWindowClockStepsBack(t *testing.T) {
 	l := newLimiter()
-	ck := counterKey{'k', "id", store.SlidingWindow, 10, 1000}
+	ck := counterKey{'k', "id", store.SlidingWindow, 10, 1000, ""}
 	at := func(ms int64) int64 { return ms + store.WindowOffset('k', "id", time.Second).Milliseconds() }
 	for range 9 {
 		l.take(ck, at(100_500))
@@ -142,7 +142,7 @@ func TestSlidingWindowOffsets(t *testing.T) {
 	}
 
 	l := newLimiter()
-	ck := counterKey{'s', "moved", store.SlidingWindow, 10, 1000}
+	ck := counterKey{'s', "moved", store.SlidingWindow, 10, 1000, ""}
 	c := &counter{start: 200_000, cur: 10, last: 200_000, offset: 400}
 	l.shard(ck).counters[ck] = c
 	// now 200_500: this window started at 200_400, the stored one 400ms
@@ -157,8 +157,8 @@ func TestSlidingWindowOffsets(t *testing.T) {
 
 func TestSweepDropsOnlyIdleCounters(t *testing.T) {
 	l := newLimiter()
-	idle := counterKey{'s', "idle", store.SlidingWindow, 10, 1000}
-	busy := counterKey{'s', "busy", store.SlidingLog, 10, 60_000}
+	idle := counterKey{'s', "idle", store.SlidingWindow, 10, 1000, ""}
+	busy := counterKey{'s', "busy", store.SlidingLog, 10, 60_000, ""}
 	l.take(idle, 0)
 	l.take(busy, 0)
 	if n := l.sweep(2_000); n != 0 {
@@ -175,7 +175,7 @@ func BenchmarkLimiterTake(b *testing.B) {
 		b.Run(string(a), func(b *testing.B) {
 			// one admitted request a millisecond against 1000 per 1s: the
 			// steady state of a busy key, every take admits and expires one
-			ck := counterKey{'k', "0123456789abcdef", a, 1000, 1000}
+			ck := counterKey{'k', "0123456789abcdef", a, 1000, 1000, ""}
 			now := time.Now().UnixMilli()
 			b.ReportAllocs()
 			for b.Loop() {
@@ -191,12 +191,12 @@ func BenchmarkLimiterTake(b *testing.B) {
 // request least recently go first, keys' counters never.
 func TestFloodOfSubjectsIsBounded(t *testing.T) {
 	l := newLimiter()
-	key := counterKey{'k', "id", store.SlidingWindow, 10, 3_600_000}
-	early := counterKey{'s', "ip6:2001:db8:ffff::/64", store.SlidingWindow, 20, 3_600_000}
+	key := counterKey{'k', "id", store.SlidingWindow, 10, 3_600_000, ""}
+	early := counterKey{'s', "ip6:2001:db8:ffff::/64", store.SlidingWindow, 20, 3_600_000, ""}
 	l.take(key, 1_000)
 	l.take(early, 1_000)
 	for i := range 2 * maxCountersPerShard * shardCount {
-		l.take(counterKey{'s', "ip6:2001:db8:" + strconv.Itoa(i) + "::/64", store.SlidingWindow, 20, 3_600_000}, int64(2_000+i))
+		l.take(counterKey{'s', "ip6:2001:db8:" + strconv.Itoa(i) + "::/64", store.SlidingWindow, 20, 3_600_000, ""}, int64(2_000+i))
 	}
 	for i := range l.shards {
 		if n := len(l.shards[i].counters); n > maxCountersPerShard+1 {

@@ -312,7 +312,7 @@ func (s *Store) CheckKey(_ context.Context, c store.Check) (store.Verdict, error
 		s.lastUsedDirty.Store(true)
 	}
 	if !c.Policy.IsZero() {
-		v.Limit = s.limits.take(counterKey{'k', c.KeyID, c.Algorithm, c.Policy.Limit, c.Policy.Window.Milliseconds()}, nowMS)
+		v.Limit = s.limits.take(counterKey{'k', c.KeyID, c.Algorithm, c.Policy.Limit, c.Policy.Window.Milliseconds(), c.Policy.Zone}, nowMS)
 	}
 	return v, nil
 }
@@ -320,7 +320,7 @@ func (s *Store) CheckKey(_ context.Context, c store.Check) (store.Verdict, error
 // Limit implements store.Store. The limits are in this process, so a lease
 // would save nothing: it grants one request at a time whatever ask says.
 func (s *Store) Limit(_ context.Context, subject string, p store.Policy, a store.Algorithm, _ store.Ask) (store.Decision, error) {
-	ck := counterKey{'s', subject, a, p.Limit, p.Window.Milliseconds()}
+	ck := counterKey{'s', subject, a, p.Limit, p.Window.Milliseconds(), p.Zone}
 	return s.limits.take(ck, time.Now().UnixMilli()), nil
 }
 

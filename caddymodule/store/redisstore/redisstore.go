@@ -149,7 +149,7 @@ func hashKeyHex(h string) string { return "keygate:h:" + h }
 
 // counterKey names the counter of a key id (kind 'k') or an anonymous
 // subject (kind 's') under one policy and algorithm:
-// "keygate:{<kind>:<name>}:<algorithm>:<limit>:<window ms>"; for a key, its
+// "keygate:{<kind>:<name>}:<algorithm>:<limit>:<window ms>[:<zone>]"; for a key, its
 // record's name is the part up to the closing brace. It is built on the
 // stack and converted once, since every request on the hot path names one.
 func counterKey(kind byte, name string, p store.Policy, a store.Algorithm) string {
@@ -163,6 +163,10 @@ func counterKey(kind byte, name string, p store.Policy, a store.Algorithm) strin
 	b = strconv.AppendInt(b, p.Limit, 10)
 	b = append(b, ':')
 	b = strconv.AppendInt(b, p.Window.Milliseconds(), 10)
+	if p.Zone != "" { // after the numbers: no zone's name makes another's
+		b = append(b, ':')
+		b = append(b, p.Zone...)
+	}
 	return string(b)
 }
 

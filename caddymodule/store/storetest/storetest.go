@@ -35,6 +35,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"SlidingWindowLeases", func(t *testing.T, s store.Store) { testLeases(t, s, store.SlidingWindow) }},
 		{"SlidingLogLeases", func(t *testing.T, s store.Store) { testLeases(t, s, store.SlidingLog) }},
 		{"KeyLimitCountsPerKey", testKeyLimit},
+		{"ZonesCountApart", testZones},
 		{"LastUsedIsRecorded", testLastUsed},
 		{"EpochMovesWithEveryChange", testEpoch},
 	}
@@ -520,5 +521,27 @@ func testLastUsed(t *testing.T, s store.Store) {
 	after, _ := s.KeyByName(context.Background(), "used")
 	if after.LastUsedAt.IsZero() || time.Since(after.LastUsedAt) > time.Minute {
 		t.Fatalf("last-used after a request = %v", after.LastUsedAt)
+	}
+}
+
+// testZones: a policy's zone keeps its counters apart from those of the
+// same limit in another zone, or in none, for a key and a subject alike.
+func testZones(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	k, _ := MustCreate(t, s, "zoned")
+	for _, a := range []store.Algorithm{store.SlidingWindow, store.SlidingLog} {
+		for _, zone := range []string{"", "shortlink", "seclink"} {
+			p := store.Policy{Limit: 1, Window: time.Hour, Zone: zone}
+			for i, want := range []bool{true, false} {
+				d, err := s.Limit(ctx, "203.0.113.9", p, a, store.Ask{})
+				if err != nil || d.Allowed != want {
+					t.Fatalf("%s, zone %q, subject's request %d: %+v, %v; want allowed %v", a, zone, i+1, d, err, want)
+				}
+				v, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: k.Hash, Policy: p, Algorithm: a})
+				if err != nil || v.Status != store.KeyValid || v.Limit.Allowed != want {
+					t.Fatalf("%s, zone %q, key's request %d: %+v, %v; want allowed %v", a, zone, i+1, v, err, want)
+				}
+			}
+		}
 	}
 }
