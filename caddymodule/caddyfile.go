@@ -124,6 +124,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		keep_credentials                 # pass Authorization / X-API-Key upstream
 //		lease      <requests>            # admit up to this many per store round trip (see Handler.Lease)
 //		rate_limit_headers both|x-ratelimit|ietf|none   # default both
+//		rate_limit_message <text>        # a 429's "error" (default Short Link's)
 //	}
 //
 // Each subdirective but roles (whose lists add up) is given at most once:
@@ -206,6 +207,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("lease must be a whole number of requests, at most %d, not %q", maxLease, n)
 			}
 			h.Lease = lease
+		case "rate_limit_message":
+			if !d.AllArgs(&h.RateLimitMessage) {
+				return d.ArgErr()
+			}
+			if h.RateLimitMessage == "" || !validMessage(h.RateLimitMessage) {
+				return d.Errf("rate_limit_message: 1 to %d printable ASCII characters", maxMessageLength)
+			}
 		case "rate_limit_headers":
 			if !d.AllArgs(&h.RateLimitHeaders) {
 				return d.ArgErr()

@@ -111,6 +111,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"zone with a brace", "keygate {\n\tzone {k:x}\n}", "lowercase letters, digits and _ . - only"},
 		{"zone in capitals", "keygate {\n\tzone Shortlink\n}", "lowercase letters, digits and _ . - only"},
 		{"zone without a name", "keygate {\n\tzone\n}", "wrong argument count"},
+		{"rate_limit_message with a control character", "keygate {\n\trate_limit_message \"a\tb\"\n}", "printable ASCII"},
 		{"ignore_key_limits with an argument", "keygate {\n\tignore_key_limits yes\n}", "wrong argument count"},
 		{"keygate_errors with a block", "handle_errors {\n\tkeygate_errors {\n\t\tverbose\n\t}\n}", "keygate_errors takes no block"},
 	} {

@@ -625,6 +625,25 @@ func TestIgnoreKeyLimits(t *testing.T) {
 	wantRateHeaders(t, r, "key", 100, 3600, 99)
 }
 
+// rate_limit_message is a route's 429 text, for clients of a product whose
+// doc words it otherwise (SecLink's); anonymous callers' 429s too.
+func TestRateLimitMessage(t *testing.T) {
+	g := startRedisGateway(t, "", `
+	keygate {
+		rate_limit 1 1m
+		anonymous 1 1m
+		rate_limit_message "You have exceeded your rate limit"
+	}
+	reverse_proxy {upstream}`)
+	k := generate(t, "--name", "worded")
+	for _, who := range [][]string{bearer(k.Key), nil} {
+		if r := g.get("/", who...); r.status != http.StatusOK {
+			t.Fatalf("first request: %d", r.status)
+		}
+		wantProblem(t, g.get("/", who...), http.StatusTooManyRequests, "You have exceeded your rate limit")
+	}
+}
+
 // Routes in different zones keep their budgets apart, though their limits
 // match; routes without a zone share one, as before; anonymous callers
 // alike; with leases too.

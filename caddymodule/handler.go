@@ -98,6 +98,13 @@ type Handler struct {
 	// 1,000,000.
 	Lease int64 `json:"lease,omitempty"`
 
+	// RateLimitMessage is the "error" member of this route's 429s, for
+	// clients that read the text of the product they speak to: SecLink's
+	// doc says "You have exceeded your rate limit". At most 200 printable
+	// ASCII characters. Default: Short Link's "Too much request. Try again
+	// later."
+	RateLimitMessage string `json:"rate_limit_message,omitempty"`
+
 	// RateLimitHeaders is which rate-limit headers limited responses carry:
 	// "both" (default), "x-ratelimit" (X-RateLimit-Limit, -Remaining and
 	// -Reset, which the replaced products' clients read), "ietf" (the IETF
@@ -180,6 +187,9 @@ func (h *Handler) Validate() error {
 	if err := h.RateLimit.validate("rate_limit"); err != nil {
 		return err
 	}
+	if !validMessage(h.RateLimitMessage) {
+		return fmt.Errorf("rate_limit_message: at most %d printable ASCII characters", maxMessageLength)
+	}
 	if !validZone(h.Zone) {
 		return fmt.Errorf("zone %q: lowercase letters, digits and _ . - only, at most %d", h.Zone, maxZoneLength)
 	}
@@ -205,6 +215,23 @@ func rolesWithAnonymous(h *Handler) error {
 		return errors.New("roles and anonymous exclude each other: a caller without a key would pass where a key without the role is refused; put them on separate routes")
 	}
 	return nil
+}
+
+// maxMessageLength bounds rate_limit_message.
+const maxMessageLength = 200
+
+// validMessage accepts a rate_limit_message: printable ASCII, as any
+// client can show.
+func validMessage(m string) bool {
+	if len(m) > maxMessageLength {
+		return false
+	}
+	for i := 0; i < len(m); i++ {
+		if m[i] < 0x20 || m[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // maxZoneLength bounds a zone's name, which names Redis keys.
@@ -398,7 +425,7 @@ func (h *Handler) admitKey(w http.ResponseWriter, r *http.Request, repl *caddy.R
 	if !policy.IsZero() {
 		setRateLimitHeaders(w.Header(), h.headers, policyNameKey, policyHdr, d, now)
 		if !d.Allowed {
-			return h.refuse(outcomeLimited, problemRateLimited(policy, d.RetryAfter))
+			return h.refuse(outcomeLimited, problemRateLimited(policy, d.RetryAfter, h.rateLimitedMessage()))
 		}
 	}
 	ident.inject(r.Header, repl)
@@ -429,6 +456,14 @@ func (h *Handler) storeFailed(w http.ResponseWriter, r *http.Request, repl *cadd
 	return next.ServeHTTP(w, r)
 }
 
+// rateLimitedMessage is the error message of this route's 429s.
+func (h *Handler) rateLimitedMessage() string {
+	if h.RateLimitMessage != "" {
+		return h.RateLimitMessage
+	}
+	return defaultRateLimitedMessage
+}
+
 // policyFor is the limit a key is held to on this route: its own (unless
 // IgnoreKeyLimits), else the route's. The second result is its
 // RateLimit-Policy header value.
@@ -451,7 +486,7 @@ func (h *Handler) serveAnonymous(w http.ResponseWriter, r *http.Request, repl *c
 	}
 	setRateLimitHeaders(w.Header(), h.headers, policyNameAddress, h.anonPolicyHdr, d, now)
 	if !d.Allowed {
-		return h.refuse(outcomeLimited, problemRateLimited(h.anonPolicy, d.RetryAfter))
+		return h.refuse(outcomeLimited, problemRateLimited(h.anonPolicy, d.RetryAfter, h.rateLimitedMessage()))
 	}
 	injectAnonymous(r.Header, repl)
 	h.app.metrics.decision(outcomeAnonymous).Inc()

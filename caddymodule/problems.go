@@ -68,13 +68,17 @@ var (
 		WithError("Key store unavailable")}
 )
 
-// problemRateLimited is the 429 for one decision. Its error message is the
-// one Short Link's clients expect.
-func problemRateLimited(p store.Policy, retry time.Duration) *Problem {
+// defaultRateLimitedMessage is the error message of a 429: the one Short
+// Link's clients expect (a route's rate_limit_message may say another).
+const defaultRateLimitedMessage = "Too much request. Try again later."
+
+// problemRateLimited is the 429 for one decision, with msg as its error
+// message.
+func problemRateLimited(p store.Policy, retry time.Duration, msg string) *Problem {
 	return &Problem{problem.New(http.StatusTooManyRequests, "rate-limited",
 		"Too Many Requests",
 		fmt.Sprintf("Rate limit of %d requests per %s exceeded; retry in %d s", p.Limit, formatWindow(p.Window), max(1, ceilSeconds(retry)))).
-		WithError("Too much request. Try again later.")}
+		WithError(msg)}
 }
 
 // refuse wraps a problem as the handler's error.

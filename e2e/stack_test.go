@@ -665,6 +665,12 @@ func TestStackRouteLimits(t *testing.T) {
 		if rem := r.Header.Get("X-RateLimit-Remaining"); rem != "19" {
 			t.Errorf("anonymous secret read: X-RateLimit-Remaining %q, want 19", rem)
 		}
+		// the rest of the 20, then SecLink's 429, in its words
+		for i := range 19 {
+			wantStatus(t, fmt.Sprintf("anonymous read %d", i+2), mustDo(t, http.MethodGet, s.Base+"/api/v1/secrets/"+id, nil), http.StatusOK)
+		}
+		wantProblem(t, "anonymous read 21", mustDo(t, http.MethodGet, s.Base+"/api/v1/secrets/"+id, nil),
+			http.StatusTooManyRequests, "You have exceeded your rate limit")
 	})
 }
 
