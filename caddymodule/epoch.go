@@ -12,11 +12,14 @@ import (
 // A key's lease (lease.go) may last up to a minute (store.MaxLease), far
 // longer than a revoked key may keep working. What makes that safe is the
 // epoch: a number in the store that every change to any key moves. While
-// a loaded config has handlers with leases, the shared store polls it a
-// few times a second; a key's lease is used only while the epoch is the
-// one it was granted under and was confirmed within the last second. So a
-// disabled, deleted or rotated key stops within about one poll, and within
-// a second at worst (a store that stops answering stops every key's lease).
+// a loaded config has handlers with leases, or fails open
+// (on_store_error open), the shared store polls it a few times a second;
+// a key's lease is used only while the epoch is the one it was granted
+// under and was confirmed within the last second. So a disabled, deleted
+// or rotated key stops within about one poll, and within a second at
+// worst (a store that stops answering stops every key's lease). Failing
+// open, a key validated before the last change learned of, through any
+// gateway, does not pass an outage (changedAt).
 
 const (
 	epochPollEvery = 250 * time.Millisecond
@@ -25,7 +28,7 @@ const (
 
 type epochWatch struct {
 	mu    sync.Mutex
-	users int                // handlers with leases using it (acquire, release)
+	users int                // handlers watching it (acquire, release)
 	stop  context.CancelFunc // ends the polling running, and a poll's dial or wait for a connection; nil: none
 	done  chan struct{}      // closed when the polling running has ended
 	epoch atomic.Int64
@@ -51,8 +54,8 @@ func (w *epochWatch) noteChange(at time.Time) {
 	}
 }
 
-// acquire is a handler with leases beginning to use the epoch: the first
-// starts polling s, with timeout bounding each read.
+// acquire is a handler beginning to watch the epoch: the first starts
+// polling s, with timeout bounding each read.
 func (w *epochWatch) acquire(s store.Store, timeout time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -66,9 +69,9 @@ func (w *epochWatch) acquire(s store.Store, timeout time.Duration) {
 	go w.run(ctx, w.done, s, timeout)
 }
 
-// release is a handler with leases let go of (its config unloaded): the
-// last stops the polling, so that a store no config leases from is not
-// read four times a second for as long as it stays open. It does not wait
+// release is a watching handler let go of (its config unloaded): the last
+// stops the polling, so that a store no config watches is not read four
+// times a second for as long as it stays open. It does not wait
 // for a poll on its way (a hung store would hold the config reload for
 // the whole timeout): that poll ends on its own and stores nothing.
 func (w *epochWatch) release() {

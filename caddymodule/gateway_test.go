@@ -931,6 +931,27 @@ func TestStoreOutageOpenRefusesKeysValidatedBeforeAChange(t *testing.T) {
 	}
 }
 
+// A change made through another gateway reaches this one within a poll of
+// the epoch, without leases too: a key validated before it does not pass
+// an outage under on_store_error open (before, a gateway without leases
+// learned only of changes through its own admin API, and a key revoked
+// elsewhere passed for fail_open_grace). The other gateway's change is
+// the epoch it moves, moved here in Redis.
+func TestStoreOutageOpenLearnsOfChangesElsewhere(t *testing.T) {
+	g := startRedisGateway(t, "on_store_error open", protectedSite)
+	k := generate(t, "--name", "elsewhere", "--roles", "upload")
+	if r := g.get("/api/x", bearer(k.Key)...); r.status != http.StatusOK {
+		t.Fatalf("before the change: %d %s", r.status, r.body)
+	}
+	time.Sleep(2 * epochPollEvery) // the gateway has read the epoch as it was
+	if err := g.redis.Client(t).Incr(context.Background(), "keygate:epoch").Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * epochPollEvery)
+	g.redis.Stop()
+	wantProblem(t, g.get("/api/x", bearer(k.Key)...), http.StatusServiceUnavailable, "Key store unavailable")
+}
+
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)

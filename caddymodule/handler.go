@@ -122,6 +122,7 @@ type Handler struct {
 	logger        *zap.Logger
 	lastStoreLog  *atomic.Int64 // a pointer: modules are copied by value
 	leases        *leaseTable   // nil without Lease
+	watchesEpoch  bool          // polls the store's epoch (attach)
 }
 
 // CaddyModule returns the Caddy module information.
@@ -164,16 +165,23 @@ func (h *Handler) attach(app *App) {
 	}
 	if h.Lease > 1 {
 		h.leases = app.shared.leases.get(h.Lease, h.Algorithm, time.Duration(app.Timeout))
+	}
+	// Leases are used only while the epoch says no key changed; failing
+	// open lets through only keys validated since this gateway last
+	// learned of a change, made through any gateway (epoch.go).
+	if h.watchesEpoch = h.leases != nil || app.OnStoreError == storeErrorOpen; h.watchesEpoch {
 		app.shared.epochs.acquire(app.shared, time.Duration(app.Timeout))
 	}
 }
 
 // Cleanup lets go of what attach took: the epoch's polling stops with
-// the last handler with leases, and a table of leases with the last
+// the last handler watching it, and a table of leases with the last
 // handler using it.
 func (h *Handler) Cleanup() error {
-	if h.leases != nil {
+	if h.watchesEpoch {
 		h.app.shared.epochs.release()
+	}
+	if h.leases != nil {
 		h.app.shared.leases.release(h.Lease, h.Algorithm)
 	}
 	return nil
