@@ -182,17 +182,6 @@ func (s *Server) createLink(w http.ResponseWriter, r *http.Request, customSlugOK
 // that is taken is the caller's 409; a generated one is simply redrawn.
 func (s *Server) storeLink(ctx context.Context, nl store.NewLink) (store.Link, error) {
 	if nl.Slug != "" {
-		if isSecretID(nl.Slug) {
-			// <base>/<slug> would be a secret's shareUrl: one who knows a
-			// linkId must not be able to send its readers (and the key in
-			// the link's fragment, which a redirect carries) elsewhere
-			switch taken, err := s.secretExists(ctx, nl.Slug); {
-			case err != nil:
-				return store.Link{}, err
-			case taken:
-				return store.Link{}, store.ErrSlugTaken
-			}
-		}
 		return s.cfg.Store.CreateLink(ctx, nl)
 	}
 	for i := range genSlugRetries {
@@ -213,7 +202,11 @@ func checkSlug(slug string) (problem.Details, bool) {
 	if !validSlug(slug) {
 		return errInvalidSlug, false
 	}
-	if ReservedSlugs[strings.ToLower(slug)] {
+	if ReservedSlugs[strings.ToLower(slug)] || isSecretID(slug) {
+		// a linkId's shape is SecLink's shareUrl, <base>/<linkId>, for
+		// good: a link there, made once a secret is gone (or before one
+		// gets the id), would send its readers, and the key in the
+		// fragment a redirect carries, elsewhere
 		return errSlugReserved, false
 	}
 	return problem.Details{}, true
