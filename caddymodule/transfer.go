@@ -94,6 +94,11 @@ func importKeys(ctx context.Context, s *sharedStore, r *http.Request) (int, any,
 	}
 	res := importResult{Imported: []string{}, Skipped: []skippedKey{}}
 	for _, k := range keys {
+		// the embedded store takes no context, and rewrites its file for
+		// each key: the budget is kept here
+		if err := ctx.Err(); err != nil {
+			return 0, nil, importCutShort(res, len(keys), err)
+		}
 		skip := func(reason string) { res.Skipped = append(res.Skipped, skippedKey{k.Name, reason}) }
 		if ids[k.ID] {
 			skip("a key with its id is in the store")
@@ -154,8 +159,17 @@ func importedKey(e store.ExportedKey) (store.Key, error) {
 		return store.Key{}, fmt.Errorf("key %q: rate limit %d per %d ms: requests from 1 to %d, a window of at least 1 ms",
 			k.Name, p.Limit, p.Window.Milliseconds(), int64(store.MaxLimit))
 	}
-	if k.ExpiresAt.Year() > 9999 {
-		return store.Key{}, fmt.Errorf("key %q: expiry after the year 9999", k.Name)
+	// in UTC and to the millisecond, as the stores keep them: a time whose
+	// UTC year is past 9999 (9999-12-31T23:30:00-01:00) would be stored,
+	// and then break every listing and export, which JSON cannot encode
+	for what, t := range map[string]*time.Time{"expires_at": &k.ExpiresAt, "created_at": &k.CreatedAt, "last_used_at": &k.LastUsedAt} {
+		if t.IsZero() {
+			continue
+		}
+		*t = t.UTC().Truncate(time.Millisecond)
+		if y := t.Year(); y < 1970 || y > 9999 {
+			return store.Key{}, fmt.Errorf("key %q: %s %s is not between 1970 and 9999 (UTC)", k.Name, what, t.Format(time.RFC3339))
+		}
 	}
 	return k, nil
 }

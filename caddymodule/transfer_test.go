@@ -89,9 +89,11 @@ func TestImportRefusesBadInputWhole(t *testing.T) {
 	startRedisGateway(t, "", protectedSite)
 	good := `{"id": "0123456789abcdef", "name": "fine", "prefix": "sk_0123…", "sha256": "` + strings.Repeat("ab", 32) + `", "enabled": true, "created_at": "2026-01-01T00:00:00Z", "revision": 3}`
 	for body, want := range map[string]string{
-		`{"version": 1, "keys": [` + good + `, {"id": "x:{k}", "name": "bad", "sha256": "` + strings.Repeat("cd", 32) + `"}]}`: `keys[1]: key "bad": id "x:{k}" is not 16 lowercase hex digits`,
-		`{"version": 1, "keys": [` + good + `, {"id": "0123456789abcdee", "name": "bad", "sha256": "short"}]}`:                 `keys[1]: key "bad" has a malformed sha256`,
-		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"rate_limit": 5, "enabled"`, 1) + `]}`:                `rate limit 5 per 0 ms`,
+		`{"version": 1, "keys": [` + good + `, {"id": "x:{k}", "name": "bad", "sha256": "` + strings.Repeat("cd", 32) + `"}]}`:            `keys[1]: key "bad": id "x:{k}" is not 16 lowercase hex digits`,
+		`{"version": 1, "keys": [` + good + `, {"id": "0123456789abcdee", "name": "bad", "sha256": "short"}]}`:                            `keys[1]: key "bad" has a malformed sha256`,
+		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"rate_limit": 5, "enabled"`, 1) + `]}`:                           `rate limit 5 per 0 ms`,
+		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"expires_at": "9999-12-31T23:30:00-01:00", "enabled"`, 1) + `]}`: `expires_at 10000-01-01T00:30:00Z is not between 1970 and 9999 (UTC)`,
+		`{"version": 1, "keys": [` + strings.Replace(good, `2026-01-01T00:00:00Z`, `0000-01-01T00:00:00+00:01`, 1) + `]}`:                 `created_at`,
 		`{"version": 2, "keys": [` + good + `]}`:             "version 2: this keygate imports version 1",
 		`{"version": 1, "keys": [` + good + `], "extra": 1}`: `unknown field "extra"`,
 	} {
