@@ -201,8 +201,16 @@ func (a *App) Validate() error {
 	return nil
 }
 
-// Start implements caddy.App; the store is ready after Provision.
-func (a *App) Start() error { return nil }
+// Start implements caddy.App. The embedded store is claimed here, not
+// when provisioned: a config that is only validated (keygate validate,
+// beside the gateway serving the store) provisions it too, and must
+// neither fail for the lock nor write.
+func (a *App) Start() error {
+	if c, ok := a.shared.Store.(interface{ Claim() error }); ok {
+		return c.Claim()
+	}
+	return nil
+}
 
 // Stop implements caddy.App.
 func (a *App) Stop() error { return nil }

@@ -36,13 +36,18 @@ func benchHandler(b *testing.B, app *App, h *Handler) *Handler {
 	return h
 }
 
-// provisionApp provisions app until done is called. The last App on a
+// provisionApp provisions and starts app until done is called. The last App on a
 // store ends the state they share (key cache, epochs), so an App
 // provisioned after starts cold.
 func provisionApp(b *testing.B, app *App) (done func()) {
 	b.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	if err := app.Provision(ctx); err != nil {
+		cancel()
+		b.Fatal(err)
+	}
+	if err := app.Start(); err != nil { // claims the embedded store
+		_ = app.Cleanup()
 		cancel()
 		b.Fatal(err)
 	}

@@ -1,11 +1,13 @@
 package keygate
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -254,5 +256,30 @@ http://127.0.0.1:%d {
 	}
 	if out, _ := cli(t, "list", "--address", admin); !strings.Contains(out, "durable") {
 		t.Fatalf("list after restart:\n%s", out)
+	}
+
+	// Beside it, on the same data directory: validating the config works
+	// (it provisions the store, writing nothing); a second gateway does
+	// not start, rather than rewrite the file from what it holds.
+	keygate := func(args ...string) (string, error) {
+		// a second gateway that did start would run until killed
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, keygateBinary(t), args...)
+		cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir+"/config", "XDG_DATA_HOME="+dir+"/data")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	path := filepath.Join(dir, "Caddyfile")
+	if out, err := keygate("validate", "--config", path, "--adapter", "caddyfile"); err != nil {
+		t.Fatalf("keygate validate beside the running gateway: %v\n%s", err, out)
+	}
+	second := strings.NewReplacer(strconv.Itoa(adminPort), strconv.Itoa(freeport.Get(t)), strconv.Itoa(port), strconv.Itoa(freeport.Get(t))).Replace(caddyfile)
+	secondPath := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(secondPath, []byte(second), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := keygate("run", "--config", secondPath, "--adapter", "caddyfile"); err == nil || !strings.Contains(out, "in use by another keygate (process ") {
+		t.Fatalf("a second gateway on the same data directory: %v\n%s", err, out)
 	}
 }

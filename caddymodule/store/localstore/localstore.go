@@ -43,7 +43,7 @@ type Store struct {
 	order   []string // every key's id, sorted: the file's order
 
 	fileSize      int      // of the last write, under writeMu
-	lock          *os.File // held until Close (lockFile)
+	lock          *os.File // from Claim until Close (lockFile); nil: unclaimed, writes nothing
 	logger        *zap.Logger
 	lastUsedDirty atomic.Bool
 	epoch         atomic.Int64 // bumped by every change to a key
@@ -81,10 +81,11 @@ func newRecord(k store.Key) *record {
 // lockSuffix names the lock file beside the key file (lockFile).
 const lockSuffix = ".lock"
 
-// Open loads (or creates) the key file at path, which this process then
-// owns until Close: another Open of it, in this process or another, fails
-// (lockFile). logger (nil: none) hears of failures no caller sees: a
-// background write of last-used times that failed.
+// Open loads the key file at path (none yet: no keys). It writes nothing
+// until Claim: a config that is only validated (keygate validate, beside
+// the gateway that serves the file) opens the store too. logger (nil:
+// none) hears of failures no caller sees: a background write of last-used
+// times that failed.
 func Open(path string, logger *zap.Logger) (*Store, error) {
 	if logger == nil {
 		logger = zap.NewNop()
@@ -93,10 +94,6 @@ func Open(path string, logger *zap.Logger) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating key store directory: %v", err)
 	}
-	lock, err := lockFile(path + lockSuffix)
-	if err != nil {
-		return nil, err
-	}
 	s := &Store{
 		path:   path,
 		byID:   make(map[string]*record),
@@ -104,17 +101,35 @@ func Open(path string, logger *zap.Logger) (*Store, error) {
 		byName: make(map[string]string),
 		limits: newLimiter(),
 		stop:   make(chan struct{}),
-		lock:   lock,
 		logger: logger,
 	}
 	if err := s.load(); err != nil {
-		lock.Close()
 		return nil, err
 	}
 	s.tighten(dir)
 	s.done.Add(1)
 	go s.background()
 	return s, nil
+}
+
+// Claim makes this process the key file's one writer until Close: a
+// process that serves the store claims it as it starts, and a second one
+// (another gateway on the same data directory, or a rolling restart that
+// starts the new gateway before the old one stops) fails to (lockFile),
+// rather than each rewriting the file from what it holds and dropping the
+// other's changes. Claiming again is a no-op.
+func (s *Store) Claim() error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if s.lock != nil {
+		return nil
+	}
+	lock, err := lockFile(s.path + lockSuffix)
+	if err != nil {
+		return err
+	}
+	s.lock = lock
+	return nil
 }
 
 // tighten makes the key file 0600 and its directory 0700, as writes create
@@ -193,6 +208,9 @@ func (s *Store) unindex(rec *record) {
 // every flush (flushEvery), and with 10,000 keys in use, encoding every key
 // again took about 50 ms of CPU per flush (BenchmarkFlushLastUsed).
 func (s *Store) persist() error {
+	if s.lock == nil {
+		return fmt.Errorf("key store %s is not claimed by this process (Claim)", s.path)
+	}
 	s.mu.RLock()
 	recs := make([]*record, len(s.order))
 	for i, id := range s.order {
@@ -491,7 +509,9 @@ func (s *Store) Close() error {
 		close(s.stop)
 		s.done.Wait()
 		s.closeErr = s.flushLastUsed()
-		s.lock.Close() // after the last write
+		if s.lock != nil {
+			s.lock.Close() // after the last write
+		}
 	})
 	return s.closeErr
 }

@@ -23,23 +23,29 @@ import (
 
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := Open(filepath.Join(t.TempDir(), "keygate", "keys.json"), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
+		return openClaimed(t, filepath.Join(t.TempDir(), "keygate", "keys.json"), nil)
 	})
 }
 
-// openAt opens the store at path, closed when the test ends (a second
-// Close is harmless).
+// openAt opens and claims the store at path, as a gateway that serves it
+// does, closed when the test ends (a second Close is harmless).
 func openAt(t *testing.T, path string) *Store {
 	t.Helper()
-	s, err := Open(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openClaimed(t, path, nil)
 	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// openClaimed opens and claims the store at path.
+func openClaimed(tb testing.TB, path string, logger *zap.Logger) *Store {
+	tb.Helper()
+	s, err := Open(path, logger)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := s.Claim(); err != nil {
+		tb.Fatal(err)
+	}
 	return s
 }
 
@@ -162,10 +168,7 @@ func TestFileHoldsOneKeyALineInIDOrder(t *testing.T) {
 
 func TestFileIsPrivateAndHoldsNoSecret(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
-	s, err := Open(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openClaimed(t, path, nil)
 	defer s.Close()
 	k, secret := storetest.NewKey(t, "private")
 	if err := s.CreateKey(context.Background(), k); err != nil {
@@ -250,19 +253,33 @@ func TestAFailedWriteLeavesItsRevisionUnused(t *testing.T) {
 	}
 }
 
-// One process at a time owns a key file: a second Open (here in the same
-// process; another process's is refused alike) would rewrite the file from
-// what it holds, dropping the first one's changes.
-func TestSecondOpenIsRefused(t *testing.T) {
+// One process at a time writes a key file: a second claim (here in the
+// same process; another process's is refused alike) would rewrite the
+// file from what it holds, dropping the first one's changes. Opening it
+// unclaimed (a config only validated) is fine, and writes nothing.
+func TestSecondClaimIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	first := openAt(t, path)
 	storetest.MustCreate(t, first, "on-first")
-	_, err := Open(path, nil)
-	if err == nil || !strings.Contains(err.Error(), "in use by another keygate (process "+strconv.Itoa(os.Getpid())+")") {
-		t.Fatalf("second Open: %v, want refused as in use", err)
+	second, err := Open(path, nil)
+	if err != nil {
+		t.Fatalf("opening a claimed store unclaimed: %v", err)
 	}
-	second := reopen(t, first) // once closed, it may be opened again
+	defer second.Close()
 	if _, err := second.KeyByName(context.Background(), "on-first"); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Claim(); err == nil || !strings.Contains(err.Error(), "in use by another keygate (process "+strconv.Itoa(os.Getpid())+")") {
+		t.Fatalf("second Claim: %v, want refused as in use", err)
+	}
+	k, _ := storetest.NewKey(t, "on-second")
+	if err := second.CreateKey(context.Background(), k); err == nil {
+		t.Fatal("an unclaimed store wrote a key")
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Claim(); err != nil { // once the first is closed
 		t.Fatal(err)
 	}
 }
@@ -297,10 +314,7 @@ func TestLooseFileIsTightened(t *testing.T) {
 func TestFailedBackgroundWriteIsLogged(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "keygate")
 	core, logs := observer.New(zap.ErrorLevel)
-	s, err := Open(filepath.Join(dir, "keys.json"), zap.New(core))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openClaimed(t, filepath.Join(dir, "keys.json"), zap.New(core))
 	t.Cleanup(func() { _ = s.Close() })
 	k, _ := storetest.MustCreate(t, s, "used")
 	if _, err := s.CheckKey(context.Background(), store.Check{KeyID: k.ID, Hash: k.Hash}); err != nil {
@@ -326,10 +340,7 @@ func TestCorruptFileIsRefused(t *testing.T) {
 }
 
 func BenchmarkCheckKey(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "keys.json"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := openClaimed(b, filepath.Join(b.TempDir(), "keys.json"), nil)
 	defer s.Close()
 	k, _ := storetest.NewKey(b, "bench")
 	if err := s.CreateKey(context.Background(), k); err != nil {
@@ -355,10 +366,7 @@ func BenchmarkCheckKey(b *testing.B) {
 func BenchmarkCreateKeyAmong(b *testing.B) {
 	for _, n := range []int{100, 10_000} {
 		b.Run(strconv.Itoa(n), func(b *testing.B) {
-			s, err := Open(filepath.Join(b.TempDir(), "keys.json"), nil)
-			if err != nil {
-				b.Fatal(err)
-			}
+			s := openClaimed(b, filepath.Join(b.TempDir(), "keys.json"), nil)
 			defer s.Close()
 			ctx := context.Background()
 			for i := range n {
@@ -382,10 +390,7 @@ func BenchmarkCreateKeyAmong(b *testing.B) {
 // last-used times (every flushEvery) with 10,000 keys, all of them used
 // since the last: a burst of CPU on a gateway's busy path every ten seconds.
 func BenchmarkFlushLastUsed(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "keys.json"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := openClaimed(b, filepath.Join(b.TempDir(), "keys.json"), nil)
 	defer s.Close()
 	recs := make([]*record, 10_000)
 	for i := range recs {
