@@ -399,6 +399,15 @@ func TestInvalidKeysOnARolesRoute(t *testing.T) {
 		}
 		wantProblem(t, g.get("/upload", bearer(k.Key)...), http.StatusForbidden, "API key lacks the required role")
 	}
+	// a client looping on a route it may not use costs the store a call a
+	// second at most, not one a request
+	checks := metricstest.StoreCalls(t, adminAddr, "check")
+	for range 20 {
+		wantProblem(t, g.get("/upload", bearer(disabled.Key)...), http.StatusForbidden, "API key lacks the required role")
+	}
+	if n := metricstest.StoreCalls(t, adminAddr, "check") - checks; n > 1 {
+		t.Errorf("20 refusals for roles made %d store calls", n)
+	}
 	mustCLI(t, "disable", "disabled")
 	mustCLI(t, "rotate", "rotated")
 	mustCLI(t, "delete", "deleted")

@@ -664,6 +664,10 @@ func (h *Handler) refuseInvalid(w http.ResponseWriter) error {
 	return h.refuse(outcomeInvalid, problemInvalidKey)
 }
 
+// roleRecheckEvery is how often a key refused for its roles is confirmed
+// in the store (refuseLackingRole).
+const roleRecheckEvery = time.Second
+
 // refuseLackingRole refuses a key whose cached record lacks the route's
 // roles. The store is asked first, without counting the request: the key
 // may have been disabled, deleted or rotated away since this gateway cached
@@ -671,14 +675,22 @@ func (h *Handler) refuseInvalid(w http.ResponseWriter) error {
 // it is good for other routes. If the store cannot say, it is 403 all the
 // same: a refusal either way. (Roles never change under one secret.)
 func (h *Handler) refuseLackingRole(ctx context.Context, w http.ResponseWriter, entry *cachedKey, hash apikey.Hash) error {
+	start := time.Now()
+	if v := entry.validatedAt.Load(); v > h.app.shared.epochs.changedAt.Load() && start.Sub(time.Unix(0, v)) < roleRecheckEvery {
+		// the store said it was valid within the second, and no change
+		// learned of since: a client looping on a route it may not use
+		// costs the store one call a second, not one a request
+		return h.refuseRole(w)
+	}
 	ident := entry.record.Load()
-	verdict, err := h.checkKey(ctx, time.Now(), ident.key.ID, hash, ident.key.Revision, store.Policy{}, store.Ask{})
+	verdict, err := h.checkKey(ctx, start, ident.key.ID, hash, ident.key.Revision, store.Policy{}, store.Ask{})
 	if err == nil {
 		if verdict.Fresh != nil {
 			entry.record.Store(newIdentity(verdict.Fresh))
 		}
 		switch verdict.Status {
 		case store.KeyValid:
+			entry.validatedAt.Store(start.UnixNano())
 		case store.KeyUnknown:
 			h.app.shared.keys.markUnknown(hash, time.Now())
 			return h.refuseInvalid(w)
