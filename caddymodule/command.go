@@ -44,7 +44,7 @@ rotate, and never again: only its SHA-256 is stored.
   keygate api-key disable NAME | enable NAME | delete NAME
   keygate api-key rename OLD NEW
   keygate api-key rotate NAME
-  keygate api-key export > keys-export.json
+  keygate api-key export [FILE]      (written 0600; stdout without FILE)
   keygate api-key import FILE|-     (an export, or the embedded store's keys.json)
 
 --json prints every result as JSON. Errors go to stderr with a non-zero
@@ -88,7 +88,7 @@ func apiKeyCommands() []*cobra.Command {
 		apiKeyCommand("delete", "Deletes a key", keyNames(1), nil, cmdDelete),
 		apiKeyCommand("rename", "Renames a key; names stay unique", keyNames(2), nil, cmdRename),
 		apiKeyCommand("rotate", "Gives a key a new secret; the old one is rejected at once", keyNames(1), nil, cmdAction("rotate")),
-		apiKeyCommand("export", "Prints every key with its hash (no secret), for import into another store", cobra.NoArgs, nil, cmdExport),
+		apiKeyCommand("export", "Writes every key with its hash (no secret), for import into another store, to FILE (0600) or stdout", cobra.MaximumNArgs(1), nil, cmdExport),
 		apiKeyCommand("import", "Creates the keys of an export, or of the embedded store's keys.json, in this gateway's store (FILE, or - for stdin)", cobra.ExactArgs(1), nil, cmdImport),
 	}
 }
@@ -379,14 +379,37 @@ type exportAnswer store.Export
 
 func (e *exportAnswer) wellFormed() bool { return e.Version == store.ExportVersion && e.Keys != nil }
 
-// cmdExport prints the export as JSON (whatever --json says): hashes and
-// names, no secret, but keep it as private as the store.
-func cmdExport(a *adminClient, _ []string) error {
+// cmdExport writes the export as JSON (whatever --json says) to the file
+// named, readable by its owner only, or to stdout: hashes and names, no
+// secret, but as private as the store (a shell's redirection would make
+// the file 0644 under the usual umask).
+func cmdExport(a *adminClient, args []string) error {
 	var e exportAnswer
 	if err := a.call(http.MethodGet, "/keygate/export", nil, &e); err != nil {
 		return err
 	}
-	return a.printJSON(e)
+	if len(args) == 0 {
+		return a.printJSON(e)
+	}
+	f, err := os.OpenFile(args[0], os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(0o600); err != nil { // a file that was there
+		f.Close()
+		return err
+	}
+	enc := json.NewEncoder(f)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(e); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "Exported %d keys to %s.\n", len(e.Keys), args[0])
+	return nil
 }
 
 func (r *importResult) wellFormed() bool { return r.Imported != nil && r.Skipped != nil }

@@ -60,16 +60,27 @@ func TestImportMovesKeysBetweenStores(t *testing.T) {
 		t.Fatalf("second import printed %q", out)
 	}
 
-	// an export of Redis, into another Redis
-	export := mustCLI(t, "export")
+	// an export of Redis, into another Redis; the file as private as the
+	// store
+	file := filepath.Join(t.TempDir(), "export.json")
+	if err := os.WriteFile(file, nil, 0o644); err != nil { // one there already
+		t.Fatal(err)
+	}
+	mustCLI(t, "export", file)
+	export, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var e store.Export
-	mustJSON(t, export, &e)
-	if e.Version != store.ExportVersion || len(e.Keys) < 2 || strings.Contains(export, mover.Key) {
+	mustJSON(t, string(export), &e)
+	if e.Version != store.ExportVersion || len(e.Keys) < 2 || strings.Contains(string(export), mover.Key) {
 		t.Fatalf("export = %s", export)
 	}
-	file := filepath.Join(t.TempDir(), "export.json")
-	if err := os.WriteFile(file, []byte(export), 0o600); err != nil {
-		t.Fatal(err)
+	if info, err := os.Stat(file); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("export file: %v, %v; want 0600", info.Mode(), err)
+	}
+	if stdout := mustCLI(t, "export"); !strings.Contains(stdout, `"sha256"`) {
+		t.Fatalf("export to stdout: %q", stdout)
 	}
 	g = startGatewayOn(t, redistest.Start(t), protectedSite)
 	generate(t, "--name", "moving-b") // another key has its name there
