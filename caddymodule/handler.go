@@ -231,15 +231,7 @@ const maxMessageLength = 200
 // validMessage accepts a rate_limit_message: printable ASCII, as any
 // client can show.
 func validMessage(m string) bool {
-	if len(m) > maxMessageLength {
-		return false
-	}
-	for i := 0; i < len(m); i++ {
-		if m[i] < 0x20 || m[i] > 0x7e {
-			return false
-		}
-	}
-	return true
+	return len(m) <= maxMessageLength && allBytes(m, func(c byte) bool { return c >= 0x20 && c <= 0x7e })
 }
 
 // maxZoneLength bounds a zone's name, which names Redis keys.
@@ -248,11 +240,15 @@ const maxZoneLength = 64
 // validZone accepts "" (no zone) and names of [a-z0-9_.-]: safe in a Redis
 // key's name, and never a hash tag's braces.
 func validZone(z string) bool {
-	if len(z) > maxZoneLength {
-		return false
-	}
-	for i := 0; i < len(z); i++ {
-		if c := z[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' && c != '.' && c != '-' {
+	return len(z) <= maxZoneLength && allBytes(z, func(c byte) bool {
+		return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-'
+	})
+}
+
+// allBytes reports whether ok holds for every byte of s.
+func allBytes(s string, ok func(byte) bool) bool {
+	for i := 0; i < len(s); i++ {
+		if !ok(s[i]) {
 			return false
 		}
 	}

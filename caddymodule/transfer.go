@@ -176,15 +176,7 @@ func importedKey(e store.ExportedKey) (store.Key, error) {
 
 // validKeyID is the shape of the ids createKey makes.
 func validKeyID(id string) bool {
-	if len(id) != 16 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
+	return len(id) == 16 && allBytes(id, func(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' })
 }
 
 // importCutShort is the error of an import the store failed in the middle of.
