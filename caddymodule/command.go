@@ -33,9 +33,9 @@ func init() {
 		Usage: "generate|list|disable|enable|delete|rename|rotate|export|import [--address <admin>] [--json]",
 		Short: "Manages keygate API keys through a running keygate's admin API",
 		Long: `
-Manages the API keys of a running keygate, through its admin API (like
-'caddy reload', it talks to --address, default localhost:2019, or the admin
-address of --config). A key's secret is printed once, by generate and
+Manages the API keys of a running keygate, through its admin API: it talks
+to --address, else the admin address of --config, else localhost:2019 (as
+'caddy stop' finds it). A key's secret is printed once, by generate and
 rotate, and never again: only its SHA-256 is stored.
 
   keygate api-key generate --name NAME [--expires 2026-12-31|RFC3339]
