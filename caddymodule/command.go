@@ -408,6 +408,12 @@ func cmdExport(a *adminClient, args []string) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
+	if a.json {
+		return a.printJSON(struct {
+			Exported int    `json:"exported"`
+			File     string `json:"file"`
+		}{len(e.Keys), args[0]})
+	}
 	fmt.Fprintf(a.out, "Exported %d keys to %s.\n", len(e.Keys), args[0])
 	return nil
 }

@@ -63,6 +63,10 @@ func (w *epochWatch) acquire(s store.Store, timeout time.Duration) {
 	if w.stop != nil {
 		return
 	}
+	// while nobody polled, keys may have changed through other gateways:
+	// keys validated until now do not fail open (a reload from a config
+	// that polled nothing to one that fails open keeps the key cache)
+	w.noteChange(time.Now())
 	var ctx context.Context
 	ctx, w.stop = context.WithCancel(context.Background())
 	w.done = make(chan struct{})

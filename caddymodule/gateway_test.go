@@ -409,6 +409,9 @@ func TestInvalidKeysOnARolesRoute(t *testing.T) {
 		t.Errorf("20 refusals for roles made %d store calls", n)
 	}
 	mustCLI(t, "disable", "disabled")
+	// at once, within the second of its last confirmation: a change
+	// learned of (here through this gateway's admin API) ends that
+	wantProblem(t, g.get("/upload", bearer(disabled.Key)...), http.StatusUnauthorized, "Invalid API key")
 	mustCLI(t, "rotate", "rotated")
 	mustCLI(t, "delete", "deleted")
 	time.Sleep(time.Until(*expiring.ExpiresAt))
@@ -957,6 +960,26 @@ func TestStoreOutageOpenLearnsOfChangesElsewhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * epochPollEvery)
+	g.redis.Stop()
+	wantProblem(t, g.get("/api/x", bearer(k.Key)...), http.StatusServiceUnavailable, "Key store unavailable")
+}
+
+// A reload from a config that polled nothing (on_store_error closed, no
+// lease) to one that fails open keeps the key cache, and the changes made
+// through other gateways meanwhile went unseen: keys validated before do
+// not pass an outage.
+func TestStoreOutageOpenAfterAReloadFromClosed(t *testing.T) {
+	g := startRedisGateway(t, "", protectedSite)
+	k := generate(t, "--name", "reloaded", "--roles", "upload")
+	if r := g.get("/api/x", bearer(k.Key)...); r.status != http.StatusOK {
+		t.Fatalf("before the reload: %d %s", r.status, r.body)
+	}
+	// another gateway's change: the epoch it moves
+	if err := g.redis.Client(t).Incr(context.Background(), "keygate:epoch").Err(); err != nil {
+		t.Fatal(err)
+	}
+	g = startGatewayOn(t, g.redis, protectedSite, "on_store_error open")
+	time.Sleep(2 * epochPollEvery)
 	g.redis.Stop()
 	wantProblem(t, g.get("/api/x", bearer(k.Key)...), http.StatusServiceUnavailable, "Key store unavailable")
 }

@@ -672,7 +672,7 @@ const roleRecheckEvery = time.Second
 // same: a refusal either way. (Roles never change under one secret.)
 func (h *Handler) refuseLackingRole(ctx context.Context, w http.ResponseWriter, entry *cachedKey, hash apikey.Hash) error {
 	start := time.Now()
-	if v := entry.validatedAt.Load(); v > h.app.shared.epochs.changedAt.Load() && start.Sub(time.Unix(0, v)) < roleRecheckEvery {
+	if v := entry.validatedAt.Load(); v > h.app.shared.epochs.changedAt.Load() && start.UnixNano()-v >= 0 && start.UnixNano()-v < int64(roleRecheckEvery) {
 		// the store said it was valid within the second, and no change
 		// learned of since: a client looping on a route it may not use
 		// costs the store one call a second, not one a request

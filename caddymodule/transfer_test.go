@@ -82,6 +82,14 @@ func TestImportMovesKeysBetweenStores(t *testing.T) {
 	if stdout := mustCLI(t, "export"); !strings.Contains(stdout, `"sha256"`) {
 		t.Fatalf("export to stdout: %q", stdout)
 	}
+	var written struct {
+		Exported int
+		File     string
+	}
+	mustJSON(t, mustCLI(t, "export", file, "--json"), &written)
+	if written.Exported != len(e.Keys) || written.File != file {
+		t.Fatalf("export FILE --json = %+v", written)
+	}
 	g = startGatewayOn(t, redistest.Start(t), protectedSite)
 	generate(t, "--name", "moving-b") // another key has its name there
 	mustJSON(t, mustCLI(t, "import", file, "--json"), &res)

@@ -128,6 +128,18 @@ func (s *Store) Claim() error {
 	if err != nil {
 		return err
 	}
+	// read again: the process that held the file until now may have
+	// changed it since Open read it (a key disabled through it just before
+	// it stopped), and this one's first write would undo that
+	s.mu.Lock()
+	s.byID, s.byHash, s.byName, s.order = make(map[string]*record), make(map[apikey.Hash]string), make(map[string]string), nil
+	err = s.load()
+	s.mu.Unlock()
+	if err != nil {
+		lock.Close()
+		return err
+	}
+	s.epoch.Add(1) // what was read before may have changed
 	s.lock = lock
 	return nil
 }
@@ -509,9 +521,15 @@ func (s *Store) Close() error {
 		close(s.stop)
 		s.done.Wait()
 		s.closeErr = s.flushLastUsed()
+		// after the last write, and none after: an admin call that still
+		// holds the closed store (a reload let go of it) must not rewrite
+		// the file another store claims since
+		s.writeMu.Lock()
 		if s.lock != nil {
-			s.lock.Close() // after the last write
+			s.lock.Close()
+			s.lock = nil
 		}
+		s.writeMu.Unlock()
 	})
 	return s.closeErr
 }

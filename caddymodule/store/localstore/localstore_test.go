@@ -276,11 +276,31 @@ func TestSecondClaimIsRefused(t *testing.T) {
 	if err := second.CreateKey(context.Background(), k); err == nil {
 		t.Fatal("an unclaimed store wrote a key")
 	}
+	// what the first changes before it closes, the second's claim reads:
+	// its first write must not undo it (an overlapping restart)
+	if _, err := first.UpdateKey(context.Background(), "on-first", func(k *store.Key) error { k.Enabled = false; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	storetest.MustCreate(t, first, "late")
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if err := first.CreateKey(context.Background(), k); err == nil { // nor may a closed store write
+		t.Fatal("a closed store wrote a key")
+	}
 	if err := second.Claim(); err != nil { // once the first is closed
 		t.Fatal(err)
+	}
+	storetest.MustCreate(t, second, "on-second")
+	third := reopen(t, second)
+	ctx := context.Background()
+	if got, err := third.KeyByName(ctx, "on-first"); err != nil || got.Enabled {
+		t.Errorf("on-first after the second's write: %+v, %v; want it disabled, as the first left it", got, err)
+	}
+	for _, name := range []string{"late", "on-second"} {
+		if _, err := third.KeyByName(ctx, name); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }
 
