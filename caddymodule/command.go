@@ -379,10 +379,10 @@ type exportAnswer store.Export
 
 func (e *exportAnswer) wellFormed() bool { return e.Version == store.ExportVersion && e.Keys != nil }
 
-// cmdExport writes the export as JSON (whatever --json says) to the file
-// named, readable by its owner only, or to stdout: hashes and names, no
-// secret, but as private as the store (a shell's redirection would make
-// the file 0644 under the usual umask).
+// cmdExport writes the export as JSON to the file named, readable by its
+// owner only (then says how many keys, as text or with --json as JSON), or
+// to stdout: hashes and names, no secret, but as private as the store (a
+// shell's redirection would make the file 0644 under the usual umask).
 func cmdExport(a *adminClient, args []string) error {
 	var e exportAnswer
 	if err := a.call(http.MethodGet, "/keygate/export", nil, &e); err != nil {

@@ -94,8 +94,14 @@ func (w *epochWatch) run(ctx context.Context, done chan struct{}, s store.Store,
 	defer close(done)
 	tick := time.NewTicker(epochPollEvery)
 	defer tick.Stop()
+	read := false // this run's first epoch read
 	for {
-		w.poll(ctx, s, timeout)
+		if w.poll(ctx, s, timeout) && !read {
+			// a change between acquire's note and this read would pass
+			// for the epoch as it was
+			read = true
+			w.noteChange(time.Now())
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -104,7 +110,8 @@ func (w *epochWatch) run(ctx context.Context, done chan struct{}, s store.Store,
 	}
 }
 
-func (w *epochWatch) poll(ctx context.Context, s store.Store, timeout time.Duration) {
+// poll reads the epoch once, and says whether it did.
+func (w *epochWatch) poll(ctx context.Context, s store.Store, timeout time.Duration) bool {
 	asked := time.Now()
 	read, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -112,13 +119,14 @@ func (w *epochWatch) poll(ctx context.Context, s store.Store, timeout time.Durat
 	if err != nil || ctx.Err() != nil {
 		// leases of keys stop once the last confirmation is too old; a
 		// poll whose polling was stopped on its way confirms nothing
-		return
+		return false
 	}
 	if w.confirmed.Load() != 0 && e != w.epoch.Load() {
 		w.noteChange(time.Now())
 	}
 	w.epoch.Store(e)
 	w.confirmed.Store(max(int64(instantOf(asked)), 1))
+	return true
 }
 
 // current returns the epoch last read and whether it was confirmed

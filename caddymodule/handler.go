@@ -620,7 +620,9 @@ func (h *Handler) failOpen(err error, entry *cachedKey, now time.Time) bool {
 		return false
 	}
 	validated := entry.validatedAt.Load()
-	return validated > 0 && now.Sub(time.Unix(0, validated)) <= time.Duration(h.app.FailOpenGrace)
+	// not "validated" later than now: a clock stepped back would stretch
+	// the grace by the step
+	return validated > 0 && validated <= now.UnixNano() && now.Sub(time.Unix(0, validated)) <= time.Duration(h.app.FailOpenGrace)
 }
 
 // clientGone ends a request whose client left while it waited for the

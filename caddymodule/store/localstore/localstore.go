@@ -131,14 +131,17 @@ func (s *Store) Claim() error {
 	// read again: the process that held the file until now may have
 	// changed it since Open read it (a key disabled through it just before
 	// it stopped), and this one's first write would undo that
-	s.mu.Lock()
-	s.byID, s.byHash, s.byName, s.order = make(map[string]*record), make(map[apikey.Hash]string), make(map[string]string), nil
-	err = s.load()
-	s.mu.Unlock()
-	if err != nil {
+	// into new indexes, swapped in only once read whole: requests go on
+	// with the old ones meanwhile, and a file that does not load leaves
+	// them as they were
+	fresh := &Store{path: s.path, byID: make(map[string]*record), byHash: make(map[apikey.Hash]string), byName: make(map[string]string)}
+	if err := fresh.load(); err != nil {
 		lock.Close()
 		return err
 	}
+	s.mu.Lock()
+	s.byID, s.byHash, s.byName, s.order = fresh.byID, fresh.byHash, fresh.byName, fresh.order
+	s.mu.Unlock()
 	s.epoch.Add(1) // what was read before may have changed
 	s.lock = lock
 	return nil

@@ -304,6 +304,32 @@ func TestSecondClaimIsRefused(t *testing.T) {
 	}
 }
 
+// A claim that finds the file unreadable (the process that held it left it
+// corrupt) fails, and the keys read at Open stay as they were: the
+// requests served meanwhile are not refused for keys it lost.
+func TestFailedClaimKeepsTheKeysRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	first := openAt(t, path)
+	storetest.MustCreate(t, first, "kept")
+	second, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Claim(); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("claim of a corrupt file: %v", err)
+	}
+	if _, err := second.KeyByName(context.Background(), "kept"); err != nil {
+		t.Fatalf("after the failed claim: %v", err)
+	}
+}
+
 // A key file and directory readable by others (restored from a backup) are
 // made private when opened, not at the next change.
 func TestLooseFileIsTightened(t *testing.T) {
