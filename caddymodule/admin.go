@@ -59,6 +59,8 @@ const (
 	maxNameLength = 100
 	adminTimeout  = 10 * time.Second
 	importTimeout = 5 * time.Minute
+	// keyIDBytes is the random bytes of a key id, in hex in the id
+	keyIDBytes = 8
 )
 
 // keyView is a key as the admin API and the CLI show it.
@@ -375,7 +377,7 @@ func createKey(ctx context.Context, s store.Store, req createRequest) (keyView, 
 		}
 		k.RateLimit = p
 	}
-	var id [8]byte
+	var id [keyIDBytes]byte
 	if _, err := rand.Read(id[:]); err != nil {
 		return keyView{}, err
 	}
@@ -434,25 +436,19 @@ func validLabel(what, s string) error {
 	if len(s) > maxNameLength {
 		return badRequest("%s is longer than %d characters", what, maxNameLength)
 	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] > 0x7e {
-			return badRequest("%s %q: printable ASCII characters only", what, s)
-		}
+	if !allBytes(s, printableASCII) {
+		return badRequest("%s %q: printable ASCII characters only", what, s)
 	}
 	return nil
 }
 
+// printableASCII is a byte of a name, an owner or a route's 429 text.
+func printableASCII(c byte) bool { return c >= 0x20 && c <= 0x7e }
+
 func validRole(role string) bool {
-	if role == "" || len(role) > maxNameLength {
-		return false
-	}
-	for i := 0; i < len(role); i++ {
-		c := role[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && !strings.ContainsRune("_.:-", rune(c)) {
-			return false
-		}
-	}
-	return true
+	return role != "" && len(role) <= maxNameLength && allBytes(role, func(c byte) bool {
+		return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.IndexByte("_.:-", c) >= 0
+	})
 }
 
 // decodeBody reads r's body, one JSON object of at most maxAdminBody bytes
@@ -483,13 +479,16 @@ func noBody(r *http.Request) error {
 }
 
 // readBody reads an admin call's body, up to maxAdminBody.
-func readBody(r *http.Request) ([]byte, error) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxAdminBody+1))
+func readBody(r *http.Request) ([]byte, error) { return readBodyUpTo(r, maxAdminBody) }
+
+// readBodyUpTo reads r's body, up to limit bytes (413 past it).
+func readBodyUpTo(r *http.Request, limit int64) ([]byte, error) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	if err != nil {
 		return nil, badRequest("reading the body: %v", err)
 	}
-	if len(body) > maxAdminBody {
-		return nil, adminError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("the body is larger than %d bytes", maxAdminBody)}
+	if int64(len(body)) > limit {
+		return nil, adminError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("the body is larger than %d bytes", limit)}
 	}
 	return body, nil
 }

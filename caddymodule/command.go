@@ -399,9 +399,7 @@ func cmdExport(a *adminClient, args []string) error {
 		f.Close()
 		return err
 	}
-	enc := json.NewEncoder(f)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(e); err != nil {
+	if err := writeJSON(f, e); err != nil {
 		f.Close()
 		return err
 	}
@@ -486,8 +484,11 @@ func (a *adminClient) printWarning(warning string) error {
 	return err
 }
 
-func (a *adminClient) printJSON(v any) error {
-	enc := json.NewEncoder(a.out)
+func (a *adminClient) printJSON(v any) error { return writeJSON(a.out, v) }
+
+// writeJSON writes v to w as the CLI prints JSON: indented, one document.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }

@@ -231,7 +231,7 @@ const maxMessageLength = 200
 // validMessage accepts a rate_limit_message: printable ASCII, as any
 // client can show.
 func validMessage(m string) bool {
-	return len(m) <= maxMessageLength && allBytes(m, func(c byte) bool { return c >= 0x20 && c <= 0x7e })
+	return len(m) <= maxMessageLength && allBytes(m, printableASCII)
 }
 
 // maxZoneLength bounds a zone's name, which names Redis keys.

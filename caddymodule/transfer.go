@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/keygate/keygate/caddymodule/store"
 )
@@ -61,12 +62,9 @@ func importKeys(ctx context.Context, s *sharedStore, r *http.Request) (int, any,
 	if r.Method != http.MethodPost {
 		return 0, nil, methodNotAllowed(r, "POST")
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxImportBody+1))
+	body, err := readBodyUpTo(r, maxImportBody)
 	if err != nil {
-		return 0, nil, badRequest("reading the body: %v", err)
-	}
-	if len(body) > maxImportBody {
-		return 0, nil, adminError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("the body is larger than %d bytes", maxImportBody)}
+		return 0, nil, err
 	}
 	var in store.Export
 	if err := decodeObject(body, &in); err != nil {
@@ -154,10 +152,11 @@ func importedKey(e store.ExportedKey) (store.Key, error) {
 			return store.Key{}, fmt.Errorf("key %q: role %q: use lowercase letters, digits and _ . : - only", k.Name, role)
 		}
 	}
-	if p := k.RateLimit; (p.Limit != 0 || p.Window != 0) &&
-		(p.Limit <= 0 || p.Limit > store.MaxLimit || p.Window < time.Millisecond) {
-		return store.Key{}, fmt.Errorf("key %q: rate limit %d per %d ms: requests from 1 to %d, a window of at least 1 ms",
-			k.Name, p.Limit, p.Window.Milliseconds(), int64(store.MaxLimit))
+	if p := k.RateLimit; p.Limit != 0 || p.Window != 0 {
+		// as the Caddyfile's rate_limit is checked
+		if err := (&Rate{Requests: p.Limit, Window: caddy.Duration(p.Window)}).validate("rate limit"); err != nil {
+			return store.Key{}, fmt.Errorf("key %q: rate limit %d per %d ms: %v", k.Name, p.Limit, p.Window.Milliseconds(), err)
+		}
 	}
 	// in UTC and to the millisecond, as the stores keep them: a time whose
 	// UTC year is past 9999 (9999-12-31T23:30:00-01:00) would be stored,
@@ -176,7 +175,7 @@ func importedKey(e store.ExportedKey) (store.Key, error) {
 
 // validKeyID is the shape of the ids createKey makes.
 func validKeyID(id string) bool {
-	return len(id) == 16 && allBytes(id, func(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' })
+	return len(id) == 2*keyIDBytes && allBytes(id, func(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' })
 }
 
 // importCutShort is the error of an import the store failed in the middle of.

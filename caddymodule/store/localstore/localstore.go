@@ -94,15 +94,8 @@ func Open(path string, logger *zap.Logger) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating key store directory: %v", err)
 	}
-	s := &Store{
-		path:   path,
-		byID:   make(map[string]*record),
-		byHash: make(map[apikey.Hash]string),
-		byName: make(map[string]string),
-		limits: newLimiter(),
-		stop:   make(chan struct{}),
-		logger: logger,
-	}
+	s := newIndexed(path)
+	s.limits, s.stop, s.logger = newLimiter(), make(chan struct{}), logger
 	if err := s.load(); err != nil {
 		return nil, err
 	}
@@ -110,6 +103,11 @@ func Open(path string, logger *zap.Logger) (*Store, error) {
 	s.done.Add(1)
 	go s.background()
 	return s, nil
+}
+
+// newIndexed is a store of path with empty indexes, for load to fill.
+func newIndexed(path string) *Store {
+	return &Store{path: path, byID: make(map[string]*record), byHash: make(map[apikey.Hash]string), byName: make(map[string]string)}
 }
 
 // Claim makes this process the key file's one writer until Close: a
@@ -134,7 +132,7 @@ func (s *Store) Claim() error {
 	// into new indexes, swapped in only once read whole: requests go on
 	// with the old ones meanwhile, and a file that does not load leaves
 	// them as they were
-	fresh := &Store{path: s.path, byID: make(map[string]*record), byHash: make(map[apikey.Hash]string), byName: make(map[string]string)}
+	fresh := newIndexed(s.path)
 	if err := fresh.load(); err != nil {
 		lock.Close()
 		return err
