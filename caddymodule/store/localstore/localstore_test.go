@@ -36,6 +36,18 @@ func openAt(t *testing.T, path string) *Store {
 	return s
 }
 
+// openUnclaimed opens the store at path without claiming it, as a config
+// only validated does, closed when the test ends.
+func openUnclaimed(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := Open(path, nil)
+	if err != nil {
+		t.Fatalf("opening %s unclaimed: %v", path, err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
 // openClaimed opens and claims the store at path.
 func openClaimed(tb testing.TB, path string, logger *zap.Logger) *Store {
 	tb.Helper()
@@ -261,11 +273,7 @@ func TestSecondClaimIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	first := openAt(t, path)
 	storetest.MustCreate(t, first, "on-first")
-	second, err := Open(path, nil)
-	if err != nil {
-		t.Fatalf("opening a claimed store unclaimed: %v", err)
-	}
-	defer second.Close()
+	second := openUnclaimed(t, path) // a claimed store opens unclaimed
 	if _, err := second.KeyByName(context.Background(), "on-first"); err != nil {
 		t.Fatal(err)
 	}
@@ -311,11 +319,7 @@ func TestFailedClaimKeepsTheKeysRead(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	first := openAt(t, path)
 	storetest.MustCreate(t, first, "kept")
-	second, err := Open(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer second.Close()
+	second := openUnclaimed(t, path)
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}

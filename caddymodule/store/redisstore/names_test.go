@@ -15,15 +15,37 @@ import (
 	"github.com/keygate/keygate/internal/redistest"
 )
 
+// storeWithKey is a store on a Redis of its own, a client of that Redis
+// (to look at or change what the store keeps), and a key named name.
+func storeWithKey(t *testing.T, name string) (*Store, *redis.Client, store.Key) {
+	t.Helper()
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	k, _ := storetest.MustCreate(t, s, name)
+	return s, srv.Client(t), k
+}
+
+// sortedNames is the names of the keys s lists, sorted.
+func sortedNames(t *testing.T, s *Store) []string {
+	t.Helper()
+	keys, err := s.Keys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := make([]string, 0, len(keys))
+	for _, k := range keys {
+		names = append(names, k.Name)
+	}
+	slices.Sort(names)
+	return names
+}
+
 // A name entry left behind by a change cut off halfway (names.go) names
 // nothing: its name is not found, can be created again, is not listed, and
 // never leads to another key.
 func TestNameIndexLeftoversNameNothing(t *testing.T) {
-	srv := redistest.Start(t)
-	s := open(t, srv, time.Second)
-	rdb := srv.Client(t)
+	s, rdb, real := storeWithKey(t, "real")
 	ctx := context.Background()
-	real, _ := storetest.MustCreate(t, s, "real")
 
 	// an entry whose record is gone: a deletion that did not get to it
 	rdb.HSet(ctx, namesKey, "gone", "no-such-id", "gone-too", "no-such-id")
@@ -51,16 +73,7 @@ func TestNameIndexLeftoversNameNothing(t *testing.T) {
 	if err := s.DeleteKey(ctx, "stale"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("DeleteKey(stale) err = %v, want ErrNotFound", err)
 	}
-	keys, err := s.Keys(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, k := range keys {
-		names = append(names, k.Name)
-	}
-	slices.Sort(names)
-	if !slices.Equal(names, []string{"gone-too", "real"}) {
+	if names := sortedNames(t, s); !slices.Equal(names, []string{"gone-too", "real"}) {
 		t.Fatalf("Keys = %v, want [gone-too real]: each key once, under its record's name", names)
 	}
 }
@@ -268,11 +281,8 @@ func (h *changeBefore) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 // A change that other changes keep overtaking is given up with
 // store.ErrContended (the admin API's 409), having made nothing.
 func TestChangeOvertakenTooOftenIsContended(t *testing.T) {
-	srv := redistest.Start(t)
-	s := open(t, srv, time.Second)
-	rdb := srv.Client(t)
+	s, rdb, k := storeWithKey(t, "busy")
 	ctx := context.Background()
-	k, _ := storetest.MustCreate(t, s, "busy")
 	var overtake *changeBefore
 	overtake = &changeBefore{
 		match: func(cmd redis.Cmder) bool {
@@ -349,11 +359,8 @@ func (h *lostThenUnreadable) ProcessHook(next redis.ProcessHook) redis.ProcessHo
 // keys by name as before. An entry such a version claimed, without a
 // token, is released and replaced as any other; listings show names only.
 func TestNameIndexStaysReadableByOlderVersions(t *testing.T) {
-	srv := redistest.Start(t)
-	s := open(t, srv, time.Second)
-	rdb := srv.Client(t)
+	s, rdb, k := storeWithKey(t, "k")
 	ctx := context.Background()
-	k, _ := storetest.MustCreate(t, s, "k")
 	if id, err := rdb.HGet(ctx, namesKey, "k").Result(); err != nil || id != k.ID {
 		t.Fatalf("the name's field after a creation: %q, %v; want the bare id %s", id, err, k.ID)
 	}
@@ -379,15 +386,7 @@ func TestNameIndexStaysReadableByOlderVersions(t *testing.T) {
 	if rdb.HExists(ctx, namesKey, "legacy").Val() {
 		t.Fatal("the token-less old name was not released")
 	}
-	keys, err := s.Keys(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, k := range keys {
-		names = append(names, k.Name)
-	}
-	if slices.Sort(names); !slices.Equal(names, []string{"modern", "renamed"}) {
+	if names := sortedNames(t, s); !slices.Equal(names, []string{"modern", "renamed"}) {
 		t.Fatalf("Keys = %v; want modern and renamed, no claim fields", names)
 	}
 }
