@@ -207,14 +207,25 @@ func servedBy(addr string, pid int) bool {
 // (master_link_status:up).
 func (s *Server) Follow(tb testing.TB, primary *Server) {
 	tb.Helper()
+	follow(tb, s.Addr, primary.Addr)
+}
+
+// follow makes the server at addr a replica of the one at primary and
+// returns once it has synced (master_link_status:up).
+func follow(tb testing.TB, addr, primary string) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// the first sync then starts at once, not after 5 s
-	if err := primary.Client(tb).ConfigSet(ctx, "repl-diskless-sync-delay", "0").Err(); err != nil {
+	if err := addrClient(tb, primary).ConfigSet(ctx, "repl-diskless-sync-delay", "0").Err(); err != nil {
 		tb.Fatal(err)
 	}
-	rdb := s.Client(tb)
-	if err := rdb.Do(ctx, "replicaof", "127.0.0.1", strconv.Itoa(primary.port)).Err(); err != nil {
+	host, port, err := net.SplitHostPort(primary)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rdb := addrClient(tb, addr)
+	if err := rdb.Do(ctx, "replicaof", host, port).Err(); err != nil {
 		tb.Fatal(err)
 	}
 	for {
@@ -223,7 +234,7 @@ func (s *Server) Follow(tb testing.TB, primary *Server) {
 			return
 		}
 		if ctx.Err() != nil {
-			tb.Fatalf("%s did not sync with %s within 20s: %v", s.Addr, primary.Addr, err)
+			tb.Fatalf("%s did not sync with %s within 20s: %v", addr, primary, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -240,7 +251,13 @@ func (s *Server) Promote(tb testing.TB) {
 // Client is a go-redis client of s, closed with the test.
 func (s *Server) Client(tb testing.TB) *redis.Client {
 	tb.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	return addrClient(tb, s.Addr)
+}
+
+// addrClient is a go-redis client of the server at addr, closed with the
+// test.
+func addrClient(tb testing.TB, addr string) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	tb.Cleanup(func() { _ = rdb.Close() })
 	return rdb
 }
