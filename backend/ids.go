@@ -27,9 +27,42 @@ func randomID(n int) string {
 }
 
 // isSecretID reports whether id has a linkId's form: SecretIDLen of
-// [A-Za-z0-9].
+// [A-Za-z0-9] (the ids of earlier versions too; see newSecretID).
 func isSecretID(id string) bool {
 	return len(id) == SecretIDLen && isAlphanumeric(id)
+}
+
+// newSecretID draws a linkId: SecretIDLen of [A-Za-z0-9] with a capital, a
+// small letter and a digit in it, as SecLink's are (A1b2C3d4E5f6). Slugs
+// of that shape are reserved for shareUrls (isMintedSecretID), and words
+// of twelve letters (presentation) stay free for short links. About one
+// draw in eight lacks a class and is drawn again.
+func newSecretID() string {
+	for {
+		if id := randomID(SecretIDLen); isMintedSecretID(id) {
+			return id
+		}
+	}
+}
+
+// isMintedSecretID reports whether id has the shape of the ids
+// newSecretID draws.
+func isMintedSecretID(id string) bool {
+	if !isSecretID(id) {
+		return false
+	}
+	var capital, small, digit bool
+	for i := 0; i < len(id); i++ {
+		switch c := id[i]; {
+		case c >= 'A' && c <= 'Z':
+			capital = true
+		case c >= 'a' && c <= 'z':
+			small = true
+		default:
+			digit = true
+		}
+	}
+	return capital && small && digit
 }
 
 // isAlphanumeric reports whether s is non-empty and only [A-Za-z0-9].

@@ -117,7 +117,7 @@ func (s *Server) handleCreateSecret(w http.ResponseWriter, r *http.Request) {
 	}
 	var err error
 	for range idRetries { // a collision needs astronomically bad luck; retry anyway
-		sec.ID = randomID(SecretIDLen)
+		sec.ID = newSecretID()
 		// shareUrl, <base>/<linkId>, must not be a short link's
 		if _, err = s.cfg.Store.GetLink(r.Context(), sec.ID); err == nil {
 			err = store.ErrIDTaken

@@ -65,17 +65,34 @@ func TestShareURLOpensTheViewer(t *testing.T) {
 // shareUrl, <base>/<linkId>, shares its path with short links: a path of a
 // linkId's shape that is no link opens the viewer while the secret exists
 // (or its tombstone: the page says it was viewed), else it is the short
-// link's 404; and no custom slug may take a linkId's shape, for good (one
-// made once a secret is gone would send its old link's readers, and the
-// key in its fragment, which a redirect carries, elsewhere).
+// link's 404; and no custom slug may take the shape of the linkIds drawn
+// (twelve letters and digits, with a capital, a small letter and a digit),
+// for good (one made once a secret is gone would send its old link's
+// readers, and the key in its fragment, which a redirect carries,
+// elsewhere); other slugs of twelve (presentation) are free, but for the
+// linkId of a secret an earlier version drew, while it is there.
 func TestShareURLAndShortLinksShareRoot(t *testing.T) {
 	eachStore(t, func(t *testing.T, e *env) {
 		id, _ := e.createSecret(`{"encryptedBlob":"YmxvYg==","iv":"aXY=","expiryType":"view_once"}`, asKey("k1", "n", "o"))
-		for _, slug := range []string{id, "summersale24"} {
+		earlier := store.Secret{ID: "earlier12345", EncryptedBlob: "YmxvYg==", IV: "aXY=", ExpiryType: store.ViewOnce,
+			CreatedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}
+		if err := e.st.CreateSecret(context.Background(), earlier); err != nil {
+			t.Fatal(err)
+		}
+		for slug, want := range map[string]int{id: 400, "SummerSale24": 400, earlier.ID: 400, "presentation": 200, "summersale24": 200} {
 			resp, out := e.postJSON("/api/shortlinks", `{"url":"https://evil.example/","slug":"`+slug+`"}`, asKey("k2", "m", "p"))
+			if want == 200 {
+				if resp.StatusCode != 200 {
+					t.Fatalf("slug %s: %d %s, want 200", slug, resp.StatusCode, out)
+				}
+				continue
+			}
 			wantProblem(t, resp, out, http.StatusBadRequest, "Slug is reserved")
 			resp, out = e.postJSON("/api/shorten", `{"url":"https://evil.example/","customSlug":"`+slug+`"}`, asKey("k2", "m", "p"))
 			wantProblem(t, resp, out, http.StatusBadRequest, "Slug is reserved")
+		}
+		if resp, _ := e.get("/"+earlier.ID, anonymous); resp.StatusCode != http.StatusOK {
+			t.Fatalf("/<linkId> of an earlier version's secret: %d", resp.StatusCode)
 		}
 
 		if resp, _ := e.get("/api/v1/secrets/"+id, anonymous); resp.StatusCode != http.StatusOK {
@@ -91,11 +108,11 @@ func TestShareURLAndShortLinksShareRoot(t *testing.T) {
 
 		// a link of that shape made before slugs of it were reserved is a
 		// link like any other
-		if _, err := e.st.CreateLink(context.Background(), store.NewLink{Slug: "summersale24", URL: "https://example.com/", CreatedAt: time.Now()}); err != nil {
+		if _, err := e.st.CreateLink(context.Background(), store.NewLink{Slug: "WinterSale24", URL: "https://example.com/", CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
-		if resp, _ := e.do(http.MethodGet, "/summersale24", nil, "", anonymous); resp.StatusCode != http.StatusFound {
-			t.Fatalf("/summersale24: %d", resp.StatusCode)
+		if resp, _ := e.do(http.MethodGet, "/WinterSale24", nil, "", anonymous); resp.StatusCode != http.StatusFound {
+			t.Fatalf("/WinterSale24: %d", resp.StatusCode)
 		}
 	})
 }
