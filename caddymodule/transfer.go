@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
 )
 
@@ -55,9 +56,9 @@ func exportKeys(ctx context.Context, s store.Store, r *http.Request) (int, any, 
 
 // importKeys answers POST /keygate/import. Every key is checked before
 // any is created, as a creation checks it (a 400 names the first that is
-// not valid). A key whose hash, id or name the store has already is
-// skipped, so an import cut short (the store failed) is finished by
-// running it again.
+// not valid, or that shares an id, hash or name with one before it). A key
+// whose hash, id or name the store has already is skipped, so an import
+// cut short (the store failed) is finished by running it again.
 func importKeys(ctx context.Context, s *sharedStore, r *http.Request) (int, any, error) {
 	if r.Method != http.MethodPost {
 		return 0, nil, methodNotAllowed(r, "POST")
@@ -73,13 +74,9 @@ func importKeys(ctx context.Context, s *sharedStore, r *http.Request) (int, any,
 	if in.Version != store.ExportVersion {
 		return 0, nil, badRequest("version %d: this keygate imports version %d (GET /keygate/export, or the embedded store's keys.json)", in.Version, store.ExportVersion)
 	}
-	keys := make([]store.Key, 0, len(in.Keys))
-	for i, e := range in.Keys {
-		k, err := importedKey(e)
-		if err != nil {
-			return 0, nil, badRequest("keys[%d]: %v", i, err)
-		}
-		keys = append(keys, k)
+	keys, err := importedKeys(in.Keys)
+	if err != nil {
+		return 0, nil, err
 	}
 
 	existing, err := s.Keys(ctx)
@@ -91,39 +88,102 @@ func importKeys(ctx context.Context, s *sharedStore, r *http.Request) (int, any,
 		ids[k.ID] = true
 	}
 	res := importResult{Imported: []string{}, Skipped: []skippedKey{}}
+	var fresh []store.Key
 	for _, k := range keys {
-		// the embedded store takes no context, and rewrites its file for
-		// each key: the budget is kept here
-		if err := ctx.Err(); err != nil {
-			return 0, nil, importCutShort(res, len(keys), err)
-		}
-		skip := func(reason string) { res.Skipped = append(res.Skipped, skippedKey{k.Name, reason}) }
 		if ids[k.ID] {
-			skip("a key with its id is in the store")
+			res.Skipped = append(res.Skipped, skippedKey{k.Name, "a key with its id is in the store"})
 			continue
 		}
 		switch _, err := s.KeyIDByHash(ctx, k.Hash); {
 		case err == nil:
-			skip("a key with its secret is in the store")
-			continue
-		case !errors.Is(err, store.ErrNotFound):
-			return 0, nil, importCutShort(res, len(keys), err)
-		}
-		switch err := s.CreateKey(ctx, k); {
-		case errors.Is(err, store.ErrNameTaken):
-			skip("its name is taken")
-		case err != nil:
-			return 0, nil, importCutShort(res, len(keys), err)
+			res.Skipped = append(res.Skipped, skippedKey{k.Name, "a key with its secret is in the store"})
+		case errors.Is(err, store.ErrNotFound):
+			fresh = append(fresh, k)
 		default:
-			ids[k.ID] = true
-			res.Imported = append(res.Imported, k.Name)
-			// refused here until now (clients of a store just moved):
-			// in at once, not after the negative cache's second (other
-			// gateways' caches forget it within that)
-			s.keys.forgetUnknown(k.Hash)
+			return 0, nil, importCutShort(res, len(keys), err)
 		}
 	}
+	refused, created, err := createKeys(ctx, s.Store, fresh)
+	for j, k := range fresh[:created] {
+		if refused[j] != nil {
+			res.Skipped = append(res.Skipped, skippedKey{k.Name, "its name is taken"})
+			continue
+		}
+		res.Imported = append(res.Imported, k.Name)
+		// refused here until now (clients of a store just moved): in at
+		// once, not after the negative cache's second (other gateways'
+		// caches forget it within that)
+		s.keys.forgetUnknown(k.Hash)
+	}
+	if err != nil {
+		return 0, nil, importCutShort(res, len(keys), err)
+	}
 	return http.StatusOK, res, nil
+}
+
+// importedKeys are the keys of an import as the store will hold them, or a
+// 400 naming the first that is not valid or repeats an id, hash or name.
+func importedKeys(in []store.ExportedKey) ([]store.Key, error) {
+	keys := make([]store.Key, 0, len(in))
+	ids, names := make(map[string]bool, len(in)), make(map[string]bool, len(in))
+	hashes := make(map[apikey.Hash]bool, len(in))
+	for i, e := range in {
+		k, err := importedKey(e)
+		if err != nil {
+			return nil, badRequest("keys[%d]: %v", i, err)
+		}
+		repeats := ""
+		switch {
+		case seenBefore(ids, k.ID):
+			repeats = "id"
+		case seenBefore(hashes, k.Hash):
+			repeats = "sha256"
+		case seenBefore(names, k.Name):
+			repeats = "name"
+		}
+		if repeats != "" {
+			return nil, badRequest("keys[%d]: key %q has the %s of a key before it: an export names each key once", i, k.Name, repeats)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+// seenBefore adds v to seen, and reports whether it was there.
+func seenBefore[V comparable](seen map[V]bool, v V) bool {
+	if seen[v] {
+		return true
+	}
+	seen[v] = true
+	return false
+}
+
+// createKeys creates keys in st, each as CreateKey would: refused[j] is
+// keys[j]'s own refusal (store.ErrNameTaken). It stops at the first
+// failure of the store, created being how many keys it got through.
+func createKeys(ctx context.Context, st store.Store, keys []store.Key) (refused []error, created int, err error) {
+	if len(keys) == 0 {
+		return nil, 0, nil
+	}
+	if batch, ok := st.(store.BatchCreator); ok {
+		if refused, err = batch.CreateKeys(ctx, keys); err != nil {
+			return nil, 0, err
+		}
+		return refused, len(keys), nil
+	}
+	refused = make([]error, len(keys))
+	for j, k := range keys {
+		if err := ctx.Err(); err != nil {
+			return refused, j, err
+		}
+		switch err := st.CreateKey(ctx, k); {
+		case errors.Is(err, store.ErrNameTaken):
+			refused[j] = err
+		case err != nil:
+			return refused, j, err
+		}
+	}
+	return refused, len(keys), nil
 }
 
 // importedKey is e as the store will hold it, checked as a creation would

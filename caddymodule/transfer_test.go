@@ -101,6 +101,32 @@ func TestImportMovesKeysBetweenStores(t *testing.T) {
 	}
 }
 
+// Into the embedded store an import creates its keys in one write of the
+// file (an import of 10,000 keys: BenchmarkImport10000), each skipped for
+// its own reason, and the created keys' secrets work at once.
+func TestImportIntoTheEmbeddedStore(t *testing.T) {
+	g := startGateway(t, "", protectedSite)
+	a := generate(t, "--name", "emb-a", "--roles", "upload")
+	generate(t, "--name", "emb-b")
+	generate(t, "--name", "emb-c")
+	file := filepath.Join(t.TempDir(), "export.json")
+	mustCLI(t, "export", file)
+	mustCLI(t, "delete", "emb-a")
+	mustCLI(t, "delete", "emb-b")
+	generate(t, "--name", "emb-b") // another key of its name
+	wantProblem(t, g.get("/api/x", bearer(a.Key)...), http.StatusUnauthorized, "Invalid API key")
+
+	var res importResult
+	mustJSON(t, mustCLI(t, "import", file, "--json"), &res)
+	if !slices.Equal(res.Imported, []string{"emb-a"}) || !slices.Contains(res.Skipped, skippedKey{"emb-b", "its name is taken"}) ||
+		!slices.Contains(res.Skipped, skippedKey{"emb-c", "a key with its id is in the store"}) {
+		t.Fatalf("import = %+v", res)
+	}
+	if r := g.get("/api/x", bearer(a.Key)...); r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Key-Id") != a.ID {
+		t.Fatalf("the imported key: %d, upstream saw %v", r.status, r.upstreamSaw)
+	}
+}
+
 // An import is checked whole before anything is created: a bad key (here
 // its id not keygate's shape, which names Redis keys) or another version
 // is a 400 that creates nothing.
@@ -115,6 +141,10 @@ func TestImportRefusesBadInputWhole(t *testing.T) {
 		`{"version": 1, "keys": [` + strings.Replace(good, `2026-01-01T00:00:00Z`, `0000-01-01T00:00:00+00:01`, 1) + `]}`:                 `created_at`,
 		`{"version": 2, "keys": [` + good + `]}`:             "version 2: this keygate imports version 1",
 		`{"version": 1, "keys": [` + good + `], "extra": 1}`: `unknown field "extra"`,
+		// an export names each key once
+		`{"version": 1, "keys": [` + good + `, ` + strings.Replace(good, `"fine"`, `"other"`, 1) + `]}`:                                                                                            `keys[1]: key "other" has the id of a key before it`,
+		`{"version": 1, "keys": [` + good + `, ` + strings.Replace(strings.Replace(good, `"fine"`, `"other"`, 1), "0123456789abcdef", "0123456789abcdee", 1) + `]}`:                                `keys[1]: key "other" has the sha256 of a key before it`,
+		`{"version": 1, "keys": [` + good + `, ` + strings.Replace(strings.Replace(good, strings.Repeat("ab", 32), strings.Repeat("cd", 32), 1), "0123456789abcdef", "0123456789abcdee", 1) + `]}`: `keys[1]: key "fine" has the name of a key before it`,
 	} {
 		file := filepath.Join(t.TempDir(), "import.json")
 		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {

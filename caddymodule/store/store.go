@@ -271,6 +271,17 @@ type Store interface {
 	Close() error
 }
 
+// BatchCreator is a Store that creates many keys faster together than one
+// CreateKey each: the embedded store writes its whole file once, where one
+// CreateKey each rewrites it per key (an import of 10,000 keys took 29 s).
+type BatchCreator interface {
+	// CreateKeys creates keys as CreateKey would each: refused[i] is
+	// keys[i]'s own refusal (ErrNameTaken), and the others are created.
+	// With an error none is. The ids and hashes of keys are new to the
+	// store and to each other (names need not be).
+	CreateKeys(ctx context.Context, keys []Key) (refused []error, err error)
+}
+
 // SortKeys puts keys in the order every store lists them: by creation time,
 // then by name (keys created in the same instant).
 func SortKeys(keys []Key) {

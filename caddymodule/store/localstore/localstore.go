@@ -196,6 +196,29 @@ func (s *Store) index(rec *record) {
 	if i, found := slices.BinarySearch(s.order, rec.key.ID); !found {
 		s.order = slices.Insert(s.order, i, rec.key.ID)
 	}
+	s.mapRecord(rec)
+}
+
+// mergeIDs is order, sorted, with the ids of recs (not in it) merged in.
+func mergeIDs(order []string, recs []*record) []string {
+	ids := make([]string, len(recs))
+	for i, rec := range recs {
+		ids[i] = rec.key.ID
+	}
+	slices.Sort(ids)
+	merged := make([]string, 0, len(order)+len(ids))
+	for len(order) > 0 && len(ids) > 0 {
+		if order[0] < ids[0] {
+			merged, order = append(merged, order[0]), order[1:]
+		} else {
+			merged, ids = append(merged, ids[0]), ids[1:]
+		}
+	}
+	return append(append(merged, order...), ids...)
+}
+
+// mapRecord adds rec to the maps; the caller holds mu.
+func (s *Store) mapRecord(rec *record) {
 	s.byID[rec.key.ID] = rec
 	s.byHash[rec.key.Hash] = rec.key.ID
 	s.byName[rec.key.Name] = rec.key.ID
@@ -206,6 +229,12 @@ func (s *Store) unindex(rec *record) {
 	if i, found := slices.BinarySearch(s.order, rec.key.ID); found {
 		s.order = slices.Delete(s.order, i, i+1)
 	}
+	s.unmapRecord(rec)
+}
+
+// unmapRecord removes rec from the maps, not from order; the caller holds
+// mu.
+func (s *Store) unmapRecord(rec *record) {
 	delete(s.byID, rec.key.ID)
 	delete(s.byHash, rec.key.Hash)
 	delete(s.byName, rec.key.Name)
@@ -367,26 +396,47 @@ func (s *Store) KeyIDByHash(_ context.Context, h apikey.Hash) (string, error) {
 }
 
 // CreateKey implements store.Store.
-func (s *Store) CreateKey(_ context.Context, k store.Key) error {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	s.mu.Lock()
-	if _, taken := s.byName[k.Name]; taken {
-		s.mu.Unlock()
-		return store.ErrNameTaken
-	}
-	k.Revision = 1
-	k.Roles = slices.Clone(k.Roles)
-	rec := newRecord(k) // an imported key's last use too
-	s.index(rec)
-	s.mu.Unlock()
-	if err := s.persist(); err != nil {
-		s.mu.Lock()
-		s.unindex(rec)
-		s.mu.Unlock()
+func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
+	refused, err := s.CreateKeys(ctx, []store.Key{k})
+	if err != nil {
 		return err
 	}
-	return nil
+	return refused[0]
+}
+
+// CreateKeys implements store.BatchCreator: the file is written once.
+func (s *Store) CreateKeys(_ context.Context, keys []store.Key) ([]error, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	refused := make([]error, len(keys))
+	added := make([]*record, 0, len(keys))
+	s.mu.Lock()
+	for i, k := range keys {
+		if _, taken := s.byName[k.Name]; taken {
+			refused[i] = store.ErrNameTaken
+			continue
+		}
+		k.Revision = 1
+		k.Roles = slices.Clone(k.Roles)
+		rec := newRecord(k) // an imported key's last use too
+		s.mapRecord(rec)
+		added = append(added, rec)
+	}
+	s.order = mergeIDs(s.order, added) // one insertion each was quadratic
+	s.mu.Unlock()
+	if len(added) == 0 {
+		return refused, nil
+	}
+	if err := s.persist(); err != nil {
+		s.mu.Lock()
+		for _, rec := range added {
+			s.unmapRecord(rec)
+		}
+		s.order = slices.DeleteFunc(s.order, func(id string) bool { _, ok := s.byID[id]; return !ok })
+		s.mu.Unlock()
+		return nil, err
+	}
+	return refused, nil
 }
 
 // Keys implements store.Store.

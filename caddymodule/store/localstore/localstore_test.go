@@ -3,6 +3,7 @@ package localstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -236,6 +237,65 @@ func TestConcurrentAdminCalls(t *testing.T) {
 // given to another record: requests may have read the undone one, and a
 // gateway keeps a record until its revision moves (here, the name it
 // sends upstream would stay the undone rename's).
+// CreateKeys (an import) creates a batch of keys in one write of the file:
+// each one's name refused alone when taken, the rest in id order among the
+// keys already there (a later delete finds its key), and all of it still
+// there after a restart. A write that fails creates none.
+func TestCreateKeysWritesTheBatchOnce(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "keygate")
+	s := openAt(t, filepath.Join(dir, "keys.json"))
+	for i := range 5 {
+		storetest.MustCreate(t, s, "old"+strconv.Itoa(i))
+	}
+	var batch []store.Key
+	for i := range 30 {
+		k, _ := storetest.NewKey(t, "new"+strconv.Itoa(i))
+		batch = append(batch, k)
+	}
+	batch[7].Name = "old3"
+	refused, err := s.CreateKeys(ctx, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, err := range refused {
+		if want := error(nil); i == 7 {
+			want = store.ErrNameTaken
+			if !errors.Is(err, want) {
+				t.Fatalf("keys[7], named as a stored key: %v, want %v", err, want)
+			}
+		} else if err != nil {
+			t.Fatalf("keys[%d]: %v", i, err)
+		}
+	}
+	if !slices.IsSorted(s.order) || len(s.order) != 34 {
+		t.Fatalf("%d ids, sorted %v; want 34 in order", len(s.order), slices.IsSorted(s.order))
+	}
+	for _, name := range []string{"new0", "new29", "old0"} {
+		if err := s.DeleteKey(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s = reopen(t, s)
+	if names := storetest.SortedNames(t, s); len(names) != 31 || slices.Contains(names, "new0") || !slices.Contains(names, "new28") {
+		t.Fatalf("after a restart: %v", names)
+	}
+	if v, err := s.CheckKey(ctx, store.Check{KeyID: batch[1].ID, Hash: batch[1].Hash}); err != nil || v.Status != store.KeyValid {
+		t.Fatalf("a batch's key: %v %v", v.Status, err)
+	}
+
+	if err := os.RemoveAll(dir); err != nil { // the write's temp file has nowhere to go
+		t.Fatal(err)
+	}
+	more, _ := storetest.NewKey(t, "unwritten")
+	if _, err := s.CreateKeys(ctx, []store.Key{more}); err == nil {
+		t.Fatal("a batch whose file could not be written was created")
+	}
+	if _, err := s.KeyByName(ctx, "unwritten"); !errors.Is(err, store.ErrNotFound) || len(s.order) != 31 {
+		t.Fatalf("after the failed write: %v, %d ids; want it gone and 31", err, len(s.order))
+	}
+}
+
 func TestAFailedWriteLeavesItsRevisionUnused(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "keygate")
 	s := openAt(t, filepath.Join(dir, "keys.json"))
@@ -431,6 +491,34 @@ func BenchmarkCreateKeyAmong(b *testing.B) {
 				if err := s.CreateKey(ctx, k); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// BenchmarkImport10000 creates 10,000 keys in an empty store, as an
+// import does: one CreateKeys, against one CreateKey each (which rewrites
+// the file per key).
+func BenchmarkImport10000(b *testing.B) {
+	keys := make([]store.Key, 10_000)
+	for i := range keys {
+		keys[i], _ = storetest.NewKey(b, "k"+strconv.Itoa(i))
+	}
+	for _, batch := range []bool{true, false} {
+		b.Run(map[bool]string{true: "CreateKeys", false: "CreateKey"}[batch], func(b *testing.B) {
+			for b.Loop() {
+				s := openClaimed(b, filepath.Join(b.TempDir(), "keys.json"), nil)
+				if batch {
+					if _, err := s.CreateKeys(context.Background(), keys); err != nil {
+						b.Fatal(err)
+					}
+				}
+				for i := 0; !batch && i < len(keys); i++ {
+					if err := s.CreateKey(context.Background(), keys[i]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				_ = s.Close()
 			}
 		})
 	}

@@ -25,21 +25,6 @@ func storeWithKey(t *testing.T, name string) (*Store, *redis.Client, store.Key) 
 	return s, srv.Client(t), k
 }
 
-// sortedNames is the names of the keys s lists, sorted.
-func sortedNames(t *testing.T, s *Store) []string {
-	t.Helper()
-	keys, err := s.Keys(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := make([]string, 0, len(keys))
-	for _, k := range keys {
-		names = append(names, k.Name)
-	}
-	slices.Sort(names)
-	return names
-}
-
 // A name entry left behind by a change cut off halfway (names.go) names
 // nothing: its name is not found, can be created again, is not listed, and
 // never leads to another key.
@@ -73,7 +58,7 @@ func TestNameIndexLeftoversNameNothing(t *testing.T) {
 	if err := s.DeleteKey(ctx, "stale"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("DeleteKey(stale) err = %v, want ErrNotFound", err)
 	}
-	if names := sortedNames(t, s); !slices.Equal(names, []string{"gone-too", "real"}) {
+	if names := storetest.SortedNames(t, s); !slices.Equal(names, []string{"gone-too", "real"}) {
 		t.Fatalf("Keys = %v, want [gone-too real]: each key once, under its record's name", names)
 	}
 }
@@ -386,7 +371,7 @@ func TestNameIndexStaysReadableByOlderVersions(t *testing.T) {
 	if rdb.HExists(ctx, namesKey, "legacy").Val() {
 		t.Fatal("the token-less old name was not released")
 	}
-	if names := sortedNames(t, s); !slices.Equal(names, []string{"modern", "renamed"}) {
+	if names := storetest.SortedNames(t, s); !slices.Equal(names, []string{"modern", "renamed"}) {
 		t.Fatalf("Keys = %v; want modern and renamed, no claim fields", names)
 	}
 }

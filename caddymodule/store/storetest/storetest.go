@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,6 +76,21 @@ func MustCreate(t testing.TB, s store.Store, name string) (store.Key, string) {
 		t.Fatalf("CreateKey(%s): %v", name, err)
 	}
 	return k, secret
+}
+
+// SortedNames is the names of the keys s lists, sorted.
+func SortedNames(t testing.TB, s store.Store) []string {
+	t.Helper()
+	keys, err := s.Keys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := make([]string, 0, len(keys))
+	for _, k := range keys {
+		names = append(names, k.Name)
+	}
+	slices.Sort(names)
+	return names
 }
 
 func check(t *testing.T, s store.Store, c store.Check) store.Verdict {
