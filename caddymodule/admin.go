@@ -161,7 +161,7 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		case errors.As(err, &ae):
 		case errors.Is(err, store.ErrNotFound):
 			ae = adminError{status: http.StatusNotFound, msg: err.Error()}
-		case errors.Is(err, store.ErrNameTaken), errors.Is(err, store.ErrContended):
+		case errors.Is(err, store.ErrNameTaken), errors.Is(err, store.ErrIDTaken), errors.Is(err, store.ErrContended):
 			ae = adminError{status: http.StatusConflict, msg: err.Error()}
 		default:
 			caddy.Log().Named("keygate.admin").Error("admin call failed", zap.Error(err))

@@ -63,7 +63,8 @@ type App struct {
 	OnStoreError string `json:"on_store_error,omitempty"`
 
 	// Timeout bounds every store call (dial, read, write), so an outage
-	// never stalls a request for longer. Default: 500ms.
+	// never stalls a request for longer. At least 1ms (in JSON a bare
+	// number is nanoseconds: write "500ms"). Default: 500ms.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	// FailOpenGrace is how recently a key must have validated to pass while
@@ -108,6 +109,9 @@ func (s *sharedStore) Destruct() error {
 	return err
 }
 
+// minStoreTimeout is the shortest store timeout a config may set.
+const minStoreTimeout = time.Millisecond
+
 // Provision opens (or reuses) the store.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
@@ -116,6 +120,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	if a.Timeout <= 0 {
 		a.Timeout = caddy.Duration(500 * time.Millisecond)
+	}
+	if time.Duration(a.Timeout) < minStoreTimeout {
+		// every store call would time out: all traffic 503
+		return fmt.Errorf("timeout %v is below %v (in JSON a bare number is nanoseconds: write \"500ms\")", time.Duration(a.Timeout), minStoreTimeout)
 	}
 	if a.FailOpenGrace <= 0 {
 		a.FailOpenGrace = caddy.Duration(5 * time.Minute)

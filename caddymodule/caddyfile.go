@@ -28,7 +28,7 @@ func init() {
 //		redis_cluster [true|false]  # <url> names a Redis Cluster node (more: ?addr=host:port&addr=...)
 //		redis_sentinel <master>     # <url> names a Sentinel (more: ?addr=...) monitoring <master>; "": none
 //		on_store_error closed|open  # default: closed
-//		timeout <duration>          # default: 500ms
+//		timeout <duration>          # at least 1ms; default: 500ms
 //		fail_open_grace <duration>  # default: 5m
 //	}
 //
@@ -101,6 +101,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%s: bad duration %q", name, s)
 			}
 			if name == "timeout" {
+				if dur < minStoreTimeout {
+					return d.Errf("timeout %v is below %v: every store call would time out", dur, minStoreTimeout)
+				}
 				a.Timeout = caddy.Duration(dur)
 			} else {
 				a.FailOpenGrace = caddy.Duration(dur)

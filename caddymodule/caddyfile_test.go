@@ -1,6 +1,7 @@
 package keygate
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -135,6 +136,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		"redis_sentinel":       "wrong argument count",
 		"redis redis://a b":    "wrong argument count",
 		"timeout 0s":           "bad duration",
+		"timeout 500us":        "timeout 500µs is below 1ms",
 		"redis redis://a:6379\n\t\tredis redis://b:6379": "redis is given more than once",
 		"unknown_global_option ":                         "unrecognized keygate option",
 	} {
@@ -164,6 +166,13 @@ func TestCaddyfileRedisClusterAndSentinel(t *testing.T) {
 		if err != nil || !strings.Contains(string(out), want) {
 			t.Errorf("%s did not adapt to %s: %v\n%s", option, want, err, out)
 		}
+	}
+	// in JSON a bare number is nanoseconds: 500 meant as 500ms would time
+	// out every store call
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := (&App{Timeout: 500}).Provision(ctx); err == nil || !strings.Contains(err.Error(), `timeout 500ns is below 1ms (in JSON a bare number is nanoseconds: write "500ms")`) {
+		t.Errorf(`"timeout": 500: %v`, err)
 	}
 	for app, want := range map[*App]string{
 		{RedisCluster: true}:        "redis_cluster needs",

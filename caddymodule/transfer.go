@@ -2,6 +2,7 @@ package keygate
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -67,14 +68,18 @@ func importKeys(ctx context.Context, s *sharedStore, r *http.Request) (int, any,
 	if err != nil {
 		return 0, nil, err
 	}
-	var in store.Export
+	// store.Export, its keys checked one by one as strictly as the body
+	var in struct {
+		Version int               `json:"version"`
+		Keys    []json.RawMessage `json:"keys"`
+	}
 	if err := decodeObject(body, &in); err != nil {
 		return 0, nil, err
 	}
 	if in.Version != store.ExportVersion {
 		return 0, nil, badRequest("version %d: this keygate imports version %d (GET /keygate/export, or the embedded store's keys.json)", in.Version, store.ExportVersion)
 	}
-	keys, err := importedKeys(in.Keys)
+	keys, err := importedKeys(in.Keys, time.Now())
 	if err != nil {
 		return 0, nil, err
 	}
@@ -105,8 +110,12 @@ func importKeys(ctx context.Context, s *sharedStore, r *http.Request) (int, any,
 	}
 	refused, created, err := createKeys(ctx, s.Store, fresh)
 	for j, k := range fresh[:created] {
-		if refused[j] != nil {
+		switch {
+		case errors.Is(refused[j], store.ErrNameTaken):
 			res.Skipped = append(res.Skipped, skippedKey{k.Name, "its name is taken"})
+			continue
+		case errors.Is(refused[j], store.ErrIDTaken): // by an import beside this one
+			res.Skipped = append(res.Skipped, skippedKey{k.Name, "a key with its id is in the store"})
 			continue
 		}
 		res.Imported = append(res.Imported, k.Name)
@@ -121,14 +130,31 @@ func importKeys(ctx context.Context, s *sharedStore, r *http.Request) (int, any,
 	return http.StatusOK, res, nil
 }
 
+// exportedMembers are the members of a key that every export and
+// keys.json write: a key without one is no export's (a misspelt "enabled"
+// would import the key disabled; "expires" for "expires_at", without
+// expiry, is refused as unknown).
+var exportedMembers = []string{"id", "name", "sha256", "enabled", "created_at"}
+
 // importedKeys are the keys of an import as the store will hold them, or a
 // 400 naming the first that is not valid or repeats an id, hash or name.
-func importedKeys(in []store.ExportedKey) ([]store.Key, error) {
+func importedKeys(in []json.RawMessage, now time.Time) ([]store.Key, error) {
 	keys := make([]store.Key, 0, len(in))
 	ids, names := make(map[string]bool, len(in)), make(map[string]bool, len(in))
 	hashes := make(map[apikey.Hash]bool, len(in))
-	for i, e := range in {
-		k, err := importedKey(e)
+	for i, raw := range in {
+		var e store.ExportedKey
+		if err := decodeObject(raw, &e); err != nil {
+			return nil, badRequest("keys[%d]: %v", i, err)
+		}
+		var members map[string]json.RawMessage
+		_ = json.Unmarshal(raw, &members) // an object: decodeObject took it
+		for _, m := range exportedMembers {
+			if _, ok := members[m]; !ok {
+				return nil, badRequest("keys[%d]: no %q: every key of an export has %s", i, m, strings.Join(exportedMembers, ", "))
+			}
+		}
+		k, err := importedKey(e, now)
 		if err != nil {
 			return nil, badRequest("keys[%d]: %v", i, err)
 		}
@@ -159,7 +185,7 @@ func seenBefore[V comparable](seen map[V]bool, v V) bool {
 }
 
 // createKeys creates keys in st, each as CreateKey would: refused[j] is
-// keys[j]'s own refusal (store.ErrNameTaken). It stops at the first
+// keys[j]'s own refusal (store.ErrNameTaken, store.ErrIDTaken). It stops at the first
 // failure of the store, created being how many keys it got through.
 func createKeys(ctx context.Context, st store.Store, keys []store.Key) (refused []error, created int, err error) {
 	if len(keys) == 0 {
@@ -177,7 +203,7 @@ func createKeys(ctx context.Context, st store.Store, keys []store.Key) (refused 
 			return refused, j, err
 		}
 		switch err := st.CreateKey(ctx, k); {
-		case errors.Is(err, store.ErrNameTaken):
+		case errors.Is(err, store.ErrNameTaken), errors.Is(err, store.ErrIDTaken):
 			refused[j] = err
 		case err != nil:
 			return refused, j, err
@@ -188,8 +214,10 @@ func createKeys(ctx context.Context, st store.Store, keys []store.Key) (refused 
 
 // importedKey is e as the store will hold it, checked as a creation would
 // check it, and with an id of keygate's shape, which names the key's
-// records in Redis.
-func importedKey(e store.ExportedKey) (store.Key, error) {
+// records in Redis. A creation or last use after now (another machine's
+// clock ahead) is taken as now: one in the future would keep the key's
+// last use from ever being recorded.
+func importedKey(e store.ExportedKey, now time.Time) (store.Key, error) {
 	k, err := e.Key()
 	if err != nil {
 		return store.Key{}, err
@@ -220,14 +248,19 @@ func importedKey(e store.ExportedKey) (store.Key, error) {
 	}
 	// in UTC and to the millisecond, as the stores keep them: a time whose
 	// UTC year is past 9999 (9999-12-31T23:30:00-01:00) would be stored,
-	// and then break every listing and export, which JSON cannot encode
+	// and then break every listing and export, which JSON cannot encode;
+	// and Redis keeps 0 ms since 1970 as "none" (an expired key would
+	// never expire)
 	for what, t := range map[string]*time.Time{"expires_at": &k.ExpiresAt, "created_at": &k.CreatedAt, "last_used_at": &k.LastUsedAt} {
 		if t.IsZero() {
 			continue
 		}
 		*t = t.UTC().Truncate(time.Millisecond)
-		if y := t.Year(); y < 1970 || y > 9999 {
-			return store.Key{}, fmt.Errorf("key %q: %s %s is not between 1970 and 9999 (UTC)", k.Name, what, t.Format(time.RFC3339))
+		if t.UnixMilli() <= 0 || t.Year() > 9999 {
+			return store.Key{}, fmt.Errorf("key %q: %s %s is not after 1970-01-01T00:00:00Z and before the year 10000 (UTC)", k.Name, what, t.Format(time.RFC3339Nano))
+		}
+		if what != "expires_at" && t.After(now) {
+			*t = now.UTC().Truncate(time.Millisecond)
 		}
 	}
 	return k, nil

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -125,6 +126,23 @@ func TestImportIntoTheEmbeddedStore(t *testing.T) {
 	if r := g.get("/api/x", bearer(a.Key)...); r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Key-Id") != a.ID {
 		t.Fatalf("the imported key: %d, upstream saw %v", r.status, r.upstreamSaw)
 	}
+
+	// created and last used in the future (another machine's clock ahead):
+	// now, else its last use would never be recorded again
+	ahead := filepath.Join(t.TempDir(), "ahead.json")
+	body := `{"version": 1, "keys": [{"id": "00000000000000aa", "name": "ahead", "prefix": "sk_0000…", "sha256": "` + strings.Repeat("ef", 32) +
+		`", "enabled": true, "created_at": "9999-01-01T00:00:00Z", "last_used_at": "9999-01-01T00:00:00Z"}]}`
+	if err := os.WriteFile(ahead, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now().Add(-time.Second)
+	mustCLI(t, "import", ahead)
+	var listed []keyView
+	mustJSON(t, mustCLI(t, "list", "--json"), &listed)
+	i := slices.IndexFunc(listed, func(v keyView) bool { return v.Name == "ahead" })
+	if i < 0 || listed[i].LastUsedAt == nil || listed[i].CreatedAt.Before(before) || listed[i].CreatedAt.After(time.Now()) || !listed[i].LastUsedAt.Equal(listed[i].CreatedAt) {
+		t.Fatalf("a key from the future: %+v", listed)
+	}
 }
 
 // An import is checked whole before anything is created: a bad key (here
@@ -134,13 +152,25 @@ func TestImportRefusesBadInputWhole(t *testing.T) {
 	startRedisGateway(t, "", protectedSite)
 	good := `{"id": "0123456789abcdef", "name": "fine", "prefix": "sk_0123…", "sha256": "` + strings.Repeat("ab", 32) + `", "enabled": true, "created_at": "2026-01-01T00:00:00Z", "revision": 3}`
 	for body, want := range map[string]string{
-		`{"version": 1, "keys": [` + good + `, {"id": "x:{k}", "name": "bad", "sha256": "` + strings.Repeat("cd", 32) + `"}]}`:            `keys[1]: key "bad": id "x:{k}" is not 16 lowercase hex digits`,
-		`{"version": 1, "keys": [` + good + `, {"id": "0123456789abcdee", "name": "bad", "sha256": "short"}]}`:                            `keys[1]: key "bad" has a malformed sha256`,
-		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"rate_limit": 5, "enabled"`, 1) + `]}`:                           `rate limit 5 per 0 ms`,
-		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"expires_at": "9999-12-31T23:30:00-01:00", "enabled"`, 1) + `]}`: `expires_at 10000-01-01T00:30:00Z is not between 1970 and 9999 (UTC)`,
-		`{"version": 1, "keys": [` + strings.Replace(good, `2026-01-01T00:00:00Z`, `0000-01-01T00:00:00+00:01`, 1) + `]}`:                 `created_at`,
+		`{"version": 1, "keys": [` + good + `, {"id": "x:{k}", "name": "bad", "sha256": "` + strings.Repeat("cd", 32) + `", "enabled": true, "created_at": "2026-01-01T00:00:00Z"}]}`: `keys[1]: key "bad": id "x:{k}" is not 16 lowercase hex digits`,
+		`{"version": 1, "keys": [` + good + `, {"id": "0123456789abcdee", "name": "bad", "sha256": "short", "enabled": true, "created_at": "2026-01-01T00:00:00Z"}]}`:                 `keys[1]: key "bad" has a malformed sha256`,
+		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"rate_limit": 5, "enabled"`, 1) + `]}`:                                                                       `rate limit 5 per 0 ms`,
+		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"expires_at": "9999-12-31T23:30:00-01:00", "enabled"`, 1) + `]}`:                                             `expires_at 10000-01-01T00:30:00Z is not after 1970-01-01T00:00:00Z and before the year 10000 (UTC)`,
+		`{"version": 1, "keys": [` + strings.Replace(good, `2026-01-01T00:00:00Z`, `0000-01-01T00:00:00+00:01`, 1) + `]}`:                                                             `created_at`,
 		`{"version": 2, "keys": [` + good + `]}`:             "version 2: this keygate imports version 1",
 		`{"version": 1, "keys": [` + good + `], "extra": 1}`: `unknown field "extra"`,
+		// Redis keeps 0 ms as no expiry: expired would be never expiring
+		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"expires_at": "1970-01-01T00:00:00Z", "enabled"`, 1) + `]}`: `expires_at 1970-01-01T00:00:00Z is not after 1970-01-01T00:00:00Z`,
+		// each key is read as strictly as the body: "expires" would import
+		// it without expiry, a missing "enabled" disabled
+		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"expires": "2020-01-01T00:00:00Z", "enabled"`, 1) + `]}`: `keys[0]: invalid JSON body: unknown field "expires"`,
+		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"Enabled"`, 1) + `]}`:                                    `keys[0]: invalid JSON body: unknown field "Enabled"`,
+		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled": true,`, ``, 1) + `]}`:                                      `keys[0]: no "enabled"`,
+		`{"version": 1, "keys": [` + strings.Replace(good, `"name": "fine",`, `"name": "fine", "name": "twice",`, 1) + `]}`:       `keys[0]: invalid JSON body: field "name" given twice`,
+		`{"version": 1, "keys": [null]}`: `keys[0]: no "id"`,
+		`{"version": 1, "keys": [5]}`:    `keys[0]: invalid JSON body`,
+		// 2^58 + 60,000 ms would wrap around to a minute
+		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"rate_limit": 10, "rate_window_ms": 288230376151771744, "enabled"`, 1) + `]}`: `rate_window_ms 288230376151771744 is not between 0 and`,
 		// an export names each key once
 		`{"version": 1, "keys": [` + good + `, ` + strings.Replace(good, `"fine"`, `"other"`, 1) + `]}`:                                                                                            `keys[1]: key "other" has the id of a key before it`,
 		`{"version": 1, "keys": [` + good + `, ` + strings.Replace(strings.Replace(good, `"fine"`, `"other"`, 1), "0123456789abcdef", "0123456789abcdee", 1) + `]}`:                                `keys[1]: key "other" has the sha256 of a key before it`,

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/hex"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/keygate/keygate/caddymodule/apikey"
@@ -46,8 +47,15 @@ func Exported(k Key) ExportedKey {
 	}
 }
 
-// Key is the key e holds; an error if its hash is not 64 hex digits.
+// maxWindowMS is the longest rate_window_ms a time.Duration holds.
+const maxWindowMS = math.MaxInt64 / int64(time.Millisecond)
+
+// Key is the key e holds; an error if its hash is not 64 hex digits or its
+// window does not fit a time.Duration (it would wrap around).
 func (e ExportedKey) Key() (Key, error) {
+	if e.WindowMS < 0 || e.WindowMS > maxWindowMS {
+		return Key{}, fmt.Errorf("key %q: rate_window_ms %d is not between 0 and %d", e.Name, e.WindowMS, maxWindowMS)
+	}
 	k := Key{
 		ID: e.ID, Name: e.Name, Prefix: e.Prefix, Roles: e.Roles, Owner: e.Owner, Enabled: e.Enabled,
 		ExpiresAt: e.ExpiresAt, CreatedAt: e.CreatedAt, LastUsedAt: e.LastUsedAt, Revision: e.Revision,

@@ -22,6 +22,9 @@ import (
 var (
 	ErrNotFound  = errors.New("no API key with that name")
 	ErrNameTaken = errors.New("an API key with that name already exists")
+	// ErrIDTaken is a CreateKey refused because another key has its id
+	// (an import racing another, of a key changed in between).
+	ErrIDTaken = errors.New("an API key with that id already exists")
 	// ErrContended is a change given up after other changes to the same
 	// key kept landing first; nothing of it was made.
 	ErrContended = errors.New("key changed concurrently too often; try again")
@@ -248,7 +251,8 @@ type Store interface {
 	// taken only when a gateway sees a key for the first time.
 	KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error)
 
-	// CreateKey stores a new key; ErrNameTaken when the name is in use.
+	// CreateKey stores a new key; ErrNameTaken when the name is in use,
+	// ErrIDTaken when the id is another key's (another secret's).
 	CreateKey(ctx context.Context, k Key) error
 	// Keys lists every key in SortKeys order.
 	Keys(ctx context.Context) ([]Key, error)
@@ -276,7 +280,8 @@ type Store interface {
 // CreateKey each rewrites it per key (an import of 10,000 keys took 29 s).
 type BatchCreator interface {
 	// CreateKeys creates keys as CreateKey would each: refused[i] is
-	// keys[i]'s own refusal (ErrNameTaken), and the others are created.
+	// keys[i]'s own refusal (ErrNameTaken, ErrIDTaken), and the others are
+	// created.
 	// With an error none is. The ids and hashes of keys are new to the
 	// store and to each other (names need not be).
 	CreateKeys(ctx context.Context, keys []Key) (refused []error, err error)

@@ -416,6 +416,10 @@ func (s *Store) CreateKeys(_ context.Context, keys []store.Key) ([]error, error)
 			refused[i] = store.ErrNameTaken
 			continue
 		}
+		if _, taken := s.byID[k.ID]; taken {
+			refused[i] = store.ErrIDTaken
+			continue
+		}
 		k.Revision = 1
 		k.Roles = slices.Clone(k.Roles)
 		rec := newRecord(k) // an imported key's last use too

@@ -313,6 +313,18 @@ func (s *Store) KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error) 
 	return id, err
 }
 
+// createRecordScript writes a new key's record unless another key's, of
+// another hash, has its id; of the same hash it is this call's (go-redis
+// sends a script again after losing its reply) or the same key's.
+// KEYS[1] the record; ARGV[1] the hash (hex); ARGV[2..] field/value pairs.
+// Returns 1 when written, 0 when the id is taken.
+var createRecordScript = redis.NewScript(`
+local h = redis.call('HGET', KEYS[1], 'h')
+if h and h ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+`)
+
 // CreateKey implements store.Store. The record is written first, then its
 // name claimed (names.go: an entry never names a record in the making),
 // then its hash indexed, which makes the key usable. Once begun it is
@@ -320,7 +332,10 @@ func (s *Store) KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error) 
 func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 	ctx = context.WithoutCancel(ctx) // each command is bounded by the client's timeouts
 	k.Revision = 1
-	err := s.client.HSet(ctx, recordKey(k.ID), recordFields(k)...).Err()
+	written, err := createRecordScript.Run(ctx, s.client, []string{recordKey(k.ID)}, append([]any{k.Hash.String()}, recordFields(k)...)...).Int()
+	if err == nil && written == 0 {
+		return store.ErrIDTaken // and the record is the other key's: left alone
+	}
 	if err == nil {
 		var entry nameEntry
 		if entry, err = s.claimName(ctx, k.Name, k.ID); err == nil {

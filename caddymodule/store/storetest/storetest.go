@@ -25,6 +25,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	}{
 		{"CreateAndLookup", testCreateAndLookup},
 		{"NamesAreUnique", testNamesAreUnique},
+		{"IDsAreUnique", testIDsAreUnique},
 		{"ConcurrentCreateOneName", testConcurrentCreateOneName},
 		{"RenamesRacingDeletesLeaveNamesUsable", testRenameRacesDelete},
 		{"RenameRotateDisableDelete", testLifecycle},
@@ -138,6 +139,31 @@ func testCreateAndLookup(t *testing.T, s store.Store) {
 	}
 	if v := check(t, s, store.Check{KeyID: "no-such-id", Hash: k.Hash}); v.Status != store.KeyUnknown {
 		t.Fatalf("CheckKey(unknown id) = %v", v.Status)
+	}
+}
+
+// An id is one key's: a creation under another key's id (an import racing
+// another, of the key since rotated and renamed) is refused, and leaves
+// that key as it was.
+func testIDsAreUnique(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	k, secret := MustCreate(t, s, "owner")
+	other, _ := NewKey(t, "intruder")
+	other.ID = k.ID
+	if err := s.CreateKey(ctx, other); !errors.Is(err, store.ErrIDTaken) {
+		t.Fatalf("a key under another's id: %v, want ErrIDTaken", err)
+	}
+	if got, err := s.KeyByName(ctx, "owner"); err != nil || got.Hash != k.Hash {
+		t.Fatalf("the key whose id it was: %+v, %v", got, err)
+	}
+	if v := check(t, s, store.Check{KeyID: k.ID, Hash: apikey.Sum(secret)}); v.Status != store.KeyValid {
+		t.Fatalf("its secret: %v", v.Status)
+	}
+	if _, err := s.KeyByName(ctx, "intruder"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the refused key: %v, want ErrNotFound", err)
+	}
+	if _, err := s.KeyIDByHash(ctx, other.Hash); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the refused key's hash: %v, want ErrNotFound", err)
 	}
 }
 
