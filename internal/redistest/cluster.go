@@ -87,3 +87,61 @@ func (c *Cluster) FlushAll(tb testing.TB) {
 		}
 	}
 }
+
+// Owner is the index in Nodes of the node that StartCluster gave key's
+// hash slot.
+func (c *Cluster) Owner(tb testing.TB, key string) int {
+	tb.Helper()
+	slot, err := c.Nodes[0].Client(tb).ClusterKeySlot(context.Background(), key).Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return int(slot) * len(c.Nodes) / hashSlots
+}
+
+// MoveSlot moves key's hash slot, and the keys in it, from its node to
+// Nodes[to], as a resharding does (MIGRATING, IMPORTING, MIGRATE, then
+// the slot assigned on every node). Clients that still send the slot's
+// calls to the old node get MOVED.
+func (c *Cluster) MoveSlot(tb testing.TB, key string, to int) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	from := c.Owner(tb, key)
+	src, dst := c.Nodes[from].Client(tb), c.Nodes[to].Client(tb)
+	slot, err := src.ClusterKeySlot(ctx, key).Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srcID, err := src.Do(ctx, "cluster", "myid").Text()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dstID, err := dst.Do(ctx, "cluster", "myid").Text()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	steps := []func() error{
+		func() error { return dst.Do(ctx, "cluster", "setslot", slot, "importing", srcID).Err() },
+		func() error { return src.Do(ctx, "cluster", "setslot", slot, "migrating", dstID).Err() },
+		func() error {
+			keys, err := src.ClusterGetKeysInSlot(ctx, int(slot), 1000).Result()
+			if err != nil || len(keys) == 0 {
+				return err
+			}
+			args := []any{"migrate", "127.0.0.1", c.Nodes[to].port, "", 0, 5000, "keys"}
+			for _, k := range keys {
+				args = append(args, k)
+			}
+			return src.Do(ctx, args...).Err()
+		},
+	}
+	for _, node := range c.Nodes {
+		steps = append(steps, func() error { return node.Client(tb).Do(ctx, "cluster", "setslot", slot, "node", dstID).Err() })
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			tb.Fatalf("moving slot %d from %s to %s: %v", slot, c.Nodes[from].Addr, c.Nodes[to].Addr, err)
+		}
+	}
+}

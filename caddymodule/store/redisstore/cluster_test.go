@@ -3,7 +3,9 @@ package redisstore
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,6 +85,85 @@ func TestClusterSpreadsKeysAndPipelinedCalls(t *testing.T) {
 	for _, k := range keys {
 		if got, err := s.KeyByName(ctx, k.Name); err != nil || got.ID != k.ID {
 			t.Errorf("key %s by name: %+v, %v", k.Name, got, err)
+		}
+	}
+}
+
+// One hung node fails the calls for its own slots, and no other: each
+// primary has its own pipeline. (With one pipeline across the cluster,
+// every batch waited for the hung node, and every call failed.)
+func TestClusterHungNodeFailsOnlyItsSlots(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	s := openCluster(t, cluster)
+	defer s.Close()
+	keys := make([]store.Key, 12)
+	for i := range keys {
+		keys[i], _ = storetest.MustCreate(t, s, fmt.Sprintf("key-%02d", i))
+	}
+	onHung := make([]bool, len(keys)) // asked before node 0 hangs
+	for i, k := range keys {
+		onHung[i] = cluster.Owner(t, recordKey(k.ID)) == 0
+	}
+	if !slices.Contains(onHung, true) || !slices.Contains(onHung, false) {
+		t.Fatal("the keys did not spread over the nodes")
+	}
+	ok, failed := make([]atomic.Int64, len(keys)), make([]atomic.Int64, len(keys))
+	cluster.Nodes[0].Pause()
+	defer cluster.Nodes[0].Resume()
+	stop := time.Now().Add(2 * time.Second)
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := g; time.Now().Before(stop); i++ {
+				k := keys[i%len(keys)]
+				_, err := s.CheckKey(context.Background(), store.Check{KeyID: k.ID, Hash: k.Hash, Policy: store.Policy{Limit: 1 << 40, Window: time.Minute}})
+				if err == nil {
+					ok[i%len(keys)].Add(1)
+				} else {
+					failed[i%len(keys)].Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i := range keys {
+		if hung := onHung[i]; hung && ok[i].Load() > 0 || !hung && (failed[i].Load() > 0 || ok[i].Load() == 0) {
+			t.Errorf("key %d (on the hung node: %v): %d calls succeeded, %d failed", i, hung, ok[i].Load(), failed[i].Load())
+		}
+	}
+}
+
+// A slot moved to another node (a resharding, or a failover the client
+// has not heard of yet): the old node answers MOVED, and the call goes
+// through the cluster client, which follows it; the counter carries on
+// where it was.
+func TestClusterCallsFollowAMovedSlot(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	s := openCluster(t, cluster)
+	defer s.Close()
+	ctx := context.Background()
+	k, _ := storetest.MustCreate(t, s, "moving")
+	c := store.Check{KeyID: k.ID, Hash: k.Hash, Policy: store.Policy{Limit: 100, Window: time.Minute}}
+	if v, err := s.CheckKey(ctx, c); err != nil || v.Limit.Remaining != 99 {
+		t.Fatalf("before the move: %+v, %v", v, err)
+	}
+	cluster.MoveSlot(t, recordKey(k.ID), (cluster.Owner(t, recordKey(k.ID))+1)%3)
+	var wg sync.WaitGroup
+	var remaining sync.Map
+	for range 8 {
+		wg.Go(func() {
+			v, err := s.CheckKey(ctx, c)
+			if err != nil || v.Status != store.KeyValid {
+				t.Errorf("after the move: %+v, %v", v, err)
+				return
+			}
+			remaining.Store(v.Limit.Remaining, true)
+		})
+	}
+	wg.Wait()
+	for r := int64(91); r <= 98; r++ {
+		if _, ok := remaining.Load(r); !ok {
+			t.Errorf("no call got %d remaining: the counter did not carry on", r)
 		}
 	}
 }

@@ -56,8 +56,9 @@ func (z zapLogging) Printf(_ context.Context, format string, v ...any) { z.l.Deb
 
 // Store is a store.Store on Redis.
 type Store struct {
-	client redis.UniversalClient
-	hot    *pipeliner // the per-request scripts
+	client  redis.UniversalClient
+	timeout time.Duration
+	hot     hotPath // the per-request scripts
 }
 
 var _ store.Store = (*Store)(nil)
@@ -124,7 +125,13 @@ func resp(asked int) int {
 // New wraps an existing client (a cluster or failover client works too);
 // timeout bounds a hot-path call, queueing included.
 func New(client redis.UniversalClient, timeout time.Duration) *Store {
-	return &Store{client: client, hot: newPipeliner(client, timeout)}
+	s := &Store{client: client, timeout: timeout}
+	if cluster, ok := client.(*redis.ClusterClient); ok {
+		s.hot = newShardedPipeliner(cluster, timeout)
+	} else {
+		s.hot = newPipeliner(client, timeout)
+	}
+	return s
 }
 
 // Ping checks that Redis answers.
@@ -298,7 +305,7 @@ func parseDecision(v []any, limit int64, a store.Algorithm, ahead bool) store.De
 
 // KeyIDByHash implements store.Store.
 func (s *Store) KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error) {
-	ctx, cancel := withTimeout(ctx, s.hot.timeout)
+	ctx, cancel := withTimeout(ctx, s.timeout)
 	defer cancel()
 	key := hashKey(h)
 	id, err := s.client.Get(ctx, key).Result()
