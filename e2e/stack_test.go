@@ -683,12 +683,18 @@ func TestMissingOrBadKey(t *testing.T) {
 			{http.MethodPost, "/api/v1/secrets", `{"encryptedBlob":"x","iv":"y","expiryType":"1hour"}`},
 			{http.MethodPost, "/api/external/upload", ""},
 			{http.MethodGet, "/api/user/sharex-config?baseUrl=http://x&apiKey=k", ""},
+			{http.MethodGet, "/rest/v3/short-urls", ""}, // Shlink's
 		} {
 			what := c.method + " " + c.path
 			r := mustDo(t, c.method, s.Base+c.path, strings.NewReader(c.body), "Content-Type", "application/json")
 			// Short Link: 401 "Invalid API key" when the X-API-Key header
 			// "is invalid or doesn't exist"
 			wantProblem(t, what+" without a key", r, http.StatusUnauthorized, "Invalid API key")
+			// Shlink: "if no API key is provided", this payload
+			if m := r.JSON(t); m["type"] != "https://shlink.io/api/error/invalid-api-key" || m["detail"] != "Provided API key does not exist or is invalid" ||
+				m["title"] != "Invalid API key" || m["status"] != float64(401) {
+				t.Errorf("%s without a key: %v, want Shlink's payload", what, m)
+			}
 			if !strings.HasPrefix(r.Header.Get("WWW-Authenticate"), "Bearer") {
 				t.Errorf("%s: WWW-Authenticate %q, want Bearer", what, r.Header.Get("WWW-Authenticate"))
 			}
