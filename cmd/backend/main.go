@@ -183,17 +183,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		// Generous enough for a 20 MiB upload on a slow link, bounded all
-		// the same so that a trickling client cannot hold a connection.
-		ReadTimeout:    5 * time.Minute,
-		WriteTimeout:   5 * time.Minute,
-		IdleTimeout:    2 * time.Minute,
-		MaxHeaderBytes: 64 << 10,
-		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := newServer(h, log)
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return err
@@ -230,6 +220,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	return nil
+}
+
+// newServer is the backend's HTTP server, serving h.
+func newServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		// Generous enough for a 20 MiB upload on a slow link, bounded all
+		// the same so that a trickling client cannot hold a connection.
+		ReadTimeout:  5 * time.Minute,
+		WriteTimeout: 5 * time.Minute,
+		// Longer than the gateway keeps an idle connection to it (Caddy's
+		// reverse_proxy: 2 minutes): at equal times the backend could
+		// close one just as the gateway sent a request on it, which the
+		// gateway does not send again if it is a POST (a 502).
+		IdleTimeout:    5 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 }
 
 func openStore(ctx context.Context, c config) (store.Store, error) {

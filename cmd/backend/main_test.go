@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -11,6 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/keygate/keygate/internal/redistest"
 )
@@ -327,4 +331,19 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// The backend keeps an idle connection longer than the gateway does
+// (Caddy's reverse_proxy, by default): else it may close one just as the
+// gateway sends a request on it, and a POST is not sent again (a 502).
+func TestServerOutlastsTheGatewaysIdleConnections(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	gateway, err := new(reverseproxy.HTTPTransport).NewTransport(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv := newServer(http.NotFoundHandler(), slog.New(slog.DiscardHandler)); srv.IdleTimeout <= gateway.IdleConnTimeout {
+		t.Fatalf("the backend closes idle connections after %v, the gateway after %v", srv.IdleTimeout, gateway.IdleConnTimeout)
+	}
 }
