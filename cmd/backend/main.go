@@ -45,6 +45,9 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// the first signal drains (run); a second one, default again, ends
+	// the process at once
+	go func() { <-ctx.Done(); stop() }()
 	var err error
 	if len(os.Args) > 1 && os.Args[1] == "reports" {
 		err = reports(ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
@@ -211,16 +214,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+		// the requests still running are cut off (their connections
+		// closed, their contexts ended) before the deferred Close takes
+		// the store from under them
+		log.Warn("requests still running after the grace period: closing their connections", "grace", shutdownGrace)
+		_ = srv.Close()
 	}
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
 }
+
+// shutdownGrace is how long a stopping backend lets the requests it is
+// serving finish (compose's stop_grace_period gives it that long before
+// SIGKILL).
+var shutdownGrace = 15 * time.Second
 
 // newServer is the backend's HTTP server, serving h.
 func newServer(h http.Handler, log *slog.Logger) *http.Server {

@@ -347,3 +347,37 @@ func TestServerOutlastsTheGatewaysIdleConnections(t *testing.T) {
 		t.Fatalf("the backend closes idle connections after %v, the gateway after %v", srv.IdleTimeout, gateway.IdleConnTimeout)
 	}
 }
+
+// A stop waits for the requests being served for the grace period, then
+// cuts off those still running (here an upload whose body never comes)
+// and returns cleanly: the store closes with nothing left using it.
+func TestStopCutsOffRequestsAfterTheGrace(t *testing.T) {
+	defer func(g time.Duration) { shutdownGrace = g }(shutdownGrace)
+	shutdownGrace = 300 * time.Millisecond
+	p := startBackend(t, "-data", t.TempDir())
+	conn, err := net.Dial("tcp", strings.TrimPrefix(p.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = conn.Write([]byte("POST /api/external/upload HTTP/1.1\r\nHost: x\r\nX-Keygate-Upstream-Secret: shh\r\nX-Keygate-Key-Id: k1\r\n" +
+		"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the handler is reading the body
+	p.cancel()
+	p.cancel = nil
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Fatalf("stopping with a request running: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the backend did not stop")
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Fatalf("the upload's connection: %v, want it closed", err)
+	}
+}
