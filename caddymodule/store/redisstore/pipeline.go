@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"strings"
@@ -314,15 +315,21 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 	}
 
 	// After a Redis restart or SCRIPT FLUSH the scripts are gone: load them
-	// with EVAL, one call at a time (rare, and Redis caches them again).
+	// with EVAL, one call at a time (rare, and Redis caches them again),
+	// but for the calls whose callers gave up meanwhile: Redis would count
+	// requests nobody is told of.
 	for _, c := range batch {
 		if err != nil && c.cmd.Err() == nil && c.cmd.Val() == nil {
 			c.cmd.SetErr(err)
 		}
 		if isNoScript(c.cmd.Err()) {
-			res, err := c.script.Eval(ctx, p.client, c.keys, scriptArgs(c.cmd.Args(), c.keys)...).Result()
-			c.cmd.SetVal(res)
-			c.cmd.SetErr(err)
+			if err := c.ctx.Err(); err != nil || !time.Now().Before(c.deadline) {
+				c.cmd.SetErr(cmp.Or(err, context.DeadlineExceeded))
+			} else {
+				res, err := c.script.Eval(ctx, p.client, c.keys, scriptArgs(c.cmd.Args(), c.keys)...).Result()
+				c.cmd.SetVal(res)
+				c.cmd.SetErr(err)
+			}
 		}
 		close(c.done)
 	}

@@ -174,7 +174,7 @@ func TestHungRedisTimesOut(t *testing.T) {
 // (With the batch's deadline its oldest call's, they failed with it.)
 func TestSlowRedisFailsOnlyTheCallsThatQueuedTooLong(t *testing.T) {
 	const timeout, roundTrip = time.Second, 600 * time.Millisecond
-	s, slow := openSlow(t, timeout)
+	s, slow, _ := openSlow(t, timeout)
 	slow.Delay(roundTrip)
 	ctx := context.Background()
 	p := store.Policy{Limit: 1000, Window: time.Minute}
@@ -213,7 +213,7 @@ func TestSlowRedisFailsOnlyTheCallsThatQueuedTooLong(t *testing.T) {
 // count a request that was answered without it.
 func TestCallsGivenUpInTheQueueAreNotSent(t *testing.T) {
 	const timeout, roundTrip = time.Second, 400 * time.Millisecond
-	s, slow := openSlow(t, timeout)
+	s, slow, _ := openSlow(t, timeout)
 	slow.Delay(roundTrip)
 	p := store.Policy{Limit: 1000, Window: time.Minute}
 	var wg sync.WaitGroup
@@ -250,10 +250,53 @@ func TestCallsGivenUpInTheQueueAreNotSent(t *testing.T) {
 	}
 }
 
-// openSlow is a store whose Redis is reached through a forwarder that may
-// be slowed, with the scripts loaded and both of the hot path's lines open:
-// a test that slows it then times only its own calls.
-func openSlow(t *testing.T, timeout time.Duration) (*Store, *redistest.Forwarder) {
+// After a SCRIPT FLUSH a batch's calls come back NOSCRIPT and are sent
+// again with EVAL, one at a time, but for those whose callers gave up
+// while the batch was on its way: Redis would count requests nobody is
+// told of.
+func TestCallsGivenUpAreNotSentAgainAfterNoScript(t *testing.T) {
+	const timeout, delay = time.Second, 600 * time.Millisecond
+	s, slow, srv := openSlow(t, timeout)
+	slow.Delay(delay) // what the store sends reaches Redis 600 ms later
+	p := store.Policy{Limit: 1000, Window: time.Minute}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, call := range []struct {
+		at      time.Duration
+		subject string
+	}{
+		{0, "direct"},                          // the direct line, busy until 600 ms
+		{50 * time.Millisecond, "first batch"}, // sent at once, answered at 650
+		{100 * time.Millisecond, "given up"},   // sent at 650 with the next: gives up at 1100
+		{500 * time.Millisecond, "alive"},      // the same batch: still waiting at 1250
+	} {
+		time.Sleep(time.Until(start.Add(call.at)))
+		wg.Go(func() { _, _ = s.Limit(context.Background(), call.subject, p, store.SlidingWindow, store.Ask{}) })
+	}
+	// the second batch is on its way (sent at 650, in Redis at 1250)
+	time.Sleep(time.Until(start.Add(900 * time.Millisecond)))
+	if err := srv.Client(t).ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	slow.Delay(0)
+	time.Sleep(delay) // what was sent meanwhile reaches Redis first
+	for subject, want := range map[string]int64{"given up": 0, "first batch": 1} {
+		d, err := s.Limit(context.Background(), subject, p, store.SlidingWindow, store.Ask{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if counted := p.Limit - 1 - d.Remaining; counted != want {
+			t.Errorf("%q: Redis counted %d calls before, want %d", subject, counted, want)
+		}
+	}
+}
+
+// openSlow is a store whose Redis (the last result) is reached through a
+// forwarder that may be slowed, with the scripts loaded and both of the
+// hot path's lines open: a test that slows it then times only its own
+// calls.
+func openSlow(t *testing.T, timeout time.Duration) (*Store, *redistest.Forwarder, *redistest.Server) {
 	srv := redistest.Start(t)
 	if err := limitScript.Load(context.Background(), srv.Client(t)).Err(); err != nil {
 		t.Fatal(err)
@@ -267,7 +310,7 @@ func openSlow(t *testing.T, timeout time.Duration) (*Store, *redistest.Forwarder
 	if failed, err := concurrentCalls(s, 64); failed > 0 {
 		t.Fatalf("%d of 64 calls failed: %v", failed, err)
 	}
-	return s, slow
+	return s, slow, srv
 }
 
 // A call that must dial, to a Redis that never answers (a blackholed
