@@ -412,12 +412,12 @@ func (s *Store) CreateKeys(_ context.Context, keys []store.Key) ([]error, error)
 	added := make([]*record, 0, len(keys))
 	s.mu.Lock()
 	for i, k := range keys {
-		if _, taken := s.byName[k.Name]; taken {
-			refused[i] = store.ErrNameTaken
+		if _, taken := s.byID[k.ID]; taken { // first, as on Redis
+			refused[i] = store.ErrIDTaken
 			continue
 		}
-		if _, taken := s.byID[k.ID]; taken {
-			refused[i] = store.ErrIDTaken
+		if _, taken := s.byName[k.Name]; taken {
+			refused[i] = store.ErrNameTaken
 			continue
 		}
 		k.Revision = 1

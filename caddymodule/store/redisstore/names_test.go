@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/caddymodule/store/storetest"
 	"github.com/keygate/keygate/internal/redistest"
@@ -107,6 +108,19 @@ func TestChangesSurviveARetriedScript(t *testing.T) {
 	}
 	if id, err := s.KeyIDByHash(ctx, fresh.Hash); err != nil || id != k.ID {
 		t.Fatalf("the new secret's hash: %q, %v; want it indexed to %s", id, err, k.ID)
+	}
+}
+
+// A creation whose script go-redis ran twice (its reply lost) is made: the
+// second run finds the record its own (its token), not another's.
+func TestCreationSurvivesARetriedScript(t *testing.T) {
+	s := open(t, redistest.Start(t), time.Second)
+	twice := new(redistest.ScriptsRunTwice)
+	s.client.AddHook(twice)
+	twice.Armed.Store(true)
+	k, secret := storetest.MustCreate(t, s, "twice")
+	if v, err := s.CheckKey(context.Background(), store.Check{KeyID: k.ID, Hash: apikey.Sum(secret)}); err != nil || v.Status != store.KeyValid {
+		t.Fatalf("the key created with its script run twice: %v, %v", v.Status, err)
 	}
 }
 

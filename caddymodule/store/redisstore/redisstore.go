@@ -58,7 +58,11 @@ func (z zapLogging) Printf(_ context.Context, format string, v ...any) { z.l.Deb
 type Store struct {
 	client  redis.UniversalClient
 	timeout time.Duration
-	hot     hotPath // the per-request scripts
+	// the per-request scripts go on hot, or on a Redis Cluster on shards,
+	// one pipeliner per primary (concrete types: through an interface,
+	// each call's arguments would escape to the heap)
+	hot    *pipeliner
+	shards *shardedPipeliner
 }
 
 var _ store.Store = (*Store)(nil)
@@ -127,11 +131,19 @@ func resp(asked int) int {
 func New(client redis.UniversalClient, timeout time.Duration) *Store {
 	s := &Store{client: client, timeout: timeout}
 	if cluster, ok := client.(*redis.ClusterClient); ok {
-		s.hot = newShardedPipeliner(cluster, timeout)
+		s.shards = newShardedPipeliner(cluster, timeout)
 	} else {
 		s.hot = newPipeliner(client, timeout)
 	}
 	return s
+}
+
+// runHot runs one of the per-request scripts.
+func (s *Store) runHot(ctx context.Context, script hotScript, keys []string, args ...any) ([]any, error) {
+	if s.shards != nil {
+		return s.shards.run(ctx, script, keys, args...)
+	}
+	return s.hot.run(ctx, script, keys, args...)
 }
 
 // Ping checks that Redis answers.
@@ -143,7 +155,11 @@ func (s *Store) Close() error {
 	// pipeline on its way to a hung Redis, so the sender stops at once
 	// rather than after the timeout.
 	err := s.client.Close()
-	s.hot.close()
+	if s.shards != nil {
+		s.shards.close()
+	} else {
+		s.hot.close()
+	}
 	return err
 }
 
@@ -242,7 +258,7 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 		ck := counterKey('k', c.KeyID, c.Policy, c.Algorithm)
 		keys = []string{ck[:len("keygate:{k:}")+len(c.KeyID)], ck}
 	}
-	res, err := s.hot.run(ctx, checkKeyScript, keys,
+	res, err := s.runHot(ctx, checkKeyScript, keys,
 		c.Hash.String(), c.Revision, c.Policy.Limit, c.Policy.Window.Milliseconds(),
 		algorithmArg(c.Algorithm), lastUsedEveryArg, max(c.Take, 1), leaseArg(c.Algorithm, c.Spread),
 		windowOffsetArg(c.Algorithm, 'k', c.KeyID, c.Policy.Window), aheadArg(c.Ahead))
@@ -270,7 +286,7 @@ func (s *Store) CheckKey(ctx context.Context, c store.Check) (store.Verdict, err
 // Limit implements store.Store.
 func (s *Store) Limit(ctx context.Context, subject string, p store.Policy, a store.Algorithm, ask store.Ask) (store.Decision, error) {
 	key := counterKey('s', subject, p, a)
-	res, err := s.hot.run(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a), max(ask.Take, 1), leaseArg(a, ask.Spread),
+	res, err := s.runHot(ctx, limitScript, []string{key}, p.Limit, p.Window.Milliseconds(), algorithmArg(a), max(ask.Take, 1), leaseArg(a, ask.Spread),
 		windowOffsetArg(a, 's', subject, p.Window), aheadArg(ask.Ahead))
 	if err != nil {
 		return store.Decision{}, err
@@ -320,16 +336,24 @@ func (s *Store) KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error) 
 	return id, err
 }
 
-// createRecordScript writes a new key's record unless another key's, of
-// another hash, has its id; of the same hash it is this call's (go-redis
-// sends a script again after losing its reply) or the same key's.
-// KEYS[1] the record; ARGV[1] the hash (hex); ARGV[2..] field/value pairs.
-// Returns 1 when written, 0 when the id is taken.
+// createRecordScript writes a new key's record unless there is one under
+// its id already: another key's, or another creation's of the same key (an
+// import run twice at once, which must not put back what a change made in
+// between). Only the call's own token (field t) makes it this call's: go-redis
+// sends a script again after losing its reply. KEYS[1] the record;
+// ARGV[1] the token; ARGV[2..] field/value pairs. Returns 1 when written,
+// 0 when the id is taken.
 var createRecordScript = redis.NewScript(`
-local h = redis.call('HGET', KEYS[1], 'h')
-if h and h ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 't', ARGV[1], unpack(ARGV, 2))
 return 1
+`)
+
+// dropRecordScript deletes a record a creation wrote, if it is still that
+// creation's (its token). KEYS[1] the record; ARGV[1] the token.
+var dropRecordScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 't') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 `)
 
 // CreateKey implements store.Store. The record is written first, then its
@@ -339,9 +363,10 @@ return 1
 func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 	ctx = context.WithoutCancel(ctx) // each command is bounded by the client's timeouts
 	k.Revision = 1
-	written, err := createRecordScript.Run(ctx, s.client, []string{recordKey(k.ID)}, append([]any{k.Hash.String()}, recordFields(k)...)...).Int()
+	token := strconv.FormatUint(rand.Uint64(), 36)
+	written, err := createRecordScript.Run(ctx, s.client, []string{recordKey(k.ID)}, append([]any{token}, recordFields(k)...)...).Int()
 	if err == nil && written == 0 {
-		return store.ErrIDTaken // and the record is the other key's: left alone
+		return store.ErrIDTaken // and the record is another's: left alone
 	}
 	if err == nil {
 		var entry nameEntry
@@ -354,7 +379,7 @@ func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 	if err != nil {
 		// an entry left behind by a failed release names a missing record:
 		// the name is free again (names.go)
-		s.client.Del(ctx, recordKey(k.ID))
+		dropRecordScript.Run(ctx, s.client, []string{recordKey(k.ID)}, token)
 		return err
 	}
 	return nil

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"errors"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,17 +21,6 @@ import (
 // node fails the calls for its own slots, and the others go on
 // (TestClusterHungNodeFailsOnlyItsSlots).
 
-// hotPath runs the per-request scripts: a pipeliner, or one per primary.
-type hotPath interface {
-	run(ctx context.Context, script hotScript, keys []string, args ...any) ([]any, error)
-	close()
-}
-
-var (
-	_ hotPath = (*pipeliner)(nil)
-	_ hotPath = (*shardedPipeliner)(nil)
-)
-
 // shardedPipeliner sends each call on the pipeliner of the primary that
 // serves its slot, as the ClusterClient's slot map has it.
 type shardedPipeliner struct {
@@ -42,26 +32,26 @@ type shardedPipeliner struct {
 	// follows, reloading its slot map
 	anyNode *pipeliner
 
-	mu sync.Mutex // held to add or drop a node's pipeliner
-	// nodes is read on every call, copied on every change
-	nodes  atomic.Pointer[map[*redis.Client]*nodePipeliner]
+	mu sync.Mutex // held to add a node's pipeliner
+	// nodes, by address, is read on every call and copied on every change
+	nodes  atomic.Pointer[map[string]nodePipeliner]
 	closed bool
 }
 
-// nodePipeliner is the pipeliner of one primary.
+// nodePipeliner is the pipeliner of one primary's client. The
+// ClusterClient closes the client of a node that left the cluster, and
+// makes a new one if a node comes back at its address: the pipeliner of
+// the old client is then replaced (and closed; its connections went with
+// the client). One of a node gone for good stays until the store closes:
+// a sender goroutine, idle, whose connections closed with its client.
 type nodePipeliner struct {
+	client *redis.Client
 	*pipeliner
-	lastUsed atomic.Int64 // Unix seconds
 }
-
-// staleNode is how long a node's pipeliner may go unused before the next
-// new node drops it: a node the cluster no longer has (a primary replaced
-// in a failover, a scale-down), whose sender would otherwise stay.
-const staleNode = time.Minute
 
 func newShardedPipeliner(cluster *redis.ClusterClient, timeout time.Duration) *shardedPipeliner {
 	s := &shardedPipeliner{cluster: cluster, timeout: timeout, anyNode: newPipeliner(cluster, timeout)}
-	s.nodes.Store(&map[*redis.Client]*nodePipeliner{})
+	s.nodes.Store(&map[string]nodePipeliner{})
 	return s
 }
 
@@ -76,21 +66,20 @@ func (s *shardedPipeliner) run(ctx context.Context, script hotScript, keys []str
 	}
 	res, err := p.run(ctx, script, keys, args...)
 	if isRedirect(err) || errors.Is(err, errStoreClosed) {
-		// errStoreClosed: dropped as stale by a call for another node
-		// just as this one took it (the store closed, anyNode says so)
+		// errStoreClosed: the node's client was replaced, and its
+		// pipeliner closed, as this call took it (the store closed, and
+		// anyNode says so)
 		return s.anyNode.run(ctx, script, keys, args...)
 	}
 	return res, err
 }
 
-// forNode is node's pipeliner, made on the first call for it.
-func (s *shardedPipeliner) forNode(node *redis.Client) *nodePipeliner {
-	now := time.Now().Unix()
-	if p := (*s.nodes.Load())[node]; p != nil {
-		if p.lastUsed.Load() != now { // a store a second, not one a call
-			p.lastUsed.Store(now)
-		}
-		return p
+// forNode is the pipeliner of node, a primary's client, made on the first
+// call for it; nil once closed.
+func (s *shardedPipeliner) forNode(node *redis.Client) *pipeliner {
+	addr := node.Options().Addr
+	if p := (*s.nodes.Load())[addr]; p.client == node {
+		return p.pipeliner
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -98,29 +87,24 @@ func (s *shardedPipeliner) forNode(node *redis.Client) *nodePipeliner {
 		return nil
 	}
 	old := *s.nodes.Load()
-	if p := old[node]; p != nil { // made meanwhile
-		return p
+	p := old[addr]
+	if p.client == node { // made meanwhile
+		return p.pipeliner
 	}
-	nodes := make(map[*redis.Client]*nodePipeliner, len(old)+1)
-	for n, p := range old {
-		if now-p.lastUsed.Load() > int64(staleNode/time.Second) {
-			go p.close() // may wait out a batch on its way to a dead node
-			continue
-		}
-		nodes[n] = p
+	if p.pipeliner != nil {
+		go p.close() // the old client's, closed: its calls failed or redirected
 	}
-	p := &nodePipeliner{pipeliner: newPipeliner(node, s.timeout)}
-	p.lastUsed.Store(now)
-	nodes[node] = p
+	nodes := maps.Clone(old)
+	nodes[addr] = nodePipeliner{node, newPipeliner(node, s.timeout)}
 	s.nodes.Store(&nodes)
-	return p
+	return nodes[addr].pipeliner
 }
 
 func (s *shardedPipeliner) close() {
 	s.mu.Lock()
 	s.closed = true
 	nodes := *s.nodes.Load()
-	s.nodes.Store(&map[*redis.Client]*nodePipeliner{})
+	s.nodes.Store(&map[string]nodePipeliner{})
 	s.mu.Unlock()
 	s.anyNode.close()
 	for _, p := range nodes {

@@ -165,6 +165,17 @@ func testIDsAreUnique(t *testing.T, s store.Store) {
 	if _, err := s.KeyIDByHash(ctx, other.Hash); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("the refused key's hash: %v, want ErrNotFound", err)
 	}
+	// the same key again (an import run twice at once) does not put back
+	// what a change made in between
+	if _, err := s.UpdateKey(ctx, "owner", func(k *store.Key) error { k.Enabled = false; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateKey(ctx, k); !errors.Is(err, store.ErrIDTaken) {
+		t.Fatalf("the same key again: %v, want ErrIDTaken", err)
+	}
+	if got, err := s.KeyByName(ctx, "owner"); err != nil || got.Enabled {
+		t.Fatalf("after the same key again: %+v, %v; want it still disabled", got, err)
+	}
 }
 
 func testNamesAreUnique(t *testing.T, s store.Store) {
