@@ -33,36 +33,40 @@ func isSecretID(id string) bool {
 }
 
 // newSecretID draws a linkId: SecretIDLen of [A-Za-z0-9] with a capital, a
-// small letter and a digit in it, as SecLink's are (A1b2C3d4E5f6). Slugs
-// of that shape are reserved for shareUrls (isMintedSecretID), and words
-// of twelve letters (presentation) stay free for short links. About one
-// draw in eight lacks a class and is drawn again.
+// small letter and a digit in it, as SecLink's are (A1b2C3d4E5f6). About
+// one draw in eight lacks a class and is drawn again.
 func newSecretID() string {
 	for {
-		if id := randomID(SecretIDLen); isMintedSecretID(id) {
+		if id := randomID(SecretIDLen); hasClasses(id, true, true, true) {
 			return id
 		}
 	}
 }
 
-// isMintedSecretID reports whether id has the shape of the ids
-// newSecretID draws.
-func isMintedSecretID(id string) bool {
-	if !isSecretID(id) {
-		return false
-	}
-	var capital, small, digit bool
-	for i := 0; i < len(id); i++ {
-		switch c := id[i]; {
+// isShareURLSlug reports whether slug is of the shape reserved for
+// SecLink's shareUrls, <base>/<linkId>: a linkId's, with a capital and a
+// small letter. Every linkId drawn has both, and so had all but one in
+// 300 that earlier versions drew (those lacking only a digit, one in
+// eight, included); slugs in one case (presentation, summersale24), the
+// usual ones, stay free for short links.
+func isShareURLSlug(slug string) bool {
+	return isSecretID(slug) && hasClasses(slug, true, true, false)
+}
+
+// hasClasses reports whether s has a capital, a small letter and a digit,
+// as asked.
+func hasClasses(s string, capital, small, digit bool) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
 		case c >= 'A' && c <= 'Z':
-			capital = true
+			capital = false
 		case c >= 'a' && c <= 'z':
-			small = true
-		default:
-			digit = true
+			small = false
+		case c >= '0' && c <= '9':
+			digit = false
 		}
 	}
-	return capital && small && digit
+	return !capital && !small && !digit
 }
 
 // isAlphanumeric reports whether s is non-empty and only [A-Za-z0-9].

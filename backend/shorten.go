@@ -150,9 +150,8 @@ func (s *Server) createLink(w http.ResponseWriter, r *http.Request, customSlugOK
 			problem.Write(w, p)
 			return store.Link{}, nil, false
 		}
-		// the linkId of a secret an earlier version made, which may lack a
-		// class of character: reserved while the secret or its tombstone
-		// is there
+		// the linkId of a secret an earlier version drew in one case:
+		// reserved while the secret or its tombstone is there
 		if isSecretID(slug) {
 			switch exists, err := s.secretExists(r.Context(), slug); {
 			case err != nil:
@@ -215,7 +214,7 @@ func checkSlug(slug string) (problem.Details, bool) {
 	if !validSlug(slug) {
 		return errInvalidSlug, false
 	}
-	if ReservedSlugs[strings.ToLower(slug)] || isMintedSecretID(slug) {
+	if ReservedSlugs[strings.ToLower(slug)] || isShareURLSlug(slug) {
 		// a linkId's shape is SecLink's shareUrl, <base>/<linkId>, for
 		// good: a link there, made once a secret is gone (or before one
 		// gets the id), would send its readers, and the key in the
