@@ -32,6 +32,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -186,7 +187,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return err
 	}
-	srv := newServer(h, log)
+	// requests being served, so that a stop closes the store only once
+	// they returned
+	var serving atomic.Int64
+	srv := newServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		serving.Add(1)
+		defer serving.Add(-1)
+		h.ServeHTTP(w, r)
+	}), log)
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return err
@@ -222,6 +230,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		// the store from under them
 		log.Warn("requests still running after the grace period: closing their connections", "grace", shutdownGrace)
 		_ = srv.Close()
+		// their contexts ended: they return soon (not waited for past 2 s,
+		// the store's close then ends what is left)
+		for deadline := time.Now().Add(2 * time.Second); serving.Load() > 0 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
@@ -230,8 +243,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 }
 
 // shutdownGrace is how long a stopping backend lets the requests it is
-// serving finish (compose's stop_grace_period gives it that long before
-// SIGKILL).
+// serving finish (compose's stop_grace_period, 20 s, gives it that and the
+// 2 s it then waits for those cut off to return).
 var shutdownGrace = 15 * time.Second
 
 // newServer is the backend's HTTP server, serving h.

@@ -349,8 +349,8 @@ func TestServerOutlastsTheGatewaysIdleConnections(t *testing.T) {
 }
 
 // A stop waits for the requests being served for the grace period, then
-// cuts off those still running (here an upload whose body never comes)
-// and returns cleanly: the store closes with nothing left using it.
+// cuts off those still running (here an upload whose body never comes),
+// closes the store once they returned, and returns cleanly.
 func TestStopCutsOffRequestsAfterTheGrace(t *testing.T) {
 	defer func(g time.Duration) { shutdownGrace = g }(shutdownGrace)
 	shutdownGrace = 300 * time.Millisecond
