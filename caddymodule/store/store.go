@@ -22,8 +22,9 @@ import (
 var (
 	ErrNotFound  = errors.New("no API key with that name")
 	ErrNameTaken = errors.New("an API key with that name already exists")
-	// ErrIDTaken is a CreateKey refused because another key has its id
-	// (an import racing another, of a key changed in between).
+	// ErrIDTaken is a CreateKey refused because a key has its id already:
+	// another key, or the same one created before (an import racing
+	// another, of a key changed in between).
 	ErrIDTaken = errors.New("an API key with that id already exists")
 	// ErrContended is a change given up after other changes to the same
 	// key kept landing first; nothing of it was made.
@@ -252,7 +253,7 @@ type Store interface {
 	KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error)
 
 	// CreateKey stores a new key; ErrNameTaken when the name is in use,
-	// ErrIDTaken when the id is another key's (another secret's).
+	// ErrIDTaken when a key has the id already.
 	CreateKey(ctx context.Context, k Key) error
 	// Keys lists every key in SortKeys order.
 	Keys(ctx context.Context) ([]Key, error)

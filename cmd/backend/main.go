@@ -230,8 +230,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		// the store from under them
 		log.Warn("requests still running after the grace period: closing their connections", "grace", shutdownGrace)
 		_ = srv.Close()
-		// their contexts ended: they return soon (not waited for past 2 s,
-		// the store's close then ends what is left)
+		// those that read their bodies see their contexts end and return
+		// soon; one stuck in a store call before that is not waited for
+		// past 2 s (the store's close then ends it)
 		for deadline := time.Now().Add(2 * time.Second); serving.Load() > 0 && time.Now().Before(deadline); {
 			time.Sleep(10 * time.Millisecond)
 		}

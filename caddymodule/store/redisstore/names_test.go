@@ -124,6 +124,40 @@ func TestCreationSurvivesARetriedScript(t *testing.T) {
 	}
 }
 
+// A creation cut short after writing its record (the store failing before
+// the name was claimed, and the cleanup failing too) leaves a record still
+// marked as a creation's: the same key created again (an import run again)
+// finishes it, and the finished record keeps no mark; another key under
+// its id is refused.
+func TestCreationCutShortIsFinishedByTheNext(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	ctx := context.Background()
+	rdb := srv.Client(t)
+	k, secret := storetest.NewKey(t, "cut-short")
+	k.Revision = 1
+	if err := rdb.HSet(ctx, recordKey(k.ID), append([]any{"t", "gone"}, recordFields(k)...)...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	other, _ := storetest.NewKey(t, "other")
+	other.ID = k.ID
+	if err := s.CreateKey(ctx, other); !errors.Is(err, store.ErrIDTaken) {
+		t.Fatalf("another key over the leftover: %v, want ErrIDTaken", err)
+	}
+	if err := s.CreateKey(ctx, k); err != nil {
+		t.Fatalf("the same key again: %v", err)
+	}
+	if v, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: apikey.Sum(secret)}); err != nil || v.Status != store.KeyValid {
+		t.Fatalf("the finished key: %v, %v", v.Status, err)
+	}
+	if names := storetest.SortedNames(t, s); !slices.Equal(names, []string{"cut-short"}) {
+		t.Fatalf("listed: %v", names)
+	}
+	if n, err := rdb.HExists(ctx, recordKey(k.ID), "t").Result(); err != nil || n {
+		t.Fatalf("the finished record still has its creation's mark: %v, %v", n, err)
+	}
+}
+
 // A rename or a rotation whose reply was lost after another change landed
 // on top of it (here a disable, from another replica) is read back as
 // made: releasing its new name or its new secret's index, as a change not

@@ -262,16 +262,21 @@ func TestCallsGivenUpAreNotSentAgainAfterNoScript(t *testing.T) {
 	start := time.Now()
 	var wg sync.WaitGroup
 	for _, call := range []struct {
-		at      time.Duration
-		subject string
+		at, giveUp time.Duration
+		subject    string
 	}{
-		{0, "direct"},                          // the direct line, busy until 600 ms
-		{50 * time.Millisecond, "first batch"}, // sent at once, answered at 650
-		{100 * time.Millisecond, "given up"},   // sent at 650 with the next: gives up at 1100
-		{500 * time.Millisecond, "alive"},      // the same batch: still waiting at 1250
+		{0, timeout, "direct"},                          // the direct line, busy until 600 ms
+		{50 * time.Millisecond, timeout, "first batch"}, // sent at once, answered at 650
+		// sent at 650 with the next, in Redis at 1250: gives up at 1100
+		{300 * time.Millisecond, 800 * time.Millisecond, "given up"},
+		{500 * time.Millisecond, timeout, "alive"}, // the same batch: waits until 1500
 	} {
 		time.Sleep(time.Until(start.Add(call.at)))
-		wg.Go(func() { _, _ = s.Limit(context.Background(), call.subject, p, store.SlidingWindow, store.Ask{}) })
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), call.giveUp)
+			defer cancel()
+			_, _ = s.Limit(ctx, call.subject, p, store.SlidingWindow, store.Ask{})
+		})
 	}
 	// the second batch is on its way (sent at 650, in Redis at 1250)
 	time.Sleep(time.Until(start.Add(900 * time.Millisecond)))

@@ -337,15 +337,27 @@ func (s *Store) KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error) 
 }
 
 // createRecordScript writes a new key's record unless there is one under
-// its id already: another key's, or another creation's of the same key (an
-// import run twice at once, which must not put back what a change made in
-// between). Only the call's own token (field t) makes it this call's: go-redis
-// sends a script again after losing its reply. KEYS[1] the record;
-// ARGV[1] the token; ARGV[2..] field/value pairs. Returns 1 when written,
-// 0 when the id is taken.
+// its id already: a finished key's (the same key imported twice at once
+// must not put back what a change made in between), or another key's.
+// One still marked with a creation's token (field t: its name not yet
+// claimed, nor its hash indexed) and of the same hash is this call's
+// (go-redis sends a script again after losing its reply) or one cut
+// short, which this call finishes. KEYS[1] the record; ARGV[1] this
+// call's token; ARGV[2] the hash (hex); ARGV[3..] field/value pairs.
+// Returns 1 when written, 0 when the id is taken.
 var createRecordScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 't', ARGV[1], unpack(ARGV, 2))
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local v = redis.call('HMGET', KEYS[1], 't', 'h')
+  if not v[1] or v[2] ~= ARGV[2] then return 0 end
+end
+redis.call('HSET', KEYS[1], 't', ARGV[1], unpack(ARGV, 3))
+return 1
+`)
+
+// finishRecordScript unmarks a record its creation finished, if it is
+// still that creation's (its token). KEYS[1] the record; ARGV[1] the token.
+var finishRecordScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 't') == ARGV[1] then redis.call('HDEL', KEYS[1], 't') end
 return 1
 `)
 
@@ -359,12 +371,13 @@ return 0
 // CreateKey implements store.Store. The record is written first, then its
 // name claimed (names.go: an entry never names a record in the making),
 // then its hash indexed, which makes the key usable. Once begun it is
-// finished or undone, even if the caller leaves.
+// finished or undone, even if the caller leaves; one cut short (the store
+// failing in the middle) is finished by creating the same key again.
 func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 	ctx = context.WithoutCancel(ctx) // each command is bounded by the client's timeouts
 	k.Revision = 1
-	token := strconv.FormatUint(rand.Uint64(), 36)
-	written, err := createRecordScript.Run(ctx, s.client, []string{recordKey(k.ID)}, append([]any{token}, recordFields(k)...)...).Int()
+	token, record := strconv.FormatUint(rand.Uint64(), 36), []string{recordKey(k.ID)}
+	written, err := createRecordScript.Run(ctx, s.client, record, append([]any{token, k.Hash.String()}, recordFields(k)...)...).Int()
 	if err == nil && written == 0 {
 		return store.ErrIDTaken // and the record is another's: left alone
 	}
@@ -379,9 +392,12 @@ func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 	if err != nil {
 		// an entry left behind by a failed release names a missing record:
 		// the name is free again (names.go)
-		dropRecordScript.Run(ctx, s.client, []string{recordKey(k.ID)}, token)
+		dropRecordScript.Run(ctx, s.client, record, token)
 		return err
 	}
+	// the key works: a record left marked (this failing) only lets the
+	// same key be created over it again
+	finishRecordScript.Run(ctx, s.client, record, token)
 	return nil
 }
 
