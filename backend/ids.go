@@ -54,19 +54,19 @@ func isShareURLSlug(slug string) bool {
 }
 
 // hasClasses reports whether s has a capital, a small letter and a digit,
-// as asked.
-func hasClasses(s string, capital, small, digit bool) bool {
+// each where asked.
+func hasClasses(s string, needCapital, needSmall, needDigit bool) bool {
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; {
 		case c >= 'A' && c <= 'Z':
-			capital = false
+			needCapital = false
 		case c >= 'a' && c <= 'z':
-			small = false
+			needSmall = false
 		case c >= '0' && c <= '9':
-			digit = false
+			needDigit = false
 		}
 	}
-	return !capital && !small && !digit
+	return !needCapital && !needSmall && !needDigit
 }
 
 // isAlphanumeric reports whether s is non-empty and only [A-Za-z0-9].
