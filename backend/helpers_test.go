@@ -20,6 +20,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/keygate/keygate/backend"
 	"github.com/keygate/keygate/backend/store"
@@ -42,6 +43,7 @@ type env struct {
 
 type envOpts struct {
 	maxUpload, maxSecret int64
+	bodyTimeout          time.Duration
 	boltCfg              store.Config
 }
 
@@ -94,7 +96,7 @@ func newEnvOn(t *testing.T, st store.Store, o envOpts) *env {
 	dir := t.TempDir()
 	h, err := backend.New(backend.Config{
 		Store: st, DataDir: dir, UpstreamSecret: testSecret,
-		MaxUpload: o.maxUpload, MaxSecret: o.maxSecret,
+		MaxUpload: o.maxUpload, MaxSecret: o.maxSecret, BodyTimeout: o.bodyTimeout,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

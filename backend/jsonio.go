@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"time"
 
 	"github.com/keygate/keygate/internal/problem"
 )
@@ -33,15 +35,18 @@ type jsonBody struct {
 	bad        problem.Details // malformed JSON
 }
 
-// readJSON decodes a JSON value into dst. It writes the error response
-// itself and reports whether the caller may go on.
-func readJSON(w http.ResponseWriter, r *http.Request, spec jsonBody, dst any) bool {
+// readJSON decodes a JSON value into dst, within Config.BodyTimeout. It
+// writes the error response itself and reports whether the caller may go
+// on.
+func (s *Server) readJSON(w http.ResponseWriter, r *http.Request, spec jsonBody, dst any) bool {
 	limit, tooBig := spec.limit, spec.tooBig
 	if r.ContentLength > limit {
 		w.Header().Set("Connection", "close")
 		problem.Write(w, tooBig)
 		return false
 	}
+	// the next request on the connection gets the server's deadlines again
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
 	err := dec.Decode(dst)
 	if err == nil {
@@ -62,6 +67,9 @@ func readJSON(w http.ResponseWriter, r *http.Request, spec jsonBody, dst any) bo
 	switch {
 	case errors.As(err, &mbe):
 		problem.Write(w, tooBig)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		w.Header().Set("Connection", "close") // the rest of the body is not read
+		problem.Write(w, errBodyTimeout)
 	case errors.Is(err, io.EOF) && spec.allowEmpty:
 		return true
 	default:

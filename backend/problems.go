@@ -20,6 +20,7 @@ var (
 			WithError("Server encountered a problem")
 	errUnavailable = problem.New(http.StatusServiceUnavailable, "unavailable", "Storage unavailable", "")
 	errBadJSON     = problem.New(http.StatusBadRequest, "invalid-json", "Invalid JSON body", "The request body must be a JSON object.")
+	errBodyTimeout = problem.New(http.StatusRequestTimeout, "body-timeout", "Request Timeout", "The request body did not arrive in time.")
 	errBodyTooBig  = problem.New(http.StatusRequestEntityTooLarge, "body-too-large", "Request body too large", "")
 
 	// Upload (Slink).

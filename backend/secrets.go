@@ -77,7 +77,7 @@ func (s *Server) handleCreateSecret(w http.ResponseWriter, r *http.Request) {
 	var req createSecretRequest
 	// Room for the blob plus JSON framing, iv and passcode hash.
 	spec := jsonBody{limit: s.cfg.MaxSecret + 16<<10, tooBig: errSecretTooBig, bad: invalidSecret("The body must be a JSON object.")}
-	if !readJSON(w, r, spec, &req) {
+	if !s.readJSON(w, r, spec, &req) {
 		return
 	}
 	switch {
@@ -208,7 +208,7 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 	}
 	var req reportRequest
 	spec := jsonBody{limit: maxReportBody, allowEmpty: true, tooBig: errBodyTooBig, bad: invalidSecret("The body must be empty or a JSON object.")}
-	if !readJSON(w, r, spec, &req) {
+	if !s.readJSON(w, r, spec, &req) {
 		return
 	}
 	reason := ""

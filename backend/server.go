@@ -33,6 +33,8 @@ import (
 const (
 	DefaultMaxUpload int64 = 20 << 20 // 20 MiB per image
 	DefaultMaxSecret int64 = 1 << 20  // 1 MiB per encrypted blob
+	// DefaultBodyTimeout: the largest body, a 1 MiB secret, at 35 KiB/s
+	DefaultBodyTimeout = 30 * time.Second
 )
 
 // Config configures a Server.
@@ -50,6 +52,11 @@ type Config struct {
 	// MaxUpload bounds one image, MaxSecret one encrypted blob, in bytes.
 	MaxUpload int64
 	MaxSecret int64
+	// BodyTimeout bounds reading a JSON body (a link, a secret, a
+	// report): the HTTP server gives a body minutes, for an image on a slow
+	// link, and a body of a few KiB trickling in for that long would hold
+	// a connection for nothing. Default DefaultBodyTimeout.
+	BodyTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Now defaults to time.Now.
@@ -84,6 +91,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxSecret <= 0 {
 		cfg.MaxSecret = DefaultMaxSecret
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

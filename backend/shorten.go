@@ -126,7 +126,7 @@ func (s *Server) handleShorten(w http.ResponseWriter, r *http.Request) {
 // answering errors itself.
 func (s *Server) createLink(w http.ResponseWriter, r *http.Request, customSlugOK bool) (store.Link, *ownerJSON, bool) {
 	var req shortenRequest
-	if !readJSON(w, r, linkJSONBody, &req) {
+	if !s.readJSON(w, r, linkJSONBody, &req) {
 		return store.Link{}, nil, false
 	}
 	if req.URL == nil || strings.TrimSpace(*req.URL) == "" {

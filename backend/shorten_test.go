@@ -1,10 +1,13 @@
 package backend_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -366,5 +369,33 @@ func TestClientGoneIsNoStoreError(t *testing.T) {
 	h.ServeHTTP(rec, req)
 	if rec.Code != 499 || strings.Contains(logs.String(), "level=ERROR") {
 		t.Fatalf("status %d, want 499; log:\n%s", rec.Code, logs.String())
+	}
+}
+
+// A JSON body that trickles in is cut off after BodyTimeout with 408 (the
+// server's own deadline, minutes, is for images on slow links), and the
+// connection closed.
+func TestSlowJSONBodyIsCutOff(t *testing.T) {
+	e := newEnv(t, "bolt", envOpts{bodyTimeout: 300 * time.Millisecond})
+	conn, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	_, err = conn.Write([]byte("POST /api/shorten HTTP/1.1\r\nHost: x\r\nX-Keygate-Upstream-Secret: " + testSecret +
+		"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"url\":"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	wantProblem(t, resp, body, http.StatusRequestTimeout, "Request Timeout")
+	if took := time.Since(start); took > 5*time.Second || !resp.Close {
+		t.Errorf("answered after %v, closing the connection: %v", took, resp.Close)
 	}
 }
