@@ -399,3 +399,27 @@ func TestSlowJSONBodyIsCutOff(t *testing.T) {
 		t.Errorf("answered after %v, closing the connection: %v", took, resp.Close)
 	}
 }
+
+// A Redis that drops packets (a partition: every dial hangs) gets a
+// request its 503 within one attempt's timeouts, not after go-redis's
+// five dials per attempt and its retries.
+func TestUnreachableStoreIs503Soon(t *testing.T) {
+	rdb := goredis.NewClient(&goredis.Options{
+		Addr: "192.0.2.1:6379", // TEST-NET: never dialled
+		Dialer: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+		DialTimeout: 500 * time.Millisecond, ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond,
+	})
+	t.Cleanup(func() { _ = rdb.Close() })
+	e := newEnvOn(t, redisstore.New(rdb, "", store.Config{}), envOpts{})
+	start := time.Now()
+	resp, body := e.postJSON("/api/shorten", `{"url":"https://example.com"}`, asKey("k1", "n", "o"))
+	wantUnavailable(t, resp, body)
+	// the budget is 900 ms; generous for a loaded machine (without it,
+	// about 3 s here, half a minute with the default 5 s dial timeout)
+	if took := time.Since(start); took > 2500*time.Millisecond {
+		t.Errorf("503 after %v", took)
+	}
+}

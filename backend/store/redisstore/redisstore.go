@@ -63,6 +63,7 @@ func Open(ctx context.Context, url, prefix string, cfg store.Config) (*Store, er
 		return nil, fmt.Errorf("redisstore: parsing URL: %w", err)
 	}
 	bound(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
+	opts.ContextTimeoutEnabled = true // a call's budget cuts its reads short too (callBudget)
 	return open(ctx, redis.NewClient(opts), prefix, cfg)
 }
 
@@ -76,6 +77,7 @@ func OpenCluster(ctx context.Context, url, prefix string, cfg store.Config) (*St
 		return nil, fmt.Errorf("redisstore: parsing cluster URL: %w", err)
 	}
 	bound(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
+	opts.ContextTimeoutEnabled = true // a call's budget cuts its reads short too (callBudget)
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
@@ -94,6 +96,7 @@ func OpenSentinel(ctx context.Context, url, master, prefix string, cfg store.Con
 	}
 	opts.MasterName = master
 	bound(&opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
+	opts.ContextTimeoutEnabled = true // a call's budget cuts its reads short too (callBudget)
 	return open(ctx, redis.NewFailoverClient(opts), prefix, cfg)
 }
 
@@ -132,11 +135,14 @@ func open(ctx context.Context, rdb redis.UniversalClient, prefix string, cfg sto
 }
 
 // New wraps an existing client (a cluster or failover client works too,
-// a cluster's with a hash-tagged prefix); Close will not close it.
+// a cluster's with a hash-tagged prefix); Close will not close it. It adds
+// a hook to the client that bounds each call without a deadline by one
+// attempt's timeouts (callBudget).
 func New(rdb redis.UniversalClient, prefix string, cfg store.Config) *Store {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
+	rdb.AddHook(budgetOf(rdb))
 	return &Store{rdb: rdb, prefix: prefix, cfg: cfg.WithDefaults()}
 }
 
