@@ -226,8 +226,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		// the requests still running are cut off (their connections
-		// closed, their contexts ended) before the deferred Close takes
-		// the store from under them
+		// closed) before the deferred Close takes the store from under
+		// them
 		log.Warn("requests still running after the grace period: closing their connections", "grace", shutdownGrace)
 		_ = srv.Close()
 		// those that read their bodies see their contexts end and return
