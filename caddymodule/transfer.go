@@ -95,14 +95,15 @@ func importKeys(ctx context.Context, s *sharedStore, r *http.Request) (int, any,
 	res := importResult{Imported: []string{}, Skipped: []skippedKey{}}
 	var fresh []store.Key
 	for _, k := range keys {
-		if ids[k.ID] {
-			res.Skipped = append(res.Skipped, skippedKey{k.Name, "a key with its id is in the store"})
-			continue
-		}
 		switch _, err := s.KeyIDByHash(ctx, k.Hash); {
+		case err == nil && ids[k.ID]:
+			res.Skipped = append(res.Skipped, skippedKey{k.Name, "a key with its id is in the store"})
 		case err == nil:
 			res.Skipped = append(res.Skipped, skippedKey{k.Name, "a key with its secret is in the store"})
 		case errors.Is(err, store.ErrNotFound):
+			// an id in the store without this secret indexed is another
+			// key's, refused by CreateKey (store.ErrIDTaken), or this key's
+			// creation cut short on Redis, which CreateKey finishes
 			fresh = append(fresh, k)
 		default:
 			return 0, nil, importCutShort(res, len(keys), err)

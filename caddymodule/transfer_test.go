@@ -1,6 +1,7 @@
 package keygate
 
 import (
+	"context"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
 	"github.com/keygate/keygate/internal/redistest"
 )
@@ -99,6 +101,36 @@ func TestImportMovesKeysBetweenStores(t *testing.T) {
 	}
 	if r := g.get("/api/x", bearer(mover.Key)...); r.status != http.StatusOK {
 		t.Fatalf("the key moved twice: %d", r.status)
+	}
+}
+
+// A key whose creation on Redis was cut short after its name was claimed
+// (listed, its id in the store, its secret not yet indexed, so refused) is
+// finished by importing it again, not skipped for its id.
+func TestImportFinishesAKeyCutShort(t *testing.T) {
+	srv := redistest.Start(t)
+	g := startGatewayOn(t, srv, protectedSite)
+	k := generate(t, "--name", "half-made", "--roles", "upload")
+	file := filepath.Join(t.TempDir(), "export.json")
+	mustCLI(t, "export", file)
+	// the state such a creation leaves (redisstore.CreateKey): its record
+	// still marked, its hash not indexed
+	rdb, ctx := srv.Client(t), context.Background()
+	if err := rdb.Del(ctx, "keygate:h:"+apikey.Sum(k.Key).String()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.HSet(ctx, "keygate:{k:"+k.ID+"}", "t", "cut-short").Err(); err != nil {
+		t.Fatal(err)
+	}
+	wantProblem(t, g.get("/api/x", bearer(k.Key)...), http.StatusUnauthorized, "Invalid API key")
+
+	var res importResult
+	mustJSON(t, mustCLI(t, "import", file, "--json"), &res)
+	if !slices.Equal(res.Imported, []string{"half-made"}) {
+		t.Fatalf("import = %+v, want half-made imported", res)
+	}
+	if r := g.get("/api/x", bearer(k.Key)...); r.status != http.StatusOK {
+		t.Fatalf("the finished key: %d", r.status)
 	}
 }
 

@@ -158,6 +158,29 @@ func TestCreationCutShortIsFinishedByTheNext(t *testing.T) {
 	}
 }
 
+// A creation whose finish failed leaves its mark on a working key: a key
+// changed since (here disabled) is no creation's to finish, and the same
+// key created again (an import run again) is refused its id, not written
+// over the change.
+func TestChangedKeyIsNoCreationsToFinish(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	ctx := context.Background()
+	k, secret := storetest.MustCreate(t, s, "finished")
+	if err := srv.Client(t).HSet(ctx, recordKey(k.ID), "t", "unfinished").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateKey(ctx, k.Name, func(k *store.Key) error { k.Enabled = false; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateKey(ctx, k); !errors.Is(err, store.ErrIDTaken) {
+		t.Fatalf("the same key created over its disabled self: %v, want ErrIDTaken", err)
+	}
+	if v, err := s.CheckKey(ctx, store.Check{KeyID: k.ID, Hash: apikey.Sum(secret)}); err != nil || v.Status == store.KeyValid {
+		t.Fatalf("the disabled key after it: %v, %v", v.Status, err)
+	}
+}
+
 // A rename or a rotation whose reply was lost after another change landed
 // on top of it (here a disable, from another replica) is read back as
 // made: releasing its new name or its new secret's index, as a change not

@@ -340,15 +340,16 @@ func (s *Store) KeyIDByHash(ctx context.Context, h apikey.Hash) (string, error) 
 // its id already: a finished key's (the same key imported twice at once
 // must not put back what a change made in between), or another key's.
 // One still marked with a creation's token (field t: its name not yet
-// claimed, nor its hash indexed) and of the same hash is this call's
-// (go-redis sends a script again after losing its reply) or one cut
-// short, which this call finishes. KEYS[1] the record; ARGV[1] this
+// claimed, nor its hash indexed), of the same hash and unchanged since
+// (revision 1) is this call's (go-redis sends a script again after losing
+// its reply) or one cut short, which this call finishes; one changed since
+// is a working key whose finish failed. KEYS[1] the record; ARGV[1] this
 // call's token; ARGV[2] the hash (hex); ARGV[3..] field/value pairs.
 // Returns 1 when written, 0 when the id is taken.
 var createRecordScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  local v = redis.call('HMGET', KEYS[1], 't', 'h')
-  if not v[1] or v[2] ~= ARGV[2] then return 0 end
+  local v = redis.call('HMGET', KEYS[1], 't', 'h', 'v')
+  if not v[1] or v[2] ~= ARGV[2] or v[3] ~= '1' then return 0 end
 end
 redis.call('HSET', KEYS[1], 't', ARGV[1], unpack(ARGV, 3))
 return 1
@@ -396,7 +397,7 @@ func (s *Store) CreateKey(ctx context.Context, k store.Key) error {
 		return err
 	}
 	// the key works: a record left marked (this failing) only lets the
-	// same key be created over it again
+	// same key be created over it again, and only until it is changed
 	finishRecordScript.Run(ctx, s.client, record, token)
 	return nil
 }
