@@ -52,28 +52,35 @@ func (s *Server) readJSON(w http.ResponseWriter, r *http.Request, spec jsonBody,
 	if err == nil {
 		// Trailing garbage after the object is a malformed body, not
 		// something to ignore silently.
-		if _, err2 := dec.Token(); err2 != io.EOF {
-			var mbe *http.MaxBytesError
-			if errors.As(err2, &mbe) {
-				problem.Write(w, tooBig)
-			} else {
-				problem.Write(w, spec.bad)
-			}
-			return false
+		if err = trailing(dec); err == nil {
+			return true
 		}
+	} else if errors.Is(err, io.EOF) && spec.allowEmpty {
 		return true
 	}
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
 		problem.Write(w, tooBig)
-	case errors.Is(err, os.ErrDeadlineExceeded):
+	case errors.Is(err, os.ErrDeadlineExceeded): // in the object or after it
 		w.Header().Set("Connection", "close") // the rest of the body is not read
 		problem.Write(w, errBodyTimeout)
-	case errors.Is(err, io.EOF) && spec.allowEmpty:
-		return true
 	default:
 		problem.Write(w, spec.bad)
 	}
 	return false
 }
+
+// trailing reads what follows the decoded value: nil at the body's end, a
+// read's error, or errTrailingData.
+func trailing(dec *json.Decoder) error {
+	switch _, err := dec.Token(); {
+	case err == io.EOF:
+		return nil
+	case err != nil:
+		return err
+	}
+	return errTrailingData
+}
+
+var errTrailingData = errors.New("data after the JSON value")

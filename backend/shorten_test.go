@@ -376,6 +376,16 @@ func TestClientGoneIsNoStoreError(t *testing.T) {
 // server's own deadline, minutes, is for images on slow links), and the
 // connection closed.
 func TestSlowJSONBodyIsCutOff(t *testing.T) {
+	// cut off in the middle of the object, and after it (the rest of the
+	// body, which must be empty, still to come)
+	for _, sent := range []string{`{"url":`, `{"url":"https://example.com"}`} {
+		t.Run(sent, func(t *testing.T) { sendSlowJSONBody(t, sent) })
+	}
+}
+
+// sendSlowJSONBody sends the start of a body of 100 bytes and wants 408
+// for it once BodyTimeout is over.
+func sendSlowJSONBody(t *testing.T, sent string) {
 	e := newEnv(t, "bolt", envOpts{bodyTimeout: 300 * time.Millisecond})
 	conn, err := net.Dial("tcp", e.srv.Listener.Addr().String())
 	if err != nil {
@@ -384,7 +394,7 @@ func TestSlowJSONBodyIsCutOff(t *testing.T) {
 	defer conn.Close()
 	start := time.Now()
 	_, err = conn.Write([]byte("POST /api/shorten HTTP/1.1\r\nHost: x\r\nX-Keygate-Upstream-Secret: " + testSecret +
-		"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"url\":"))
+		"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n" + sent))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,8 +11,9 @@ import (
 // comes without a deadline (a request's context has none) by one whole
 // attempt's timeouts: go-redis bounds each dial, read and write, but tries
 // a dial five times and retries the command, so one call to a Redis that
-// drops packets (a network partition, a firewall) took over a minute, and
-// the request through the gateway with it.
+// drops packets (a network partition, a firewall) took about half a
+// minute at the default 5 s dial timeout, and the request through the
+// gateway with it.
 type callBudget time.Duration
 
 // budgetOf is one attempt of rdb's: a dial, a write and a read.
