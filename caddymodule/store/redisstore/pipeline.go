@@ -4,9 +4,12 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -34,7 +37,8 @@ import (
 // connection costs a health-check syscall on every checkout. Such a line
 // goes back to the pool after an idle second, so that the next call takes
 // a health-checked connection (one that Redis or the network closed while
-// idle is not used); after an error it is dropped (see line.done).
+// idle is not used); after an error it is dropped (see line.done), and
+// the calls that found it closed are sent once more (see brokenConn).
 
 // maxBatch bounds one pipeline, so one batch never holds many callers
 // behind a large write.
@@ -222,17 +226,43 @@ func (p *pipeliner) run(ctx context.Context, script hotScript, keys []string, ar
 func (p *pipeliner) runDirect(ctx context.Context, l *line, script *redis.Script, keys []string, cmdArgs []any) ([]any, error) {
 	ctx, cancel := withTimeout(ctx, p.timeout)
 	defer cancel()
-	cmd := redis.NewCmd(ctx, cmdArgs...)
-	if conn := l.take(p.client); conn != nil {
-		_ = conn.Process(ctx, cmd)
-	} else {
-		_ = p.client.Process(ctx, cmd)
+	cmd, own := p.processOn(ctx, l, cmdArgs)
+	if own && brokenConn(cmd.Err()) && ctx.Err() == nil {
+		cmd, _ = p.processOn(ctx, l, cmdArgs) // on a new connection (see brokenConn)
 	}
-	l.done(cmd.Err())
 	if isNoScript(cmd.Err()) {
 		return script.Eval(ctx, p.client, keys, scriptArgs(cmdArgs, keys)...).Slice()
 	}
 	return cmd.Slice()
+}
+
+// processOn sends one command on l's connection, or through the client
+// when l has none (own false: go-redis then retries a broken connection
+// itself).
+func (p *pipeliner) processOn(ctx context.Context, l *line, cmdArgs []any) (cmd *redis.Cmd, own bool) {
+	cmd = redis.NewCmd(ctx, cmdArgs...)
+	if conn := l.take(p.client); conn != nil {
+		_ = conn.Process(ctx, cmd)
+		own = true
+	} else {
+		_ = p.client.Process(ctx, cmd)
+	}
+	l.done(cmd.Err())
+	return cmd, own
+}
+
+// brokenConn reports whether err says a line's connection was closed under
+// it (Redis restarted, or closed it; or a proxy in front of it did, past
+// an age), not that Redis answered an error or did not answer in time.
+// line.done has dropped such a connection, and its calls are sent once
+// more, on a new one: go-redis does the same for its pool's connections,
+// but on a connection of one's own it only reports the error, and the
+// calls that find a line's connection closed would fail while Redis is
+// there. As with go-redis's retries, a call that reached Redis before the
+// connection closed may be counted twice.
+func brokenConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
 }
 
 // withTimeout bounds a call by timeout unless ctx has a deadline already.
@@ -304,14 +334,25 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 	defer cancel()
 	var err error
 	if len(cmds) > 0 {
-		pipe := l.pipeline(p.client)
-		_ = pipe.BatchProcess(ctx, cmds...) // one allocation, not one per doubling
-		clear(cmds)                         // the pipeline has them; let them go with their calls
-		// Every command carries its own error (Exec's is the first of them,
-		// or the connection's), but one go-redis never sent: it leaves those
-		// without a reply or an error when the connection was in a bad state.
-		_, err = pipe.Exec(ctx)
-		l.done(err)
+		var own bool
+		if own, err = p.execOn(ctx, l, cmds); own && err != nil {
+			// the calls the line's connection failed (see brokenConn) go
+			// once more on a new one, but for those whose callers gave up
+			now, cmds = time.Now(), cmds[:0]
+			for _, c := range batch {
+				switch {
+				case !unanswered(c.cmd):
+				case c.ctx.Err() == nil && now.Before(c.deadline):
+					c.cmd.SetErr(nil)
+					cmds = append(cmds, c.cmd)
+				case c.cmd.Err() == nil: // not sent
+					c.cmd.SetErr(err)
+				}
+			}
+			if len(cmds) > 0 {
+				_, err = p.execOn(ctx, l, cmds)
+			}
+		}
 	}
 
 	// After a Redis restart or SCRIPT FLUSH the scripts are gone: load them
@@ -319,7 +360,7 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 	// but for the calls whose callers gave up meanwhile: Redis would count
 	// requests nobody is told of.
 	for _, c := range batch {
-		if err != nil && c.cmd.Err() == nil && c.cmd.Val() == nil {
+		if err != nil && c.cmd.Err() == nil && c.cmd.Val() == nil { // not sent
 			c.cmd.SetErr(err)
 		}
 		if isNoScript(c.cmd.Err()) {
@@ -333,6 +374,31 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 		}
 		close(c.done)
 	}
+}
+
+// execOn sends cmds as one pipeline on l's connection, or through the
+// client when l has none (own false), and returns the pipeline's error: the
+// first of its commands', or the connection's. It leaves cmds cleared.
+func (p *pipeliner) execOn(ctx context.Context, l *line, cmds []redis.Cmder) (own bool, err error) {
+	pipe := l.pipeline(p.client)
+	own = l.conn != nil
+	_ = pipe.BatchProcess(ctx, cmds...) // one allocation, not one per doubling
+	clear(cmds)                         // the pipeline has them; let them go with their calls
+	// Every command carries its own error, but one go-redis never sent: it
+	// leaves those without a reply or an error when the connection was in a
+	// bad state.
+	_, err = pipe.Exec(ctx)
+	l.done(err)
+	return own, err
+}
+
+// unanswered reports whether a pipelined command got no reply because
+// the connection failed: before the reply came, or before it was sent.
+func unanswered(cmd *redis.Cmd) bool {
+	if err := cmd.Err(); err != nil {
+		return brokenConn(err)
+	}
+	return cmd.Val() == nil
 }
 
 // scriptArgs is the ARGV part of an EVALSHA's arguments with keys: run

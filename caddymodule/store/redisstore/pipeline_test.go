@@ -498,6 +498,31 @@ func TestIdleLinesAreCheckedBeforeUse(t *testing.T) {
 	calls("after Redis closed the idle connections")
 }
 
+// A line's connection closed while in use (Redis restarted, or a proxy in
+// front of it closing connections past an age) fails no call: one that
+// finds it closed is sent once more, on a new connection, as go-redis does
+// its pool's. Here Redis closes every connection between two calls, too
+// soon for the lines to go back to the pool.
+func TestLinesClosedUnderUseFailNoCall(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	p := store.Policy{Limit: 1 << 20, Window: time.Minute}
+	for i := range 20 {
+		// one alone (direct), then a burst (the sender's pipeline)
+		if _, err := s.Limit(ctx, "busy", p, store.SlidingWindow, store.Ask{}); err != nil {
+			t.Fatalf("round %d: direct call: %v", i, err)
+		}
+		if failed, err := concurrentCalls(s, 64); failed > 0 {
+			t.Fatalf("round %d: %d of 64 concurrent calls failed: %v", i, failed, err)
+		}
+		if err := rdb.ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // waitRecovered waits until a burst of concurrent calls, enough for several
 // pipelines, all succeed.
 func waitRecovered(t *testing.T, s *Store) {
