@@ -115,7 +115,7 @@ func importKeys(ctx context.Context, s *sharedStore, r *http.Request) (int, any,
 		case errors.Is(refused[j], store.ErrNameTaken):
 			res.Skipped = append(res.Skipped, skippedKey{k.Name, "its name is taken"})
 			continue
-		case errors.Is(refused[j], store.ErrIDTaken): // by an import beside this one
+		case errors.Is(refused[j], store.ErrIDTaken): // under another secret (rotated since), or by an import beside this one
 			res.Skipped = append(res.Skipped, skippedKey{k.Name, "a key with its id is in the store"})
 			continue
 		}

@@ -341,6 +341,10 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 			now, cmds = time.Now(), cmds[:0]
 			for _, c := range batch {
 				switch {
+				case c.cmd.Val() != nil:
+					// answered before the connection failed, which go-redis
+					// reports on it too: the reply stands (Redis counted it)
+					c.cmd.SetErr(nil)
 				case !unanswered(c.cmd):
 				case c.ctx.Err() == nil && now.Before(c.deadline):
 					c.cmd.SetErr(nil)
@@ -392,13 +396,12 @@ func (p *pipeliner) execOn(ctx context.Context, l *line, cmds []redis.Cmder) (ow
 	return own, err
 }
 
-// unanswered reports whether a pipelined command got no reply because
-// the connection failed: before the reply came, or before it was sent.
+// unanswered reports whether a pipelined command without a reply got none
+// because the connection failed: before the reply came, or before it was
+// sent.
 func unanswered(cmd *redis.Cmd) bool {
-	if err := cmd.Err(); err != nil {
-		return brokenConn(err)
-	}
-	return cmd.Val() == nil
+	err := cmd.Err()
+	return err == nil || brokenConn(err)
 }
 
 // scriptArgs is the ARGV part of an EVALSHA's arguments with keys: run

@@ -1,8 +1,10 @@
 package redisstore
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -521,6 +523,87 @@ func TestLinesClosedUnderUseFailNoCall(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// A batch whose connection closes after some of its replies came: those
+// calls keep their replies and are not sent again (Redis counted them;
+// go-redis marks them failed too), and only the others are.
+func TestBatchCutShortSendsOnlyTheUnansweredAgain(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy, cut := cutAfterOneReply(t, srv.Addr)
+	client := redis.NewClient(&redis.Options{Addr: proxy, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = client.Close() })
+	p := newPipeliner(client, time.Second)
+	t.Cleanup(p.close)
+	incr := newHotScript(`return redis.call('INCR', KEYS[1])`) // a reply of one line
+	ctx := context.Background()
+	call := func() *scriptCall {
+		return &scriptCall{ctx: ctx, cmd: redis.NewCmd(ctx, "evalsha", incr.sha, 1, "counter"), script: incr.Script,
+			keys: []string{"counter"}, deadline: time.Now().Add(time.Second), done: make(chan struct{})}
+	}
+	var l line
+	p.exec(&l, []*scriptCall{call()}, make([]redis.Cmder, 0, 2)) // the line's connection; the script loaded
+	if err := srv.Client(t).Set(ctx, "counter", 0, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	cut()
+	batch := []*scriptCall{call(), call()}
+	p.exec(&l, batch, make([]redis.Cmder, 0, 2))
+	n, err := srv.Client(t).Get(ctx, "counter").Int64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err1 := batch[0].cmd.Int64()
+	second, err2 := batch[1].cmd.Int64()
+	// the second, sent again, counts twice if Redis ran it before the
+	// connection closed (as go-redis's retries would), the first once
+	if first != 1 || err1 != nil || second != n || err2 != nil || n > 3 {
+		t.Errorf("calls got %d (%v) and %d (%v); counted %d times", first, err1, second, err2, n)
+	}
+}
+
+// cutAfterOneReply is a proxy to addr; after cut, it passes on the first
+// line Redis answers next (one call's reply) and closes the connection.
+func cutAfterOneReply(t *testing.T, addr string) (proxy string, cut func()) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	var armed atomic.Bool
+	go func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", addr)
+			if err != nil {
+				_ = client.Close()
+				continue
+			}
+			go func() { _, _ = io.Copy(server, client); _ = server.Close() }()
+			go func() {
+				defer client.Close()
+				defer server.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := server.Read(buf)
+					if armed.Load() && n > 0 {
+						if i := bytes.Index(buf[:n], []byte("\r\n")); i >= 0 {
+							armed.Store(false)
+							_, _ = client.Write(buf[:i+2])
+							return
+						}
+					}
+					if _, werr := client.Write(buf[:n]); err != nil || werr != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), func() { armed.Store(true) }
 }
 
 // waitRecovered waits until a burst of concurrent calls, enough for several
