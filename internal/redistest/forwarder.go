@@ -1,7 +1,7 @@
 package redistest
 
 import (
-	"io"
+	"bytes"
 	"net"
 	"sync"
 	"testing"
@@ -18,6 +18,7 @@ type Forwarder struct {
 	mu     sync.Mutex
 	target string
 	delay  time.Duration
+	cut    bool // CutAfterOneReply is pending
 	ln     net.Listener
 	conns  []net.Conn
 }
@@ -54,6 +55,25 @@ func (f *Forwarder) PointTo(target string) {
 	f.mu.Unlock()
 }
 
+// CutAfterOneReply passes on the next reply on any connection up to the
+// end of its first line (one call's reply, when it is a one-line one) and
+// then closes that connection, as Redis or a proxy closing it between two
+// replies of a pipeline would.
+func (f *Forwarder) CutAfterOneReply() {
+	f.mu.Lock()
+	f.cut = true
+	f.mu.Unlock()
+}
+
+// cutNow reports whether a CutAfterOneReply is pending, and takes it.
+func (f *Forwarder) cutNow() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cut := f.cut
+	f.cut = false
+	return cut
+}
+
 func (f *Forwarder) serve() {
 	for {
 		in, err := f.ln.Accept()
@@ -72,14 +92,26 @@ func (f *Forwarder) serve() {
 		f.conns = append(f.conns, in, out)
 		f.mu.Unlock()
 		go f.forwardRequests(out, in)
-		go pipe(in, out) // replies, as they come
+		go f.forwardReplies(in, out)
 	}
 }
 
-func pipe(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
-	_ = dst.Close()
-	_ = src.Close()
+// forwardReplies copies src to dst as replies come, up to a pending cut
+// (CutAfterOneReply).
+func (f *Forwarder) forwardReplies(dst, src net.Conn) {
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if i := bytes.Index(buf[:n], []byte("\r\n")); i >= 0 && f.cutNow() {
+			_, _ = dst.Write(buf[:i+2])
+			return
+		}
+		if _, werr := dst.Write(buf[:n]); err != nil || werr != nil {
+			return
+		}
+	}
 }
 
 // forwardRequests copies src to dst, each read held for the delay set

@@ -1,10 +1,8 @@
 package redisstore
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -530,8 +528,8 @@ func TestLinesClosedUnderUseFailNoCall(t *testing.T) {
 // go-redis marks them failed too), and only the others are.
 func TestBatchCutShortSendsOnlyTheUnansweredAgain(t *testing.T) {
 	srv := redistest.Start(t)
-	proxy, cut := cutAfterOneReply(t, srv.Addr)
-	client := redis.NewClient(&redis.Options{Addr: proxy, ContextTimeoutEnabled: true})
+	proxy := redistest.Forward(t, srv.Addr)
+	client := redis.NewClient(&redis.Options{Addr: proxy.Addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = client.Close() })
 	p := newPipeliner(client, time.Second)
 	t.Cleanup(p.close)
@@ -546,7 +544,7 @@ func TestBatchCutShortSendsOnlyTheUnansweredAgain(t *testing.T) {
 	if err := srv.Client(t).Set(ctx, "counter", 0, 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	cut()
+	proxy.CutAfterOneReply()
 	batch := []*scriptCall{call(), call()}
 	p.exec(&l, batch, make([]redis.Cmder, 0, 2))
 	n, err := srv.Client(t).Get(ctx, "counter").Int64()
@@ -560,50 +558,6 @@ func TestBatchCutShortSendsOnlyTheUnansweredAgain(t *testing.T) {
 	if first != 1 || err1 != nil || second != n || err2 != nil || n > 3 {
 		t.Errorf("calls got %d (%v) and %d (%v); counted %d times", first, err1, second, err2, n)
 	}
-}
-
-// cutAfterOneReply is a proxy to addr; after cut, it passes on the first
-// line Redis answers next (one call's reply) and closes the connection.
-func cutAfterOneReply(t *testing.T, addr string) (proxy string, cut func()) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	var armed atomic.Bool
-	go func() {
-		for {
-			client, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			server, err := net.Dial("tcp", addr)
-			if err != nil {
-				_ = client.Close()
-				continue
-			}
-			go func() { _, _ = io.Copy(server, client); _ = server.Close() }()
-			go func() {
-				defer client.Close()
-				defer server.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := server.Read(buf)
-					if armed.Load() && n > 0 {
-						if i := bytes.Index(buf[:n], []byte("\r\n")); i >= 0 {
-							armed.Store(false)
-							_, _ = client.Write(buf[:i+2])
-							return
-						}
-					}
-					if _, werr := client.Write(buf[:n]); err != nil || werr != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String(), func() { armed.Store(true) }
 }
 
 // waitRecovered waits until a burst of concurrent calls, enough for several
