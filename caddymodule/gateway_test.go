@@ -565,6 +565,47 @@ func TestSpoofedIdentityHeadersAreReplaced(t *testing.T) {
 	}
 }
 
+// A keygate for the site and another inside a route: the second finds
+// the request without its key (the first removed it) and with the
+// identity headers it strips as a client's. It answered 401 "Invalid API
+// key" to a good key, or passed it on as anonymous; now it says the config
+// is wrong (500, logged, counted), and a client's own identity headers
+// without a key are still stripped and answered as before.
+func TestSecondKeygateOnAPathIsAConfigError(t *testing.T) {
+	g := startGateway(t, "", `
+	keygate {
+		rate_limit 100 10m
+	}
+	handle /admin/* {
+		keygate {
+			roles admin
+		}
+		reverse_proxy {upstream}
+	}
+	handle /open/* {
+		keygate {
+			anonymous 100 1m
+		}
+		reverse_proxy {upstream}
+	}
+	reverse_proxy {upstream}
+`)
+	k := generate(t, "--name", "twice", "--roles", "admin")
+	const misconfigured = `keygate_decisions_total{outcome="misconfigured"}`
+	before := metricstest.Counter(t, adminAddr, misconfigured)
+	if r := g.get("/x", bearer(k.Key)...); r.status != http.StatusOK || r.upstreamSaw.Get("X-Keygate-Key-Id") != k.ID {
+		t.Fatalf("one keygate on the path: %d, upstream saw %v", r.status, r.upstreamSaw)
+	}
+	for _, path := range []string{"/admin/x", "/open/x"} {
+		wantProblem(t, g.get(path, bearer(k.Key)...), http.StatusInternalServerError, "Internal Server Error")
+	}
+	if got := metricstest.Counter(t, adminAddr, misconfigured) - before; got != 2 {
+		t.Errorf("%s rose by %v, want 2", misconfigured, got)
+	}
+	// no key: the site's keygate refuses it before the route's runs
+	wantProblem(t, g.get("/open/x", "X-Keygate-Key-Id", "spoof"), http.StatusUnauthorized, "Invalid API key")
+}
+
 func TestRateLimitHeadersAndRefusal(t *testing.T) {
 	for _, algorithm := range []string{"sliding_window", "sliding_log"} {
 		t.Run(algorithm, func(t *testing.T) {

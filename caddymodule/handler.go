@@ -121,6 +121,7 @@ type Handler struct {
 	headers       headerSet
 	logger        *zap.Logger
 	lastStoreLog  *atomic.Int64 // a pointer: modules are copied by value
+	lastPathLog   *atomic.Int64 // secondOnPath's, likewise
 	leases        *leaseTable   // nil without Lease
 	watchesEpoch  bool          // polls the store's epoch (attach)
 }
@@ -149,6 +150,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) attach(app *App) {
 	h.app = app
 	h.lastStoreLog = new(atomic.Int64)
+	h.lastPathLog = new(atomic.Int64)
 	if h.Algorithm == "" {
 		h.Algorithm = store.SlidingWindow
 	}
@@ -276,7 +278,7 @@ func validRoles(roles []string) error {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	// Nothing the client sends may pose as the gateway's word.
-	stripIdentityHeaders(r.Header)
+	stripped := stripIdentityHeaders(r.Header)
 	if r.Trailer != nil {
 		stripIdentityTrailers(r)
 	}
@@ -289,6 +291,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case cred.conflicted:
 		return h.refuse(outcomeConflict, problemConflictingKeys)
 	case !cred.present():
+		if stripped && admittedEarlier(repl) {
+			return h.secondOnPath()
+		}
 		if h.Anonymous == nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="keygate"`)
 			return h.refuse(outcomeMissing, problemMissingKey)
@@ -649,12 +654,47 @@ func (h *Handler) storeUnavailable(w http.ResponseWriter, err error) error {
 	if clientLeft(err) {
 		return h.clientGone(err)
 	}
-	now := time.Now().UnixNano()
-	if last := h.lastStoreLog.Load(); now-last > int64(time.Second) && h.lastStoreLog.CompareAndSwap(last, now) {
+	if onceASecond(h.lastStoreLog) {
 		h.logger.Error("key store unavailable", zap.String("store", h.app.storeName()), zap.Error(err))
 	}
 	w.Header().Set(headerRetryAfter, "1")
 	return h.refuse(outcomeStoreError, problemStoreUnavailable)
+}
+
+// onceASecond says whether a second has passed since it last said so
+// with last, for logs that every request of an outage or a
+// misconfiguration would otherwise flood.
+func onceASecond(last *atomic.Int64) bool {
+	now := time.Now().UnixNano()
+	prev := last.Load()
+	return now-prev > int64(time.Second) && last.CompareAndSwap(prev, now)
+}
+
+// errSecondOnPath is what a keygate handler says of a request that an
+// earlier keygate handler on its path admitted.
+var errSecondOnPath = errors.New("a second keygate handler on this request's path: the first admitted it and removed its key, so this one would refuse it as keyless (or take it for anonymous); give each route one keygate, with its own roles and limits, not one for the site and another inside a route")
+
+// secondOnPath refuses a request that an earlier keygate handler admitted
+// and this one finds without its key: a config error, not the client's
+// (500, logged at most once a second, and counted as misconfigured),
+// rather than a 401 that sends its caller to check a good key, or an
+// anonymous pass that hides the key from the upstream. Caddy logs an
+// error that handle_errors renders only at DEBUG, hence the log here.
+func (h *Handler) secondOnPath() error {
+	if onceASecond(h.lastPathLog) {
+		h.logger.Error("misconfigured", zap.Error(errSecondOnPath))
+	}
+	h.app.metrics.decision(outcomeMisconfigured).Inc()
+	return caddyhttp.Error(http.StatusInternalServerError, errSecondOnPath)
+}
+
+// admittedEarlier says whether a keygate handler admitted this request
+// already: it put the {keygate.*} placeholders in its replacer. Asked only
+// of a request that came with identity headers and without a key, so a
+// request that does not pays nothing.
+func admittedEarlier(repl *caddy.Replacer) bool {
+	_, ok := repl.Get("keygate.anonymous")
+	return ok
 }
 
 func (h *Handler) refuseInvalid(w http.ResponseWriter) error {

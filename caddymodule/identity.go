@@ -35,10 +35,13 @@ const (
 // "Connection: X-Keygate-Key-Id" would take the gateway's own header away
 // from the upstream (a keyed request would reach it as anonymous). Such
 // names are dropped from Connection.
-func stripIdentityHeaders(h http.Header) {
+//
+// It reports whether it deleted any header (a Connection name aside).
+func stripIdentityHeaders(h http.Header) (stripped bool) {
 	for name := range h {
 		if isIdentityHeader(name) {
 			delete(h, name)
+			stripped = true
 		}
 	}
 	if conn := h["Connection"]; slices.ContainsFunc(conn, namesIdentityHeader) {
@@ -54,6 +57,7 @@ func stripIdentityHeaders(h http.Header) {
 			h["Connection"] = kept
 		}
 	}
+	return stripped
 }
 
 // stripIdentityTrailers keeps X-Keygate-* names out of the trailers of a

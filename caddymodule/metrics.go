@@ -26,13 +26,14 @@ const (
 	outcomeLimited
 	outcomeStoreError
 	outcomeClientGone
+	outcomeMisconfigured
 	numOutcomes
 )
 
 var outcomeNames = [numOutcomes]string{
 	"allowed", "anonymous", "fail_open", "missing_key", "malformed_key",
 	"invalid_key", "conflicting_keys", "forbidden", "rate_limited", "store_error",
-	"client_gone",
+	"client_gone", "misconfigured",
 }
 
 // storeOp is a kind of store call: the label of keygate_store_*.
