@@ -616,16 +616,22 @@ func TestRateLimitHeadersAndRefusal(t *testing.T) {
 	}
 	reverse_proxy {upstream}`)
 			k := generate(t, "--name", "limited")
+			var last response
 			for i := range 3 {
-				r := g.get("/", bearer(k.Key)...)
-				if r.status != http.StatusOK {
-					t.Fatalf("request %d: %d", i+1, r.status)
+				last = g.get("/", bearer(k.Key)...)
+				if last.status != http.StatusOK {
+					t.Fatalf("request %d: %d", i+1, last.status)
 				}
-				wantRateHeaders(t, r, "key", 3, 60, int64(2-i))
+				wantRateHeaders(t, last, "key", 3, 60, int64(2-i))
 			}
 			r := g.get("/", bearer(k.Key)...)
 			wantProblem(t, r, http.StatusTooManyRequests, "Too much request. Try again later.")
 			wantRateHeaders(t, r, "key", 3, 60, 0)
+			// Remaining 0: the reset is when the refusal's is, the moment a
+			// request will be admitted again
+			if got, want := last.header.Get("X-RateLimit-Reset"), r.header.Get("X-RateLimit-Reset"); got != want {
+				t.Fatalf("X-RateLimit-Reset with Remaining 0 = %s, the refusal's = %s: want the same", got, want)
+			}
 			retry, err := strconv.Atoi(r.header.Get("Retry-After"))
 			if err != nil || retry < 1 || retry > 120 { // a sliding window may wait into the next window
 				t.Fatalf("Retry-After = %q", r.header.Get("Retry-After"))

@@ -137,33 +137,41 @@ func (c *counter) slidingWindow(now, limit, window int64) (allowed bool, remaini
 	w, l, p, n := float64(window), float64(limit), float64(prev), float64(cur)
 	weight := min(float64(window-(now-start))/w, 1)
 	if float64(p*weight)+n+1 > l {
-		var wait int64
-		if cur+1 > limit {
-			// nothing frees up before the next window, where this window's
-			// count becomes the weighted previous one
-			into := math.Ceil(float64(w * (1 - (l-1)/n)))
-			if into < 0 {
-				into = 0
-			}
-			wait = start + window - now + int64(into)
-		} else {
-			wait = start + int64(math.Ceil(float64(w*(1-(l-n-1)/p)))) - now
-		}
-		if wait < 1 {
-			wait = 1
-		}
+		wait := windowWait(now, start, window, limit, cur, prev)
 		return false, 0, now + wait, wait
 	}
 	cur++
 	c.start, c.cur, c.prev, c.last = start, cur, prev, now
 	remaining = int64(math.Floor(l - (float64(p*weight) + float64(cur))))
-	if remaining < 0 {
-		remaining = 0
+	if remaining <= 0 {
+		// the next request would be refused: its reset, not the window's
+		// end, which a client that waits for it would find still over the
+		// limit
+		return true, 0, now + windowWait(now, start, window, limit, cur, prev), 0
 	}
 	return true, remaining, start + window, 0
 }
 
-// mod is Lua's %: the remainder with the sign of the divisor.
+// windowWait is window_wait from scripts.go: how long from now until a
+// request is admitted, of a window that started at start with count cur
+// and a previous one with prev, when one now would be refused.
+func windowWait(now, start, window, limit, cur, prev int64) int64 {
+	w, l, p, n := float64(window), float64(limit), float64(prev), float64(cur)
+	var wait int64
+	if cur+1 > limit {
+		// nothing frees up before the next window, where this window's
+		// count becomes the weighted previous one
+		into := math.Ceil(float64(w * (1 - (l-1)/n)))
+		if into < 0 {
+			into = 0
+		}
+		wait = start + window - now + int64(into)
+	} else {
+		wait = start + int64(math.Ceil(float64(w*(1-(l-n-1)/p)))) - now
+	}
+	return max(wait, 1)
+}
+
 // slidingLog is sliding_log from scripts.go: exact, one time per admitted
 // request, none older than the window.
 func (c *counter) slidingLog(now, limit, window int64) (allowed bool, remaining, reset, retry int64) {

@@ -29,6 +29,24 @@ end
 -- writes the whole hash and its expiry (the end of the next window, after
 -- which this window's count no longer matters); the others add to its
 -- count: a third or so of the script's time in Redis saved.
+-- How long from now until a request is admitted, of a window that started
+-- at start with count c and a previous one with p, when one now would be
+-- refused (p weighted + c + 1 > limit).
+local function window_wait(now, start, window, limit, c, p)
+  local wait
+  if c + 1 > limit then
+    -- nothing frees up before the next window, where this window's count
+    -- becomes the weighted previous one
+    local into = math.ceil(window * (1 - (limit - 1) / c))
+    if into < 0 then into = 0 end
+    wait = start + window - now + into
+  else
+    wait = start + math.ceil(window * (1 - (limit - c - 1) / p)) - now
+  end
+  if wait < 1 then wait = 1 end
+  return wait
+end
+
 local function sliding_window(key, now, limit, window, n, ttl, offset)
   local v = redis.call('HMGET', key, 's', 'c', 'p')
   local start = now - ((now - offset) % window)
@@ -42,17 +60,7 @@ local function sliding_window(key, now, limit, window, n, ttl, offset)
   local weight = (window - (now - start)) / window
   if weight > 1 then weight = 1 end
   if p * weight + c + 1 > limit then
-    local wait
-    if c + 1 > limit then
-      -- nothing frees up before the next window, where this window's count
-      -- becomes the weighted previous one
-      local into = math.ceil(window * (1 - (limit - 1) / c))
-      if into < 0 then into = 0 end
-      wait = start + window - now + into
-    else
-      wait = start + math.ceil(window * (1 - (limit - c - 1) / p)) - now
-    end
-    if wait < 1 then wait = 1 end
+    local wait = window_wait(now, start, window, limit, c, p)
     return {0, 0, now + wait, wait, 0, 0}
   end
   -- a lease never goes past the limit, nor past this window: its requests
@@ -67,8 +75,13 @@ local function sliding_window(key, now, limit, window, n, ttl, offset)
     redis.call('HINCRBY', key, 'c', g)
   end
   local remaining = math.floor(limit - (p * weight + c))
-  if remaining < 0 then remaining = 0 end
-  return {1, remaining, start + window, 0, g, math.min(ttl, start + window - now)}
+  local reset = start + window
+  if remaining <= 0 then
+    -- the next request would be refused: its reset, not the window's end,
+    -- which a client that waits for it would find still over the limit
+    remaining, reset = 0, now + window_wait(now, start, window, limit, c, p)
+  end
+  return {1, remaining, reset, 0, g, math.min(ttl, start + window - now)}
 end
 
 -- Sliding log: one sorted-set member per admitted request. Exact. Members

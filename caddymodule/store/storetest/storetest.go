@@ -352,6 +352,7 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 	ctx := context.Background()
 	p := store.Policy{Limit: 5, Window: time.Hour}
 	subject := "198.51.100.7-" + string(a)
+	var last store.Decision
 	for i := range 5 {
 		d, err := s.Limit(ctx, subject, p, a, store.Ask{})
 		if err != nil {
@@ -360,13 +361,21 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 		if !d.Allowed || d.Remaining != int64(4-i) || d.Limit != 5 {
 			t.Fatalf("request %d: %+v, want allowed with %d remaining", i+1, d, 4-i)
 		}
-		if !d.Reset.After(time.Now()) || d.Reset.After(time.Now().Add(time.Hour+time.Second)) {
+		if i < 4 && (!d.Reset.After(time.Now()) || d.Reset.After(time.Now().Add(time.Hour+time.Second))) {
 			t.Fatalf("request %d: reset %v not within the window", i+1, d.Reset)
 		}
+		last = d
 	}
 	d, err := s.Limit(ctx, subject, p, a, store.Ask{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The last request admitted, Remaining 0, resets when the next one
+	// will be admitted, as the refusal says: a client that waits for it
+	// is not refused again (under sliding_window the window's end came
+	// before, the previous window's count still weighing).
+	if !last.Reset.Equal(d.Reset) {
+		t.Fatalf("the last request admitted resets at %v, the refused one after it at %v: want the same", last.Reset, d.Reset)
 	}
 	// A sliding log frees a slot within one window; a sliding window may
 	// have to wait into the next one, until enough of this window's count
@@ -381,8 +390,18 @@ func testLimit(t *testing.T, s store.Store, a store.Algorithm) {
 	if other, _ := s.Limit(ctx, subject+"-other", p, a, store.Ask{}); !other.Allowed {
 		t.Fatal("another subject was limited too")
 	}
-	// a short window frees up again
+	// a short window frees up again: at the reset of its last request
+	// admitted, and after a refusal's Retry-After
 	short := store.Policy{Limit: 2, Window: 300 * time.Millisecond}
+	for range 2 {
+		if last, _ = s.Limit(ctx, "short-reset-"+string(a), short, a, store.Ask{}); !last.Allowed {
+			t.Fatal("within limit but denied")
+		}
+	}
+	time.Sleep(time.Until(last.Reset) + 20*time.Millisecond)
+	if d, _ := s.Limit(ctx, "short-reset-"+string(a), short, a, store.Ask{}); !d.Allowed {
+		t.Fatalf("at the reset of the last request admitted (%+v) still denied: %+v", last, d)
+	}
 	for range 2 {
 		if d, _ := s.Limit(ctx, "short-"+string(a), short, a, store.Ask{}); !d.Allowed {
 			t.Fatal("within limit but denied")
@@ -474,18 +493,24 @@ func testLeases(t *testing.T, s store.Store, a store.Algorithm) {
 	}
 	for name, take := range takes {
 		granted := int64(0)
+		var last store.Decision
 		for {
 			d := take()
 			if !d.Allowed {
 				if d.Granted != 0 || d.RetryAfter <= 0 {
 					t.Fatalf("%s: refusal %+v", name, d)
 				}
+				// the grant that reached the limit resets when the refusal does
+				if !last.Reset.Equal(d.Reset) {
+					t.Fatalf("%s: the last grant resets at %v, the refusal after it at %v", name, last.Reset, d.Reset)
+				}
 				break
 			}
+			last = d
 			if d.Granted < 1 || d.Granted > 4 || d.Lease < 0 || d.Lease > store.MaxLease {
 				t.Fatalf("%s: %+v, want 1..4 granted for at most %v", name, d, store.MaxLease)
 			}
-			if ends := time.Duration(d.Reset.UnixMilli()%p.Window.Milliseconds()) * time.Millisecond; a == store.SlidingWindow && ends != offsets[name] {
+			if ends := time.Duration(d.Reset.UnixMilli()%p.Window.Milliseconds()) * time.Millisecond; a == store.SlidingWindow && d.Remaining > 0 && ends != offsets[name] {
 				t.Fatalf("%s: the window ends %v into the hour, want at the subject's offset, %v", name, ends, offsets[name])
 			}
 			if d.Granted > 1 {
