@@ -85,14 +85,18 @@ func TestSlidingWindowWeighsThePreviousWindow(t *testing.T) {
 	if d := l.take(ck, at(100_900)); d.Allowed || d.Reset.UnixMilli() < at(101_000) {
 		t.Fatalf("eleventh request in one window: %+v", d)
 	}
-	// Half-way through the next window the previous one weighs 5: five more.
+	// Half-way through the next window the previous one weighs 5: five
+	// more, resetting at the window's end; the last, Remaining 0, when the
+	// refusal after it does.
+	var last store.Decision
 	for i := range 5 {
-		if d := l.take(ck, at(101_500)); !d.Allowed || d.Reset.UnixMilli() != at(102_000) {
-			t.Fatalf("request %d half-way through the next window: %+v", i, d)
+		last = l.take(ck, at(101_500))
+		if !last.Allowed || i < 4 && last.Reset.UnixMilli() != at(102_000) {
+			t.Fatalf("request %d half-way through the next window: %+v", i, last)
 		}
 	}
-	if d := l.take(ck, at(101_500)); d.Allowed || d.RetryAfter <= 0 {
-		t.Fatalf("sixth request: %+v, want denied with a wait", d)
+	if d := l.take(ck, at(101_500)); d.Allowed || d.RetryAfter <= 0 || !last.Reset.Equal(d.Reset) {
+		t.Fatalf("sixth request: %+v, want denied with a wait, resetting when the fifth does (%v)", d, last.Reset)
 	}
 	// Two windows later nothing is remembered.
 	if d := l.take(ck, at(103_000)); !d.Allowed || d.Remaining != 9 {
