@@ -18,7 +18,7 @@ type Forwarder struct {
 	mu     sync.Mutex
 	target string
 	delay  time.Duration
-	cut    bool // CutAfterOneReply is pending
+	cuts   int // CutAfterOneReply calls pending
 	ln     net.Listener
 	conns  []net.Conn
 }
@@ -58,10 +58,11 @@ func (f *Forwarder) PointTo(target string) {
 // CutAfterOneReply passes on the next reply on any connection up to the
 // end of its first line (one call's reply, when it is a one-line one) and
 // then closes that connection, as Redis or a proxy closing it between two
-// replies of a pipeline would.
+// replies of a pipeline would. Called n times, it does so to the next n
+// replies.
 func (f *Forwarder) CutAfterOneReply() {
 	f.mu.Lock()
-	f.cut = true
+	f.cuts++
 	f.mu.Unlock()
 }
 
@@ -69,9 +70,11 @@ func (f *Forwarder) CutAfterOneReply() {
 func (f *Forwarder) cutNow() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	cut := f.cut
-	f.cut = false
-	return cut
+	if f.cuts == 0 {
+		return false
+	}
+	f.cuts--
+	return true
 }
 
 func (f *Forwarder) serve() {

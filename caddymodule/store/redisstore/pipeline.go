@@ -47,11 +47,26 @@ const maxBatch = 128
 // errStoreClosed answers calls made after Close.
 var errStoreClosed = errors.New("redis store closed")
 
+// noRetry is a hot-path command that go-redis does not retry itself, on a
+// line's own connection: it resends a whole pipeline on the same
+// connection when the first reply is an error it deems passing (TRYAGAIN
+// in a resharding cluster, LOADING, MASTERDOWN), which ran every other
+// call of the batch twice; and after a connection closed it sleeps 10 to
+// 30 ms before it reports the connection bad without resending. The
+// pipeliner sends such calls once more itself (brokenConn), at once.
+type noRetry struct{ *redis.Cmd }
+
+func (noRetry) NoRetry() bool { return true }
+
 type scriptCall struct {
-	ctx    context.Context // the caller's: once it ends, the call is not sent
-	cmd    *redis.Cmd
-	script *redis.Script // to fall back to EVAL after NOSCRIPT
-	keys   []string
+	ctx context.Context // the caller's: once it ends, the call is not sent
+	cmd *redis.Cmd
+	// cmder is what a pipeline sends: cmd, or on a line's own connection
+	// cmd as noRetry (a pointer into the call: no allocation of its own)
+	cmder   redis.Cmder
+	noRetry noRetry
+	script  *redis.Script // to fall back to EVAL after NOSCRIPT
+	keys    []string
 	// deadline is when the caller gives up: the store timeout from when
 	// it was made, or its context's deadline if that comes first
 	deadline time.Time
@@ -69,6 +84,9 @@ var waitTimers = sync.Pool{New: func() any {
 type pipeliner struct {
 	client  redis.UniversalClient
 	timeout time.Duration
+	// ownLines: the client gives lines connections of their own (a plain
+	// *redis.Client), where go-redis's own retries are off (noRetry)
+	ownLines bool
 	// inFlight counts the calls whose callers are waiting: only the one
 	// that finds none goes out directly
 	inFlight atomic.Int64
@@ -149,11 +167,13 @@ func (l *line) close() {
 }
 
 func newPipeliner(client redis.UniversalClient, timeout time.Duration) *pipeliner {
+	_, own := client.(*redis.Client)
 	p := &pipeliner{
-		client:  client,
-		timeout: timeout,
-		direct:  make(chan *line, 1),
-		calls:   make(chan *scriptCall, 4*maxBatch),
+		client:   client,
+		timeout:  timeout,
+		ownLines: own,
+		direct:   make(chan *line, 1),
+		calls:    make(chan *scriptCall, 4*maxBatch),
 	}
 	p.stopped, p.stopSend = context.WithCancel(context.Background())
 	p.direct <- new(line)
@@ -184,17 +204,7 @@ func (p *pipeliner) run(ctx context.Context, script hotScript, keys []string, ar
 		default: // closed: close took the line
 		}
 	}
-	c := &scriptCall{
-		ctx:      ctx,
-		cmd:      redis.NewCmd(ctx, cmdArgs...),
-		script:   script.Script,
-		keys:     keys,
-		deadline: time.Now().Add(p.timeout),
-		done:     make(chan struct{}),
-	}
-	if d, ok := ctx.Deadline(); ok && d.Before(c.deadline) {
-		c.deadline = d
-	}
+	c := p.newCall(ctx, script.Script, keys, cmdArgs)
 	timer := waitTimers.Get().(*time.Timer)
 	timer.Reset(time.Until(c.deadline))
 	defer func() {
@@ -222,6 +232,27 @@ func (p *pipeliner) run(ctx context.Context, script hotScript, keys []string, ar
 	}
 }
 
+// newCall is a call for the sender, with the store timeout from now.
+func (p *pipeliner) newCall(ctx context.Context, script *redis.Script, keys []string, cmdArgs []any) *scriptCall {
+	c := &scriptCall{
+		ctx:      ctx,
+		cmd:      redis.NewCmd(ctx, cmdArgs...),
+		script:   script,
+		keys:     keys,
+		deadline: time.Now().Add(p.timeout),
+		done:     make(chan struct{}),
+	}
+	if d, ok := ctx.Deadline(); ok && d.Before(c.deadline) {
+		c.deadline = d
+	}
+	c.cmder = c.cmd
+	if p.ownLines {
+		c.noRetry.Cmd = c.cmd
+		c.cmder = &c.noRetry
+	}
+	return c
+}
+
 // runDirect sends one call on l, within the store timeout (withTimeout).
 func (p *pipeliner) runDirect(ctx context.Context, l *line, script *redis.Script, keys []string, cmdArgs []any) ([]any, error) {
 	ctx, cancel := withTimeout(ctx, p.timeout)
@@ -242,7 +273,7 @@ func (p *pipeliner) runDirect(ctx context.Context, l *line, script *redis.Script
 func (p *pipeliner) processOn(ctx context.Context, l *line, cmdArgs []any) (cmd *redis.Cmd, own bool) {
 	cmd = redis.NewCmd(ctx, cmdArgs...)
 	if conn := l.take(p.client); conn != nil {
-		_ = conn.Process(ctx, cmd)
+		_ = conn.Process(ctx, noRetry{cmd})
 		own = true
 	} else {
 		_ = p.client.Process(ctx, cmd)
@@ -325,7 +356,7 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 			c.cmd.SetErr(err)
 			continue
 		}
-		cmds = append(cmds, c.cmd)
+		cmds = append(cmds, c.cmder)
 		if c.deadline.After(deadline) {
 			deadline = c.deadline
 		}
@@ -341,20 +372,19 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 			now, cmds = time.Now(), cmds[:0]
 			for _, c := range batch {
 				switch {
-				case c.cmd.Val() != nil:
-					// answered before the connection failed, which go-redis
-					// reports on it too: the reply stands (Redis counted it)
-					c.cmd.SetErr(nil)
+				case c.cmd.Val() != nil: // answered: the reply stands (keepReplies)
 				case !unanswered(c.cmd):
 				case c.ctx.Err() == nil && now.Before(c.deadline):
 					c.cmd.SetErr(nil)
-					cmds = append(cmds, c.cmd)
+					cmds = append(cmds, c.cmder)
 				case c.cmd.Err() == nil: // not sent
 					c.cmd.SetErr(err)
 				}
 			}
+			keepReplies(batch)
 			if len(cmds) > 0 {
 				_, err = p.execOn(ctx, l, cmds)
+				keepReplies(batch)
 			}
 		}
 	}
@@ -394,6 +424,17 @@ func (p *pipeliner) execOn(ctx context.Context, l *line, cmds []redis.Cmder) (ow
 	_, err = pipe.Exec(ctx)
 	l.done(err)
 	return own, err
+}
+
+// keepReplies clears the error of every call of batch that has a reply:
+// one answered before its connection failed, which go-redis reports on it
+// too. The reply stands (Redis counted it).
+func keepReplies(batch []*scriptCall) {
+	for _, c := range batch {
+		if c.cmd.Val() != nil {
+			c.cmd.SetErr(nil)
+		}
+	}
 }
 
 // unanswered reports whether a pipelined command without a reply got none

@@ -536,8 +536,7 @@ func TestBatchCutShortSendsOnlyTheUnansweredAgain(t *testing.T) {
 	incr := newHotScript(`return redis.call('INCR', KEYS[1])`) // a reply of one line
 	ctx := context.Background()
 	call := func() *scriptCall {
-		return &scriptCall{ctx: ctx, cmd: redis.NewCmd(ctx, "evalsha", incr.sha, 1, "counter"), script: incr.Script,
-			keys: []string{"counter"}, deadline: time.Now().Add(time.Second), done: make(chan struct{})}
+		return p.newCall(ctx, incr.Script, []string{"counter"}, []any{"evalsha", incr.sha, 1, "counter"})
 	}
 	var l line
 	p.exec(&l, []*scriptCall{call()}, make([]redis.Cmder, 0, 2)) // the line's connection; the script loaded
@@ -557,6 +556,46 @@ func TestBatchCutShortSendsOnlyTheUnansweredAgain(t *testing.T) {
 	// connection closed (as go-redis's retries would), the first once
 	if first != 1 || err1 != nil || second != n || err2 != nil || n > 3 {
 		t.Errorf("calls got %d (%v) and %d (%v); counted %d times", first, err1, second, err2, n)
+	}
+}
+
+// A batch whose connection closes after one reply, and whose resend's
+// connection closes after one reply too: the call answered in the resend
+// keeps its reply (Redis counted it) as the one answered before it; only
+// the call answered in neither fails.
+func TestBatchCutShortTwiceKeepsEveryReply(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := redistest.Forward(t, srv.Addr)
+	client := redis.NewClient(&redis.Options{Addr: proxy.Addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = client.Close() })
+	p := newPipeliner(client, time.Second)
+	t.Cleanup(p.close)
+	incr := newHotScript(`return redis.call('INCR', KEYS[1])`)
+	ctx := context.Background()
+	if err := incr.Load(ctx, client).Err(); err != nil {
+		t.Fatal(err)
+	}
+	call := func() *scriptCall {
+		return p.newCall(ctx, incr.Script, []string{"counter"}, []any{"evalsha", incr.sha, 1, "counter"})
+	}
+	var l line
+	p.exec(&l, []*scriptCall{call()}, make([]redis.Cmder, 0, 3)) // the line's connection
+	// an idle connection in the pool for the resend, whose handshake's
+	// reply would take the second cut
+	if err := client.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	proxy.CutAfterOneReply()
+	proxy.CutAfterOneReply()
+	batch := []*scriptCall{call(), call(), call()}
+	p.exec(&l, batch, make([]redis.Cmder, 0, 3))
+	for i, c := range batch[:2] {
+		if got, err := c.cmd.Int64(); err != nil || got < 2 {
+			t.Errorf("call %d, answered: got %d, %v", i, got, err)
+		}
+	}
+	if err := batch[2].cmd.Err(); err == nil {
+		t.Errorf("call 2, answered in neither: got %v, want an error", batch[2].cmd.Val())
 	}
 }
 
@@ -597,4 +636,39 @@ func concurrentCalls(s *Store, n int) (failed int32, err error) {
 		err = *e
 	}
 	return count.Load(), err
+}
+
+// A batch whose first call Redis answers with an error go-redis takes for
+// a passing one (TRYAGAIN, a slot migrating in a resharding cluster;
+// LOADING; MASTERDOWN) is not sent again: go-redis resent the whole batch
+// on the same connection, and every other call of it ran twice.
+func TestABatchIsNotSentTwiceOverAPassingError(t *testing.T) {
+	srv := redistest.Start(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = client.Close() })
+	p := newPipeliner(client, time.Second)
+	t.Cleanup(p.close)
+	ctx := context.Background()
+	tryAgain := newHotScript(`
+if redis.call('INCR', KEYS[1]) == 1 then return redis.error_reply('TRYAGAIN a slot is migrating') end
+return 0`)
+	incr := newHotScript(`return redis.call('INCR', KEYS[1])`)
+	for _, s := range []hotScript{tryAgain, incr} {
+		if err := s.Load(ctx, client).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	call := func(s hotScript, key string) *scriptCall {
+		return p.newCall(ctx, s.Script, []string{key}, []any{"evalsha", s.sha, 1, key})
+	}
+	var l line
+	batch := []*scriptCall{call(tryAgain, "tries"), call(incr, "counter")}
+	p.exec(&l, batch, make([]redis.Cmder, 0, 2))
+	if err := batch[0].cmd.Err(); err == nil || !strings.HasPrefix(err.Error(), "TRYAGAIN") {
+		t.Errorf("the first call: %v, want its TRYAGAIN", err)
+	}
+	n, err := srv.Client(t).Get(ctx, "counter").Int64()
+	if got, _ := batch[1].cmd.Int64(); err != nil || n != 1 || got != 1 {
+		t.Errorf("the second call got %d (%v); Redis ran it %d times, want once", got, batch[1].cmd.Err(), n)
+	}
 }
