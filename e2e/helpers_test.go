@@ -93,6 +93,9 @@ const (
 	// withRedisSentinel: gateway and backend on a primary they find
 	// through a real Sentinel (KEYGATE_REDIS_SENTINEL, BACKEND_REDIS_SENTINEL).
 	withRedisSentinel storeKind = "redis-sentinel"
+	// withComposeRedis: redis-server with docker-compose.yml's command (its
+	// ACL users), the gateway and the backend on its URLs.
+	withComposeRedis storeKind = "compose-redis"
 )
 
 // forEachStore runs fn in a subtest per store kind (the three above, and
@@ -164,8 +167,10 @@ func startStack(t *testing.T, kind storeKind, gatewayEnv ...string) *stack {
 	case withRedisSentinel:
 		redisURL = redistest.StartSentinel(t, redistest.Start(t), "kgmaster", 0).URL()
 		deployment = []string{"KEYGATE_REDIS_SENTINEL=kgmaster", "BACKEND_REDIS_SENTINEL=kgmaster"}
+	case withComposeRedis:
+		redisURL, backendRedisURL = composeRedis(t)
 	}
-	if kind != withEmbeddedBackend {
+	if kind != withEmbeddedBackend && backendRedisURL == "" {
 		backendRedisURL = redisURL
 	}
 
@@ -223,6 +228,36 @@ func startStack(t *testing.T, kind storeKind, gatewayEnv ...string) *stack {
 		return c.Close()
 	})
 	return s
+}
+
+// composeRedis starts redis-server with the command of docker-compose.yml's
+// redis service, its password variable set, and returns the gateway's and
+// the backend's Redis URLs as the file gives them, for this server.
+func composeRedis(t *testing.T) (gatewayURL, backendURL string) {
+	t.Helper()
+	raw, err := os.ReadFile("../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	password := randomHex(t, 32)
+	compose := strings.ReplaceAll(string(raw), "${KEYGATE_REDIS_PASSWORD:?set it}", password)
+	// the command is a flow sequence of quoted strings: JSON
+	_, command, ok := strings.Cut(compose, `command: ["redis-server", `)
+	end := strings.Index(command, "]")
+	var args []string
+	if !ok || end < 0 || json.Unmarshal([]byte("["+command[:end+1]), &args) != nil {
+		t.Fatal(`docker-compose.yml: no command: ["redis-server", ...] (a one-line-per-string JSON array) in the redis service`)
+	}
+	srv := redistest.StartWith(t, args...)
+	value := func(name string) string {
+		_, v, ok := strings.Cut(compose, "\n      "+name+": ")
+		if !ok {
+			t.Fatalf("docker-compose.yml: no %s", name)
+		}
+		v, _, _ = strings.Cut(v, "\n")
+		return strings.ReplaceAll(v, "redis:6379", srv.Addr)
+	}
+	return value("KEYGATE_REDIS"), value("BACKEND_REDIS_URL")
 }
 
 // proc is a child process whose output is kept for the failure log.

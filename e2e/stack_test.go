@@ -215,7 +215,7 @@ func TestReferenceCurlExamples(t *testing.T) {
 			}
 			wantProblem(t, "second read", mustDo(t, http.MethodGet, s.Base+"/api/v1/secrets/"+id, nil), http.StatusGone, "")
 		})
-	}, withRedisCluster, withRedisSentinel)
+	}, withRedisCluster, withRedisSentinel, withComposeRedis)
 }
 
 // TestReferencePythonExamples runs the docs' Python requests examples as
@@ -502,7 +502,7 @@ func TestViewOnceSecretRace(t *testing.T) {
 			// An id that never existed is 404, not 410.
 			wantProblem(t, "unknown id", mustDo(t, http.MethodGet, s.Base+"/api/v1/secrets/AAAAAAAAAAAA", nil), http.StatusNotFound, "")
 		})
-	}, withRedisCluster)
+	}, withRedisCluster, withComposeRedis)
 }
 
 // TestSpoofedIdentityHeaders sends the gateway's own X-Keygate-* headers

@@ -26,6 +26,7 @@ const (
 	repoRoot    = "../.."
 	composeFile = "../../docker-compose.yml"
 	secret      = "0123456789abcdef-test-secret"
+	redisPass   = "0123456789abcdef-test-redis-password"
 )
 
 // load parses docker-compose.yml with exactly env as the environment: no
@@ -44,7 +45,7 @@ func load(t *testing.T, env ...string) (*types.Project, error) {
 
 func mustLoad(t *testing.T) *types.Project {
 	t.Helper()
-	p, err := load(t, "KEYGATE_UPSTREAM_SECRET="+secret)
+	p, err := load(t, "KEYGATE_UPSTREAM_SECRET="+secret, "KEYGATE_REDIS_PASSWORD="+redisPass)
 	if err != nil {
 		t.Fatalf("loading docker-compose.yml: %v", err)
 	}
@@ -150,6 +151,18 @@ func TestRedis(t *testing.T) {
 	if len(r.Ports) != 0 {
 		t.Errorf("redis publishes %+v to the host: it must stay on the compose network", r.Ports)
 	}
+	// Two ACL users: the gateway's, with the password from the
+	// environment, and the default one (the backend's), each on its own
+	// keys, neither with dangerous commands. (e2e runs the command itself
+	// against both programs.)
+	for _, user := range []string{
+		"--user gateway on >" + redisPass + " ~keygate:* +@all -@dangerous",
+		"--user default on nopass ~kgb:* +@all -@dangerous",
+	} {
+		if !strings.Contains(cmd, user) {
+			t.Errorf("command %q: want %q", cmd, user)
+		}
+	}
 }
 
 func TestBackend(t *testing.T) {
@@ -228,7 +241,7 @@ func TestGateway(t *testing.T) {
 		{"KEYGATE_LOG_LEVEL", "INFO", "DEBUG"},
 		{"KEYGATE_TRUSTED_PROXIES", "", "private_ranges"},
 	}
-	setAll := []string{"KEYGATE_UPSTREAM_SECRET=" + secret}
+	setAll := []string{"KEYGATE_UPSTREAM_SECRET=" + secret, "KEYGATE_REDIS_PASSWORD=" + redisPass}
 	for _, v := range passed {
 		if got := env(g, v.name); got != v.byDefault {
 			t.Errorf("%s = %q by default, want %q", v.name, got, v.byDefault)
@@ -246,6 +259,9 @@ func TestGateway(t *testing.T) {
 	}
 	// Redis: the same server, another database than the backend's.
 	gh, gp, gdb := redisURL(t, "KEYGATE_REDIS", env(g, "KEYGATE_REDIS"))
+	if u, _ := url.Parse(env(g, "KEYGATE_REDIS")); u.User.Username() != "gateway" || !strings.HasSuffix(u.User.String(), ":"+redisPass) {
+		t.Errorf("KEYGATE_REDIS %q: want the gateway's Redis user, with KEYGATE_REDIS_PASSWORD", env(g, "KEYGATE_REDIS"))
+	}
 	bh, bp, bdb := redisURL(t, "BACKEND_REDIS_URL", env(b, "BACKEND_REDIS_URL"))
 	if gh != "redis" || gh != bh || gp != bp {
 		t.Errorf("KEYGATE_REDIS %q and BACKEND_REDIS_URL %q: want the same redis service", env(g, "KEYGATE_REDIS"), env(b, "BACKEND_REDIS_URL"))
@@ -344,10 +360,14 @@ func wantCaddyfileVarsSet(t *testing.T, g types.ServiceConfig) {
 	}
 }
 
-func TestSecretIsRequired(t *testing.T) {
-	_, err := load(t)
+func TestSecretsAreRequired(t *testing.T) {
+	_, err := load(t, "KEYGATE_REDIS_PASSWORD="+redisPass)
 	if err == nil || !strings.Contains(err.Error(), "KEYGATE_UPSTREAM_SECRET") {
 		t.Fatalf("loading without KEYGATE_UPSTREAM_SECRET: %v, want an error naming it", err)
+	}
+	_, err = load(t, "KEYGATE_UPSTREAM_SECRET="+secret)
+	if err == nil || !strings.Contains(err.Error(), "KEYGATE_REDIS_PASSWORD") {
+		t.Fatalf("loading without KEYGATE_REDIS_PASSWORD: %v, want an error naming it", err)
 	}
 }
 

@@ -30,6 +30,7 @@ type Server struct {
 	dir     string
 	port    int
 	busPort int // a cluster node's bus port; 0 for a server outside a cluster
+	extra   []string
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when cmd has exited
 }
@@ -42,6 +43,16 @@ func Start(tb testing.TB) *Server {
 	return start(tb, false)
 }
 
+// StartWith launches redis-server as Start does, with args after the
+// harness's own: a deployment's command line (its ACL users, say). A
+// setting given again in args wins. The harness reaches the server as a
+// user of its own, whatever args do to the default user; clients of URL
+// and Client are the default user.
+func StartWith(tb testing.TB, args ...string) *Server {
+	tb.Helper()
+	return start(tb, false, args...)
+}
+
 // errExited says redis-server exited before it answered: most often because
 // its port was taken between freeport's check and its bind (by a server of
 // a test binary running beside this one).
@@ -49,12 +60,12 @@ var errExited = errors.New("redis-server exited before it answered")
 
 // start launches a server, or a cluster node with its bus on a port of its
 // own, and tries fresh ports when one is lost to another process.
-func start(tb testing.TB, clusterNode bool) *Server {
+func start(tb testing.TB, clusterNode bool, extra ...string) *Server {
 	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatalf("redis-server not found in PATH: install it (apt-get install redis-server); .ci/run does")
 	}
-	s := &Server{tb: tb, dir: tb.TempDir()}
+	s := &Server{tb: tb, dir: tb.TempDir(), extra: extra}
 	tb.Cleanup(s.Stop)
 	onFreePorts(tb, func() error {
 		s.port = freeport.Get(tb)
@@ -134,6 +145,8 @@ func (s *Server) launch() error {
 		"--appendonly", "no",
 		"--daemonize", "no",
 		"--loglevel", "warning",
+		// the harness's own user (servedBy), which StartWith's args leave be
+		"--user", harnessUser, "on", "nopass", "~*", "&*", "+@all",
 	}
 	if s.busPort != 0 {
 		args = append(args,
@@ -143,7 +156,7 @@ func (s *Server) launch() error {
 			"--cluster-node-timeout", "2000",
 		)
 	}
-	cmd, exited, err := spawn(s.Addr, args...)
+	cmd, exited, err := spawn(s.Addr, append(args, s.extra...)...)
 	s.cmd, s.exited = cmd, exited
 	return err
 }
@@ -180,6 +193,11 @@ func spawn(addr string, args ...string) (*exec.Cmd, chan struct{}, error) {
 	}
 }
 
+// harnessUser is the ACL user as whom the harness asks a server it
+// started whose process it is (any password: nopass); Sentinels have no
+// such user, and answer their default user.
+const harnessUser = "redistest"
+
 // servedBy tells whether the redis-server answering on addr is process pid.
 func servedBy(addr string, pid int) bool {
 	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
@@ -188,10 +206,15 @@ func servedBy(addr string, pid int) bool {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
-	if _, err := conn.Write([]byte("INFO server\r\n")); err != nil {
+	if _, err := conn.Write([]byte("AUTH " + harnessUser + " -\r\nINFO server\r\n")); err != nil {
 		return false
 	}
 	r := bufio.NewReader(conn)
+	// AUTH's reply: +OK, or an error where the user is not the harness's
+	// (a Sentinel), whose default user may run INFO
+	if _, err := r.ReadString('\n'); err != nil {
+		return false
+	}
 	for {
 		line, err := r.ReadString('\n')
 		if err != nil || strings.HasPrefix(line, "-") {
