@@ -704,7 +704,7 @@ func TestMissingOrBadKey(t *testing.T) {
 			r = mustDo(t, c.method, s.Base+c.path, strings.NewReader(c.body), "Content-Type", "application/json", "Authorization", "Bearer not-a-key")
 			wantProblem(t, what+" with a malformed key", r, http.StatusUnauthorized, "Invalid API key format")
 		}
-	})
+	}, withComposeRedis)
 }
 
 // TestShorturlxWithoutAKey: Shorturlx limits "unauthenticated requests to

@@ -155,9 +155,10 @@ func TestRedis(t *testing.T) {
 	// environment, and the default one (the backend's), each on its own
 	// keys, neither with dangerous commands. (e2e runs the command itself
 	// against both programs.)
+	const commands = "+@all -@dangerous -scan -randomkey -script|flush -function"
 	for _, user := range []string{
-		"--user gateway on >" + redisPass + " ~keygate:* +@all -@dangerous",
-		"--user default on nopass ~kgb:* +@all -@dangerous",
+		"--user gateway on >" + redisPass + " ~keygate:* ~{keygate:* " + commands,
+		"--user default on nopass ~kgb:* " + commands,
 	} {
 		if !strings.Contains(cmd, user) {
 			t.Errorf("command %q: want %q", cmd, user)
