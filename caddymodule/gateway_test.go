@@ -604,6 +604,28 @@ func TestSecondKeygateOnAPathIsAConfigError(t *testing.T) {
 	}
 	// no key: the site's keygate refuses it before the route's runs
 	wantProblem(t, g.get("/open/x", "X-Keygate-Key-Id", "spoof"), http.StatusUnauthorized, "Invalid API key")
+
+	// A site's keygate that admits anonymous callers took no key away
+	// from them: the route's refuses one without a key as always (401),
+	// so no client brings about the 500.
+	g = startGateway(t, "", `
+	keygate {
+		anonymous 100 1m
+	}
+	handle /admin/* {
+		keygate {
+			roles admin
+		}
+		reverse_proxy {upstream}
+	}
+	reverse_proxy {upstream}
+`)
+	before = metricstest.Counter(t, adminAddr, misconfigured)
+	wantProblem(t, g.get("/admin/x"), http.StatusUnauthorized, "Invalid API key")
+	wantProblem(t, g.get("/admin/x", bearer(k.Key)...), http.StatusInternalServerError, "Internal Server Error")
+	if got := metricstest.Counter(t, adminAddr, misconfigured) - before; got != 1 {
+		t.Errorf("%s rose by %v, want 1 (the keyed request)", misconfigured, got)
+	}
 }
 
 func TestRateLimitHeadersAndRefusal(t *testing.T) {

@@ -688,13 +688,16 @@ func (h *Handler) secondOnPath() error {
 	return caddyhttp.Error(http.StatusInternalServerError, errSecondOnPath)
 }
 
-// admittedEarlier says whether a keygate handler admitted this request
-// already: it put the {keygate.*} placeholders in its replacer. Asked only
-// of a request that came with identity headers and without a key, so a
-// request that does not pays nothing.
+// admittedEarlier says whether a keygate handler admitted this request by
+// its key already: it put the {keygate.*} placeholders in its replacer,
+// {keygate.anonymous} false. (One that admitted it as anonymous took away
+// no key: this handler treats it as any keyless request, a 401 without
+// anonymous, so that no client can bring about the 500.) Asked only of a
+// request that came with identity headers and without a key, so a request
+// that does not pays nothing.
 func admittedEarlier(repl *caddy.Replacer) bool {
-	_, ok := repl.Get("keygate.anonymous")
-	return ok
+	anonymous, ok := repl.Get("keygate.anonymous")
+	return ok && anonymous == false
 }
 
 func (h *Handler) refuseInvalid(w http.ResponseWriter) error {
