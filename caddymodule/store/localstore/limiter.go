@@ -154,7 +154,8 @@ func (c *counter) slidingWindow(now, limit, window int64) (allowed bool, remaini
 
 // windowWait is window_wait from scripts.go: how long from now until a
 // request is admitted, of a window that started at start with count cur
-// and a previous one with prev, when one now would be refused.
+// and a previous one with prev, when one now would be refused; checked
+// against refusedAt.
 func windowWait(now, start, window, limit, cur, prev int64) int64 {
 	w, l, p, n := float64(window), float64(limit), float64(prev), float64(cur)
 	var wait int64
@@ -169,7 +170,28 @@ func windowWait(now, start, window, limit, cur, prev int64) int64 {
 	} else {
 		wait = start + int64(math.Ceil(float64(w*(1-(l-n-1)/p)))) - now
 	}
-	return max(wait, 1)
+	wait = max(wait, 1)
+	// the closed form can land a millisecond early (150 * 0.56 is
+	// 84.00000000000001): checked, as a request then would be
+	for refusedAt(now+wait, start, window, limit, cur, prev) {
+		wait++
+	}
+	return wait
+}
+
+// refusedAt is refused_at from scripts.go: whether a request at t would be
+// refused, of a window that started at start with count cur and a
+// previous one with prev (t in the next window: cur is its previous one).
+func refusedAt(t, start, window, limit, cur, prev int64) bool {
+	if t >= start+2*window {
+		return false
+	}
+	if t >= start+window {
+		cur, prev, start = 0, cur, start+window
+	}
+	w, l, p, n := float64(window), float64(limit), float64(prev), float64(cur)
+	weight := min(float64(window-(t-start))/w, 1)
+	return float64(p*weight)+n+1 > l
 }
 
 // slidingLog is sliding_log from scripts.go: exact, one time per admitted

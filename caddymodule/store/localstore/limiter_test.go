@@ -215,3 +215,26 @@ func TestFloodOfSubjectsIsBounded(t *testing.T) {
 		t.Error("the key's counter was dropped for the flood")
 	}
 }
+
+// The moment a sliding window admits a request again is checked, not only
+// worked out: at 100 per 10 minutes, with 150 in the previous window and
+// 15 in this one, the closed form says 264,000 ms into the window, where
+// the weighted count, 150 * 0.56, is 84.00000000000001 in doubles, and the
+// request would be refused; the reset is a millisecond later. (The window
+// starts after now, as after a clock stepped back, so that this one
+// stands whatever now is; scripts.go is tested alike.)
+func TestSlidingWindowResetIsWhenARequestIsAdmitted(t *testing.T) {
+	const limit, window = 100, 600_000
+	start := int64(6_000_000)
+	c := &counter{start: start, cur: 15, prev: 150}
+	allowed, _, reset, _ := c.slidingWindow(start-1000, limit, window)
+	if allowed || reset != start+264_001 {
+		t.Fatalf("allowed %v, reset %d ms into the window, want refused until 264001", allowed, reset-start)
+	}
+	if allowed, _, _, _ := c.slidingWindow(reset-1, limit, window); allowed {
+		t.Fatal("admitted a millisecond before the reset")
+	}
+	if allowed, _, _, _ := c.slidingWindow(reset, limit, window); !allowed {
+		t.Fatal("refused at the reset")
+	}
+}

@@ -316,3 +316,30 @@ func TestLogAfterTheClockSteppedBack(t *testing.T) {
 		t.Fatalf("%d of %d requests admitted with room for %d", admitted, 2*room, room)
 	}
 }
+
+// The script checks the moment a sliding window admits a request again,
+// as the embedded limiter does (localstore's
+// TestSlidingWindowResetIsWhenARequestIsAdmitted, the same numbers): the
+// closed form says 264,000 ms into the window, where 150 * 0.56 is
+// 84.00000000000001 and a request would be refused. The window starts
+// after Redis's now, as after its clock stepped back, so that this holds
+// whatever now is.
+func TestSlidingWindowResetIsWhenARequestIsAdmitted(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, time.Second)
+	ctx := context.Background()
+	rdb := srv.Client(t)
+	now, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := store.Policy{Limit: 100, Window: 10 * time.Minute}
+	start := now.UnixMilli() + 60_000
+	if err := rdb.HSet(ctx, counterKey('s', "client", p, store.SlidingWindow), "s", start, "c", 15, "p", 150).Err(); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Limit(ctx, "client", p, store.SlidingWindow, store.Ask{})
+	if err != nil || d.Allowed || d.Reset.UnixMilli() != start+264_001 {
+		t.Fatalf("%+v (%v): want refused, resetting 264001 ms into the window (%d)", d, err, d.Reset.UnixMilli()-start)
+	}
+}

@@ -29,9 +29,23 @@ end
 -- writes the whole hash and its expiry (the end of the next window, after
 -- which this window's count no longer matters); the others add to its
 -- count: a third or so of the script's time in Redis saved.
+-- Whether a request at t would be refused, as sliding_window decides then,
+-- of a window that started at start with count c and a previous one with p
+-- (t in the next window: c is its previous one).
+local function refused_at(t, start, window, limit, c, p)
+  if t >= start + 2 * window then return false end
+  if t >= start + window then c, p, start = 0, c, start + window end
+  local weight = (window - (t - start)) / window
+  if weight > 1 then weight = 1 end
+  return p * weight + c + 1 > limit
+end
+
 -- How long from now until a request is admitted, of a window that started
 -- at start with count c and a previous one with p, when one now would be
--- refused (p weighted + c + 1 > limit).
+-- refused (p weighted + c + 1 > limit). The closed form can land a
+-- millisecond early, the weighted count a rounding above the limit then
+-- (150 * 0.56 is 84.00000000000001): it is checked, as a request then
+-- would be.
 local function window_wait(now, start, window, limit, c, p)
   local wait
   if c + 1 > limit then
@@ -44,6 +58,7 @@ local function window_wait(now, start, window, limit, c, p)
     wait = start + math.ceil(window * (1 - (limit - c - 1) / p)) - now
   end
   if wait < 1 then wait = 1 end
+  while refused_at(now + wait, start, window, limit, c, p) do wait = wait + 1 end
   return wait
 end
 
