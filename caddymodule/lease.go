@@ -687,6 +687,7 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 			return d
 		}
 		l.remaining = 0 // nothing beyond what leases hold, the store says
+		l.resetMs = max(l.resetMs, d.Reset.UnixMilli())
 		if left := l.left(now); left > 0 && ahead == nil {
 			return l.admit(left, now, at)
 		}
@@ -771,6 +772,12 @@ func (t *leaseTable) record(sh *leaseShard, k leaseKey, d store.Decision, ask st
 		}
 		l.since, l.used = start, used
 		l.limit, l.resetMs, l.granted, l.spread = d.Limit, d.Reset.UnixMilli(), d.Granted, ask.Spread
+	}
+	if d.Remaining == 0 && l.remaining == 0 {
+		// the limit reached: the reset is when the store admits a request
+		// again, as this grant says (not the end of the window another
+		// grant, overtaken or concurrent, reported with room left)
+		l.resetMs = max(l.resetMs, d.Reset.UnixMilli())
 	}
 	d.Remaining = l.remaining + l.left(start)
 	sh.granted(start)

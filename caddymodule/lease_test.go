@@ -1319,6 +1319,53 @@ func TestOneRequestAtATimeAsksForALease(t *testing.T) {
 // The table holds at most maxLeasesPerShard leases a shard: a flood of new
 // subjects beyond that gets the store's decisions, no leases; once the
 // flood's leases have ended, sweeps make room again.
+// A lease whose store said the limit is reached reports, with its last
+// request (Remaining 0), when the store admits one again: the reset of the
+// grant that said so, though another grant reported a window's end with
+// room left (an overtaken one, here), or a refusal came since.
+func TestLeaseAtTheLimitResetsWhenTheStoreAdmitsAgain(t *testing.T) {
+	k := leaseKey{kind: 'k', subject: "id", policy: store.Policy{Limit: 100, Window: time.Hour}}
+	t0 := time.Unix(1_800_000_000, 0)
+	windowEnd, admitsAgain := t0.Add(time.Hour), t0.Add(90*time.Minute)
+	grant := func(remaining int64, reset time.Time) store.Decision {
+		return store.Decision{Allowed: true, Limit: 100, Remaining: remaining, Granted: 3, Lease: time.Minute, Reset: reset}
+	}
+	lastReset := func(tbl *leaseTable, at time.Time) time.Time {
+		t.Helper()
+		var last store.Decision
+		for {
+			d, ok, _ := tbl.take(k, at, 0, true)
+			if !ok {
+				break
+			}
+			last = d
+		}
+		if last.Remaining != 0 {
+			t.Fatalf("the lease's last request: %+v, want Remaining 0", last)
+		}
+		return last.Reset
+	}
+
+	// asked later, answered first, with room left; then the earlier ask,
+	// which the store counted first, back at the limit (its weighted
+	// count was higher then)
+	tbl := newLeaseTable(8, store.SlidingWindow)
+	tbl.put(k, grant(5, windowEnd), store.Ask{Take: 3}, t0.Add(10*time.Millisecond), 0, t0.Add(10*time.Millisecond))
+	tbl.put(k, grant(0, admitsAgain), store.Ask{Take: 3}, t0, 0, t0.Add(20*time.Millisecond))
+	if got := lastReset(tbl, t0.Add(30*time.Millisecond)); !got.Equal(admitsAgain) {
+		t.Errorf("overtaken grant at the limit: the last request resets at %v, want %v", got, admitsAgain)
+	}
+
+	// a refusal while the lease holds requests
+	tbl = newLeaseTable(8, store.SlidingWindow)
+	tbl.put(k, grant(5, windowEnd), store.Ask{Take: 3}, t0, 0, t0)
+	refused := store.Decision{Limit: 100, Reset: admitsAgain, RetryAfter: 90 * time.Minute}
+	tbl.put(k, refused, store.Ask{Take: 3}, t0.Add(10*time.Millisecond), 0, t0.Add(10*time.Millisecond))
+	if got := lastReset(tbl, t0.Add(20*time.Millisecond)); !got.Equal(admitsAgain) {
+		t.Errorf("after a refusal: the last request resets at %v, want %v", got, admitsAgain)
+	}
+}
+
 func TestLeaseTableIsBounded(t *testing.T) {
 	tbl := newLeaseTable(64, store.SlidingWindow)
 	policy := store.Policy{Limit: 100, Window: time.Minute}
