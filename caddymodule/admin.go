@@ -190,7 +190,11 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 	defer cancel()
 	s := app.shared
 
-	switch r.URL.Path {
+	// one trailing slash is the path without it, for every path alike (no
+	// name holds a '/'): /keygate/keys/x/ was x, /keygate/keys/x/disable/
+	// an unknown action
+	path := strings.TrimSuffix(r.URL.Path, "/")
+	switch path {
 	case "/keygate/health":
 		return health(ctx, app, r)
 	case "/keygate/export":
@@ -201,7 +205,7 @@ func (a adminAPI) route(r *http.Request) (int, any, error) {
 		defer cancel()
 		return importKeys(ctx, s, r)
 	}
-	rest, ok := strings.CutPrefix(r.URL.Path, "/keygate/keys")
+	rest, ok := strings.CutPrefix(path, "/keygate/keys")
 	if !ok || rest != "" && rest[0] != '/' { // /keygate/keysX is no key's path
 		return 0, nil, adminError{status: http.StatusNotFound, msg: "unknown keygate admin path " + r.URL.Path}
 	}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/internal/atomicfile"
 	"github.com/keygate/keygate/internal/problem"
 )
 
@@ -197,7 +198,7 @@ func (a *adminClient) call(method, path string, body, out any) error {
 			"see keygate api-key list (a key made or rotated so, whose secret never came, needs another rotate)", a.addr, err)
 	}
 	defer resp.Body.Close()
-	answer := io.LimitReader(resp.Body, 64<<20)
+	answer := &io.LimitedReader{R: resp.Body, N: maxAnswer}
 	mediaType, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		raw, _ := io.ReadAll(io.LimitReader(answer, 64<<10))
@@ -223,6 +224,9 @@ func (a *adminClient) call(method, path string, body, out any) error {
 		return fmt.Errorf("admin API answered %s (is %s keygate's admin API?)", resp.Status, a.addr)
 	}
 	if mediaType != "application/json" || json.NewDecoder(answer).Decode(out) != nil {
+		if answer.N == 0 {
+			return fmt.Errorf("the admin API's answer is larger than the %d bytes the CLI reads (an export of more keys than an import takes, about 200,000)", maxAnswer)
+		}
 		return a.notAdminAPI(resp.Status)
 	}
 	if v, ok := out.(interface{ wellFormed() bool }); ok && !v.wellFormed() {
@@ -230,6 +234,15 @@ func (a *adminClient) call(method, path string, body, out any) error {
 	}
 	return nil
 }
+
+// maxAnswer bounds what the CLI reads of an answer: an export as large as
+// an import takes.
+const maxAnswer = maxImportBody
+
+// maxImportFile bounds the file import reads, before it is made compact:
+// an export indented throughout (as an older CLI wrote it) of as many keys
+// as an import takes.
+const maxImportFile = 2 * maxImportBody
 
 // notAdminAPI is the error of a success that is not the admin API's
 // answer: a wrong --address (a site whose upstream answers JSON) must not
@@ -383,6 +396,9 @@ func (e *exportAnswer) wellFormed() bool { return e.Version == store.ExportVersi
 // owner only (then says how many keys, as text or with --json as JSON), or
 // to stdout: hashes and names, no secret, but as private as the store (a
 // shell's redirection would make the file 0644 under the usual umask).
+// The file is laid out as keys.json, a key a line, so that an export
+// import takes is never too large for it; it replaces a file there only
+// once whole (a full disk, a file one may not change, leave the old one).
 func cmdExport(a *adminClient, args []string) error {
 	var e exportAnswer
 	if err := a.call(http.MethodGet, "/keygate/export", nil, &e); err != nil {
@@ -391,20 +407,12 @@ func cmdExport(a *adminClient, args []string) error {
 	if len(args) == 0 {
 		return a.printJSON(e)
 	}
-	f, err := os.OpenFile(args[0], os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	data, err := store.Export(e).MarshalLines()
 	if err != nil {
 		return err
 	}
-	if err := f.Chmod(0o600); err != nil { // a file that was there
-		f.Close()
-		return err
-	}
-	if err := writeJSON(f, e); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
+	if err := atomicfile.Write(args[0], data); err != nil {
+		return fmt.Errorf("writing %s: %v", args[0], err)
 	}
 	if a.json {
 		return a.printJSON(struct {
@@ -428,20 +436,25 @@ func cmdImport(a *adminClient, args []string) error {
 		defer f.Close()
 		src = f
 	}
-	body, err := io.ReadAll(io.LimitReader(src, maxImportBody+1))
+	// the limit is the compact JSON's, which is what is sent: a file
+	// indented throughout may be larger
+	raw, err := io.ReadAll(io.LimitReader(src, maxImportFile+1))
+	var body bytes.Buffer
 	switch {
 	case err != nil:
 		return fmt.Errorf("reading %s: %v", args[0], err)
-	case len(body) > maxImportBody:
-		return fmt.Errorf("%s is larger than %d bytes", args[0], maxImportBody)
-	case !json.Valid(body):
+	case len(raw) > maxImportFile:
+		return fmt.Errorf("%s is larger than %d bytes", args[0], maxImportFile)
+	case json.Compact(&body, raw) != nil:
 		return fmt.Errorf("%s is not JSON: an export (keygate api-key export) or the embedded store's keys.json is", args[0])
+	case body.Len() > maxImportBody:
+		return fmt.Errorf("%s is larger than an import takes: %d bytes of compact JSON, at most %d (about 200,000 keys; import it in parts)", args[0], body.Len(), maxImportBody)
 	}
 	if a.timeout == 0 {
 		a.timeout = importTimeout + 5*time.Second
 	}
 	var res importResult
-	if err := a.call(http.MethodPost, "/keygate/import", json.RawMessage(body), &res); err != nil {
+	if err := a.call(http.MethodPost, "/keygate/import", json.RawMessage(body.Bytes()), &res); err != nil {
 		return err
 	}
 	if a.json {

@@ -166,9 +166,9 @@ func TestCLIRefusesAnEmptyName(t *testing.T) {
 // does not: what the stack's container health probe asks.
 func TestAdminHealth(t *testing.T) {
 	g := startRedisGateway(t, "", protectedSite)
-	health := func() (int, map[string]any) {
+	health := func(path ...string) (int, map[string]any) {
 		t.Helper()
-		resp, err := client.Get("http://" + adminAddr + "/keygate/health")
+		resp, err := client.Get("http://" + adminAddr + "/keygate/health" + strings.Join(path, ""))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -181,6 +181,17 @@ func TestAdminHealth(t *testing.T) {
 	}
 	if status, body := health(); status != http.StatusOK || body["status"] != "ok" || body["store"] != "redis" {
 		t.Fatalf("with Redis up: %d %v, want 200 ok, redis", status, body)
+	}
+	// a trailing slash is the path without it, for every admin path
+	if status, body := health("/"); status != http.StatusOK {
+		t.Fatalf("/keygate/health/: %d %v", status, body)
+	}
+	generate(t, "--name", "slashed")
+	req, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/keygate/keys/slashed/disable/", nil)
+	if resp, err := client.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /keygate/keys/slashed/disable/: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	g.redis.Stop()
 	if status, body := health(); status != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(body["error"]), "key store unavailable") {

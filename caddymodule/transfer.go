@@ -253,7 +253,7 @@ func importedKey(e store.ExportedKey, now time.Time) (store.Key, error) {
 	// and Redis keeps 0 ms since 1970 as "none" (an expired key would
 	// never expire)
 	for what, t := range map[string]*time.Time{"expires_at": &k.ExpiresAt, "created_at": &k.CreatedAt, "last_used_at": &k.LastUsedAt} {
-		if t.IsZero() {
+		if t.IsZero() && what != "created_at" { // created_at is required: year 1 is no time of creation
 			continue
 		}
 		*t = t.UTC().Truncate(time.Millisecond)

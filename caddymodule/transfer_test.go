@@ -1,6 +1,7 @@
 package keygate
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"os"
@@ -82,6 +83,11 @@ func TestImportMovesKeysBetweenStores(t *testing.T) {
 	if info, err := os.Stat(file); err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("export file: %v, %v; want 0600", info.Mode(), err)
 	}
+	// a key a line, as keys.json: about the size of the compact JSON an
+	// import takes (indented throughout, it was a third larger)
+	if lines := strings.Count(string(export), "\n"); lines != len(e.Keys)+5 {
+		t.Fatalf("export file of %d keys has %d lines, want a key a line:\n%s", len(e.Keys), lines, export)
+	}
 	if stdout := mustCLI(t, "export"); !strings.Contains(stdout, `"sha256"`) {
 		t.Fatalf("export to stdout: %q", stdout)
 	}
@@ -95,6 +101,13 @@ func TestImportMovesKeysBetweenStores(t *testing.T) {
 	}
 	g = startGatewayOn(t, redistest.Start(t), protectedSite)
 	generate(t, "--name", "moving-b") // another key has its name there
+	// what counts against the import's limit is the compact JSON sent, not
+	// the file's whitespace (an export indented throughout, an older CLI's)
+	padded := filepath.Join(t.TempDir(), "padded.json")
+	if err := os.WriteFile(padded, append(bytes.Repeat([]byte(" \n"), maxImportBody/2+1), export...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file = padded
 	mustJSON(t, mustCLI(t, "import", file, "--json"), &res)
 	if !slices.Contains(res.Imported, "moving-a") || !slices.Contains(res.Skipped, skippedKey{"moving-b", "its name is taken"}) {
 		t.Fatalf("import of the export = %+v", res)
@@ -189,6 +202,8 @@ func TestImportRefusesBadInputWhole(t *testing.T) {
 		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"rate_limit": 5, "enabled"`, 1) + `]}`:                                                                       `rate limit 5 per 0 ms`,
 		`{"version": 1, "keys": [` + strings.Replace(good, `"enabled"`, `"expires_at": "9999-12-31T23:30:00-01:00", "enabled"`, 1) + `]}`:                                             `expires_at 10000-01-01T00:30:00Z is not after 1970-01-01T00:00:00Z and before the year 10000 (UTC)`,
 		`{"version": 1, "keys": [` + strings.Replace(good, `2026-01-01T00:00:00Z`, `0000-01-01T00:00:00+00:01`, 1) + `]}`:                                                             `created_at`,
+		// the zero time, which Go's JSON writes for none: a required member
+		`{"version": 1, "keys": [` + strings.Replace(good, `2026-01-01T00:00:00Z`, `0001-01-01T00:00:00Z`, 1) + `]}`: `created_at 0001-01-01T00:00:00Z is not after 1970`,
 		`{"version": 2, "keys": [` + good + `]}`:             "version 2: this keygate imports version 1",
 		`{"version": 1, "keys": [` + good + `], "extra": 1}`: `unknown field "extra"`,
 		// Redis keeps 0 ms as no expiry: expired would be never expiring

@@ -20,6 +20,7 @@ import (
 
 	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
+	"github.com/keygate/keygate/internal/atomicfile"
 )
 
 const (
@@ -180,10 +181,25 @@ func (s *Store) load() error {
 	if f.Version != store.ExportVersion {
 		return fmt.Errorf("key store %s has version %d; this keygate reads version %d", s.path, f.Version, store.ExportVersion)
 	}
-	for _, fk := range f.Keys {
+	for i, fk := range f.Keys {
 		k, err := fk.Key()
 		if err != nil {
 			return fmt.Errorf("key store %s: %v", s.path, err)
+		}
+		// a file edited or merged by hand: indexed, the second key would
+		// take the first's name or hash over, and a change by name would
+		// change another key than the one named
+		repeats := ""
+		switch {
+		case s.byID[k.ID] != nil:
+			repeats = "id"
+		case s.byHash[k.Hash] != "":
+			repeats = "sha256"
+		case s.byName[k.Name] != "":
+			repeats = "name"
+		}
+		if repeats != "" {
+			return fmt.Errorf("key store %s: keys[%d], %q, has the %s of a key before it: the file names each key once (edited by hand?)", s.path, i, k.Name, repeats)
 		}
 		s.index(newRecord(k))
 	}
@@ -259,19 +275,15 @@ func (s *Store) persist() error {
 		recs[i] = s.byID[id]
 	}
 	s.mu.RUnlock()
-	buf := make([]byte, 0, s.fileSize+512)
-	buf = fmt.Appendf(buf, "{\n  \"version\": %d,\n  \"keys\": [", store.ExportVersion)
+	buf := store.AppendExportStart(make([]byte, 0, s.fileSize+512))
 	for i, rec := range recs {
-		if i > 0 {
-			buf = append(buf, ',')
-		}
-		buf = append(buf, "\n    "...)
+		buf = store.AppendExportKeyStart(buf, i)
 		var err error
 		if buf, err = rec.appendLine(buf); err != nil {
 			return err
 		}
 	}
-	buf = append(buf, "\n  ]\n}\n"...)
+	buf = store.AppendExportEnd(buf)
 	s.fileSize = len(buf)
 	return writeFileAtomic(s.path, buf)
 }
@@ -299,33 +311,8 @@ func (rec *record) appendLine(b []byte) ([]byte, error) {
 }
 
 func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".keys-*.tmp")
-	if err != nil {
+	if err := atomicfile.Write(path, data); err != nil {
 		return fmt.Errorf("writing key store: %v", err)
-	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing key store: %v", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing key store: %v", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("writing key store: %v", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return nil
 }

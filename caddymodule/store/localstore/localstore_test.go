@@ -449,6 +449,36 @@ func TestCorruptFileIsRefused(t *testing.T) {
 	}
 }
 
+// A keys.json naming a key twice (edited or merged by hand) is refused:
+// loaded, the second key took the first's name over, and "disable a"
+// disabled another key than a.
+func TestFileNamingAKeyTwiceIsRefused(t *testing.T) {
+	a, _ := storetest.NewKey(t, "a")
+	b, _ := storetest.NewKey(t, "b")
+	for _, c := range []struct {
+		change func(k *store.Key)
+		want   string
+	}{
+		{func(k *store.Key) { k.ID = a.ID }, "the id of a key before it"},
+		{func(k *store.Key) { k.Hash = a.Hash }, "the sha256 of a key before it"},
+		{func(k *store.Key) { k.Name = a.Name }, "the name of a key before it"},
+	} {
+		second := b
+		c.change(&second)
+		data, err := store.Export{Version: store.ExportVersion, Keys: []store.ExportedKey{store.Exported(a), store.Exported(second)}}.MarshalLines()
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "keys.json")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Open(path, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Open(%s) err = %v, want %q", data, err, c.want)
+		}
+	}
+}
+
 func BenchmarkCheckKey(b *testing.B) {
 	s := openClaimed(b, filepath.Join(b.TempDir(), "keys.json"), nil)
 	defer s.Close()
