@@ -45,7 +45,7 @@ rotate, and never again: only its SHA-256 is stored.
   keygate api-key disable NAME | enable NAME | delete NAME
   keygate api-key rename OLD NEW
   keygate api-key rotate NAME
-  keygate api-key export [FILE]      (written 0600; stdout without FILE)
+  keygate api-key export [FILE|-]    (written 0600; stdout without FILE, or -)
   keygate api-key import FILE|-     (an export, or the embedded store's keys.json)
 
 --json prints every result as JSON. Errors go to stderr with a non-zero
@@ -89,7 +89,7 @@ func apiKeyCommands() []*cobra.Command {
 		apiKeyCommand("delete", "Deletes a key", keyNames(1), nil, cmdDelete),
 		apiKeyCommand("rename", "Renames a key; names stay unique", keyNames(2), nil, cmdRename),
 		apiKeyCommand("rotate", "Gives a key a new secret; the old one is rejected at once", keyNames(1), nil, cmdAction("rotate")),
-		apiKeyCommand("export", "Writes every key with its hash (no secret), for import into another store, to FILE (0600) or stdout", cobra.MaximumNArgs(1), nil, cmdExport),
+		apiKeyCommand("export", "Writes every key with its hash (no secret), for import into another store, to FILE (0600) or stdout (none, or -)", cobra.MaximumNArgs(1), nil, cmdExport),
 		apiKeyCommand("import", "Creates the keys of an export, or of the embedded store's keys.json, in this gateway's store (FILE, or - for stdin)", cobra.ExactArgs(1), nil, cmdImport),
 	}
 }
@@ -404,7 +404,7 @@ func cmdExport(a *adminClient, args []string) error {
 	if err := a.call(http.MethodGet, "/keygate/export", nil, &e); err != nil {
 		return err
 	}
-	if len(args) == 0 {
+	if len(args) == 0 || args[0] == "-" { // "-" as import reads stdin
 		return a.printJSON(e)
 	}
 	data, err := store.Export(e).MarshalLines()

@@ -88,8 +88,10 @@ func TestImportMovesKeysBetweenStores(t *testing.T) {
 	if lines := strings.Count(string(export), "\n"); lines != len(e.Keys)+5 {
 		t.Fatalf("export file of %d keys has %d lines, want a key a line:\n%s", len(e.Keys), lines, export)
 	}
-	if stdout := mustCLI(t, "export"); !strings.Contains(stdout, `"sha256"`) {
-		t.Fatalf("export to stdout: %q", stdout)
+	for _, args := range [][]string{{"export"}, {"export", "-"}} { // "-": stdout, as import's is stdin
+		if stdout := mustCLI(t, args...); !strings.Contains(stdout, `"sha256"`) {
+			t.Fatalf("%v to stdout: %q", args, stdout)
+		}
 	}
 	var written struct {
 		Exported int
