@@ -523,23 +523,35 @@ func TestLinesClosedUnderUseFailNoCall(t *testing.T) {
 	}
 }
 
-// A batch whose connection closes after some of its replies came: those
-// calls keep their replies and are not sent again (Redis counted them;
-// go-redis marks them failed too), and only the others are.
-func TestBatchCutShortSendsOnlyTheUnansweredAgain(t *testing.T) {
+// countingThroughAProxy is a pipeliner on a plain client that reaches a
+// Redis through a Forwarder, and a call for it that increments "counter"
+// (a reply of one line, which CutAfterOneReply passes whole).
+func countingThroughAProxy(t *testing.T) (*redistest.Server, *redistest.Forwarder, *redis.Client, *pipeliner, func() *scriptCall) {
 	srv := redistest.Start(t)
 	proxy := redistest.Forward(t, srv.Addr)
 	client := redis.NewClient(&redis.Options{Addr: proxy.Addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = client.Close() })
 	p := newPipeliner(client, time.Second)
 	t.Cleanup(p.close)
-	incr := newHotScript(`return redis.call('INCR', KEYS[1])`) // a reply of one line
+	incr := newHotScript(`return redis.call('INCR', KEYS[1])`)
 	ctx := context.Background()
+	if err := incr.Load(ctx, client).Err(); err != nil {
+		t.Fatal(err)
+	}
 	call := func() *scriptCall {
 		return p.newCall(ctx, incr.Script, []string{"counter"}, []any{"evalsha", incr.sha, 1, "counter"})
 	}
+	return srv, proxy, client, p, call
+}
+
+// A batch whose connection closes after some of its replies came: those
+// calls keep their replies and are not sent again (Redis counted them;
+// go-redis marks them failed too), and only the others are.
+func TestBatchCutShortSendsOnlyTheUnansweredAgain(t *testing.T) {
+	srv, proxy, _, p, call := countingThroughAProxy(t)
+	ctx := context.Background()
 	var l line
-	p.exec(&l, []*scriptCall{call()}, make([]redis.Cmder, 0, 2)) // the line's connection; the script loaded
+	p.exec(&l, []*scriptCall{call()}, make([]redis.Cmder, 0, 2)) // the line's connection
 	if err := srv.Client(t).Set(ctx, "counter", 0, 0).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -564,20 +576,8 @@ func TestBatchCutShortSendsOnlyTheUnansweredAgain(t *testing.T) {
 // keeps its reply (Redis counted it) as the one answered before it; only
 // the call answered in neither fails.
 func TestBatchCutShortTwiceKeepsEveryReply(t *testing.T) {
-	srv := redistest.Start(t)
-	proxy := redistest.Forward(t, srv.Addr)
-	client := redis.NewClient(&redis.Options{Addr: proxy.Addr, ContextTimeoutEnabled: true})
-	t.Cleanup(func() { _ = client.Close() })
-	p := newPipeliner(client, time.Second)
-	t.Cleanup(p.close)
-	incr := newHotScript(`return redis.call('INCR', KEYS[1])`)
+	_, proxy, client, p, call := countingThroughAProxy(t)
 	ctx := context.Background()
-	if err := incr.Load(ctx, client).Err(); err != nil {
-		t.Fatal(err)
-	}
-	call := func() *scriptCall {
-		return p.newCall(ctx, incr.Script, []string{"counter"}, []any{"evalsha", incr.sha, 1, "counter"})
-	}
 	var l line
 	p.exec(&l, []*scriptCall{call()}, make([]redis.Cmder, 0, 3)) // the line's connection
 	// an idle connection in the pool for the resend, whose handshake's
