@@ -44,8 +44,14 @@ import (
 // behind a large write.
 const maxBatch = 128
 
-// errStoreClosed answers calls made after Close.
+// errStoreClosed answers calls made after Close, and the calls Close
+// found queued: none was sent, so a cluster's store may send it through
+// another pipeliner (shardedPipeliner.run).
 var errStoreClosed = errors.New("redis store closed")
+
+// errClosedOnItsWay answers a call the sender had taken when Close came,
+// which Redis may have run: a store error, never sent again elsewhere.
+var errClosedOnItsWay = errors.New("redis store closed with the call on its way")
 
 // noRetry is a hot-path command that go-redis does not retry itself, on a
 // line's own connection: it resends a whole pipeline on the same
@@ -67,6 +73,14 @@ type scriptCall struct {
 	noRetry noRetry
 	script  *redis.Script // to fall back to EVAL after NOSCRIPT
 	keys    []string
+	// state is callQueued until the sender takes the call (callTaken) or
+	// its caller, the pipeliner closing, gives it up (callAbandoned):
+	// whichever comes first says whether it may be sent elsewhere
+	state atomic.Int32
+	// wireErr is the error of the call's first attempt when its
+	// connection failed under it (brokenConn): the call may have run, and
+	// a resend that finds the client closed answers with this instead
+	wireErr error
 	// deadline is when the caller gives up: the store timeout from when
 	// it was made, or its context's deadline if that comes first
 	deadline time.Time
@@ -228,9 +242,28 @@ func (p *pipeliner) run(ctx context.Context, script hotScript, keys []string, ar
 	case <-timer.C:
 		return nil, context.DeadlineExceeded
 	case <-p.stopped.Done():
-		return nil, errStoreClosed
+		if c.state.CompareAndSwap(callQueued, callAbandoned) {
+			return nil, errStoreClosed // never sent
+		}
+	}
+	// taken by the sender as close came: its batch ends soon (close ends
+	// it), and says what became of the call
+	select {
+	case <-c.done:
+		return c.cmd.Slice()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-timer.C:
+		return nil, context.DeadlineExceeded
 	}
 }
+
+// The states of a scriptCall.
+const (
+	callQueued int32 = iota
+	callTaken
+	callAbandoned
+)
 
 // newCall is a call for the sender, with the store timeout from now.
 func (p *pipeliner) newCall(ctx context.Context, script *redis.Script, keys []string, cmdArgs []any) *scriptCall {
@@ -253,13 +286,30 @@ func (p *pipeliner) newCall(ctx context.Context, script *redis.Script, keys []st
 	return c
 }
 
+// onItsWay is the error of a call that ended with err: when its first
+// attempt's connection failed under it (wireErr) and the resend found the
+// client closed, the first error (Redis may have run the call, which
+// redis.ErrClosed would send elsewhere: shardedPipeliner.run); when close
+// ended its batch (closing; context.Canceled), errClosedOnItsWay, not
+// the cancellation that says a client left.
+func onItsWay(err, wireErr error, closing bool) error {
+	switch {
+	case wireErr != nil && errors.Is(err, redis.ErrClosed):
+		return wireErr
+	case closing && errors.Is(err, context.Canceled):
+		return errClosedOnItsWay
+	}
+	return err
+}
+
 // runDirect sends one call on l, within the store timeout (withTimeout).
 func (p *pipeliner) runDirect(ctx context.Context, l *line, script *redis.Script, keys []string, cmdArgs []any) ([]any, error) {
 	ctx, cancel := withTimeout(ctx, p.timeout)
 	defer cancel()
 	cmd, own := p.processOn(ctx, l, cmdArgs)
-	if own && brokenConn(cmd.Err()) && ctx.Err() == nil {
+	if wireErr := cmd.Err(); own && brokenConn(wireErr) && ctx.Err() == nil {
 		cmd, _ = p.processOn(ctx, l, cmdArgs) // on a new connection (see brokenConn)
+		cmd.SetErr(onItsWay(cmd.Err(), wireErr, false))
 	}
 	if isNoScript(cmd.Err()) {
 		return script.Eval(ctx, p.client, keys, scriptArgs(cmdArgs, keys)...).Slice()
@@ -349,6 +399,10 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 	var deadline time.Time
 	cmds = cmds[:0]
 	for _, c := range batch {
+		if !c.state.CompareAndSwap(callQueued, callTaken) { // its caller gave it up as close came
+			c.cmd.SetErr(errStoreClosed)
+			continue
+		}
 		if err := c.ctx.Err(); err != nil || !now.Before(c.deadline) {
 			if err == nil {
 				err = context.DeadlineExceeded
@@ -375,6 +429,7 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 				case c.cmd.Val() != nil: // answered: the reply stands (keepReplies)
 				case !unanswered(c.cmd):
 				case c.ctx.Err() == nil && now.Before(c.deadline):
+					c.wireErr = c.cmd.Err()
 					c.cmd.SetErr(nil)
 					cmds = append(cmds, c.cmder)
 				case c.cmd.Err() == nil: // not sent
@@ -397,6 +452,7 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 		if err != nil && c.cmd.Err() == nil && c.cmd.Val() == nil { // not sent
 			c.cmd.SetErr(err)
 		}
+		c.cmd.SetErr(onItsWay(c.cmd.Err(), c.wireErr, p.stopped.Err() != nil && c.ctx.Err() == nil))
 		if isNoScript(c.cmd.Err()) {
 			if err := c.ctx.Err(); err != nil || !time.Now().Before(c.deadline) {
 				c.cmd.SetErr(cmp.Or(err, context.DeadlineExceeded))

@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -670,5 +671,43 @@ return 0`)
 	n, err := srv.Client(t).Get(ctx, "counter").Int64()
 	if got, _ := batch[1].cmd.Int64(); err != nil || n != 1 || got != 1 {
 		t.Errorf("the second call got %d (%v); Redis ran it %d times, want once", got, batch[1].cmd.Err(), n)
+	}
+}
+
+// A call on its way when the store closes (its connection closed under it,
+// here to a hung Redis) fails with a store error that says it may have
+// run: not errStoreClosed nor the closed client's error, on which a
+// cluster's store sends a call again through another pipeliner (a node
+// replaced, a request counted twice), nor context.Canceled, which reads
+// as a client that left.
+func TestCloseFailsACallOnItsWayAsOneThatMayHaveRun(t *testing.T) {
+	srv := redistest.Start(t)
+	s := open(t, srv, 2*time.Second)
+	waitRecovered(t, s) // the direct call and the sender hold a connection
+	srv.Pause()
+	t.Cleanup(srv.Resume)
+	p := store.Policy{Limit: 1 << 20, Window: time.Minute}
+	call := func() <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.Limit(context.Background(), "closing", p, store.SlidingWindow, store.Ask{})
+			done <- err
+		}()
+		return done
+	}
+	direct := call()
+	for s.hot.inFlight.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	sent := call()                     // to the sender, the direct line being busy
+	time.Sleep(200 * time.Millisecond) // on its way
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sent; err == nil || errors.Is(err, errStoreClosed) || isRedirect(err) || errors.Is(err, context.Canceled) {
+		t.Errorf("the sender's call: %v, want an error that says it may have run", err)
+	}
+	if err := <-direct; err == nil || errors.Is(err, errStoreClosed) || isRedirect(err) || errors.Is(err, context.Canceled) {
+		t.Errorf("the direct call: %v, want an error that says it may have run", err)
 	}
 }
