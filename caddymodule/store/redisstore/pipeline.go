@@ -234,27 +234,23 @@ func (p *pipeliner) run(ctx context.Context, script hotScript, keys []string, ar
 	case <-timer.C:
 		return nil, context.DeadlineExceeded
 	}
-	select {
-	case <-c.done:
-		return c.cmd.Slice()
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-timer.C:
-		return nil, context.DeadlineExceeded
-	case <-p.stopped.Done():
-		if c.state.CompareAndSwap(callQueued, callAbandoned) {
-			return nil, errStoreClosed // never sent
+	stopped := p.stopped.Done()
+	for {
+		select {
+		case <-c.done:
+			return c.cmd.Slice()
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-timer.C:
+			return nil, context.DeadlineExceeded
+		case <-stopped:
+			if c.state.CompareAndSwap(callQueued, callAbandoned) {
+				return nil, errStoreClosed // never sent
+			}
+			// taken by the sender as close came: its batch ends soon
+			// (close ends it), and says what became of the call
+			stopped = nil
 		}
-	}
-	// taken by the sender as close came: its batch ends soon (close ends
-	// it), and says what became of the call
-	select {
-	case <-c.done:
-		return c.cmd.Slice()
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-timer.C:
-		return nil, context.DeadlineExceeded
 	}
 }
 
