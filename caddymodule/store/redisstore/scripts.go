@@ -15,20 +15,6 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Sliding-window counter: the fixed window's count plus the previous
--- window's count weighted by how much of it still overlaps. O(1) memory.
--- The subject's fixed windows start offset ms into each period of window
--- (store.WindowOffset). A stored window that started less than a window
--- before this one (the previous one; or, after the offset changed, one
--- overlapping this) counts as the previous window: never forgotten early.
--- One that starts after now's (the clock stepped back: a failover to a
--- replica whose clock is behind; or the offset changed) stays the current
--- window, counted in full, until it ends: taken for the previous one, its
--- count would be weighted down and its own previous forgotten, admitting
--- up to a limit more. Only a window's first request
--- writes the whole hash and its expiry (the end of the next window, after
--- which this window's count no longer matters); the others add to its
--- count: a third or so of the script's time in Redis saved.
 -- Whether a request at t would be refused, as sliding_window decides then,
 -- of a window that started at start with count c and a previous one with p
 -- (t in the next window: c is its previous one).
@@ -62,6 +48,20 @@ local function window_wait(now, start, window, limit, c, p)
   return wait
 end
 
+-- Sliding-window counter: the fixed window's count plus the previous
+-- window's count weighted by how much of it still overlaps. O(1) memory.
+-- The subject's fixed windows start offset ms into each period of window
+-- (store.WindowOffset). A stored window that started less than a window
+-- before this one (the previous one; or, after the offset changed, one
+-- overlapping this) counts as the previous window: never forgotten early.
+-- One that starts after now's (the clock stepped back: a failover to a
+-- replica whose clock is behind; or the offset changed) stays the current
+-- window, counted in full, until it ends: taken for the previous one, its
+-- count would be weighted down and its own previous forgotten, admitting
+-- up to a limit more. Only a window's first request
+-- writes the whole hash and its expiry (the end of the next window, after
+-- which this window's count no longer matters); the others add to its
+-- count: a third or so of the script's time in Redis saved.
 local function sliding_window(key, now, limit, window, n, ttl, offset)
   local v = redis.call('HMGET', key, 's', 'c', 'p')
   local start = now - ((now - offset) % window)
