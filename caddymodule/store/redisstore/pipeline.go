@@ -422,7 +422,8 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 			now, cmds = time.Now(), cmds[:0]
 			for _, c := range batch {
 				switch {
-				case c.cmd.Val() != nil: // answered: the reply stands (keepReplies)
+				case c.cmd.Val() != nil:
+					c.cmd.SetErr(nil) // answered: the reply stands (keepReplies)
 				case !unanswered(c.cmd):
 				case c.ctx.Err() == nil && now.Before(c.deadline):
 					c.wireErr = c.cmd.Err()
@@ -432,7 +433,6 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 					c.cmd.SetErr(err)
 				}
 			}
-			keepReplies(batch)
 			if len(cmds) > 0 {
 				_, err = p.execOn(ctx, l, cmds)
 				keepReplies(batch)
@@ -444,11 +444,14 @@ func (p *pipeliner) exec(l *line, batch []*scriptCall, cmds []redis.Cmder) {
 	// with EVAL, one call at a time (rare, and Redis caches them again),
 	// but for the calls whose callers gave up meanwhile: Redis would count
 	// requests nobody is told of.
+	closing := p.stopped.Err() != nil
 	for _, c := range batch {
 		if err != nil && c.cmd.Err() == nil && c.cmd.Val() == nil { // not sent
 			c.cmd.SetErr(err)
 		}
-		c.cmd.SetErr(onItsWay(c.cmd.Err(), c.wireErr, p.stopped.Err() != nil && c.ctx.Err() == nil))
+		if c.wireErr != nil || closing {
+			c.cmd.SetErr(onItsWay(c.cmd.Err(), c.wireErr, closing && c.ctx.Err() == nil))
+		}
 		if isNoScript(c.cmd.Err()) {
 			if err := c.ctx.Err(); err != nil || !time.Now().Before(c.deadline) {
 				c.cmd.SetErr(cmp.Or(err, context.DeadlineExceeded))
