@@ -13,7 +13,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/keygate/keygate/caddymodule/apikey"
 	"github.com/keygate/keygate/caddymodule/store"
 )
 
@@ -141,8 +140,7 @@ var exportedMembers = []string{"id", "name", "sha256", "enabled", "created_at"}
 // 400 naming the first that is not valid or repeats an id, hash or name.
 func importedKeys(in []json.RawMessage, now time.Time) ([]store.Key, error) {
 	keys := make([]store.Key, 0, len(in))
-	ids, names := make(map[string]bool, len(in)), make(map[string]bool, len(in))
-	hashes := make(map[apikey.Hash]bool, len(in))
+	seen := store.NewKeySet(len(in))
 	for i, raw := range in {
 		var e store.ExportedKey
 		if err := decodeObject(raw, &e); err != nil {
@@ -159,30 +157,12 @@ func importedKeys(in []json.RawMessage, now time.Time) ([]store.Key, error) {
 		if err != nil {
 			return nil, badRequest("keys[%d]: %v", i, err)
 		}
-		repeats := ""
-		switch {
-		case seenBefore(ids, k.ID):
-			repeats = "id"
-		case seenBefore(hashes, k.Hash):
-			repeats = "sha256"
-		case seenBefore(names, k.Name):
-			repeats = "name"
-		}
-		if repeats != "" {
+		if repeats := seen.Add(k); repeats != "" {
 			return nil, badRequest("keys[%d]: key %q has the %s of a key before it: an export names each key once", i, k.Name, repeats)
 		}
 		keys = append(keys, k)
 	}
 	return keys, nil
-}
-
-// seenBefore adds v to seen, and reports whether it was there.
-func seenBefore[V comparable](seen map[V]bool, v V) bool {
-	if seen[v] {
-		return true
-	}
-	seen[v] = true
-	return false
 }
 
 // createKeys creates keys in st, each as CreateKey would: refused[j] is

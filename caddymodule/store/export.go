@@ -55,6 +55,41 @@ func AppendExportKeyStart(b []byte, i int) []byte {
 
 func AppendExportEnd(b []byte) []byte { return append(b, "\n  ]\n}\n"...) }
 
+// KeySet holds the ids, hashes and names of the keys of an export added so
+// far: an export (an import's, or keys.json) names each key once.
+type KeySet struct {
+	ids, names map[string]bool
+	hashes     map[apikey.Hash]bool
+}
+
+// NewKeySet is an empty KeySet with room for n keys.
+func NewKeySet(n int) *KeySet {
+	return &KeySet{ids: make(map[string]bool, n), names: make(map[string]bool, n), hashes: make(map[apikey.Hash]bool, n)}
+}
+
+// Add adds k, and says what of it a key added before had: "id", "sha256"
+// or "name", or "" when nothing.
+func (s *KeySet) Add(k Key) (repeats string) {
+	switch {
+	case seenBefore(s.ids, k.ID):
+		return "id"
+	case seenBefore(s.hashes, k.Hash):
+		return "sha256"
+	case seenBefore(s.names, k.Name):
+		return "name"
+	}
+	return ""
+}
+
+// seenBefore adds v to seen, and reports whether it was there.
+func seenBefore[V comparable](seen map[V]bool, v V) bool {
+	if seen[v] {
+		return true
+	}
+	seen[v] = true
+	return false
+}
+
 // ExportedKey is one key of an Export.
 type ExportedKey struct {
 	ID         string    `json:"id"`

@@ -181,6 +181,7 @@ func (s *Store) load() error {
 	if f.Version != store.ExportVersion {
 		return fmt.Errorf("key store %s has version %d; this keygate reads version %d", s.path, f.Version, store.ExportVersion)
 	}
+	seen := store.NewKeySet(len(f.Keys))
 	for i, fk := range f.Keys {
 		k, err := fk.Key()
 		if err != nil {
@@ -189,16 +190,7 @@ func (s *Store) load() error {
 		// a file edited or merged by hand: indexed, the second key would
 		// take the first's name or hash over, and a change by name would
 		// change another key than the one named
-		repeats := ""
-		switch {
-		case s.byID[k.ID] != nil:
-			repeats = "id"
-		case s.byHash[k.Hash] != "":
-			repeats = "sha256"
-		case s.byName[k.Name] != "":
-			repeats = "name"
-		}
-		if repeats != "" {
+		if repeats := seen.Add(k); repeats != "" {
 			return fmt.Errorf("key store %s: keys[%d], %q, has the %s of a key before it: the file names each key once (edited by hand?)", s.path, i, k.Name, repeats)
 		}
 		s.index(newRecord(k))
