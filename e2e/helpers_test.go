@@ -246,7 +246,7 @@ func composeRedis(t *testing.T) (gatewayURL, backendURL string) {
 	end := strings.Index(command, "]")
 	var args []string
 	if !ok || end < 0 || json.Unmarshal([]byte("["+command[:end+1]), &args) != nil {
-		t.Fatal(`docker-compose.yml: no command: ["redis-server", ...] (a one-line-per-string JSON array) in the redis service`)
+		t.Fatal(`docker-compose.yml: no command: ["redis-server", ...] (a flow sequence of double-quoted strings, JSON) in the redis service`)
 	}
 	srv := redistest.StartWith(t, args...)
 	value := func(name string) string {
